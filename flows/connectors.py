@@ -1,0 +1,277 @@
+"""Bytewax connectors of the pipeline: an offset-fenced Kafka source and the state sink.
+
+The source reads each topic-partition with ``assign()`` from an explicit start offset
+(resolved from Redis before the flow starts) and can stop at the end of the input.
+The sink applies a worker's whole batch: dead letters first (confirmed by the broker),
+then one fenced Redis call with the profile deltas and the offsets they cover.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+
+from monitoring import metrics as m
+from omnicanal.kafka import CheckedProducer, GroupOffsets, split_part
+from operators.profile import aggregate, to_payload
+from operators.validate import Accepted, Rejected
+from state.profiles import ProfileStore
+
+log = logging.getLogger(__name__)
+
+#: Set by the SIGTERM/SIGINT handler: sources end their partitions and the flow drains.
+STOP = threading.Event()
+_IDLE = timedelta(milliseconds=5)
+
+EARLIEST = OFFSET_BEGINNING
+LATEST = OFFSET_END
+
+
+class _KafkaPartition(StatefulSourcePartition[Any, None]):
+    def __init__(
+        self, config: dict[str, Any], part: str, start: int, batch_size: int, until_eof: bool
+    ) -> None:
+        topic, partition = split_part(part)
+        self._c = Consumer(
+            {
+                **config,
+                "group.id": "omnicanal-reader",  # required by librdkafka; never joined
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": until_eof,
+                "fetch.wait.max.ms": 100,
+            }
+        )
+        self._c.assign([TopicPartition(topic, partition, start)])
+        self._batch_size = batch_size
+        self._eof = False
+        self._idle_until: datetime | None = None
+        self._part = part
+
+    def next_batch(self) -> list[Any]:
+        if self._eof or STOP.is_set():
+            raise StopIteration
+        msgs = self._c.consume(self._batch_size, 0.0)
+        out = []
+        for msg in msgs:
+            err = msg.error()
+            if err is None:
+                out.append(msg)
+            elif err.code() == KafkaError._PARTITION_EOF:
+                self._eof = True
+            elif err.fatal() or err.code() in (
+                KafkaError.UNKNOWN_TOPIC_OR_PART,
+                KafkaError.TOPIC_AUTHORIZATION_FAILED,
+            ):
+                raise RuntimeError(f"step 'input', partition {self._part}: {err.str()}")
+            else:
+                log.warning("step 'input', partition %s: %s", self._part, err.str())
+        # Back off briefly when idle instead of spinning on an empty partition.
+        self._idle_until = None if out else datetime.now().astimezone() + _IDLE
+        return out
+
+    def next_awake(self) -> datetime | None:
+        return self._idle_until
+
+    def snapshot(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self._c.close()
+
+
+class KafkaPartitionsSource(FixedPartitionedSource[Any, None]):
+    """Reads the given ``topic:partition`` parts from explicit start offsets.
+
+    ``until_eof`` ends each partition at its end (demo, tests, batch replays); otherwise
+    the source runs until :data:`STOP` is set.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        starts: dict[str, int],
+        *,
+        batch_size: int = 2000,
+        until_eof: bool = False,
+    ) -> None:
+        self._config = config
+        self._starts = starts
+        self._batch_size = batch_size
+        self._until_eof = until_eof
+
+    def list_parts(self) -> list[str]:
+        return list(self._starts)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _KafkaPartition:
+        return _KafkaPartition(
+            self._config, for_part, self._starts[for_part], self._batch_size, self._until_eof
+        )
+
+
+class StateSink(DynamicSink[Accepted | Rejected]):
+    """Writes a worker's batch: dead letters (confirmed), then fenced profile updates."""
+
+    def __init__(
+        self,
+        make_store: Callable[[], ProfileStore],
+        kafka_config: dict[str, Any],
+        dead_letter_topic: str,
+        group_id: str,
+        *,
+        commit_interval: float = 1.0,
+    ) -> None:
+        self._make_store = make_store
+        self._kafka_config = kafka_config
+        self._dlq_topic = dead_letter_topic
+        self._group_id = group_id
+        self._commit_interval = commit_interval
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _StateSinkPart:
+        return _StateSinkPart(
+            self._make_store(),
+            CheckedProducer(self._kafka_config, what=f"step {step_id!r} (dead letters)"),
+            self._dlq_topic,
+            GroupOffsets(self._kafka_config, self._group_id),
+            self._commit_interval,
+        )
+
+
+class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
+    def __init__(
+        self,
+        store: ProfileStore,
+        producer: CheckedProducer,
+        dlq_topic: str,
+        group: GroupOffsets,
+        commit_interval: float,
+    ) -> None:
+        self._store = store
+        self._producer = producer
+        self._dlq_topic = dlq_topic
+        self._group = group
+        self._commit_interval = commit_interval
+        self._last_commit = 0.0
+        self._pending_commit: dict[str, int] = {}
+        #: last offset known applied in Redis per part (-1: none); loaded on first sight
+        self._floors: dict[str, int] = {}
+
+    def _load_floors(self, parts: set[str]) -> None:
+        unknown = [p for p in parts if p not in self._floors]
+        if unknown:
+            stored = self._store.load_offsets(unknown)
+            for p in unknown:
+                self._floors[p] = stored.get(p, -1)
+
+    def write_batch(self, items: list[Accepted | Rejected]) -> None:
+        if not items:
+            return
+        m.BATCH_EVENTS.observe(len(items))
+        self._load_floors({f"{i.topic}:{i.partition}" for i in items})
+        floors = self._floors
+        fresh = [i for i in items if i.offset > floors[f"{i.topic}:{i.partition}"]]
+        if len(fresh) != len(items):
+            self._count_replayed(items, fresh)
+        # 1. Dead letters, confirmed before the offsets that cover them are stored.
+        rejected = [i for i in fresh if type(i) is Rejected]
+        if rejected:
+            t0 = time.perf_counter()
+            for r in rejected:
+                self._producer.produce(self._dlq_topic, r.record, r.dlq_key)
+            self._producer.flush()
+            m.BATCH_SECONDS.labels("dead_letters").observe(time.perf_counter() - t0)
+        # 2. Profile deltas + offsets in one fenced Redis call.
+        t0 = time.perf_counter()
+        applied = self._apply(fresh)
+        m.BATCH_SECONDS.labels("state").observe(time.perf_counter() - t0)
+        self._count(applied)
+        self._commit_witness()
+
+    def _apply(self, batch: list[Accepted | Rejected]) -> list[Accepted | Rejected]:
+        for _ in range(5):
+            ranges: dict[str, list[int]] = {}
+            for i in batch:
+                name = f"{i.topic}:{i.partition}"
+                r = ranges.get(name)
+                if r is None:
+                    ranges[name] = [i.offset, i.offset]
+                elif i.offset > r[1]:
+                    r[1] = i.offset
+            if not ranges:
+                return []
+            parts = [(name, self._floors[name], r[1]) for name, r in ranges.items()]
+            rows = to_payload(aggregate(i for i in batch if type(i) is Accepted))
+            res = self._store.apply(parts, rows)
+            if res.ok:
+                for name, _, hi in parts:
+                    self._floors[name] = hi
+                    self._pending_commit[name] = hi + 1
+                    topic, p = name.rsplit(":", 1)
+                    m.APPLIED_OFFSET.labels(topic, p).set(hi)
+                if res.new_customers:
+                    m.NEW_CUSTOMERS.inc(res.new_customers)
+                return batch
+            # Redis is ahead for some parts (another writer, or a reply lost in a
+            # reconnect after the script ran): drop what it already has and retry.
+            assert res.stale is not None
+            self._floors.update(res.stale)
+            kept = [i for i in batch if i.offset > self._floors[f"{i.topic}:{i.partition}"]]
+            self._count_replayed(batch, kept)
+            batch = kept
+        raise RuntimeError(
+            "step 'state': Redis offsets kept moving under this worker; is another "
+            "omnicanal pipeline with the same Redis prefix reading the same partitions?"
+        )
+
+    def _count(self, applied: list[Accepted | Rejected]) -> None:
+        events: dict[tuple[str, str, str], int] = {}
+        dead: dict[tuple[str, str], int] = {}
+        newest: dict[str, int] = {}
+        for i in applied:
+            if type(i) is Accepted:
+                k = (i.topic, i.channel or "none", i.event_type)
+                events[k] = events.get(k, 0) + 1
+                if i.ts_ms > newest.get(i.topic, 0):
+                    newest[i.topic] = i.ts_ms
+            else:
+                kd = (i.topic, i.reason)
+                dead[kd] = dead.get(kd, 0) + 1
+        for k, n in events.items():
+            m.EVENTS.labels(*k).inc(n)
+        for kd, n in dead.items():
+            m.DEAD_LETTERS.labels(*kd).inc(n)
+        now_ms = time.time() * 1000
+        for topic, ts in newest.items():
+            m.EVENT_LAG_SECONDS.labels(topic).set((now_ms - ts) / 1000)
+
+    def _count_replayed(self, before: list[Any], after: list[Any]) -> None:
+        counts: dict[str, int] = {}
+        for i in before:
+            counts[i.topic] = counts.get(i.topic, 0) + 1
+        for i in after:
+            counts[i.topic] -= 1
+        for topic, n in counts.items():
+            if n:
+                m.REPLAYED.labels(topic).inc(n)
+
+    def _commit_witness(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._pending_commit and (force or now - self._last_commit >= self._commit_interval):
+            self._group.commit(self._pending_commit, asynchronous=not force)
+            self._pending_commit = {}
+            self._last_commit = now
+
+    def close(self) -> None:
+        try:
+            self._producer.flush()
+            self._commit_witness(force=True)
+        finally:
+            self._group.close()

@@ -1,0 +1,71 @@
+"""The omnicanal dataflow: Kafka inputs -> validate -> state sink (Redis + dead letters).
+
+    input (all topic-partitions, assign()) --flat_map_batch: validate--> state sink
+
+One ``flat_map_batch`` step decodes a worker's whole batch (cheaper than a chain of maps);
+the sink applies the batch with one Redis call. State lives in Redis, not in Bytewax, so
+no exchange between workers is needed: profile updates are commutative and fenced by
+offsets (see ``state/lua/apply_batch.lua``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+
+from flows.connectors import KafkaPartitionsSource, StateSink
+from omnicanal.config import Settings
+from operators.privacy import PiiHasher
+from operators.validate import Accepted, Rejected, Validator
+from state.profiles import ProfileStore, connect
+
+
+def build_flow(
+    settings: Settings,
+    starts: dict[str, int],
+    *,
+    until_eof: bool = False,
+    allow_demo_key: bool = False,
+) -> Dataflow:
+    """Wire the pipeline for the given start offsets (``topic:partition`` -> offset)."""
+    validator = Validator(
+        settings.topic_contracts(),
+        PiiHasher(settings.pii_key_bytes(allow_demo=allow_demo_key)),
+        max_bytes=settings.max_event_bytes,
+        min_event_ms=settings.min_event_ms(),
+        max_future_ms=settings.max_future_seconds * 1000,
+    )
+
+    def validate(msgs: list[Any]) -> list[Accepted | Rejected]:
+        now_ms = int(time.time() * 1000)
+        decode = validator.decode
+        return [
+            decode(
+                msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), now_ms,
+                msg.timestamp()[1],
+            )
+            for msg in msgs
+        ]  # fmt: skip
+
+    kafka = settings.kafka_config()
+    flow = Dataflow("omnicanal")
+    raw = op.input(
+        "input",
+        flow,
+        KafkaPartitionsSource(kafka, starts, batch_size=settings.batch_size, until_eof=until_eof),
+    )
+    checked = op.flat_map_batch("validate", raw, validate)
+    op.output(
+        "state",
+        checked,
+        StateSink(
+            lambda: ProfileStore(connect(settings.redis_url), settings.redis_prefix),
+            kafka,
+            settings.topic_dead_letters,
+            settings.group_id,
+        ),
+    )
+    return flow

@@ -1,0 +1,1 @@
+"""Every metric omnicanal exposes, declared once (see :mod:`monitoring.metrics`)."""

@@ -1,0 +1,141 @@
+"""Configuration from environment variables (prefix ``OMNICANAL_``) with sane defaults.
+
+Every setting is documented in the README's configuration table, which a test keeps in sync
+with this class.
+
+>>> s = Settings(_env_file=None, kafka_bootstrap="k:9092")
+>>> s.topic_contracts()["omnicanal.transactions"]
+'transaction'
+>>> s.kafka_config()["bootstrap.servers"]
+'k:9092'
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Used only by ``omnicanal demo`` and the tests when OMNICANAL_PII_KEY is not set.
+DEMO_PII_KEY = "omnicanal-demo-key-NOT-SECRET-do-not-use-in-production"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OMNICANAL_", extra="ignore")
+
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    kafka_options: dict[str, str] = Field(
+        default_factory=dict,
+        description='extra librdkafka settings as JSON, e.g. {"security.protocol":"SASL_SSL"}',
+    )
+    group_id: str = Field(
+        "omnicanal", description="consumer group whose committed offsets witness progress"
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis URL (rediss:// for TLS)"
+    )
+    redis_prefix: str = Field("oc:", description="prefix of every Redis key omnicanal writes")
+    pii_key: str = Field(
+        "", description="secret key for HMAC of emails/phones (>= 16 bytes); required by run"
+    )
+
+    topic_transactions: str = Field("omnicanal.transactions", description="transactions topic")
+    topic_clickstream: str = Field("omnicanal.clickstream", description="clickstream topic")
+    topic_inventory: str = Field("omnicanal.inventory", description="inventory topic")
+    topic_offer_feedback: str = Field(
+        "omnicanal.offer-feedback", description="offer feedback topic"
+    )
+    topic_dead_letters: str = Field("omnicanal.dead-letters", description="dead-letter topic")
+    partitions: int = Field(4, ge=1, le=1024, description="partitions for `topics create`")
+    replication_factor: int = Field(1, ge=1, le=16, description="replication for new topics")
+
+    max_event_bytes: int = Field(65536, ge=256, description="larger payloads are dead-lettered")
+    min_event_time: str = Field(
+        "2000-01-01T00:00:00Z", description="older event_time values are rejected"
+    )
+    max_future_seconds: int = Field(
+        86400, ge=0, description="event_time further ahead of now is rejected"
+    )
+    batch_size: int = Field(2000, ge=1, le=100_000, description="max messages per source poll")
+    start_offset: Literal["earliest", "latest"] = Field(
+        "earliest", description="where to start partitions Redis has never seen"
+    )
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus port (0: off)")
+    metrics_addr: str = Field("127.0.0.1", description="address the metrics server binds")
+
+    @field_validator("kafka_bootstrap", "redis_url")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    # ------------------------------------------------------------------ derived
+    def topic_contracts(self) -> dict[str, str]:
+        """Input topic -> contract name."""
+        return {
+            self.topic_transactions: "transaction",
+            self.topic_clickstream: "clickstream",
+            self.topic_inventory: "inventory",
+            self.topic_offer_feedback: "offer_feedback",
+        }
+
+    def contract_topics(self) -> dict[str, str]:
+        """Contract name -> input topic."""
+        return {c: t for t, c in self.topic_contracts().items()}
+
+    def all_topics(self) -> list[str]:
+        return [*self.topic_contracts(), self.topic_dead_letters]
+
+    def kafka_config(self) -> dict[str, str]:
+        return {"bootstrap.servers": self.kafka_bootstrap, **self.kafka_options}
+
+    def pii_key_bytes(self, *, allow_demo: bool = False) -> bytes:
+        key = self.pii_key or (DEMO_PII_KEY if allow_demo else "")
+        if not key:
+            raise ConfigError(
+                "OMNICANAL_PII_KEY is not set: omnicanal hashes emails and phone numbers with "
+                "a secret key before storing anything. Set it to a random string of 16+ "
+                'bytes, e.g. OMNICANAL_PII_KEY="$(python -c "import secrets;'
+                'print(secrets.token_hex(32))")", and keep it in your secret store.'
+            )
+        if len(key.encode()) < 16:
+            raise ConfigError("OMNICANAL_PII_KEY must be at least 16 bytes long")
+        return key.encode()
+
+    def min_event_ms(self) -> int:
+        from datetime import datetime
+
+        try:
+            dt = datetime.fromisoformat(self.min_event_time.replace("Z", "+00:00"))
+        except ValueError as e:
+            raise ConfigError(f"OMNICANAL_MIN_EVENT_TIME: {e}") from None
+        if dt.tzinfo is None:
+            raise ConfigError("OMNICANAL_MIN_EVENT_TIME needs a timezone (e.g. ...Z)")
+        return int(dt.timestamp() * 1000)
+
+
+def load(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides (CLI options) on top."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)  # type: ignore[arg-type]
+    except Exception as e:  # pydantic.ValidationError: say which variable
+        raise ConfigError(f"invalid configuration: {e}") from None
+
+
+def env_documentation() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting: the README table's source."""
+    rows = []
+    for name, f in Settings.model_fields.items():
+        default = f.default_factory() if f.default_factory else f.default  # type: ignore[call-arg]
+        rows.append((f"OMNICANAL_{name.upper()}", repr(default), f.description or ""))
+    return rows
+
+
+__all__ = ["ConfigError", "Settings", "env_documentation", "load"]

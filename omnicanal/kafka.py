@@ -1,0 +1,161 @@
+"""Kafka plumbing shared by the flow and the tools: a producer that never loses a message
+silently, topic administration, and the consumer-group offsets used as a progress witness."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryError(RuntimeError):
+    """A message could not be delivered to Kafka; the run must stop."""
+
+
+class CheckedProducer:
+    """Batches (linger) and checks every delivery report.
+
+    ``flush()`` raises :class:`DeliveryError` if any message produced since the last flush
+    failed or is still undelivered after the timeout: nothing vanishes silently, unlike
+    Bytewax's own ``KafkaSink``.
+    """
+
+    def __init__(self, config: dict[str, Any], *, what: str = "producer") -> None:
+        conf = {
+            "linger.ms": 5,
+            "enable.idempotence": True,
+            "acks": "all",
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 500_000,
+            "message.timeout.ms": 30_000,
+            **config,
+        }
+        self._p = Producer(conf)
+        self._what = what
+        self._lock = threading.Lock()
+        self._errors: list[str] = []
+        self.delivered = 0
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            with self._lock:
+                self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+        else:
+            self.delivered += 1
+
+    def produce(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        while True:
+            try:
+                self._p.produce(topic, value, key, on_delivery=self._on_delivery)
+                return
+            except BufferError:  # local queue full: serve delivery reports, then retry
+                self._p.poll(0.05)
+                self._raise_errors()
+
+    def poll(self) -> None:
+        self._p.poll(0)
+        self._raise_errors()
+
+    def flush(self, timeout: float = 30.0) -> None:
+        left = self._p.flush(timeout)
+        self._raise_errors()
+        if left:
+            raise DeliveryError(
+                f"{self._what}: {left} message(s) not delivered within {timeout:.0f}s "
+                "(is the broker reachable?)"
+            )
+
+    def _raise_errors(self) -> None:
+        if self._errors:
+            with self._lock:
+                errors, self._errors = self._errors, []
+            raise DeliveryError(
+                f"{self._what}: {len(errors)} message(s) could not be delivered; first: "
+                f"{errors[0]}"
+            )
+
+
+def create_topics(
+    config: dict[str, Any], topics: Iterable[str], partitions: int, replication: int = 1
+) -> dict[str, str]:
+    """Create topics; returns topic -> 'created' | 'exists'. Raises on any other error."""
+    admin = AdminClient(config)
+    futures = admin.create_topics(
+        [NewTopic(t, partitions, replication) for t in topics], operation_timeout=30
+    )
+    out: dict[str, str] = {}
+    for topic, fut in futures.items():
+        try:
+            fut.result()
+            out[topic] = "created"
+        except KafkaException as e:
+            if e.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                out[topic] = "exists"
+            else:
+                raise
+    return out
+
+
+def partitions_of(config: dict[str, Any], topics: Sequence[str], timeout: float = 10) -> dict[str, int]:
+    """Partition count per topic; raises if a topic does not exist."""
+    admin = AdminClient(config)
+    md = admin.list_topics(timeout=timeout)
+    out = {}
+    missing = []
+    for t in topics:
+        tm = md.topics.get(t)
+        if tm is None or tm.error is not None or not tm.partitions:
+            missing.append(t)
+        else:
+            out[t] = len(tm.partitions)
+    if missing:
+        raise RuntimeError(
+            f"topics missing on {config.get('bootstrap.servers')}: {', '.join(missing)} "
+            "(create them with `omnicanal topics create`)"
+        )
+    return out
+
+
+def part_name(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+def split_part(name: str) -> tuple[str, int]:
+    topic, _, p = name.rpartition(":")
+    return topic, int(p)
+
+
+class GroupOffsets:
+    """The consumer group's committed offsets: a witness of how far the stream has gone.
+
+    Uses explicit commits without joining the group (no rebalances, works with ``assign``).
+    """
+
+    def __init__(self, config: dict[str, Any], group_id: str) -> None:
+        self._c = Consumer(
+            {**config, "group.id": group_id, "enable.auto.commit": False}
+        )
+
+    def committed(self, parts: Sequence[str], timeout: float = 10) -> dict[str, int]:
+        """Next offset to read per part, for parts with a commit."""
+        tps = [TopicPartition(*split_part(p)) for p in parts]
+        res = self._c.committed(tps, timeout=timeout)
+        return {part_name(tp.topic, tp.partition): tp.offset for tp in res if tp.offset >= 0}
+
+    def commit(self, next_offsets: dict[str, int], *, asynchronous: bool = True) -> None:
+        if not next_offsets:
+            return
+        tps = [TopicPartition(*split_part(p), o) for p, o in next_offsets.items()]
+        try:
+            self._c.commit(offsets=tps, asynchronous=asynchronous)
+        except KafkaException as e:  # a witness only: state is already safe in Redis
+            log.warning("could not commit offsets to the consumer group: %s", e)
+
+    def close(self) -> None:
+        self._c.close()

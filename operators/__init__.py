@@ -1,0 +1,1 @@
+"""Pure logic of omnicanal: no I/O, no clocks unless passed in, testable in microseconds."""

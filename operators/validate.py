@@ -1,0 +1,355 @@
+"""Edge decoding: raw Kafka bytes in, an :class:`Accepted` event or a :class:`Rejected` out.
+
+Never raises on bad input. Checks, in order: size (before any parsing), UTF-8, JSON and the
+topic's contract (types, ranges, unknown fields, event type), duplicate keys, then business
+rules and the event-time window. Emails and phones are replaced by keyed HMACs here, so
+nothing downstream ever sees them in clear; rejected payloads are scrubbed the same way.
+
+>>> v = Validator({"omnicanal.clickstream": "clickstream"}, PiiHasher(b"k" * 32))
+>>> raw = (b'{"event_type":"login","event_id":"e1","event_time":"2024-05-01T10:00:00Z",'
+...        b'"channel":"web","session_id":"s1","customer":{"email":"Ana@example.com"}}')
+>>> ok = v.decode("omnicanal.clickstream", 0, 7, None, raw, now_ms=1714557600000)
+>>> ok.event_type, ok.customer.startswith("email:"), "Ana" in repr(ok.ids)
+('login', True, False)
+>>> bad = v.decode("omnicanal.clickstream", 0, 8, None, raw.replace(b'"login"', b'"lgn"'),
+...                now_ms=1714557600000)
+>>> bad.reason
+'unknown_event_type'
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import msgspec
+from msgspec import UNSET
+
+from operators.privacy import PiiHasher
+from schemas.deadletter import DeadLetter, SourcePosition
+from schemas.events import CONTRACT_OF_TYPE, CONTRACTS, CustomerIds
+
+PROCESSOR: Final = "omnicanal/0.1.0"
+DEFAULT_MAX_BYTES: Final = 64 * 1024
+#: 2000-01-01T00:00:00Z: older event times are treated as absurd.
+DEFAULT_MIN_EVENT_MS: Final = 946_684_800_000
+DEFAULT_MAX_FUTURE_MS: Final = 24 * 3600 * 1000
+
+#: Identifier kinds in the order that picks the profile key of an event.
+ID_PRIORITY: Final = ("loyalty", "account", "email", "phone", "card", "device", "cookie")
+
+_DEAD_LETTER_ENCODER = msgspec.json.Encoder()
+
+
+class Accepted(msgspec.Struct, gc=False):
+    """A valid event, with its source position and hashed identifiers."""
+
+    topic: str
+    partition: int
+    offset: int
+    contract: str
+    event_type: str
+    event_id: str
+    ts_ms: int
+    channel: str | None
+    customer: str | None
+    ids: dict[str, str]
+    event: Any
+
+
+class Rejected(msgspec.Struct, gc=False):
+    """An input that goes to the dead-letter topic; ``record`` is the encoded DeadLetter."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    record: bytes
+
+    @property
+    def dlq_key(self) -> bytes:
+        """Deterministic key, so a re-sent dead letter can be recognised downstream."""
+        return f"{self.topic}:{self.partition}:{self.offset}".encode()
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, message: str, event_type: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.event_type = event_type
+
+
+def _key_count(buf: bytes) -> int:
+    """Number of object keys in JSON that contains no backslash (so no escaped quotes)."""
+    return b"".join(buf.split(b'"')[0::2]).count(b":")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise _Reject("duplicate_key", f"duplicate key {dup!r}")
+    return out
+
+
+def _classify(err: msgspec.ValidationError, raw_type: object) -> _Reject:
+    msg = str(err)
+    if "`$.event_type`" in msg or "required field `event_type`" in msg:
+        if isinstance(raw_type, str) and raw_type in CONTRACT_OF_TYPE:
+            return _Reject(
+                "wrong_topic",
+                f"event_type {raw_type!r} belongs to the {CONTRACT_OF_TYPE[raw_type]} contract",
+                raw_type,
+            )
+        return _Reject("unknown_event_type", msg)
+    if msg.startswith("Object missing required field"):
+        reason = "missing_field"
+    elif msg.startswith("Object contains unknown field"):
+        reason = "unknown_field"
+    elif msg.startswith("Expected `object`, got") and " - at " not in msg:
+        reason = "not_an_object"
+    elif (
+        " >= " in msg
+        or " <= " in msg
+        or "matching regex" in msg
+        or "of length" in msg
+        or msg.startswith("Invalid ")
+        or "timezone" in msg
+    ):
+        reason = "invalid_value"
+    else:  # "Expected `int`, got `str`", "Integer value out of range", null, ...
+        reason = "wrong_type"
+    return _Reject(reason, msg, raw_type if isinstance(raw_type, str) else None)
+
+
+class Validator:
+    """Decodes one topic's raw messages against its contract. Pure: the clock is passed in."""
+
+    def __init__(
+        self,
+        topic_contracts: Mapping[str, str],
+        hasher: PiiHasher,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        min_event_ms: int = DEFAULT_MIN_EVENT_MS,
+        max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
+        step: str = "validate",
+    ) -> None:
+        unknown = set(topic_contracts.values()) - set(CONTRACTS)
+        if unknown:
+            raise ValueError(f"unknown contracts {sorted(unknown)}; known: {sorted(CONTRACTS)}")
+        self._decoders = {
+            topic: (name, msgspec.json.Decoder(CONTRACTS[name].union))  # type: ignore[call-overload]
+            for topic, name in topic_contracts.items()
+        }
+        self._encoder = msgspec.json.Encoder()
+        self.hasher = hasher
+        self.max_bytes = max_bytes
+        self.min_event_ms = min_event_ms
+        self.max_future_ms = max_future_ms
+        self.step = step
+
+    # ------------------------------------------------------------------ public
+    def decode(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        now_ms: int,
+        timestamp_ms: int | None = None,
+    ) -> Accepted | Rejected:
+        """Decode one message. Never raises for anything the message contains."""
+        raw = value or b""
+        try:
+            return self._accept(topic, partition, offset, raw, now_ms)
+        except _Reject as r:
+            return self._reject(
+                topic, partition, offset, key, raw, now_ms, timestamp_ms, r.reason, r.message,
+                r.event_type,
+            )
+
+    # ------------------------------------------------------------------ internals
+    def _accept(
+        self, topic: str, partition: int, offset: int, raw: bytes, now_ms: int
+    ) -> Accepted:
+        if topic not in self._decoders:
+            raise _Reject("wrong_topic", f"topic {topic!r} has no contract configured")
+        contract, decoder = self._decoders[topic]
+        if not raw:
+            raise _Reject("malformed_json", "empty message")
+        if len(raw) > self.max_bytes:
+            raise _Reject("too_large", f"{len(raw)} bytes > limit of {self.max_bytes}")
+        if not raw.isascii():
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _Reject("invalid_utf8", f"invalid UTF-8 at byte {e.start}") from None
+        try:
+            ev = decoder.decode(raw)
+        except msgspec.ValidationError as e:
+            raise _classify(e, _peek_event_type(raw)) from None
+        except msgspec.DecodeError as e:
+            raise _Reject("malformed_json", str(e)) from None
+        self._check_duplicates(raw, ev)
+        event_type: str = type(ev).__struct_config__.tag  # type: ignore[assignment]
+        ts_ms = int(ev.event_time.timestamp() * 1000)
+        if ts_ms < self.min_event_ms or ts_ms > now_ms + self.max_future_ms:
+            raise _Reject(
+                "timestamp_out_of_range",
+                f"event_time {ev.event_time.isoformat()} outside "
+                f"[{_iso(self.min_event_ms)}, now + {self.max_future_ms // 1000}s]",
+                event_type,
+            )
+        if contract == "transaction":
+            _check_transaction(ev, event_type)
+        ids = self._identifiers(ev)
+        customer = None
+        for kind in ID_PRIORITY:
+            if kind in ids:
+                customer = f"{kind}:{ids[kind]}"
+                break
+        return Accepted(
+            topic,
+            partition,
+            offset,
+            contract,
+            event_type,
+            ev.event_id,
+            ts_ms,
+            getattr(ev, "channel", None),
+            customer,
+            ids,
+            ev,
+        )
+
+    def _check_duplicates(self, raw: bytes, ev: object) -> None:
+        if b"\\" not in raw:
+            if _key_count(raw) != _key_count(self._encoder.encode(ev)):
+                # Re-parse exactly to name the key (rare path).
+                json.loads(raw, object_pairs_hook=_no_duplicates)
+                raise _Reject("duplicate_key", "a JSON object repeats a key")
+        else:
+            json.loads(raw, object_pairs_hook=_no_duplicates)
+
+    def _identifiers(self, ev: Any) -> dict[str, str]:
+        ids: dict[str, str] = {}
+        c: CustomerIds | Any = getattr(ev, "customer", UNSET)
+        if c is not UNSET:
+            if c.loyalty_id is not UNSET:
+                ids["loyalty"] = c.loyalty_id
+            if c.account_id is not UNSET:
+                ids["account"] = c.account_id
+            if c.email is not UNSET:
+                ids["email"] = self.hasher.email(c.email)
+            if c.phone is not UNSET:
+                ids["phone"] = self.hasher.phone(c.phone)
+            if c.card_token is not UNSET:
+                ids["card"] = c.card_token
+            if c.device_id is not UNSET:
+                ids["device"] = c.device_id
+            if c.cookie_id is not UNSET:
+                ids["cookie"] = c.cookie_id
+        device = getattr(ev, "device_id", UNSET)
+        if device is not UNSET and "device" not in ids:
+            ids["device"] = device
+        return ids
+
+    def _reject(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        raw: bytes,
+        now_ms: int,
+        timestamp_ms: int | None,
+        reason: str,
+        message: str,
+        event_type: str | None,
+    ) -> Rejected:
+        kept, scrubbed = self._scrubbed_payload(raw, reason)
+        record = DeadLetter(
+            reason=reason,  # type: ignore[arg-type]
+            message=message[:1000],
+            source=SourcePosition(
+                topic,
+                partition,
+                offset,
+                base64.b64encode(key).decode() if key is not None else None,
+                timestamp_ms,
+            ),
+            received_at=datetime.fromtimestamp(now_ms / 1000, UTC),
+            payload_b64=base64.b64encode(kept).decode(),
+            payload_scrubbed=scrubbed,
+            payload_size=len(raw),
+            processor=PROCESSOR,
+            step=self.step,
+            event_type=event_type if event_type is not None else UNSET,
+        )
+        return Rejected(topic, partition, offset, reason, _DEAD_LETTER_ENCODER.encode(record))
+
+    def _scrubbed_payload(self, raw: bytes, reason: str) -> tuple[bytes, bool]:
+        """The bytes kept in the dead letter: original, unless PII had to be replaced."""
+        if reason not in ("too_large", "invalid_utf8"):
+            try:
+                obj = json.loads(raw)
+            except (ValueError, RecursionError):
+                obj = None
+            else:
+                clean = self.hasher.scrub_json(obj)
+                if clean == obj:
+                    return raw, False
+                return json.dumps(clean, separators=(",", ":")).encode(), True
+        clean_bytes = self.hasher.scrub_bytes(raw)
+        return clean_bytes, clean_bytes != raw
+
+
+def _peek_event_type(raw: bytes) -> object:
+    """The event_type of a payload that failed validation, if it can be read at all."""
+    try:
+        obj = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    return obj.get("event_type") if isinstance(obj, dict) else None
+
+
+def _check_transaction(ev: Any, event_type: str) -> None:
+    total = 0
+    for i, line in enumerate(ev.lines):
+        gross = line.quantity * line.unit_price_minor
+        discount = 0 if line.discount_minor is UNSET else line.discount_minor
+        if discount > gross:
+            raise _Reject(
+                "invalid_value",
+                f"lines[{i}].discount_minor {discount} exceeds quantity x unit price {gross}",
+                event_type,
+            )
+        total += -(gross - discount) if line.kind == "discount" else gross - discount
+    if total < 0:
+        raise _Reject("invalid_value", f"transaction total is negative ({total})", event_type)
+
+
+def line_amount(line: Any) -> int:
+    """Signed amount of one transaction line in minor units (discount lines subtract).
+
+    >>> from schemas.events import TransactionLine
+    >>> line_amount(TransactionLine(sku="A", quantity=3, unit_price_minor=250, discount_minor=50))
+    700
+    >>> line_amount(TransactionLine(sku="D", quantity=1, unit_price_minor=100, kind="discount"))
+    -100
+    """
+    gross: int = line.quantity * line.unit_price_minor
+    if line.discount_minor is not UNSET:
+        gross -= line.discount_minor
+    return -gross if line.kind == "discount" else gross
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()

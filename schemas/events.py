@@ -1,0 +1,266 @@
+"""Event contracts: the single source of truth for every event omnicanal reads.
+
+Each input topic has one contract, a tagged union on ``event_type``. Event types are
+unique across contracts, so a JSON-lines file can be routed to topics by type alone.
+
+Conventions, chosen for strictness and speed:
+
+- **Money is in integer minor units** (pence, cents): ``unit_price_minor: 255`` is 2.55.
+  Floats never carry money, so there is no rounding and no NaN.
+- **Times are RFC 3339 strings with a timezone** (``2024-05-01T10:00:00+02:00``).
+- **Optional fields are absent, never null.** An explicit ``null`` is a type error.
+- **Unknown fields are rejected.** A new field means a new contract version.
+- ``schema_version`` is optional and defaults to the current version (1).
+
+>>> import msgspec
+>>> ev = msgspec.json.decode(
+...     b'{"event_type":"page_view","event_id":"e1","event_time":"2024-05-01T10:00:00Z",'
+...     b'"channel":"web","session_id":"s1","url":"/"}',
+...     type=ClickstreamEvent,
+... )
+>>> type(ev).__name__, ev.channel
+('PageView', 'web')
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Final, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+SCHEMA_VERSION: Final = 1
+
+# ---------------------------------------------------------------- reusable field types
+Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\s\x00-\x1f]+$")]
+ShortText = Annotated[str, Meta(max_length=512)]
+Sku = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^\s\x00-\x1f]+$")]
+Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
+EventTime = Annotated[
+    datetime, Meta(tz=True, description="RFC 3339 date-time with a timezone offset")
+]
+Quantity = Annotated[int, Meta(ge=1, le=100_000)]
+MinorAmount = Annotated[int, Meta(ge=0, le=10_000_000_000, description="integer minor units")]
+Version = Annotated[int, Meta(ge=1, le=SCHEMA_VERSION)]
+Email = Annotated[str, Meta(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")]
+Phone = Annotated[str, Meta(min_length=6, max_length=32, pattern=r"^\+?[0-9 ()./-]+$")]
+
+SalesChannel = Literal["store", "web", "app", "marketplace", "call_centre"]
+DigitalChannel = Literal["web", "app"]
+OfferChannel = Literal["store", "web", "app", "email", "sms", "push", "call_centre"]
+LineKind = Literal["product", "shipping", "fee", "discount", "voucher", "sample", "adjustment"]
+
+TRANSACTION_TYPES: Final = ("sale", "return")
+CLICKSTREAM_TYPES: Final = (
+    "page_view",
+    "product_view",
+    "search",
+    "add_to_cart",
+    "remove_from_cart",
+    "checkout_started",
+    "login",
+)
+INVENTORY_TYPES: Final = ("stock_snapshot", "stock_adjustment", "price_update")
+OFFER_FEEDBACK_TYPES: Final = (
+    "offer_delivered",
+    "offer_opened",
+    "offer_clicked",
+    "offer_redeemed",
+    "offer_dismissed",
+)
+
+
+class _Strict(Struct, forbid_unknown_fields=True, omit_defaults=True, frozen=True):
+    """Base of every contract: unknown fields rejected, absent optionals not re-encoded."""
+
+
+class CustomerIds(_Strict, kw_only=True):
+    """Identifiers of the customer, whichever the channel knows.
+
+    ``email`` and ``phone`` are raw personal data: omnicanal replaces them with keyed
+    HMACs as soon as the event is decoded and never stores, logs or dead-letters them.
+    """
+
+    loyalty_id: Id | UnsetType = UNSET
+    account_id: Id | UnsetType = UNSET
+    email: Email | UnsetType = UNSET
+    phone: Phone | UnsetType = UNSET
+    device_id: Id | UnsetType = UNSET
+    cookie_id: Id | UnsetType = UNSET
+    card_token: Id | UnsetType = UNSET
+
+
+class _Event(_Strict, tag_field="event_type", kw_only=True):
+    event_id: Id
+    event_time: EventTime
+    schema_version: Version | UnsetType = UNSET
+
+
+# ---------------------------------------------------------------- transactions
+class TransactionLine(_Strict, kw_only=True):
+    """One line of a receipt or order. ``kind`` marks lines that are not products."""
+
+    sku: Sku
+    quantity: Quantity
+    unit_price_minor: MinorAmount
+    discount_minor: MinorAmount | UnsetType = UNSET
+    kind: LineKind | UnsetType = UNSET
+    description: ShortText | UnsetType = UNSET
+
+
+class _Transaction(_Event, kw_only=True):
+    channel: SalesChannel
+    lines: Annotated[list[TransactionLine], Meta(min_length=1, max_length=1000)]
+    currency: Currency
+    location_id: Id | UnsetType = UNSET
+    order_id: Id | UnsetType = UNSET
+    customer: CustomerIds | UnsetType = UNSET
+    coupon_codes: Annotated[list[Id], Meta(max_length=20)] | UnsetType = UNSET
+
+
+class Sale(_Transaction, tag="sale"):
+    """A completed purchase in any channel."""
+
+
+class Return(_Transaction, tag="return"):
+    """Goods returned and refunded; quantities are positive, the type gives the direction."""
+
+    original_order_id: Id | UnsetType = UNSET
+
+
+TransactionEvent = Sale | Return
+
+
+# ---------------------------------------------------------------- clickstream
+class _Click(_Event, kw_only=True):
+    channel: DigitalChannel
+    session_id: Id
+    device_id: Id | UnsetType = UNSET
+    customer: CustomerIds | UnsetType = UNSET
+
+
+class PageView(_Click, tag="page_view"):
+    url: Annotated[str, Meta(max_length=2048)]
+
+
+class ProductView(_Click, tag="product_view"):
+    sku: Sku
+
+
+class Search(_Click, tag="search"):
+    query: Annotated[str, Meta(max_length=256)]
+
+
+class AddToCart(_Click, tag="add_to_cart"):
+    sku: Sku
+    quantity: Quantity
+
+
+class RemoveFromCart(_Click, tag="remove_from_cart"):
+    sku: Sku
+    quantity: Quantity
+
+
+class CheckoutStarted(_Click, tag="checkout_started"):
+    pass
+
+
+class Login(_Click, tag="login"):
+    """A sign-in: links the anonymous device/cookie to the account in ``customer``."""
+
+
+ClickstreamEvent = (
+    PageView | ProductView | Search | AddToCart | RemoveFromCart | CheckoutStarted | Login
+)
+
+
+# ---------------------------------------------------------------- inventory
+class StockSnapshot(_Event, tag="stock_snapshot"):
+    """Counted stock of a SKU at a location; replaces what was known before."""
+
+    sku: Sku
+    location_id: Id
+    on_hand: Annotated[int, Meta(ge=0, le=100_000_000)]
+
+
+class StockAdjustment(_Event, tag="stock_adjustment"):
+    """A change of stock outside sales: delivery (+), damage, shrinkage, transfer (-)."""
+
+    sku: Sku
+    location_id: Id
+    delta: Annotated[int, Meta(ge=-100_000_000, le=100_000_000)]
+    reason: Literal["delivery", "damage", "shrinkage", "transfer", "correction", "other"]
+
+
+class PriceUpdate(_Event, tag="price_update"):
+    sku: Sku
+    channel: SalesChannel
+    price_minor: MinorAmount
+    currency: Currency
+    location_id: Id | UnsetType = UNSET
+
+
+InventoryEvent = StockSnapshot | StockAdjustment | PriceUpdate
+
+
+# ---------------------------------------------------------------- offer feedback
+class _OfferFeedback(_Event, kw_only=True):
+    offer_id: Id
+    channel: OfferChannel
+    customer: CustomerIds
+
+
+class OfferDelivered(_OfferFeedback, tag="offer_delivered"):
+    pass
+
+
+class OfferOpened(_OfferFeedback, tag="offer_opened"):
+    pass
+
+
+class OfferClicked(_OfferFeedback, tag="offer_clicked"):
+    pass
+
+
+class OfferRedeemed(_OfferFeedback, tag="offer_redeemed"):
+    order_id: Id | UnsetType = UNSET
+
+
+class OfferDismissed(_OfferFeedback, tag="offer_dismissed"):
+    pass
+
+
+OfferFeedbackEvent = OfferDelivered | OfferOpened | OfferClicked | OfferRedeemed | OfferDismissed
+
+AnyEvent = TransactionEvent | ClickstreamEvent | InventoryEvent | OfferFeedbackEvent
+
+
+class Contract(msgspec.Struct, frozen=True):
+    """One input stream: its name, default topic, union type and event types."""
+
+    name: str
+    default_topic: str
+    union: object
+    event_types: tuple[str, ...]
+
+
+CONTRACTS: Final[dict[str, Contract]] = {
+    c.name: c
+    for c in (
+        Contract("transaction", "omnicanal.transactions", TransactionEvent, TRANSACTION_TYPES),
+        Contract("clickstream", "omnicanal.clickstream", ClickstreamEvent, CLICKSTREAM_TYPES),
+        Contract("inventory", "omnicanal.inventory", InventoryEvent, INVENTORY_TYPES),
+        Contract(
+            "offer_feedback",
+            "omnicanal.offer-feedback",
+            OfferFeedbackEvent,
+            OFFER_FEEDBACK_TYPES,
+        ),
+    )
+}
+
+#: event_type -> contract name, used to route a mixed JSON-lines file to its topics.
+CONTRACT_OF_TYPE: Final[dict[str, str]] = {
+    t: c.name for c in CONTRACTS.values() for t in c.event_types
+}

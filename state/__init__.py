@@ -1,0 +1,1 @@
+"""Redis state: the only code that talks to Redis."""
