@@ -8,7 +8,14 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 log = logging.getLogger(__name__)
@@ -159,3 +166,34 @@ class GroupOffsets:
 
     def close(self) -> None:
         self._c.close()
+
+
+def read_topic(
+    config: dict[str, Any], topic: str, *, idle_timeout: float = 5.0
+) -> list[tuple[int, int, bytes | None, bytes | None]]:
+    """Every message of a topic from the beginning to its current end:
+    (partition, offset, key, value). For tools and tests, not the hot path."""
+    parts = partitions_of(config, [topic])[topic]
+    c = Consumer(
+        {**config, "group.id": "omnicanal-reader", "enable.auto.commit": False,
+         "enable.partition.eof": True}
+    )  # fmt: skip
+    try:
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(parts)])
+        out = []
+        eof: set[int] = set()
+        while len(eof) < parts:
+            msgs = c.consume(1000, idle_timeout)
+            if not msgs:
+                raise RuntimeError(f"reading {topic}: no end of partition after {idle_timeout}s")
+            for msg in msgs:
+                err = msg.error()
+                if err is None:
+                    out.append((msg.partition(), msg.offset(), msg.key(), msg.value()))
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    eof.add(msg.partition())
+                else:
+                    raise RuntimeError(f"reading {topic}: {err.str()}")
+        return out
+    finally:
+        c.close()

@@ -39,6 +39,12 @@ def _wait(predicate: Any, what: str, timeout: float, proc: subprocess.Popen[byte
     raise ServiceError(f"{what} not ready after {timeout:.0f}s ({last}); log: {_tail(log)}")
 
 
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _tail(log: Path, n: int = 800) -> str:
     try:
         return log.read_text(errors="replace")[-n:].strip() or "(empty)"
@@ -132,6 +138,9 @@ class LocalKafka(_Process):
         )  # fmt: skip
         from confluent_kafka.admin import AdminClient
 
+        # Wait for the port first: librdkafka logs every refused connection.
+        _wait(lambda: _port_open(self.port), f"Kafka broker (tansu) port {self.port}", timeout,
+              proc, self.log)  # fmt: skip
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
         _wait(
             lambda: admin.list_topics(timeout=1) is not None,

@@ -21,6 +21,7 @@ from typing import Any
 
 PII_FIELDS = frozenset({"email", "phone"})
 _EMAIL_RE = re.compile(rb"[^\s\"'<>@,;:\\]{1,64}@[^\s\"'<>@,;:\\]{1,255}")
+_EMAIL_CHARS = frozenset(range(33, 127)) - frozenset(b"\"'<>@,;:\\[]{}()")
 _PHONE_FIELD_RE = re.compile(rb'("phone"\s*:\s*")([^"\\]{0,64})(")')
 _PHONE_DIGITS = re.compile(r"[^0-9+]")
 
@@ -74,6 +75,30 @@ class PiiHasher:
             return "hmac:" + self.email(obj)
         return obj
 
+    def _scrub_emails(self, raw: bytes) -> bytes:
+        """Replace every ``local@domain`` run; linear in the input (no regex backtracking)."""
+        at = raw.find(b"@")
+        if at < 0:
+            return raw
+        out = bytearray()
+        pos = 0
+        n = len(raw)
+        while at >= 0:
+            lo = at
+            while lo > pos and at - lo < 64 and raw[lo - 1] in _EMAIL_CHARS:
+                lo -= 1
+            hi = at + 1
+            while hi < n and hi - at < 255 and raw[hi] in _EMAIL_CHARS:
+                hi += 1
+            if lo < at and hi > at + 1:
+                out += raw[pos:lo]
+                addr = raw[lo:hi].decode("utf-8", "replace")
+                out += b"hmac:" + self.email(addr).encode()
+                pos = hi
+            at = raw.find(b"@", max(hi, at + 1))
+        out += raw[pos:]
+        return bytes(out)
+
     def scrub_bytes(self, raw: bytes) -> bytes:
         """Best-effort scrub of bytes that did not parse: email-like runs and phone fields.
 
@@ -83,10 +108,7 @@ class PiiHasher:
         >>> b"0207" in h.scrub_bytes(b'{"phone": "0207 946 0958", oops')
         False
         """
-        out = _EMAIL_RE.sub(
-            lambda m: b"hmac:" + self.email(m.group(0).decode("utf-8", "replace")).encode(),
-            raw,
-        )
+        out = self._scrub_emails(raw)
         return _PHONE_FIELD_RE.sub(
             lambda m: m.group(1)
             + b"hmac:"

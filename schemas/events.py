@@ -33,9 +33,9 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 SCHEMA_VERSION: Final = 1
 
 # ---------------------------------------------------------------- reusable field types
-Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\s\x00-\x1f]+$")]
+Id = Annotated[str, Meta(min_length=1, max_length=128)]
 ShortText = Annotated[str, Meta(max_length=512)]
-Sku = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^\s\x00-\x1f]+$")]
+Sku = Annotated[str, Meta(min_length=1, max_length=64)]
 Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
 EventTime = Annotated[
     datetime, Meta(tz=True, description="RFC 3339 date-time with a timezone offset")

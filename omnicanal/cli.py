@@ -1,0 +1,378 @@
+"""The ``omnicanal`` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from omnicanal import __version__
+from omnicanal.config import ConfigError, Settings, env_documentation, load
+
+app = typer.Typer(
+    help=(
+        "omnicanal: real-time omnichannel retail stream processing.\n\n"
+        "Reads transactions, clickstream, inventory and offer feedback from Kafka, keeps one "
+        "profile per customer in Redis, dead-letters what it cannot use. Configuration comes "
+        "from OMNICANAL_* environment variables (`omnicanal config` lists them)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+topics_app = typer.Typer(help="Kafka topic administration.", no_args_is_help=True)
+schemas_app = typer.Typer(help="Event contracts as JSON Schema.", no_args_is_help=True)
+import_app = typer.Typer(help="Turn public data sets into omnicanal events.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+app.add_typer(schemas_app, name="schemas")
+app.add_typer(import_app, name="import")
+
+err = Console(stderr=True)
+out = Console()
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load(**overrides)
+    except ConfigError as e:
+        _fail(str(e))
+        raise  # unreachable
+
+
+def _json(obj: Any) -> None:
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+) -> None:
+    if version:
+        out.print(__version__)
+        raise typer.Exit()
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# ---------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    events: Annotated[int, typer.Option(min=1, help="Events to generate.")] = 50_000,
+    seed: Annotated[int, typer.Option(help="Seed of the traffic generator.")] = 42,
+    customers: Annotated[int, typer.Option(min=1, help="Distinct customers.")] = 5_000,
+    bad_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of deliberately bad events.")
+    ] = 0.02,
+    partitions: Annotated[int, typer.Option(min=1, max=64, help="Partitions per topic.")] = 4,
+    import_file: Annotated[
+        Path | None,
+        typer.Option("--import", exists=True, dir_okay=False,
+                     help="Replay a UCI Online Retail CSV instead of generated traffic."),
+    ] = None,  # fmt: skip
+    keep: Annotated[
+        bool, typer.Option(help="Leave the broker and Redis running afterwards.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Run everything locally: start a Kafka-protocol broker (Tansu) and redis-server on free
+    ports, produce realistic omnichannel traffic (with some bad events), run the pipeline to
+    the end of the input and print what happened."""
+    from omnicanal.demo import run_demo
+    from omnicanal.services import ServiceError
+    from state.profiles import StateError
+
+    quiet = as_json or not sys.stderr.isatty()
+    with Progress(
+        TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=err, disable=quiet,
+    ) as bar:  # fmt: skip
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int | None) -> None:
+            if stage == "done":
+                for t in tasks.values():
+                    bar.update(t, completed=bar.tasks[t].total)
+                return
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        if not quiet:
+            err.print("[dim]starting the local broker and redis-server…[/]")
+        try:
+            s = run_demo(
+                events=events, seed=seed, customers=customers, bad_share=bad_share,
+                partitions=partitions, import_file=import_file, keep=keep, progress=progress,
+            )  # fmt: skip
+        except (ServiceError, StateError, ConfigError) as e:
+            _fail(str(e))
+            return
+    if as_json:
+        _json(s.as_dict())
+    else:
+        _print_summary(s, keep)
+    if not s.consistent:
+        raise typer.Exit(1)
+
+
+def _print_summary(s: Any, keep: bool) -> None:
+    d = s.as_dict()
+    out.print()
+    out.print("[bold]omnicanal demo[/]")
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_row("produced", f"{s.produced:,} events ({s.produced_bad:,} deliberately bad)")
+    t.add_row("processed", f"{s.processed:,} valid events applied to Redis")
+    t.add_row("dead-lettered", f"{s.dead_lettered:,} (read back from the dead-letter topic)")
+    t.add_row("customers", f"{s.customers:,} profiles in Redis")
+    t.add_row(
+        "pipeline",
+        f"{s.pipeline_seconds:.1f} s ({d['events_per_second'] or 0:,.0f} events/s, "
+        "one process, Tansu and Redis on this machine)",
+    )
+    ok = "[green]yes[/]" if s.consistent else "[red]NO[/]"
+    t.add_row("check", f"processed + dead-lettered = produced: {ok}")
+    out.print(t)
+    if s.dead_letters_by_reason:
+        r = Table("dead-letter reason", "count", title=None, box=None)
+        for reason, n in s.dead_letters_by_reason.items():
+            r.add_row(reason, f"{n:,}")
+        out.print(r)
+    if s.sample_customer:
+        out.print(f"\nA customer seen in several channels: [bold]{s.sample_customer}[/]")
+        if keep:
+            out.print(
+                f"  OMNICANAL_REDIS_URL={s.redis_url} omnicanal profile {s.sample_customer}"
+            )
+    if keep:
+        out.print(
+            f"\nServices left running: Kafka {s.kafka_bootstrap}, Redis {s.redis_url} "
+            "(stop them with `pkill -f 'tansu broker'` and `redis-cli -u URL shutdown`)."
+        )
+
+
+# ---------------------------------------------------------------------------- run
+@app.command()
+def run(
+    processes: Annotated[
+        int, typer.Option(min=1, max=64, help="Worker processes (scale with cores).")
+    ] = 1,
+    resume_from: Annotated[
+        str,
+        typer.Option(
+            help="auto: from Redis's applied offsets, refusing to start if Redis lost state; "
+            "redis: from Redis's offsets even if the group is ahead (rebuilds lost state); "
+            "earliest: re-read everything (already applied offsets are skipped)."
+        ),
+    ] = "auto",
+    until_eof: Annotated[
+        bool, typer.Option(help="Stop at the end of the input instead of running forever.")
+    ] = False,
+) -> None:
+    """Run the pipeline against the configured Kafka and Redis until SIGTERM/SIGINT.
+
+    Needs OMNICANAL_PII_KEY. Exposes Prometheus metrics on OMNICANAL_METRICS_PORT (one port
+    per process, counting up)."""
+    from omnicanal import runner
+    from state.profiles import StateError
+
+    if resume_from not in ("auto", "redis", "earliest"):
+        _fail("--resume-from must be auto, redis or earliest")
+    settings = _settings()
+    try:
+        settings.pii_key_bytes()
+        plan = runner.plan(settings, resume_from)  # type: ignore[arg-type]
+    except (ConfigError, StateError, RuntimeError) as e:
+        _fail(str(e))
+        return
+    warning = runner.warn_persistence(plan.persistence)
+    if warning:
+        err.print(f"[yellow]{warning}[/]")
+    err.print(
+        f"omnicanal {__version__}: {len(plan.starts)} partitions, {processes} process(es), "
+        f"Kafka {settings.kafka_bootstrap}, metrics on :{settings.metrics_port or 'off'}"
+    )
+    runner.install_stop_handlers()
+    try:
+        runner.run(settings, plan.starts, until_eof=until_eof, processes=processes)
+    except StateError as e:
+        _fail(str(e), 3)
+    err.print("stopped cleanly")
+
+
+# ---------------------------------------------------------------------------- produce
+@app.command()
+def produce(
+    file: Annotated[str, typer.Argument(help="JSON-lines file of events, or - for stdin.")],
+    topic: Annotated[
+        str | None,
+        typer.Option(help="Send every line to this topic as-is (default: route by event_type)."),
+    ] = None,
+) -> None:
+    """Produce events from a JSON-lines file to their topics (routed by event_type).
+
+    Every delivery is confirmed; a line that is not a known event goes to the transactions
+    topic unchanged, so the pipeline dead-letters it with the reason."""
+    from omnicanal.datagen import Message
+    from omnicanal.demo import events_from_jsonl
+    from omnicanal.demo import produce as produce_messages
+    from omnicanal.kafka import DeliveryError
+
+    settings = _settings()
+    stream = sys.stdin.buffer if file == "-" else open(file, "rb")  # noqa: SIM115
+    with stream:
+        msgs = events_from_jsonl(stream, file)
+        if topic is not None:
+            contract = {t: c for c, t in settings.contract_topics().items()}.get(topic)
+            if contract is None:
+                _fail(f"--topic {topic!r} is not one of {list(settings.topic_contracts())}")
+            msgs = (Message(contract or "", m.key, m.value) for m in msgs)
+        t0 = time.perf_counter()
+        try:
+            n, by_contract, _ = produce_messages(settings, msgs)
+        except DeliveryError as e:
+            _fail(str(e), 1)
+            return
+    err.print(
+        f"produced {n:,} events in {time.perf_counter() - t0:.1f}s: "
+        + ", ".join(f"{c} {k:,}" for c, k in sorted(by_contract.items()))
+    )
+
+
+# ---------------------------------------------------------------------------- profile
+@app.command()
+def profile(
+    customer_id: Annotated[
+        str | None,
+        typer.Argument(help="Profile key, e.g. loyalty:L00000042, account:A0000042, cookie:ck-…"),
+    ] = None,
+    email: Annotated[str | None, typer.Option(help="Look up by email (hashed here).")] = None,
+    phone: Annotated[str | None, typer.Option(help="Look up by phone (hashed here).")] = None,
+) -> None:
+    """Print one customer's unified profile as JSON (exit 1 if unknown)."""
+    from operators.privacy import PiiHasher
+    from state.profiles import ProfileStore, connect
+
+    settings = _settings()
+    given = [x for x in (customer_id, email, phone) if x]
+    if len(given) != 1:
+        _fail("give exactly one of CUSTOMER_ID, --email, --phone")
+    if email or phone:
+        try:
+            hasher = PiiHasher(settings.pii_key_bytes())
+        except ConfigError as e:
+            _fail(str(e))
+            return
+        customer_id = f"email:{hasher.email(email)}" if email else f"phone:{hasher.phone(phone or '')}"
+    store = ProfileStore(connect(settings.redis_url, retry_seconds=2), settings.redis_prefix)
+    try:
+        p = store.read_profile(customer_id or "")
+    except Exception as e:
+        _fail(f"cannot read Redis at {settings.redis_url}: {e}", 1)
+        return
+    if p is None:
+        _fail(f"no profile for {customer_id!r}", 1)
+    _json(p)
+
+
+# ---------------------------------------------------------------------------- topics
+@topics_app.command("create")
+def topics_create(
+    partitions: Annotated[
+        int | None, typer.Option(min=1, help="Partitions (default OMNICANAL_PARTITIONS).")
+    ] = None,
+    replication: Annotated[
+        int | None, typer.Option(min=1, help="Replication (default OMNICANAL_REPLICATION_FACTOR).")
+    ] = None,
+) -> None:
+    """Create the input and dead-letter topics (existing ones are left as they are)."""
+    from omnicanal.kafka import create_topics
+
+    settings = _settings(partitions=partitions, replication_factor=replication)
+    try:
+        res = create_topics(
+            settings.kafka_config(), settings.all_topics(), settings.partitions,
+            settings.replication_factor,
+        )  # fmt: skip
+    except Exception as e:
+        _fail(f"creating topics on {settings.kafka_bootstrap}: {e}", 1)
+        return
+    for t, state in res.items():
+        out.print(f"{t}: {state}")
+
+
+# ---------------------------------------------------------------------------- schemas
+@schemas_app.command("export")
+def schemas_export(
+    directory: Annotated[Path, typer.Argument(help="Where to write the *.schema.json files.")],
+) -> None:
+    """Write one JSON Schema per event contract (and the dead-letter record) to DIRECTORY."""
+    from schemas.export import write_all
+
+    for path in write_all(directory):
+        out.print(str(path))
+
+
+# ---------------------------------------------------------------------------- import
+@import_app.command("online-retail")
+def import_online_retail(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="UCI CSV file.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write JSON lines here (default stdout).")
+    ] = None,
+    timezone: Annotated[str, typer.Option(help="Timezone of InvoiceDate.")] = "Europe/London",
+) -> None:
+    """Convert a UCI Online Retail CSV (original or "II" layout) into JSON-lines events.
+
+    Data: Chen, Sain & Guo (2012), UCI Machine Learning Repository, CC BY 4.0.
+    A report of what each kind of row became goes to stderr."""
+    from omnicanal.online_retail import ImportError_, ImportReport, read_events
+
+    report = ImportReport()
+    sink = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
+    try:
+        with open(file, encoding="utf-8", errors="replace", newline="") as f:
+            for ev in read_events(f, report, timezone=timezone):
+                sink.write(orjson.dumps(ev) + b"\n")
+    except ImportError_ as e:
+        _fail(f"{file}: {e}")
+    finally:
+        if output:
+            sink.close()
+        else:
+            sink.flush()
+    err.print_json(orjson.dumps(report.as_dict()).decode())
+
+
+# ---------------------------------------------------------------------------- config
+@app.command("config")
+def config_cmd() -> None:
+    """List every OMNICANAL_* setting with its default and meaning."""
+    t = Table("variable", "default", "meaning")
+    for name, default, doc in env_documentation():
+        t.add_row(name, default, doc)
+    out.print(t)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

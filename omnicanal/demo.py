@@ -1,0 +1,215 @@
+"""``omnicanal demo``: real services started locally, events produced, the pipeline run to
+the end of the input, and a summary checked against what the broker and Redis hold."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from monitoring import metrics as m
+from omnicanal import runner
+from omnicanal.config import Settings
+from omnicanal.datagen import Generator, Message
+from omnicanal.kafka import CheckedProducer, create_topics, read_topic
+from omnicanal.services import LocalKafka, LocalRedis
+from state.profiles import ProfileStore, connect
+
+Progress = Callable[[str, int, int | None], None]
+
+
+@dataclass
+class Summary:
+    produced: int = 0
+    produced_bad: int = 0
+    produced_by_contract: dict[str, int] = field(default_factory=dict)
+    expected_dead_letters: dict[str, int] = field(default_factory=dict)
+    processed: int = 0
+    dead_lettered: int = 0
+    dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
+    events_by_type: dict[str, int] = field(default_factory=dict)
+    customers: int = 0
+    produce_seconds: float = 0.0
+    pipeline_seconds: float = 0.0
+    sample_customer: str | None = None
+    kafka_bootstrap: str = ""
+    redis_url: str = ""
+
+    @property
+    def consistent(self) -> bool:
+        return self.processed + self.dead_lettered == self.produced
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["events_per_second"] = round(self.produced / self.pipeline_seconds, 1) if (
+            self.pipeline_seconds) else None  # fmt: skip
+        d["consistent"] = self.consistent
+        return d
+
+
+def produce(
+    settings: Settings, messages: Iterable[Message], progress: Progress | None = None,
+    total: int | None = None,
+) -> tuple[int, Counter[str], Counter[str]]:  # fmt: skip
+    """Produce messages to their contract's topic; returns (count, by contract, expected bad)."""
+    topics = settings.contract_topics()
+    p = CheckedProducer(settings.kafka_config(), what="produce")
+    n = 0
+    by_contract: Counter[str] = Counter()
+    expected: Counter[str] = Counter()
+    for msg in messages:
+        p.produce(topics[msg.contract], msg.value, msg.key)
+        n += 1
+        by_contract[msg.contract] += 1
+        if msg.expected_reason:
+            expected[msg.expected_reason] += 1
+        if n % 5000 == 0:
+            p.poll()
+            if progress:
+                progress("produce", n, total)
+    p.flush(60)
+    if progress:
+        progress("produce", n, total)
+    return n, by_contract, expected
+
+
+def events_from_jsonl(lines: Iterable[bytes], source: str) -> Iterator[Message]:
+    """Messages from JSON lines of events, routed by ``event_type`` (bad lines kept as-is
+    on the transactions topic, so the pipeline dead-letters them)."""
+    from schemas.events import CONTRACT_OF_TYPE
+
+    for n, line in enumerate(lines, 1):
+        line = line.rstrip(b"\r\n")
+        if not line.strip():
+            continue
+        contract = "transaction"
+        key = b""
+        with contextlib.suppress(ValueError):
+            obj = orjson.loads(line)
+            if isinstance(obj, dict):
+                contract = CONTRACT_OF_TYPE.get(str(obj.get("event_type")), "transaction")
+                cust = obj.get("customer") or {}
+                if isinstance(cust, dict):
+                    key = str(cust.get("loyalty_id") or cust.get("account_id") or "").encode()
+                key = key or str(obj.get("sku") or obj.get("event_id") or n).encode()
+        yield Message(contract, key, line)
+
+
+def run_demo(
+    *,
+    events: int,
+    seed: int,
+    customers: int,
+    bad_share: float,
+    partitions: int,
+    import_file: Path | None = None,
+    workdir: Path | None = None,
+    keep: bool = False,
+    progress: Progress | None = None,
+) -> Summary:
+    """Start Tansu and redis-server, produce, run the pipeline to the end, summarise."""
+    own_dir = workdir is None
+    base = workdir or Path(tempfile.mkdtemp(prefix="omnicanal-demo-"))
+    kafka = LocalKafka(base / "kafka")
+    redis_srv = LocalRedis(base / "redis")
+    summary = Summary()
+    try:
+        kafka.start()
+        redis_srv.start()
+        settings = Settings(
+            kafka_bootstrap=kafka.bootstrap,
+            redis_url=redis_srv.url,
+            partitions=partitions,
+            metrics_port=0,
+        )
+        summary.kafka_bootstrap, summary.redis_url = kafka.bootstrap, redis_srv.url
+        create_topics(settings.kafka_config(), settings.all_topics(), partitions)
+
+        if import_file is not None:
+            from omnicanal.online_retail import ImportReport, read_events
+
+            report = ImportReport()
+            with open(import_file, encoding="utf-8", errors="strict") as f:
+                lines = (orjson.dumps(e) for e in read_events(f, report))
+                msgs: Iterable[Message] = events_from_jsonl(lines, str(import_file))
+                t0 = time.perf_counter()
+                n, by_contract, expected = produce(settings, msgs, progress, None)
+        else:
+            gen = Generator(seed=seed, customers=customers, bad_share=bad_share)
+            t0 = time.perf_counter()
+            n, by_contract, expected = produce(settings, gen.messages(events), progress, events)
+        summary.produce_seconds = time.perf_counter() - t0
+        summary.produced = n
+        summary.produced_by_contract = dict(by_contract)
+        summary.expected_dead_letters = dict(expected)
+        summary.produced_bad = sum(expected.values())
+
+        plan = runner.plan(settings)
+        before = _applied_totals()
+        done = threading.Event()
+        if progress:
+            threading.Thread(
+                target=_watch, args=(done, before, n, progress), daemon=True
+            ).start()
+        t0 = time.perf_counter()
+        try:
+            runner.run(settings, plan.starts, until_eof=True, allow_demo_key=True,
+                       serve_metrics=False)  # fmt: skip
+        finally:
+            done.set()
+        summary.pipeline_seconds = time.perf_counter() - t0
+        processed_now, _ = _applied_totals()
+        summary.processed = int(processed_now - before[0])
+        summary.events_by_type = {k: int(v) for k, v in m.counter_by(m.EVENTS, "event_type").items()}
+        # Dead letters as the broker holds them, not as this process counted them.
+        dlq = read_topic(settings.kafka_config(), settings.topic_dead_letters)
+        reasons: Counter[str] = Counter(orjson.loads(v or b"{}").get("reason") for _, _, _, v in dlq)
+        summary.dead_lettered = sum(reasons.values())
+        summary.dead_letters_by_reason = dict(reasons.most_common())
+        store = ProfileStore(connect(settings.redis_url), settings.redis_prefix)
+        summary.customers = store.customer_count()
+        summary.sample_customer = _busiest(store)
+        store.r.close()
+        if progress:
+            progress("done", n, n)
+        return summary
+    finally:
+        if not keep:
+            kafka.stop()
+            redis_srv.stop()
+            if own_dir:
+                shutil.rmtree(base, ignore_errors=True)
+
+
+def _applied_totals() -> tuple[float, float]:
+    return m.counter_total(m.EVENTS), m.counter_total(m.DEAD_LETTERS)
+
+
+def _watch(done: threading.Event, before: tuple[float, float], total: int, progress: Progress) -> None:
+    while not done.wait(0.25):
+        ev, dl = _applied_totals()
+        progress("pipeline", int(ev - before[0] + dl - before[1]), total)
+
+
+def _busiest(store: ProfileStore, sample: int = 200) -> str | None:
+    """A customer with activity in several channels, to show in the summary."""
+    best: tuple[int, str] | None = None
+    for i, cid in enumerate(store.customer_ids()):
+        if i >= sample:
+            break
+        p = store.read_profile(cid)
+        if p is None:
+            continue
+        score = len(p["channels"]) * 100 + p["orders"]
+        if best is None or score > best[0]:
+            best = (score, cid)
+    return best[1] if best else None
