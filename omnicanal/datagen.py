@@ -124,9 +124,13 @@ class Generator:
 
     # ------------------------------------------------------------------ helpers
     def _customer(self) -> _Customer:
-        # Zipf-like: a few customers come back often.
-        n = min(int(self.rng.paretovariate(1.2)) - 1, self.n_customers - 1)
-        n = (n * 7919 + self.rng.randrange(self.n_customers)) % self.n_customers
+        # A third of the traffic comes from regulars (the first 5% of customers, Pareto-
+        # weighted), the rest from anyone.
+        if self.rng.random() < 0.33:
+            regulars = max(1, self.n_customers // 20)
+            n = min(int(self.rng.paretovariate(1.5)) - 1, regulars - 1)
+        else:
+            n = self.rng.randrange(self.n_customers)
         c = self._customers.get(n)
         if c is None:
             r = random.Random(n * 1_000_003 + 17)

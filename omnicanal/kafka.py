@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -182,9 +183,12 @@ def read_topic(
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(parts)])
         out = []
         eof: set[int] = set()
+        deadline = time.monotonic() + idle_timeout
         while len(eof) < parts:
-            msgs = c.consume(1000, idle_timeout)
-            if not msgs:
+            msgs = c.consume(1000, 0.05)
+            if msgs:
+                deadline = time.monotonic() + idle_timeout
+            elif time.monotonic() > deadline:
                 raise RuntimeError(f"reading {topic}: no end of partition after {idle_timeout}s")
             for msg in msgs:
                 err = msg.error()

@@ -71,8 +71,10 @@ class PiiHasher:
             }
         if isinstance(obj, list):
             return [self.scrub_json(v) for v in obj]
-        if isinstance(obj, str) and "@" in obj and _EMAIL_RE.fullmatch(obj.encode()):
-            return "hmac:" + self.email(obj)
+        if isinstance(obj, str) and "@" in obj:
+            if _EMAIL_RE.fullmatch(obj.encode()):
+                return "hmac:" + self.email(obj)
+            return self._scrub_emails(obj.encode()).decode("utf-8", "replace")
         return obj
 
     def _scrub_emails(self, raw: bytes) -> bytes:

@@ -194,7 +194,18 @@ class Validator:
         try:
             ev = decoder.decode(raw)
         except msgspec.ValidationError as e:
-            raise _classify(e, _peek_event_type(raw)) from None
+            # The typed decoder stops at the first contract violation; a payload that is not
+            # even JSON further on (NaN, truncation) is reported as such.
+            try:
+                obj = msgspec.json.decode(raw)
+            except msgspec.DecodeError as de:
+                if str(de).startswith(("JSON is malformed", "Input data was truncated")):
+                    raise _Reject("malformed_json", str(de)) from None
+                obj = None  # valid JSON the untyped decoder cannot hold (huge numbers)
+            except RecursionError:
+                obj = None  # deeply nested, but JSON: the typed error stands
+            raw_type = obj.get("event_type") if isinstance(obj, dict) else None
+            raise _classify(e, raw_type) from None
         except msgspec.DecodeError as e:
             raise _Reject("malformed_json", str(e)) from None
         self._check_duplicates(raw, ev)
@@ -311,15 +322,6 @@ class Validator:
                 return json.dumps(clean, separators=(",", ":")).encode(), True
         clean_bytes = self.hasher.scrub_bytes(raw)
         return clean_bytes, clean_bytes != raw
-
-
-def _peek_event_type(raw: bytes) -> object:
-    """The event_type of a payload that failed validation, if it can be read at all."""
-    try:
-        obj = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, RecursionError):
-        return None
-    return obj.get("event_type") if isinstance(obj, dict) else None
 
 
 def _check_transaction(ev: Any, event_type: str) -> None:

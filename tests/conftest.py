@@ -1,0 +1,59 @@
+"""Fixtures: a real Kafka-protocol broker (Tansu) and real redis-server processes, started
+on free ports for the test session (Redis per test where a test restarts it)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from omnicanal.config import Settings
+from omnicanal.kafka import create_topics
+from omnicanal.services import LocalKafka, LocalRedis
+
+os.environ.pop("OMNICANAL_PII_KEY", None)
+TEST_PII_KEY = "test-pii-key-0123456789abcdef"
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    k = LocalKafka(tmp_path_factory.mktemp("kafka")).start()
+    yield k
+    k.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[LocalRedis]:
+    r = LocalRedis(tmp_path / "redis", appendfsync="always").start()
+    yield r
+    r.stop()
+
+
+def make_settings(kafka: LocalKafka, redis_url: str, partitions: int = 3, **kw: object) -> Settings:
+    """Settings with topics of their own, so tests never see each other's messages."""
+    n = next(_ids)
+    s = Settings(
+        kafka_bootstrap=kafka.bootstrap,
+        redis_url=redis_url,
+        pii_key=TEST_PII_KEY,
+        metrics_port=0,
+        partitions=partitions,
+        group_id=f"omnicanal-test-{n}",
+        topic_transactions=f"t{n}.transactions",
+        topic_clickstream=f"t{n}.clickstream",
+        topic_inventory=f"t{n}.inventory",
+        topic_offer_feedback=f"t{n}.offer-feedback",
+        topic_dead_letters=f"t{n}.dead-letters",
+        **kw,  # type: ignore[arg-type]
+    )
+    create_topics(s.kafka_config(), s.all_topics(), partitions)
+    return s
+
+
+@pytest.fixture
+def settings(kafka: LocalKafka, redis_server: LocalRedis) -> Settings:
+    return make_settings(kafka, redis_server.url)

@@ -1,0 +1,249 @@
+"""End-to-end on the real broker (Tansu) and redis-server: good and bad events in, the
+Redis profiles must equal a plain-Python reference, every bad event must be in the
+dead-letter topic with its reason, and replays and restarts must change nothing."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+import pytest
+
+from monitoring import metrics as m
+from omnicanal import runner
+from omnicanal.config import Settings
+from omnicanal.datagen import Generator, Message
+from omnicanal.demo import produce
+from omnicanal.kafka import read_topic
+from omnicanal.services import LocalKafka, LocalRedis
+from state.profiles import ProfileStore, StateRegressedError, connect
+from tests import reference
+from tests.conftest import TEST_PII_KEY, make_settings
+
+pytestmark = pytest.mark.services
+
+
+def generate(n: int, seed: int, bad_share: float) -> list[Message]:
+    return list(Generator(seed=seed, customers=400, bad_share=bad_share).messages(n))
+
+
+def run_to_end(settings: Settings, resume_from: runner.ResumeFrom = "auto") -> None:
+    plan = runner.plan(settings, resume_from)
+    runner.run(settings, plan.starts, until_eof=True, serve_metrics=False)
+
+
+def store_of(settings: Settings) -> ProfileStore:
+    return ProfileStore(connect(settings.redis_url), settings.redis_prefix)
+
+
+def profiles(settings: Settings) -> dict[str, dict[str, Any]]:
+    store = store_of(settings)
+    out = {cid: store.read_profile(cid) for cid in store.customer_ids()}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def redis_dump(settings: Settings) -> dict[bytes, Any]:
+    r = connect(settings.redis_url)
+    out: dict[bytes, Any] = {}
+    for k in r.scan_iter(count=1000):
+        t = r.type(k)
+        if t == b"hash":
+            out[k] = r.hgetall(k)
+        elif t == b"zset":
+            out[k] = r.zrange(k, 0, -1, withscores=True)
+        else:
+            out[k] = r.get(k)
+    return out
+
+
+def expected_profiles(msgs: list[Message]) -> dict[str, dict[str, Any]]:
+    good = [orjson.loads(x.value) for x in msgs if x.expected_reason is None]
+    return reference.build(good, TEST_PII_KEY.encode())
+
+
+def input_positions(settings: Settings) -> dict[tuple[str, int, int], bytes | None]:
+    out = {}
+    for topic in settings.topic_contracts():
+        for p, off, _, value in read_topic(settings.kafka_config(), topic):
+            out[(topic, p, off)] = value
+    return out
+
+
+def test_profiles_match_reference_and_bad_events_are_dead_lettered(settings: Settings) -> None:
+    msgs = generate(6000, seed=11, bad_share=0.06)
+    bad = {x.value: x.expected_reason for x in msgs if x.expected_reason}
+    assert len(bad) > 200
+    events_before = m.counter_total(m.EVENTS)
+    n, _, _ = produce(settings, msgs)
+    assert n == len(msgs)
+
+    run_to_end(settings)
+
+    # Profiles: exactly what the reference computes from the good events.
+    got = profiles(settings)
+    want = expected_profiles(msgs)
+    assert set(got) == set(want)
+    for cid, p in want.items():
+        assert got[cid] == p, cid
+    assert store_of(settings).customer_count() == len(want)
+
+    # Dead letters: every bad input, once, with its reason and exact source position.
+    positions = input_positions(settings)
+    assert len(positions) == len(msgs)
+    dlq = read_topic(settings.kafka_config(), settings.topic_dead_letters)
+    records = [orjson.loads(v or b"") for _, _, _, v in dlq]
+    by_pos = {(r["source"]["topic"], r["source"]["partition"], r["source"]["offset"]): r
+              for r in records}  # fmt: skip
+    assert len(by_pos) == len(records) == len(bad)
+    for (_, _, key, _), r in zip(dlq, records, strict=True):
+        src = r["source"]
+        assert key == f"{src['topic']}:{src['partition']}:{src['offset']}".encode()
+    for pos, r in by_pos.items():
+        original = positions[pos]
+        assert original in bad, pos
+        assert r["reason"] == bad[original]
+        kept = base64.b64decode(r["payload_b64"])
+        if not r["payload_scrubbed"]:
+            assert kept == original
+        assert b"@example.com" not in kept and b"@example.com" not in orjson.dumps(r)
+
+    # Counting: processed + dead-lettered = produced.
+    processed = m.counter_total(m.EVENTS) - events_before
+    assert processed + len(records) == len(msgs)
+
+    # Privacy: none of the emails or phone numbers produced is anywhere in Redis.
+    dump = repr(redis_dump(settings)).encode().lower()
+    pii = pii_values(msgs)
+    assert len(pii) > 100
+    assert not [v for v in pii if v in dump]
+
+
+def pii_values(msgs: list[Message]) -> set[bytes]:
+    out = set()
+    for x in msgs:
+        try:
+            cust = orjson.loads(x.value).get("customer") or {}
+        except (orjson.JSONDecodeError, AttributeError):
+            continue
+        if "email" in cust:
+            out.add(cust["email"].lower().encode())
+        if "phone" in cust:
+            out.add(cust["phone"].encode())
+            out.add("".join(ch for ch in cust["phone"] if ch.isdigit()).encode())
+    return out
+
+
+def test_replay_from_the_beginning_changes_nothing(settings: Settings) -> None:
+    msgs = generate(3000, seed=5, bad_share=0.03)
+    produce(settings, msgs)
+    run_to_end(settings)
+    before = redis_dump(settings)
+    dlq_before = len(read_topic(settings.kafka_config(), settings.topic_dead_letters))
+    replayed_before = m.counter_total(m.REPLAYED)
+
+    run_to_end(settings, resume_from="earliest")
+
+    assert redis_dump(settings) == before
+    assert len(read_topic(settings.kafka_config(), settings.topic_dead_letters)) == dlq_before
+    assert m.counter_total(m.REPLAYED) - replayed_before == len(msgs)
+
+
+def test_restart_continues_where_redis_left_off(settings: Settings) -> None:
+    all_msgs = generate(4000, seed=9, bad_share=0.02)
+    first, second = all_msgs[:2500], all_msgs[2500:]
+    produce(settings, first)
+    run_to_end(settings)
+    produce(settings, second)
+    plan = runner.plan(settings)
+    stored = store_of(settings).load_offsets()
+    assert plan.starts == {p: o + 1 for p, o in stored.items()} | {
+        p: o for p, o in plan.starts.items() if p not in stored}  # fmt: skip
+    runner.run(settings, plan.starts, until_eof=True, serve_metrics=False)
+    assert profiles(settings) == expected_profiles(all_msgs)
+
+
+def test_redis_that_lost_its_data_stops_the_pipeline(
+    kafka: LocalKafka, redis_server: LocalRedis
+) -> None:
+    settings = make_settings(kafka, redis_server.url)
+    msgs = generate(2000, seed=3, bad_share=0.0)
+    produce(settings, msgs)
+    run_to_end(settings)
+    want = profiles(settings)
+    assert want == expected_profiles(msgs)
+
+    # Redis comes back empty (as a Redis without persistence does after a restart).
+    redis_server.stop()
+    redis_server.wipe()
+    redis_server.start()
+    assert profiles(settings) == {}
+    with pytest.raises(runner.StateBehindStreamError, match="Redis state is behind the stream"):
+        runner.plan(settings)
+
+    # The operator's documented way out: rebuild from Redis's own position.
+    run_to_end(settings, resume_from="redis")
+    assert profiles(settings) == want
+
+
+def test_redis_with_aof_survives_a_restart(kafka: LocalKafka, redis_server: LocalRedis) -> None:
+    settings = make_settings(kafka, redis_server.url)
+    msgs = generate(1500, seed=4, bad_share=0.0)
+    produce(settings, msgs)
+    run_to_end(settings)
+    before = redis_dump(settings)
+    redis_server.kill()  # crash, no clean shutdown
+    redis_server.start()
+    assert redis_dump(settings) == before
+    assert runner.plan(settings).behind == {}
+
+
+def test_sink_detects_redis_losing_state_mid_run(settings: Settings) -> None:
+    from flows.connectors import StateSink
+    from operators.privacy import PiiHasher
+    from operators.validate import Validator
+
+    v = Validator(settings.topic_contracts(), PiiHasher(TEST_PII_KEY.encode()))
+    topic = settings.topic_clickstream
+    raw = [x for x in generate(200, seed=1, bad_share=0.0) if x.contract == "clickstream"]
+    items = [v.decode(topic, 0, i, x.key, x.value, 2_000_000_000_000) for i, x in enumerate(raw)]
+    sink = StateSink(lambda: store_of(settings), settings.kafka_config(),
+                     settings.topic_dead_letters, settings.group_id)  # fmt: skip
+    part = sink.build("state", 0, 1)
+    try:
+        part.write_batch(items[:50])
+        connect(settings.redis_url).flushall()
+        with pytest.raises(StateRegressedError, match="went back in time"):
+            part.write_batch(items[50:])
+    finally:
+        part.close()
+
+
+def test_two_writers_on_the_same_partition_never_double_apply(settings: Settings) -> None:
+    """A zombie worker (or a retried script call) sees Redis ahead and drops what is done."""
+    from flows.connectors import StateSink
+    from operators.privacy import PiiHasher
+    from operators.validate import Validator
+
+    v = Validator(settings.topic_contracts(), PiiHasher(TEST_PII_KEY.encode()))
+    topic = settings.topic_clickstream
+    raw = [x for x in generate(600, seed=2, bad_share=0.0) if x.contract == "clickstream"]
+    items = [v.decode(topic, 0, i, x.key, x.value, 2_000_000_000_000) for i, x in enumerate(raw)]
+    sink = StateSink(lambda: store_of(settings), settings.kafka_config(),
+                     settings.topic_dead_letters, settings.group_id)  # fmt: skip
+    a, b = sink.build("state", 0, 1), sink.build("state", 0, 1)
+    try:
+        a.write_batch(items[:10])
+        b.write_batch(items[:10])  # b loads its floor now: 9
+        a.write_batch(items[10:200])  # Redis moves ahead of b
+        b.write_batch(items[10:300])  # overlap 10..199 must be dropped, 200..299 applied
+    finally:
+        a.close()
+        b.close()
+    a_replayed = m.counter_total(m.REPLAYED, topic=topic)
+    assert a_replayed >= 190
+    want = reference.build(
+        [orjson.loads(x.value) for x in raw[:300]], TEST_PII_KEY.encode()
+    )
+    assert profiles(settings) == want
+    assert store_of(settings).load_offsets([f"{topic}:0"]) == {f"{topic}:0": 299}
