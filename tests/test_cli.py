@@ -1,0 +1,169 @@
+"""The command line as users meet it: help texts, the demo, profile lookups, produce,
+the Online Retail importer and the schema export."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from omnicanal.cli import app
+from omnicanal.config import Settings
+from schemas.export import JSON_DIR, filename, render, schemas
+from tests.test_run_command import env_for
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "tests" / "data" / "online_retail_sample.csv"
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["demo"], ["run"], ["produce"], ["profile"], ["topics", "create"],
+     ["schemas", "export"], ["import", "online-retail"], ["config"]],
+)  # fmt: skip
+def test_every_command_explains_itself(args: list[str]) -> None:
+    res = runner.invoke(app, [*args, "--help"])
+    assert res.exit_code == 0, res.output
+    assert "Usage" in res.output and len(res.output) > 200
+
+
+def test_committed_json_schemas_are_in_sync_with_the_contracts(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["schemas", "export", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    for name, doc in schemas().items():
+        committed = (JSON_DIR / filename(name)).read_bytes()
+        assert committed == render(doc), f"run: omnicanal schemas export schemas/json ({name})"
+        assert (tmp_path / filename(name)).read_bytes() == committed
+
+
+def test_generated_events_validate_against_the_exported_json_schema() -> None:
+    """The JSON Schema channel teams get accepts what omnicanal accepts (and rejects the
+    bad events the generator makes, where JSON Schema can express the rule)."""
+    import jsonschema
+
+    from omnicanal.datagen import Generator
+
+    validators = {n: jsonschema.Draft202012Validator(d) for n, d in schemas().items()}
+    for msg in Generator(seed=3, customers=100, bad_share=0.0).messages(1500):
+        validators[msg.contract].validate(orjson.loads(msg.value))
+    bad = {"unknown_field", "missing_field", "unknown_event_type", "wrong_type"}
+    for msg in Generator(seed=3, customers=100, bad_share=1.0).messages(400):
+        if msg.expected_reason in bad:
+            try:
+                doc = orjson.loads(msg.value)
+            except orjson.JSONDecodeError:
+                continue
+            assert not validators[msg.contract].is_valid(doc), msg
+
+
+def test_import_online_retail_both_layouts(tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    res = runner.invoke(app, ["import", "online-retail", str(SAMPLE), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    events = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    types = {e["event_type"] for e in events}
+    assert {"sale", "return", "stock_adjustment"} <= types
+    # The "II" layout: renamed columns, same content, same events.
+    text = SAMPLE.read_text().splitlines()
+    text[0] = "Invoice,StockCode,Description,Quantity,InvoiceDate,Price,Customer ID,Country"
+    ii = tmp_path / "ii.csv"
+    ii.write_text("\n".join(text) + "\n")
+    out2 = tmp_path / "ii.jsonl"
+    assert runner.invoke(app, ["import", "online-retail", str(ii), "-o", str(out2)]).exit_code == 0
+    assert out2.read_bytes() == out.read_bytes()
+    # Every row is accounted for in the report; every event is valid.
+    report = json.loads(res.stderr[res.stderr.index("{") :])
+    assert report["rows"] == 2000
+    assert report["sales"] + report["returns"] + report["stock_adjustments"] == len(events)
+    from operators.privacy import PiiHasher
+    from operators.validate import Accepted, Validator
+    from schemas.events import CONTRACT_OF_TYPE
+
+    s = Settings()
+    v = Validator(s.topic_contracts(), PiiHasher(b"k" * 16), max_bytes=1 << 20)
+    topics = s.contract_topics()
+    for e in events:
+        r = v.decode(topics[CONTRACT_OF_TYPE[e["event_type"]]], 0, 0, None, orjson.dumps(e),
+                     now_ms=2_000_000_000_000)  # fmt: skip
+        assert isinstance(r, Accepted), (e, r)
+
+
+def test_import_rejects_a_file_that_is_not_online_retail(tmp_path: Path) -> None:
+    f = tmp_path / "x.csv"
+    f.write_text("a,b,c\n1,2,3\n")
+    res = runner.invoke(app, ["import", "online-retail", str(f)])
+    assert res.exit_code == 2
+    assert "not an Online Retail file" in res.output
+
+
+@pytest.mark.services
+def test_demo_json_summary_is_consistent() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "omnicanal.cli", "demo", "--events", "4000", "--seed", "3",
+         "--customers", "500", "--json"],
+        capture_output=True, text=True, timeout=180, cwd=ROOT,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    s = json.loads(res.stdout)
+    assert s["produced"] == 4000 and s["consistent"] is True
+    assert s["processed"] + s["dead_lettered"] == 4000
+    assert s["dead_letters_by_reason"] == s["expected_dead_letters"]
+    assert s["customers"] > 100 and s["sample_customer"]
+    assert s["events_per_second"] > 0
+
+
+@pytest.mark.services
+def test_demo_replays_the_online_retail_sample() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "omnicanal.cli", "demo", "--import", str(SAMPLE), "--json"],
+        capture_output=True, text=True, timeout=180, cwd=ROOT,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    s = json.loads(res.stdout)
+    assert s["consistent"] and s["dead_lettered"] == 0
+    assert s["events_by_type"]["sale"] > 50 and s["events_by_type"]["return"] > 0
+
+
+@pytest.mark.services
+def test_produce_then_profile_lookup_by_id_and_by_email(settings: Settings, tmp_path: Path) -> None:
+    from omnicanal import runner as pipeline
+
+    f = tmp_path / "events.jsonl"
+    events = [
+        {"event_type": "sale", "event_id": "s1", "event_time": "2024-05-01T10:00:00Z",
+         "channel": "store", "currency": "GBP", "location_id": "store-001",
+         "customer": {"email": "Zoe@Example.com"},
+         "lines": [{"sku": "MUG", "quantity": 2, "unit_price_minor": 450}]},
+        {"event_type": "product_view", "event_id": "c1", "event_time": "2024-05-01T09:00:00Z",
+         "channel": "web", "session_id": "s", "customer": {"email": "zoe@example.com"},
+         "sku": "TEAPOT"},
+    ]  # fmt: skip
+    f.write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\nnot json\n")
+    env = env_for(settings)
+    res = subprocess.run([sys.executable, "-m", "omnicanal.cli", "produce", str(f)], env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "produced 3 events" in res.stderr
+    plan = pipeline.plan(settings)
+    pipeline.run(settings, plan.starts, until_eof=True, serve_metrics=False)
+
+    res = subprocess.run(
+        [sys.executable, "-m", "omnicanal.cli", "profile", "--email", " ZOE@example.com"],
+        env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    p = json.loads(res.stdout)
+    assert p["customer_id"].startswith("email:") and "zoe" not in res.stdout.lower()
+    assert p["channels"]["store"]["spend_minor"] == {"GBP": 900}
+    assert p["recently_viewed"][0]["sku"] == "TEAPOT"
+    by_id = subprocess.run([sys.executable, "-m", "omnicanal.cli", "profile", p["customer_id"]],
+                           env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert json.loads(by_id.stdout) == p
+    missing = subprocess.run([sys.executable, "-m", "omnicanal.cli", "profile", "loyalty:nobody"],
+                             env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert missing.returncode == 1 and "no profile" in missing.stderr

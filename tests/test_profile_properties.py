@@ -1,0 +1,106 @@
+"""Property: whatever the partitioning, interleaving and batch boundaries, the profiles in
+Redis equal the one-event-at-a-time reference (effects are commutative and fenced)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from omnicanal.services import LocalRedis
+from operators.privacy import PiiHasher
+from operators.profile import aggregate, to_payload
+from operators.validate import Accepted, Validator
+from state.profiles import ProfileStore, connect
+from tests import reference
+
+pytestmark = pytest.mark.services
+KEY = b"property-test-key-0123"
+V = Validator({"tx": "transaction", "click": "clickstream"}, PiiHasher(KEY))
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProfileStore]:
+    srv = LocalRedis(Path(tmp_path_factory.mktemp("redis-prop"))).start(persistence=False)
+    yield ProfileStore(connect(srv.url))
+    srv.stop()
+
+
+customers = st.sampled_from([{"loyalty_id": "L1"}, {"account_id": "A2", "email": "a@b.co"},
+                             {"cookie_id": "c3"}, {"email": "A@B.co"}])  # fmt: skip
+skus = st.sampled_from(["S1", "S2", "S3"])
+minutes = st.integers(0, 6)  # few distinct times: ties between events are common
+
+
+@st.composite
+def event(draw: st.DrawFn) -> dict[str, object]:
+    t = (T0 + timedelta(minutes=draw(minutes))).isoformat()
+    kind = draw(st.sampled_from(["sale", "return", "product_view", "add_to_cart",
+                                 "remove_from_cart", "login"]))  # fmt: skip
+    cust = draw(customers)
+    if kind in ("sale", "return"):
+        lines = draw(st.lists(st.fixed_dictionaries({
+            "sku": skus, "quantity": st.integers(1, 5),
+            "unit_price_minor": st.integers(0, 5000)}), min_size=1, max_size=3))  # fmt: skip
+        return {"event_type": kind, "event_id": "e", "event_time": t, "currency": "EUR",
+                "channel": draw(st.sampled_from(["store", "web", "app"])), "lines": lines,
+                "customer": cust}  # fmt: skip
+    ev: dict[str, object] = {"event_type": kind, "event_id": "e", "event_time": t,
+                             "channel": draw(st.sampled_from(["web", "app"])),
+                             "session_id": "s", "customer": cust}  # fmt: skip
+    if kind != "login":
+        ev["sku"] = draw(skus)
+    if kind in ("add_to_cart", "remove_from_cart"):
+        ev["quantity"] = draw(st.integers(1, 3))
+    return ev
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.large_base_example],
+)
+@given(
+    events=st.lists(event(), min_size=10, max_size=60),
+    partitions=st.data(),
+)
+def test_profiles_do_not_depend_on_order_or_batches(
+    store: ProfileStore, events: list[dict[str, object]], partitions: st.DataObject
+) -> None:
+    store.r.flushdb()
+    # Spread events over 3 partitions, then interleave partition segments in random batches.
+    queues: dict[int, list[dict[str, object]]] = {0: [], 1: [], 2: []}
+    for ev in events:
+        queues[partitions.draw(st.integers(0, 2))].append(ev)
+    next_offset = dict.fromkeys(queues, 0)
+    floors = dict.fromkeys(queues, -1)
+    while any(next_offset[p] < len(q) for p, q in queues.items()):
+        batch: list[Accepted] = []
+        first = next(p for p, q in queues.items() if next_offset[p] < len(q))
+        for p, q in queues.items():
+            left = len(q) - next_offset[p]
+            take = partitions.draw(st.integers(1 if p == first else 0, left)) if left else 0
+            for ev in q[next_offset[p] : next_offset[p] + take]:
+                topic = "tx" if ev["event_type"] in ("sale", "return") else "click"
+                r = V.decode(topic, p, next_offset[p], None, orjson.dumps(ev), 2_000_000_000_000)
+                assert isinstance(r, Accepted), r
+                batch.append(r)
+                next_offset[p] += 1
+        parts = [(f"p:{p}", floors[p], next_offset[p] - 1) for p in queues
+                 if any(a.partition == p for a in batch)]  # fmt: skip
+        assert store.apply(parts, to_payload(aggregate(batch))).ok
+        for name, _, hi in parts:
+            floors[int(name[2:])] = hi
+        # Replaying the same batch is a no-op.
+        again = store.apply([(n, -1, hi) for n, _, hi in parts], to_payload(aggregate(batch)))
+        assert not again.ok and again.stale
+
+    got = {cid: store.read_profile(cid) for cid in store.customer_ids()}
+    assert got == reference.build(events, KEY)
+    assert store.customer_count() == len(got)

@@ -1,0 +1,102 @@
+"""`omnicanal run` as users run it: a subprocess against the real broker and Redis that
+serves Prometheus metrics and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from omnicanal.config import Settings
+from omnicanal.datagen import Generator
+from omnicanal.demo import produce
+from omnicanal.services import free_port
+from state.profiles import ProfileStore, connect
+
+pytestmark = pytest.mark.services
+
+
+def env_for(settings: Settings, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        env[f"OMNICANAL_{name.upper()}"] = (
+            json.dumps(value) if isinstance(value, dict) else str(value)
+        )
+    env.update(extra)
+    return env
+
+
+def wait_for(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_run_serves_metrics_and_stops_cleanly_on_sigterm(settings: Settings) -> None:
+    msgs = list(Generator(seed=8, customers=300, bad_share=0.05).messages(3000))
+    produce(settings, msgs)
+    bad = sum(1 for x in msgs if x.expected_reason)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "omnicanal.cli", "run"],
+        env=env_for(settings, OMNICANAL_METRICS_PORT=str(port)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        store = ProfileStore(connect(settings.redis_url), settings.redis_prefix)
+
+        def applied() -> int:
+            return sum(o + 1 for o in store.load_offsets().values())
+
+        wait_for(lambda: applied() == len(msgs), 60, "all offsets applied")
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        text = body.decode()
+        assert "omnicanal_events_total{" in text
+        dead = sum(
+            float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith("omnicanal_dead_letters_total{")
+        )  # fmt: skip
+        assert dead == bad
+        assert 'omnicanal_batch_seconds_bucket{le="0.001",stage="state"}' in text
+
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopped cleanly" in err
+
+
+def test_run_refuses_to_start_without_a_pii_key(settings: Settings) -> None:
+    env = env_for(settings)
+    env["OMNICANAL_PII_KEY"] = ""
+    res = subprocess.run([sys.executable, "-m", "omnicanal.cli", "run"], env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 2
+    assert "OMNICANAL_PII_KEY is not set" in res.stderr
+
+
+def test_run_refuses_when_redis_lost_state(settings: Settings) -> None:
+    from omnicanal.kafka import GroupOffsets
+
+    parts = [f"{settings.topic_transactions}:0"]
+    g = GroupOffsets(settings.kafka_config(), settings.group_id)
+    g.commit({parts[0]: 10}, asynchronous=False)
+    g.close()
+    res = subprocess.run([sys.executable, "-m", "omnicanal.cli", "run"], env=env_for(settings),
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 2
+    assert "Redis state is behind the stream" in res.stderr
+    assert f"{parts[0]}: Redis has applied up to offset -1, the stream is committed at 10" in (
+        res.stderr
+    )
