@@ -236,7 +236,7 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
         dead: dict[tuple[str, str], int] = {}
         newest: dict[str, int] = {}
         for i in applied:
-            if type(i) is Accepted:
+            if isinstance(i, Accepted):
                 k = (i.topic, i.channel or "none", i.event_type)
                 events[k] = events.get(k, 0) + 1
                 if i.ts_ms > newest.get(i.topic, 0):

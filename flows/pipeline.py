@@ -44,11 +44,16 @@ def build_flow(
         decode = validator.decode
         return [
             decode(
-                msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), now_ms,
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                msg.key(),
+                msg.value(),
+                now_ms,
                 msg.timestamp()[1],
             )
             for msg in msgs
-        ]  # fmt: skip
+        ]
 
     kafka = settings.kafka_config()
     flow = Dataflow("omnicanal")

@@ -84,9 +84,13 @@ def demo(
     partitions: Annotated[int, typer.Option(min=1, max=64, help="Partitions per topic.")] = 4,
     import_file: Annotated[
         Path | None,
-        typer.Option("--import", exists=True, dir_okay=False,
-                     help="Replay a UCI Online Retail CSV instead of generated traffic."),
-    ] = None,  # fmt: skip
+        typer.Option(
+            "--import",
+            exists=True,
+            dir_okay=False,
+            help="Replay a UCI Online Retail CSV instead of generated traffic.",
+        ),
+    ] = None,
     keep: Annotated[
         bool, typer.Option(help="Leave the broker and Redis running afterwards.")
     ] = False,
@@ -101,9 +105,13 @@ def demo(
 
     quiet = as_json or not sys.stderr.isatty()
     with Progress(
-        TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=err, disable=quiet,
-    ) as bar:  # fmt: skip
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet,
+    ) as bar:
         tasks: dict[str, Any] = {}
 
         def progress(stage: str, done: int, total: int | None) -> None:
@@ -119,9 +127,15 @@ def demo(
             err.print("[dim]starting the local broker and redis-server…[/]")
         try:
             s = run_demo(
-                events=events, seed=seed, customers=customers, bad_share=bad_share,
-                partitions=partitions, import_file=import_file, keep=keep, progress=progress,
-            )  # fmt: skip
+                events=events,
+                seed=seed,
+                customers=customers,
+                bad_share=bad_share,
+                partitions=partitions,
+                import_file=import_file,
+                keep=keep,
+                progress=progress,
+            )
         except (ServiceError, StateError, ConfigError) as e:
             _fail(str(e))
             return
@@ -158,9 +172,7 @@ def _print_summary(s: Any, keep: bool) -> None:
     if s.sample_customer:
         out.print(f"\nA customer seen in several channels: [bold]{s.sample_customer}[/]")
         if keep:
-            out.print(
-                f"  OMNICANAL_REDIS_URL={s.redis_url} omnicanal profile {s.sample_customer}"
-            )
+            out.print(f"  OMNICANAL_REDIS_URL={s.redis_url} omnicanal profile {s.sample_customer}")
     if keep:
         out.print(
             f"\nServices left running: Kafka {s.kafka_bootstrap}, Redis {s.redis_url} "
@@ -280,7 +292,9 @@ def profile(
         except ConfigError as e:
             _fail(str(e))
             return
-        customer_id = f"email:{hasher.email(email)}" if email else f"phone:{hasher.phone(phone or '')}"
+        customer_id = (
+            f"email:{hasher.email(email)}" if email else f"phone:{hasher.phone(phone or '')}"
+        )
     store = ProfileStore(connect(settings.redis_url, retry_seconds=2), settings.redis_prefix)
     try:
         p = store.read_profile(customer_id or "")
@@ -308,9 +322,11 @@ def topics_create(
     settings = _settings(partitions=partitions, replication_factor=replication)
     try:
         res = create_topics(
-            settings.kafka_config(), settings.all_topics(), settings.partitions,
+            settings.kafka_config(),
+            settings.all_topics(),
+            settings.partitions,
             settings.replication_factor,
-        )  # fmt: skip
+        )
     except Exception as e:
         _fail(f"creating topics on {settings.kafka_bootstrap}: {e}", 1)
         return

@@ -36,9 +36,7 @@ class Settings(BaseSettings):
     group_id: str = Field(
         "omnicanal", description="consumer group whose committed offsets witness progress"
     )
-    redis_url: str = Field(
-        "redis://127.0.0.1:6379/0", description="Redis URL (rediss:// for TLS)"
-    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (rediss:// for TLS)")
     redis_prefix: str = Field("oc:", description="prefix of every Redis key omnicanal writes")
     pii_key: str = Field(
         "", description="secret key for HMAC of emails/phones (>= 16 bytes); required by run"

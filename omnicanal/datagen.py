@@ -28,13 +28,45 @@ from typing import Any, Final
 import orjson
 
 FIRST_NAMES: Final = (
-    "ana", "ben", "chloe", "david", "emma", "farid", "grace", "hugo", "ines", "jonas",
-    "kofi", "lea", "marta", "noah", "olga", "pedro", "quinn", "rosa", "sami", "tara",
-)  # fmt: skip
+    "ana",
+    "ben",
+    "chloe",
+    "david",
+    "emma",
+    "farid",
+    "grace",
+    "hugo",
+    "ines",
+    "jonas",
+    "kofi",
+    "lea",
+    "marta",
+    "noah",
+    "olga",
+    "pedro",
+    "quinn",
+    "rosa",
+    "sami",
+    "tara",
+)
 LAST_NAMES: Final = (
-    "smith", "garcia", "muller", "rossi", "dubois", "nowak", "silva", "jensen", "kim",
-    "okafor", "novak", "costa", "martin", "weber", "lopez", "ivanova",
-)  # fmt: skip
+    "smith",
+    "garcia",
+    "muller",
+    "rossi",
+    "dubois",
+    "nowak",
+    "silva",
+    "jensen",
+    "kim",
+    "okafor",
+    "novak",
+    "costa",
+    "martin",
+    "weber",
+    "lopez",
+    "ivanova",
+)
 CATEGORIES: Final = ("home", "kitchen", "garden", "toys", "fashion", "beauty", "sport", "books")
 STORES: Final = tuple(f"store-{i:03d}" for i in range(1, 13))
 #: Bad-input kinds and the dead-letter reason each must get.
@@ -161,9 +193,11 @@ class Generator:
         self._buf.append(Message(contract, key.encode(), orjson.dumps(event)))
 
     def _sku(self) -> int:
-        return min(int(self.rng.paretovariate(1.1)) - 1, len(self.skus) - 1) * 13 % len(
-            self.skus
-        ) if self.rng.random() < 0.6 else self.rng.randrange(len(self.skus))
+        return (
+            min(int(self.rng.paretovariate(1.1)) - 1, len(self.skus) - 1) * 13 % len(self.skus)
+            if self.rng.random() < 0.6
+            else self.rng.randrange(len(self.skus))
+        )
 
     def _lines(self, k: int) -> list[dict[str, Any]]:
         lines = []
@@ -178,8 +212,15 @@ class Generator:
             lines.append(line)
         return lines
 
-    def _click(self, etype: str, channel: str, session: str, ids: dict[str, str] | None,
-               device: str, **fields: Any) -> dict[str, Any]:  # fmt: skip
+    def _click(
+        self,
+        etype: str,
+        channel: str,
+        session: str,
+        ids: dict[str, str] | None,
+        device: str,
+        **fields: Any,
+    ) -> dict[str, Any]:
         ev: dict[str, Any] = {
             "event_type": etype,
             "event_id": self._id("clk"),
@@ -217,17 +258,31 @@ class Generator:
         known = {"account_id": c.account, "email": c.email, "cookie_id": c.cookie}
         ids: dict[str, str] = known if channel == "app" else anon
         key = c.account if channel == "app" else c.cookie
-        self._emit("clickstream", key, self._click("page_view", channel, session, ids, device,
-                                                   url="/"))  # fmt: skip
+        self._emit(
+            "clickstream", key, self._click("page_view", channel, session, ids, device, url="/")
+        )
         if self.rng.random() < 0.3:
-            self._emit("clickstream", key, self._click(
-                "search", channel, session, ids, device,
-                query=self.rng.choice(CATEGORIES) + " " + self.rng.choice(("gift", "sale", "new")),
-            ))  # fmt: skip
+            self._emit(
+                "clickstream",
+                key,
+                self._click(
+                    "search",
+                    channel,
+                    session,
+                    ids,
+                    device,
+                    query=self.rng.choice(CATEGORIES)
+                    + " "
+                    + self.rng.choice(("gift", "sale", "new")),
+                ),
+            )
         viewed = [self._sku() for _ in range(self.rng.randint(1, 8))]
         for i in viewed:
-            self._emit("clickstream", key, self._click("product_view", channel, session, ids,
-                                                       device, sku=self.skus[i]))  # fmt: skip
+            self._emit(
+                "clickstream",
+                key,
+                self._click("product_view", channel, session, ids, device, sku=self.skus[i]),
+            )
         if logs_in and channel == "web":
             ids, key = known, c.account
             self._emit("clickstream", key, self._click("login", channel, session, ids, device))
@@ -236,23 +291,40 @@ class Generator:
             for i in viewed[: self.rng.randint(1, 3)]:
                 q = self.rng.choice((1, 1, 2))
                 carted[i] = carted.get(i, 0) + q
-                self._emit("clickstream", key, self._click(
-                    "add_to_cart", channel, session, ids, device, sku=self.skus[i], quantity=q))  # fmt: skip
+                self._emit(
+                    "clickstream",
+                    key,
+                    self._click(
+                        "add_to_cart", channel, session, ids, device, sku=self.skus[i], quantity=q
+                    ),
+                )
             if len(carted) > 1 and self.rng.random() < 0.2:
                 i = next(iter(carted))
-                self._emit("clickstream", key, self._click(
-                    "remove_from_cart", channel, session, ids, device, sku=self.skus[i],
-                    quantity=carted.pop(i)))  # fmt: skip
+                self._emit(
+                    "clickstream",
+                    key,
+                    self._click(
+                        "remove_from_cart",
+                        channel,
+                        session,
+                        ids,
+                        device,
+                        sku=self.skus[i],
+                        quantity=carted.pop(i),
+                    ),
+                )
         if carted and buys and ids is known:
-            self._emit("clickstream", key, self._click("checkout_started", channel, session,
-                                                       ids, device))  # fmt: skip
+            self._emit(
+                "clickstream", key, self._click("checkout_started", channel, session, ids, device)
+            )
             lines = [
                 {"sku": self.skus[i], "quantity": q, "unit_price_minor": self.prices[i]}
                 for i, q in carted.items()
             ]
             if self.rng.random() < 0.5:
-                lines.append({"sku": "POST", "quantity": 1, "unit_price_minor": 395,
-                              "kind": "shipping"})  # fmt: skip
+                lines.append(
+                    {"sku": "POST", "quantity": 1, "unit_price_minor": 395, "kind": "shipping"}
+                )
             order = self._id("ord")
             sale: dict[str, Any] = {
                 "event_type": "sale",
@@ -305,37 +377,57 @@ class Generator:
         back = [ln for ln in lines if ln.get("kind") is None][:1]
         if not back:
             return None
-        ids = {"loyalty_id": c.loyalty} if channel == "store" and c.loyalty else {
-            "account_id": c.account}  # fmt: skip
-        self._emit("transaction", c.loyalty or c.account, {
-            "event_type": "return",
-            "event_id": self._id("txn"),
-            "event_time": self._tick(),
-            "channel": "store" if self.rng.random() < 0.6 else channel,
-            "location_id": c.home_store,
-            "original_order_id": order,
-            "currency": self.currency,
-            "customer": ids,
-            "lines": back,
-        })  # fmt: skip
+        ids = (
+            {"loyalty_id": c.loyalty}
+            if channel == "store" and c.loyalty
+            else {"account_id": c.account}
+        )
+        self._emit(
+            "transaction",
+            c.loyalty or c.account,
+            {
+                "event_type": "return",
+                "event_id": self._id("txn"),
+                "event_time": self._tick(),
+                "channel": "store" if self.rng.random() < 0.6 else channel,
+                "location_id": c.home_store,
+                "original_order_id": order,
+                "currency": self.currency,
+                "customer": ids,
+                "lines": back,
+            },
+        )
         return None
 
     def _inventory(self) -> None:
         i = self._sku()
         store = self.rng.choice((*STORES, "warehouse-1"))
         r = self.rng.random()
-        ev: dict[str, Any] = {"event_id": self._id("inv"), "event_time": self._tick(),
-                              "sku": self.skus[i]}  # fmt: skip
+        ev: dict[str, Any] = {
+            "event_id": self._id("inv"),
+            "event_time": self._tick(),
+            "sku": self.skus[i],
+        }
         if r < 0.4:
-            ev |= {"event_type": "stock_snapshot", "location_id": store,
-                   "on_hand": self.rng.randint(0, 200)}  # fmt: skip
+            ev |= {
+                "event_type": "stock_snapshot",
+                "location_id": store,
+                "on_hand": self.rng.randint(0, 200),
+            }
         elif r < 0.8:
-            ev |= {"event_type": "stock_adjustment", "location_id": store,
-                   "delta": self.rng.choice((24, 48, -1, -2)),
-                   "reason": self.rng.choice(("delivery", "damage", "shrinkage"))}  # fmt: skip
+            ev |= {
+                "event_type": "stock_adjustment",
+                "location_id": store,
+                "delta": self.rng.choice((24, 48, -1, -2)),
+                "reason": self.rng.choice(("delivery", "damage", "shrinkage")),
+            }
         else:
-            ev |= {"event_type": "price_update", "channel": self.rng.choice(("web", "store")),
-                   "price_minor": self.prices[i], "currency": self.currency}  # fmt: skip
+            ev |= {
+                "event_type": "price_update",
+                "channel": self.rng.choice(("web", "store")),
+                "price_minor": self.prices[i],
+                "currency": self.currency,
+            }
         self._emit("inventory", self.skus[i], ev)
 
     def _offer_feedback(self) -> None:
@@ -344,10 +436,18 @@ class Generator:
         channel = self.rng.choice(("email", "sms", "app", "web"))
         offer = f"offer-{self.rng.randrange(50):03d}"
         for etype in ("offer_delivered", "offer_opened", "offer_clicked", "offer_redeemed"):
-            self._emit("offer_feedback", c.loyalty or c.account, {
-                "event_type": etype, "event_id": self._id("ofb"), "event_time": self._tick(),
-                "offer_id": offer, "channel": channel, "customer": ids,
-            })  # fmt: skip
+            self._emit(
+                "offer_feedback",
+                c.loyalty or c.account,
+                {
+                    "event_type": etype,
+                    "event_id": self._id("ofb"),
+                    "event_time": self._tick(),
+                    "offer_id": offer,
+                    "channel": channel,
+                    "customer": ids,
+                },
+            )
             if self.rng.random() < 0.5:
                 break
 

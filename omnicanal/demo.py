@@ -50,16 +50,19 @@ class Summary:
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
-        d["events_per_second"] = round(self.produced / self.pipeline_seconds, 1) if (
-            self.pipeline_seconds) else None  # fmt: skip
+        d["events_per_second"] = (
+            round(self.produced / self.pipeline_seconds, 1) if (self.pipeline_seconds) else None
+        )
         d["consistent"] = self.consistent
         return d
 
 
 def produce(
-    settings: Settings, messages: Iterable[Message], progress: Progress | None = None,
+    settings: Settings,
+    messages: Iterable[Message],
+    progress: Progress | None = None,
     total: int | None = None,
-) -> tuple[int, Counter[str], Counter[str]]:  # fmt: skip
+) -> tuple[int, Counter[str], Counter[str]]:
     """Produce messages to their contract's topic; returns (count, by contract, expected bad)."""
     topics = settings.contract_topics()
     p = CheckedProducer(settings.kafka_config(), what="produce")
@@ -157,22 +160,25 @@ def run_demo(
         before = _applied_totals()
         done = threading.Event()
         if progress:
-            threading.Thread(
-                target=_watch, args=(done, before, n, progress), daemon=True
-            ).start()
+            threading.Thread(target=_watch, args=(done, before, n, progress), daemon=True).start()
         t0 = time.perf_counter()
         try:
-            runner.run(settings, plan.starts, until_eof=True, allow_demo_key=True,
-                       serve_metrics=False)  # fmt: skip
+            runner.run(
+                settings, plan.starts, until_eof=True, allow_demo_key=True, serve_metrics=False
+            )
         finally:
             done.set()
         summary.pipeline_seconds = time.perf_counter() - t0
         processed_now, _ = _applied_totals()
         summary.processed = int(processed_now - before[0])
-        summary.events_by_type = {k: int(v) for k, v in m.counter_by(m.EVENTS, "event_type").items()}
+        summary.events_by_type = {
+            k: int(v) for k, v in m.counter_by(m.EVENTS, "event_type").items()
+        }
         # Dead letters as the broker holds them, not as this process counted them.
         dlq = read_topic(settings.kafka_config(), settings.topic_dead_letters)
-        reasons: Counter[str] = Counter(orjson.loads(v or b"{}").get("reason") for _, _, _, v in dlq)
+        reasons: Counter[str] = Counter(
+            orjson.loads(v or b"{}").get("reason") for _, _, _, v in dlq
+        )
         summary.dead_lettered = sum(reasons.values())
         summary.dead_letters_by_reason = dict(reasons.most_common())
         store = ProfileStore(connect(settings.redis_url), settings.redis_prefix)
@@ -194,7 +200,9 @@ def _applied_totals() -> tuple[float, float]:
     return m.counter_total(m.EVENTS), m.counter_total(m.DEAD_LETTERS)
 
 
-def _watch(done: threading.Event, before: tuple[float, float], total: int, progress: Progress) -> None:
+def _watch(
+    done: threading.Event, before: tuple[float, float], total: int, progress: Progress
+) -> None:
     while not done.wait(0.25):
         ev, dl = _applied_totals()
         progress("pipeline", int(ev - before[0] + dl - before[1]), total)

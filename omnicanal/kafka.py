@@ -84,8 +84,7 @@ class CheckedProducer:
             with self._lock:
                 errors, self._errors = self._errors, []
             raise DeliveryError(
-                f"{self._what}: {len(errors)} message(s) could not be delivered; first: "
-                f"{errors[0]}"
+                f"{self._what}: {len(errors)} message(s) could not be delivered; first: {errors[0]}"
             )
 
 
@@ -110,7 +109,9 @@ def create_topics(
     return out
 
 
-def partitions_of(config: dict[str, Any], topics: Sequence[str], timeout: float = 10) -> dict[str, int]:
+def partitions_of(
+    config: dict[str, Any], topics: Sequence[str], timeout: float = 10
+) -> dict[str, int]:
     """Partition count per topic; raises if a topic does not exist."""
     admin = AdminClient(config)
     md = admin.list_topics(timeout=timeout)
@@ -146,9 +147,7 @@ class GroupOffsets:
     """
 
     def __init__(self, config: dict[str, Any], group_id: str) -> None:
-        self._c = Consumer(
-            {**config, "group.id": group_id, "enable.auto.commit": False}
-        )
+        self._c = Consumer({**config, "group.id": group_id, "enable.auto.commit": False})
 
     def committed(self, parts: Sequence[str], timeout: float = 10) -> dict[str, int]:
         """Next offset to read per part, for parts with a commit."""
@@ -161,7 +160,10 @@ class GroupOffsets:
             return
         tps = [TopicPartition(*split_part(p), o) for p, o in next_offsets.items()]
         try:
-            self._c.commit(offsets=tps, asynchronous=asynchronous)
+            if asynchronous:
+                self._c.commit(offsets=tps, asynchronous=True)
+            else:
+                self._c.commit(offsets=tps, asynchronous=False)
         except KafkaException as e:  # a witness only: state is already safe in Redis
             log.warning("could not commit offsets to the consumer group: %s", e)
 
@@ -176,9 +178,13 @@ def read_topic(
     (partition, offset, key, value). For tools and tests, not the hot path."""
     parts = partitions_of(config, [topic])[topic]
     c = Consumer(
-        {**config, "group.id": "omnicanal-reader", "enable.auto.commit": False,
-         "enable.partition.eof": True}
-    )  # fmt: skip
+        {
+            **config,
+            "group.id": "omnicanal-reader",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
     try:
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(parts)])
         out = []
@@ -192,10 +198,11 @@ def read_topic(
                 raise RuntimeError(f"reading {topic}: no end of partition after {idle_timeout}s")
             for msg in msgs:
                 err = msg.error()
+                part, offset = msg.partition() or 0, msg.offset() or 0
                 if err is None:
-                    out.append((msg.partition(), msg.offset(), msg.key(), msg.value()))
+                    out.append((part, offset, msg.key(), msg.value()))
                 elif err.code() == KafkaError._PARTITION_EOF:
-                    eof.add(msg.partition())
+                    eof.add(part)
                 else:
                     raise RuntimeError(f"reading {topic}: {err.str()}")
         return out

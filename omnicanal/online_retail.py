@@ -60,11 +60,27 @@ SPECIAL_CODES = {
 }
 
 LAYOUTS = {
-    "original": ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate",
-                 "UnitPrice", "CustomerID", "Country"),
-    "II": ("Invoice", "StockCode", "Description", "Quantity", "InvoiceDate", "Price",
-           "Customer ID", "Country"),
-}  # fmt: skip
+    "original": (
+        "InvoiceNo",
+        "StockCode",
+        "Description",
+        "Quantity",
+        "InvoiceDate",
+        "UnitPrice",
+        "CustomerID",
+        "Country",
+    ),
+    "II": (
+        "Invoice",
+        "StockCode",
+        "Description",
+        "Quantity",
+        "InvoiceDate",
+        "Price",
+        "Customer ID",
+        "Country",
+    ),
+}
 
 
 class ImportError_(ValueError):
@@ -140,8 +156,11 @@ def read_events(
     except StopIteration:
         raise ImportError_("empty file") from None
     col = detect_layout(header)
-    idx = {ours: [h.strip() for h in header].index(theirs) for ours, theirs in col.items()
-           if ours != "_layout"}  # fmt: skip
+    idx = {
+        ours: [h.strip() for h in header].index(theirs)
+        for ours, theirs in col.items()
+        if ours != "_layout"
+    }
 
     current: str | None = None
     group: list[list[str]] = []

@@ -24,7 +24,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait(predicate: Any, what: str, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
+def _wait(
+    predicate: Any, what: str, timeout: float, proc: subprocess.Popen[bytes], log: Path
+) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -132,15 +134,26 @@ class LocalKafka(_Process):
         url = f"tcp://127.0.0.1:{self.port}"
         proc = self._spawn(
             [
-                tansu_binary(), "broker", "--listener-url", url,
-                "--advertised-listener-url", url, "--storage-engine", "memory://tansu/",
+                tansu_binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
             ]
-        )  # fmt: skip
+        )
         from confluent_kafka.admin import AdminClient
 
         # Wait for the port first: librdkafka logs every refused connection.
-        _wait(lambda: _port_open(self.port), f"Kafka broker (tansu) port {self.port}", timeout,
-              proc, self.log)  # fmt: skip
+        _wait(
+            lambda: _port_open(self.port),
+            f"Kafka broker (tansu) port {self.port}",
+            timeout,
+            proc,
+            self.log,
+        )
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
         _wait(
             lambda: admin.list_topics(timeout=1) is not None,
@@ -178,10 +191,22 @@ class LocalRedis(_Process):
                 "`sudo apt-get install -y redis-server`"
             )
         argv = [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-            str(self.workdir), "--save", "", "--maxmemory-policy", "noeviction",
-            "--daemonize", "no", "--protected-mode", "yes",
-        ]  # fmt: skip
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.workdir),
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+        ]
         if persistence:
             argv += ["--appendonly", "yes", "--appendfsync", self.appendfsync]
         else:
@@ -191,7 +216,9 @@ class LocalRedis(_Process):
 
         client = connect(self.url, retry_seconds=0)
         try:
-            _wait(lambda: client.ping(), f"redis-server on port {self.port}", timeout, proc, self.log)
+            _wait(
+                lambda: client.ping(), f"redis-server on port {self.port}", timeout, proc, self.log
+            )
         finally:
             client.close()
         return self

@@ -112,9 +112,11 @@ class PiiHasher:
         """
         out = self._scrub_emails(raw)
         return _PHONE_FIELD_RE.sub(
-            lambda m: m.group(1)
-            + b"hmac:"
-            + self.phone(m.group(2).decode("utf-8", "replace")).encode()
-            + m.group(3),
+            lambda m: (
+                m.group(1)
+                + b"hmac:"
+                + self.phone(m.group(2).decode("utf-8", "replace")).encode()
+                + m.group(3)
+            ),
             out,
         )

@@ -133,16 +133,21 @@ def to_payload(deltas: dict[str, CustomerDelta]) -> list[list[Any]]:
         for name, c in d.channels.items():
             currencies = c.spend.keys() | c.refund.keys()
             flat += (
-                name, c.orders, c.returns, c.items, c.items_returned, c.events,
-                c.first_ms, c.last_ms, len(currencies),
-            )  # fmt: skip
+                name,
+                c.orders,
+                c.returns,
+                c.items,
+                c.items_returned,
+                c.events,
+                c.first_ms,
+                c.last_ms,
+                len(currencies),
+            )
             for cur in sorted(currencies):
                 flat += (cur, c.spend.get(cur, 0), c.refund.get(cur, 0))
         views = [x for sku, ts in d.views.items() for x in (sku, ts)]
         clear = d.cart_clear_ms
-        cart = [
-            x for (sku, ts), q in d.cart.items() if ts > clear and q != 0 for x in (sku, ts, q)
-        ]
+        cart = [x for (sku, ts), q in d.cart.items() if ts > clear and q != 0 for x in (sku, ts, q)]
         rows.append([cid, flat, views, cart, clear])
     return rows
 
@@ -158,4 +163,3 @@ def cart_lines(entries: Iterable[tuple[str, int, int]], clear_ms: int) -> dict[s
         if ts > clear_ms:
             qty[sku] = qty.get(sku, 0) + delta
     return {sku: q for sku, q in sorted(qty.items()) if q > 0}
-

@@ -43,7 +43,7 @@ ID_PRIORITY: Final = ("loyalty", "account", "email", "phone", "card", "device", 
 
 _DEAD_LETTER_ENCODER = msgspec.json.Encoder()
 _TAGS: dict[type, str] = {
-    cls: cls.__struct_config__.tag  # type: ignore[misc]
+    cls: cls.__struct_config__.tag
     for c in CONTRACTS.values()
     for cls in c.union.__args__  # type: ignore[attr-defined]
 }
@@ -144,7 +144,7 @@ class Validator:
         if unknown:
             raise ValueError(f"unknown contracts {sorted(unknown)}; known: {sorted(CONTRACTS)}")
         self._decoders = {
-            topic: (name, msgspec.json.Decoder(CONTRACTS[name].union))  # type: ignore[call-overload]
+            topic: (name, msgspec.json.Decoder(CONTRACTS[name].union))
             for topic, name in topic_contracts.items()
         }
         self._encoder = msgspec.json.Encoder()
@@ -171,14 +171,20 @@ class Validator:
             return self._accept(topic, partition, offset, raw, now_ms)
         except _Reject as r:
             return self._reject(
-                topic, partition, offset, key, raw, now_ms, timestamp_ms, r.reason, r.message,
+                topic,
+                partition,
+                offset,
+                key,
+                raw,
+                now_ms,
+                timestamp_ms,
+                r.reason,
+                r.message,
                 r.event_type,
             )
 
     # ------------------------------------------------------------------ internals
-    def _accept(
-        self, topic: str, partition: int, offset: int, raw: bytes, now_ms: int
-    ) -> Accepted:
+    def _accept(self, topic: str, partition: int, offset: int, raw: bytes, now_ms: int) -> Accepted:
         if topic not in self._decoders:
             raise _Reject("wrong_topic", f"topic {topic!r} has no contract configured")
         contract, decoder = self._decoders[topic]

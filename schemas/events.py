@@ -71,7 +71,7 @@ OFFER_FEEDBACK_TYPES: Final = (
 )
 
 
-class _Strict(Struct, forbid_unknown_fields=True, omit_defaults=True, frozen=True):
+class _Strict(Struct, forbid_unknown_fields=True, omit_defaults=True):
     """Base of every contract: unknown fields rejected, absent optionals not re-encoded."""
 
 

@@ -86,7 +86,7 @@ class ProfileStore:
             cfg.update(self.r.config_get("maxmemory-policy"))
         except redis.ResponseError:
             return {}
-        return {_s(k): _s(v) for k, v in cfg.items()}
+        return {_s(k or ""): _s(v or "") for k, v in cfg.items()}
 
     # ------------------------------------------------------------------ offsets
     def load_offsets(self, parts: Sequence[str] | None = None) -> dict[str, int]:
@@ -105,9 +105,7 @@ class ProfileStore:
             self.r.hset(self.offsets_key, mapping={k: str(v) for k, v in offsets.items()})
 
     # ------------------------------------------------------------------ batch apply
-    def apply(
-        self, parts: Iterable[tuple[str, int, int]], rows: list[list[Any]]
-    ) -> ApplyResult:
+    def apply(self, parts: Iterable[tuple[str, int, int]], rows: list[list[Any]]) -> ApplyResult:
         """Apply profile rows and advance ``parts`` (name, floor, max offset) atomically.
 
         Raises :class:`StateRegressedError` if Redis holds an offset below ``floor``.
@@ -188,10 +186,17 @@ def build_profile(
         c = channels.setdefault(
             ch,
             {
-                "orders": 0, "returns": 0, "items": 0, "items_returned": 0, "events": 0,
-                "spend_minor": {}, "refund_minor": {}, "first_seen": None, "last_seen": None,
+                "orders": 0,
+                "returns": 0,
+                "items": 0,
+                "items_returned": 0,
+                "events": 0,
+                "spend_minor": {},
+                "refund_minor": {},
+                "first_seen": None,
+                "last_seen": None,
             },
-        )  # fmt: skip
+        )
         if rest in names:
             c[names[rest]] = value
         elif rest == "f":

@@ -8,9 +8,15 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-PRIORITY = [("loyalty_id", "loyalty"), ("account_id", "account"), ("email", "email"),
-            ("phone", "phone"), ("card_token", "card"), ("device_id", "device"),
-            ("cookie_id", "cookie")]  # fmt: skip
+PRIORITY = [
+    ("loyalty_id", "loyalty"),
+    ("account_id", "account"),
+    ("email", "email"),
+    ("phone", "phone"),
+    ("card_token", "card"),
+    ("device_id", "device"),
+    ("cookie_id", "cookie"),
+]
 
 
 def _mac(key: bytes, kind: bytes, value: str) -> str:
@@ -49,9 +55,20 @@ def build(events: list[dict[str, Any]], key: bytes) -> dict[str, dict[str, Any]]
             continue
         ts = _ms(ev)
         c = raw.setdefault(cid, {"ch": {}, "views": {}, "cart": [], "clear": 0})
-        ch = c["ch"].setdefault(ev["channel"], {
-            "orders": 0, "returns": 0, "items": 0, "items_returned": 0, "events": 0,
-            "spend_minor": {}, "refund_minor": {}, "first": ts, "last": ts})  # fmt: skip
+        ch = c["ch"].setdefault(
+            ev["channel"],
+            {
+                "orders": 0,
+                "returns": 0,
+                "items": 0,
+                "items_returned": 0,
+                "events": 0,
+                "spend_minor": {},
+                "refund_minor": {},
+                "first": ts,
+                "last": ts,
+            },
+        )
         ch["first"], ch["last"] = min(ch["first"], ts), max(ch["last"], ts)
         ch["events"] += 1
         t = ev["event_type"]
@@ -77,7 +94,9 @@ def build(events: list[dict[str, Any]], key: bytes) -> dict[str, dict[str, Any]]
         elif t == "product_view":
             c["views"][ev["sku"]] = max(c["views"].get(ev["sku"], 0), ts)
         elif t in ("add_to_cart", "remove_from_cart"):
-            c["cart"].append((ev["sku"], ts, ev["quantity"] if t == "add_to_cart" else -ev["quantity"]))
+            c["cart"].append(
+                (ev["sku"], ts, ev["quantity"] if t == "add_to_cart" else -ev["quantity"])
+            )
     out = {}
     for cid, c in raw.items():
         cart: dict[str, int] = {}
@@ -91,12 +110,16 @@ def build(events: list[dict[str, Any]], key: bytes) -> dict[str, dict[str, Any]]
             for cur, v in ch["spend_minor"].items():
                 spend[cur] = spend.get(cur, 0) + v
             channels[name] = {
-                "orders": ch["orders"], "returns": ch["returns"], "items": ch["items"],
-                "items_returned": ch["items_returned"], "events": ch["events"],
+                "orders": ch["orders"],
+                "returns": ch["returns"],
+                "items": ch["items"],
+                "items_returned": ch["items_returned"],
+                "events": ch["events"],
                 "spend_minor": {k: v for k, v in ch["spend_minor"].items() if v},
                 "refund_minor": {k: v for k, v in ch["refund_minor"].items() if v},
-                "first_seen": _iso(ch["first"]), "last_seen": _iso(ch["last"]),
-            }  # fmt: skip
+                "first_seen": _iso(ch["first"]),
+                "last_seen": _iso(ch["last"]),
+            }
         out[cid] = {
             "customer_id": cid,
             "first_seen": _iso(min(ch["first"] for ch in c["ch"].values())),

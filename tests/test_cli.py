@@ -24,9 +24,18 @@ runner = CliRunner()
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["demo"], ["run"], ["produce"], ["profile"], ["topics", "create"],
-     ["schemas", "export"], ["import", "online-retail"], ["config"]],
-)  # fmt: skip
+    [
+        [],
+        ["demo"],
+        ["run"],
+        ["produce"],
+        ["profile"],
+        ["topics", "create"],
+        ["schemas", "export"],
+        ["import", "online-retail"],
+        ["config"],
+    ],
+)
 def test_every_command_explains_itself(args: list[str]) -> None:
     res = runner.invoke(app, [*args, "--help"])
     assert res.exit_code == 0, res.output
@@ -89,8 +98,14 @@ def test_import_online_retail_both_layouts(tmp_path: Path) -> None:
     v = Validator(s.topic_contracts(), PiiHasher(b"k" * 16), max_bytes=1 << 20)
     topics = s.contract_topics()
     for e in events:
-        r = v.decode(topics[CONTRACT_OF_TYPE[e["event_type"]]], 0, 0, None, orjson.dumps(e),
-                     now_ms=2_000_000_000_000)  # fmt: skip
+        r = v.decode(
+            topics[CONTRACT_OF_TYPE[e["event_type"]]],
+            0,
+            0,
+            None,
+            orjson.dumps(e),
+            now_ms=2_000_000_000_000,
+        )
         assert isinstance(r, Accepted), (e, r)
 
 
@@ -105,10 +120,24 @@ def test_import_rejects_a_file_that_is_not_online_retail(tmp_path: Path) -> None
 @pytest.mark.services
 def test_demo_json_summary_is_consistent() -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "omnicanal.cli", "demo", "--events", "4000", "--seed", "3",
-         "--customers", "500", "--json"],
-        capture_output=True, text=True, timeout=180, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "omnicanal.cli",
+            "demo",
+            "--events",
+            "4000",
+            "--seed",
+            "3",
+            "--customers",
+            "500",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stderr
     s = json.loads(res.stdout)
     assert s["produced"] == 4000 and s["consistent"] is True
@@ -122,8 +151,11 @@ def test_demo_json_summary_is_consistent() -> None:
 def test_demo_replays_the_online_retail_sample() -> None:
     res = subprocess.run(
         [sys.executable, "-m", "omnicanal.cli", "demo", "--import", str(SAMPLE), "--json"],
-        capture_output=True, text=True, timeout=180, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stderr
     s = json.loads(res.stdout)
     assert s["consistent"] and s["dead_lettered"] == 0
@@ -136,18 +168,35 @@ def test_produce_then_profile_lookup_by_id_and_by_email(settings: Settings, tmp_
 
     f = tmp_path / "events.jsonl"
     events = [
-        {"event_type": "sale", "event_id": "s1", "event_time": "2024-05-01T10:00:00Z",
-         "channel": "store", "currency": "GBP", "location_id": "store-001",
-         "customer": {"email": "Zoe@Example.com"},
-         "lines": [{"sku": "MUG", "quantity": 2, "unit_price_minor": 450}]},
-        {"event_type": "product_view", "event_id": "c1", "event_time": "2024-05-01T09:00:00Z",
-         "channel": "web", "session_id": "s", "customer": {"email": "zoe@example.com"},
-         "sku": "TEAPOT"},
-    ]  # fmt: skip
+        {
+            "event_type": "sale",
+            "event_id": "s1",
+            "event_time": "2024-05-01T10:00:00Z",
+            "channel": "store",
+            "currency": "GBP",
+            "location_id": "store-001",
+            "customer": {"email": "Zoe@Example.com"},
+            "lines": [{"sku": "MUG", "quantity": 2, "unit_price_minor": 450}],
+        },
+        {
+            "event_type": "product_view",
+            "event_id": "c1",
+            "event_time": "2024-05-01T09:00:00Z",
+            "channel": "web",
+            "session_id": "s",
+            "customer": {"email": "zoe@example.com"},
+            "sku": "TEAPOT",
+        },
+    ]
     f.write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\nnot json\n")
     env = env_for(settings)
-    res = subprocess.run([sys.executable, "-m", "omnicanal.cli", "produce", str(f)], env=env,
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "omnicanal.cli", "produce", str(f)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     assert "produced 3 events" in res.stderr
     plan = pipeline.plan(settings)
@@ -155,15 +204,29 @@ def test_produce_then_profile_lookup_by_id_and_by_email(settings: Settings, tmp_
 
     res = subprocess.run(
         [sys.executable, "-m", "omnicanal.cli", "profile", "--email", " ZOE@example.com"],
-        env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     p = json.loads(res.stdout)
     assert p["customer_id"].startswith("email:") and "zoe" not in res.stdout.lower()
     assert p["channels"]["store"]["spend_minor"] == {"GBP": 900}
     assert p["recently_viewed"][0]["sku"] == "TEAPOT"
-    by_id = subprocess.run([sys.executable, "-m", "omnicanal.cli", "profile", p["customer_id"]],
-                           env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    by_id = subprocess.run(
+        [sys.executable, "-m", "omnicanal.cli", "profile", p["customer_id"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert json.loads(by_id.stdout) == p
-    missing = subprocess.run([sys.executable, "-m", "omnicanal.cli", "profile", "loyalty:nobody"],
-                             env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    missing = subprocess.run(
+        [sys.executable, "-m", "omnicanal.cli", "profile", "loyalty:nobody"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 1 and "no profile" in missing.stderr

@@ -25,7 +25,7 @@ def test_undeliverable_messages_fail_the_flush(tmp_path: Path) -> None:
         broker.pause()  # SIGSTOP: the broker stops answering, like a network partition
         try:
             p.produce("dl", b"lost?")
-            with pytest.raises(DeliveryError, match="could not be delivered|not delivered"):
+            with pytest.raises(DeliveryError, match=r"could not be delivered|not delivered"):
                 p.flush(10)
         finally:
             broker.resume()
@@ -41,8 +41,13 @@ def test_undeliverable_messages_fail_the_flush(tmp_path: Path) -> None:
 
 def test_unknown_topic_is_a_delivery_error(kafka: LocalKafka) -> None:
     p = CheckedProducer(
-        {"bootstrap.servers": kafka.bootstrap, "message.timeout.ms": "2000",
-         "allow.auto.create.topics": "false"}, what="test")  # fmt: skip
+        {
+            "bootstrap.servers": kafka.bootstrap,
+            "message.timeout.ms": "2000",
+            "allow.auto.create.topics": "false",
+        },
+        what="test",
+    )
     p.produce("no-such-topic-anywhere", b"x")
     with pytest.raises(DeliveryError):
         p.flush(10)

@@ -93,8 +93,9 @@ def test_profiles_match_reference_and_bad_events_are_dead_lettered(settings: Set
     assert len(positions) == len(msgs)
     dlq = read_topic(settings.kafka_config(), settings.topic_dead_letters)
     records = [orjson.loads(v or b"") for _, _, _, v in dlq]
-    by_pos = {(r["source"]["topic"], r["source"]["partition"], r["source"]["offset"]): r
-              for r in records}  # fmt: skip
+    by_pos = {
+        (r["source"]["topic"], r["source"]["partition"], r["source"]["offset"]): r for r in records
+    }
     assert len(by_pos) == len(records) == len(bad)
     for (_, _, key, _), r in zip(dlq, records, strict=True):
         src = r["source"]
@@ -158,7 +159,8 @@ def test_restart_continues_where_redis_left_off(settings: Settings) -> None:
     plan = runner.plan(settings)
     stored = store_of(settings).load_offsets()
     assert plan.starts == {p: o + 1 for p, o in stored.items()} | {
-        p: o for p, o in plan.starts.items() if p not in stored}  # fmt: skip
+        p: o for p, o in plan.starts.items() if p not in stored
+    }
     runner.run(settings, plan.starts, until_eof=True, serve_metrics=False)
     assert profiles(settings) == expected_profiles(all_msgs)
 
@@ -207,8 +209,12 @@ def test_sink_detects_redis_losing_state_mid_run(settings: Settings) -> None:
     topic = settings.topic_clickstream
     raw = [x for x in generate(200, seed=1, bad_share=0.0) if x.contract == "clickstream"]
     items = [v.decode(topic, 0, i, x.key, x.value, 2_000_000_000_000) for i, x in enumerate(raw)]
-    sink = StateSink(lambda: store_of(settings), settings.kafka_config(),
-                     settings.topic_dead_letters, settings.group_id)  # fmt: skip
+    sink = StateSink(
+        lambda: store_of(settings),
+        settings.kafka_config(),
+        settings.topic_dead_letters,
+        settings.group_id,
+    )
     part = sink.build("state", 0, 1)
     try:
         part.write_batch(items[:50])
@@ -229,8 +235,12 @@ def test_two_writers_on_the_same_partition_never_double_apply(settings: Settings
     topic = settings.topic_clickstream
     raw = [x for x in generate(600, seed=2, bad_share=0.0) if x.contract == "clickstream"]
     items = [v.decode(topic, 0, i, x.key, x.value, 2_000_000_000_000) for i, x in enumerate(raw)]
-    sink = StateSink(lambda: store_of(settings), settings.kafka_config(),
-                     settings.topic_dead_letters, settings.group_id)  # fmt: skip
+    sink = StateSink(
+        lambda: store_of(settings),
+        settings.kafka_config(),
+        settings.topic_dead_letters,
+        settings.group_id,
+    )
     a, b = sink.build("state", 0, 1), sink.build("state", 0, 1)
     try:
         a.write_batch(items[:10])
@@ -242,8 +252,6 @@ def test_two_writers_on_the_same_partition_never_double_apply(settings: Settings
         b.close()
     a_replayed = m.counter_total(m.REPLAYED, topic=topic)
     assert a_replayed >= 190
-    want = reference.build(
-        [orjson.loads(x.value) for x in raw[:300]], TEST_PII_KEY.encode()
-    )
+    want = reference.build([orjson.loads(x.value) for x in raw[:300]], TEST_PII_KEY.encode())
     assert profiles(settings) == want
     assert store_of(settings).load_offsets([f"{topic}:0"]) == {f"{topic}:0": 299}

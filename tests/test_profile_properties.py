@@ -32,8 +32,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProfileStore]:
     srv.stop()
 
 
-customers = st.sampled_from([{"loyalty_id": "L1"}, {"account_id": "A2", "email": "a@b.co"},
-                             {"cookie_id": "c3"}, {"email": "A@B.co"}])  # fmt: skip
+customers = st.sampled_from(
+    [
+        {"loyalty_id": "L1"},
+        {"account_id": "A2", "email": "a@b.co"},
+        {"cookie_id": "c3"},
+        {"email": "A@B.co"},
+    ]
+)
 skus = st.sampled_from(["S1", "S2", "S3"])
 minutes = st.integers(0, 6)  # few distinct times: ties between events are common
 
@@ -41,19 +47,43 @@ minutes = st.integers(0, 6)  # few distinct times: ties between events are commo
 @st.composite
 def event(draw: st.DrawFn) -> dict[str, object]:
     t = (T0 + timedelta(minutes=draw(minutes))).isoformat()
-    kind = draw(st.sampled_from(["sale", "return", "product_view", "add_to_cart",
-                                 "remove_from_cart", "login"]))  # fmt: skip
+    kind = draw(
+        st.sampled_from(
+            ["sale", "return", "product_view", "add_to_cart", "remove_from_cart", "login"]
+        )
+    )
     cust = draw(customers)
     if kind in ("sale", "return"):
-        lines = draw(st.lists(st.fixed_dictionaries({
-            "sku": skus, "quantity": st.integers(1, 5),
-            "unit_price_minor": st.integers(0, 5000)}), min_size=1, max_size=3))  # fmt: skip
-        return {"event_type": kind, "event_id": "e", "event_time": t, "currency": "EUR",
-                "channel": draw(st.sampled_from(["store", "web", "app"])), "lines": lines,
-                "customer": cust}  # fmt: skip
-    ev: dict[str, object] = {"event_type": kind, "event_id": "e", "event_time": t,
-                             "channel": draw(st.sampled_from(["web", "app"])),
-                             "session_id": "s", "customer": cust}  # fmt: skip
+        lines = draw(
+            st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "sku": skus,
+                        "quantity": st.integers(1, 5),
+                        "unit_price_minor": st.integers(0, 5000),
+                    }
+                ),
+                min_size=1,
+                max_size=3,
+            )
+        )
+        return {
+            "event_type": kind,
+            "event_id": "e",
+            "event_time": t,
+            "currency": "EUR",
+            "channel": draw(st.sampled_from(["store", "web", "app"])),
+            "lines": lines,
+            "customer": cust,
+        }
+    ev: dict[str, object] = {
+        "event_type": kind,
+        "event_id": "e",
+        "event_time": t,
+        "channel": draw(st.sampled_from(["web", "app"])),
+        "session_id": "s",
+        "customer": cust,
+    }
     if kind != "login":
         ev["sku"] = draw(skus)
     if kind in ("add_to_cart", "remove_from_cart"):
@@ -92,8 +122,11 @@ def test_profiles_do_not_depend_on_order_or_batches(
                 assert isinstance(r, Accepted), r
                 batch.append(r)
                 next_offset[p] += 1
-        parts = [(f"p:{p}", floors[p], next_offset[p] - 1) for p in queues
-                 if any(a.partition == p for a in batch)]  # fmt: skip
+        parts = [
+            (f"p:{p}", floors[p], next_offset[p] - 1)
+            for p in queues
+            if any(a.partition == p for a in batch)
+        ]
         assert store.apply(parts, to_payload(aggregate(batch))).ok
         for name, _, hi in parts:
             floors[int(name[2:])] = hi

@@ -49,8 +49,10 @@ def test_run_serves_metrics_and_stops_cleanly_on_sigterm(settings: Settings) -> 
     proc = subprocess.Popen(
         [sys.executable, "-m", "omnicanal.cli", "run"],
         env=env_for(settings, OMNICANAL_METRICS_PORT=str(port)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         store = ProfileStore(connect(settings.redis_url), settings.redis_prefix)
 
@@ -62,14 +64,15 @@ def test_run_serves_metrics_and_stops_cleanly_on_sigterm(settings: Settings) -> 
         text = body.decode()
         assert "omnicanal_events_total{" in text
         dead = sum(
-            float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
             if line.startswith("omnicanal_dead_letters_total{")
-        )  # fmt: skip
+        )
         assert dead == bad
         assert 'omnicanal_batch_seconds_bucket{le="0.001",stage="state"}' in text
 
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -80,8 +83,13 @@ def test_run_serves_metrics_and_stops_cleanly_on_sigterm(settings: Settings) -> 
 def test_run_refuses_to_start_without_a_pii_key(settings: Settings) -> None:
     env = env_for(settings)
     env["OMNICANAL_PII_KEY"] = ""
-    res = subprocess.run([sys.executable, "-m", "omnicanal.cli", "run"], env=env,
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "omnicanal.cli", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2
     assert "OMNICANAL_PII_KEY is not set" in res.stderr
 
@@ -93,8 +101,13 @@ def test_run_refuses_when_redis_lost_state(settings: Settings) -> None:
     g = GroupOffsets(settings.kafka_config(), settings.group_id)
     g.commit({parts[0]: 10}, asynchronous=False)
     g.close()
-    res = subprocess.run([sys.executable, "-m", "omnicanal.cli", "run"], env=env_for(settings),
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "omnicanal.cli", "run"],
+        env=env_for(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2
     assert "Redis state is behind the stream" in res.stderr
     assert f"{parts[0]}: Redis has applied up to offset -1, the stream is committed at 10" in (

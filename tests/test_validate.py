@@ -26,7 +26,11 @@ def sale(**kw: object) -> dict[str, object]:
         "event_time": "2024-05-01T10:00:00+02:00",
         "channel": "store",
         "currency": "EUR",
-        "customer": {"loyalty_id": "L1", "email": "Ana.Lopez@Example.com", "phone": "+34 600 123 456"},
+        "customer": {
+            "loyalty_id": "L1",
+            "email": "Ana.Lopez@Example.com",
+            "phone": "+34 600 123 456",
+        },
         "lines": [{"sku": "A1", "quantity": 2, "unit_price_minor": 1999}],
     }
     ev.update(kw)
@@ -46,7 +50,12 @@ def test_valid_sale_is_accepted_with_hashed_identifiers() -> None:
     r = decode(orjson.dumps(sale()))
     assert isinstance(r, Accepted)
     assert (r.event_type, r.channel, r.customer, r.partition, r.offset) == (
-        "sale", "store", "loyalty:L1", 2, 41)  # fmt: skip
+        "sale",
+        "store",
+        "loyalty:L1",
+        2,
+        41,
+    )
     assert r.ts_ms == 1714550400000
     assert r.ids["email"] == HASHER.email("ana.lopez@example.com")
     assert r.ids["phone"] == HASHER.phone("+34600123456")
@@ -76,10 +85,14 @@ def test_email_is_the_key_when_no_loyalty_or_account() -> None:
         (orjson.dumps(sale()).replace(b'"quantity":2', b'"quantity":true'), "wrong_type"),
         (orjson.dumps(sale(order_id=None)), "wrong_type"),
         (orjson.dumps(sale(lines=[[[[[[]]]]]])), "wrong_type"),
-        (orjson.dumps(sale())[:-1] + b',"coupon_codes":' + b"[" * 50_000 + b"]" * 50_000 + b"}",
-         "too_large"),
-        (orjson.dumps(sale())[:-1] + b',"coupon_codes":' + b"[" * 10_000 + b"]" * 10_000 + b"}",
-         "wrong_type"),
+        (
+            orjson.dumps(sale())[:-1] + b',"coupon_codes":' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+            "too_large",
+        ),
+        (
+            orjson.dumps(sale())[:-1] + b',"coupon_codes":' + b"[" * 10_000 + b"]" * 10_000 + b"}",
+            "wrong_type",
+        ),
         (b"[" * 30_000 + b"]" * 30_000, "not_an_object"),
         (orjson.dumps(sale())[:-1] + b',"event_id":"e-2"}', "duplicate_key"),
         (orjson.dumps(sale()).replace(b'"sku":"A1"', b'"sku":"A1","sku":"B2"'), "duplicate_key"),
@@ -87,14 +100,29 @@ def test_email_is_the_key_when_no_loyalty_or_account() -> None:
         (orjson.dumps({k: v for k, v in sale().items() if k != "currency"}), "missing_field"),
         (orjson.dumps(sale(colour="red")), "unknown_field"),
         (orjson.dumps(sale(event_type="teleport")), "unknown_event_type"),
-        (orjson.dumps({k: v for k, v in sale().items() if k != "event_type"}), "unknown_event_type"),
+        (
+            orjson.dumps({k: v for k, v in sale().items() if k != "event_type"}),
+            "unknown_event_type",
+        ),
         (orjson.dumps(sale(currency="eur")), "invalid_value"),
         (orjson.dumps(sale(channel="fax")), "invalid_value"),
         (orjson.dumps(sale(lines=[])), "invalid_value"),
-        (orjson.dumps(sale(lines=[{"sku": "A", "quantity": 0, "unit_price_minor": 1}])), "invalid_value"),
-        (orjson.dumps(sale(lines=[{"sku": "A", "quantity": 1, "unit_price_minor": -5}])), "invalid_value"),
-        (orjson.dumps(sale(lines=[{"sku": "A", "quantity": 1, "unit_price_minor": 5,
-                                   "discount_minor": 6}])), "invalid_value"),
+        (
+            orjson.dumps(sale(lines=[{"sku": "A", "quantity": 0, "unit_price_minor": 1}])),
+            "invalid_value",
+        ),
+        (
+            orjson.dumps(sale(lines=[{"sku": "A", "quantity": 1, "unit_price_minor": -5}])),
+            "invalid_value",
+        ),
+        (
+            orjson.dumps(
+                sale(
+                    lines=[{"sku": "A", "quantity": 1, "unit_price_minor": 5, "discount_minor": 6}]
+                )
+            ),
+            "invalid_value",
+        ),
         (orjson.dumps(sale(customer={"email": "not-an-email"})), "invalid_value"),
         (orjson.dumps(sale(event_time="2024-05-01T10:00:00")), "invalid_value"),
         (orjson.dumps(sale(event_time="1999-12-31T23:59:59Z")), "timestamp_out_of_range"),
@@ -126,21 +154,45 @@ def test_every_event_type_of_every_contract_round_trips() -> None:
     ofb = base | {"offer_id": "o", "channel": "sms", "customer": {"loyalty_id": "L"}}
     cases = {
         "tx": [sale(), sale(event_type="return", original_order_id="o1")],
-        "click": [click | {"event_type": "page_view", "url": "/"},
-                  click | {"event_type": "product_view", "sku": "A"},
-                  click | {"event_type": "search", "query": "mug"},
-                  click | {"event_type": "add_to_cart", "sku": "A", "quantity": 1},
-                  click | {"event_type": "remove_from_cart", "sku": "A", "quantity": 1},
-                  click | {"event_type": "checkout_started"},
-                  click | {"event_type": "login", "customer": {"account_id": "A1"}}],
-        "inv": [base | {"event_type": "stock_snapshot", "sku": "A", "location_id": "s1", "on_hand": 3},
-                base | {"event_type": "stock_adjustment", "sku": "A", "location_id": "s1",
-                        "delta": -2, "reason": "damage"},
-                base | {"event_type": "price_update", "sku": "A", "channel": "web",
-                        "price_minor": 999, "currency": "GBP"}],
-        "ofb": [ofb | {"event_type": t} for t in ("offer_delivered", "offer_opened",
-                "offer_clicked", "offer_redeemed", "offer_dismissed")],
-    }  # fmt: skip
+        "click": [
+            click | {"event_type": "page_view", "url": "/"},
+            click | {"event_type": "product_view", "sku": "A"},
+            click | {"event_type": "search", "query": "mug"},
+            click | {"event_type": "add_to_cart", "sku": "A", "quantity": 1},
+            click | {"event_type": "remove_from_cart", "sku": "A", "quantity": 1},
+            click | {"event_type": "checkout_started"},
+            click | {"event_type": "login", "customer": {"account_id": "A1"}},
+        ],
+        "inv": [
+            base | {"event_type": "stock_snapshot", "sku": "A", "location_id": "s1", "on_hand": 3},
+            base
+            | {
+                "event_type": "stock_adjustment",
+                "sku": "A",
+                "location_id": "s1",
+                "delta": -2,
+                "reason": "damage",
+            },
+            base
+            | {
+                "event_type": "price_update",
+                "sku": "A",
+                "channel": "web",
+                "price_minor": 999,
+                "currency": "GBP",
+            },
+        ],
+        "ofb": [
+            ofb | {"event_type": t}
+            for t in (
+                "offer_delivered",
+                "offer_opened",
+                "offer_clicked",
+                "offer_redeemed",
+                "offer_dismissed",
+            )
+        ],
+    }
     for topic, events in cases.items():
         for ev in events:
             r = decode(orjson.dumps(ev), topic)
