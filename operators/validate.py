@@ -37,6 +37,8 @@ DEFAULT_MAX_BYTES: Final = 64 * 1024
 #: 2000-01-01T00:00:00Z: older event times are treated as absurd.
 DEFAULT_MIN_EVENT_MS: Final = 946_684_800_000
 DEFAULT_MAX_FUTURE_MS: Final = 24 * 3600 * 1000
+#: Largest transaction total accepted (10 billion in major units).
+MAX_TRANSACTION_MINOR: Final = 10**12
 
 #: Identifier kinds in the order that picks the profile key of an event.
 ID_PRIORITY: Final = ("loyalty", "account", "email", "phone", "card", "device", "cookie")
@@ -344,6 +346,13 @@ def _check_transaction(ev: Any, event_type: str) -> None:
         total += -(gross - discount) if line.kind == "discount" else gross - discount
     if total < 0:
         raise _Reject("invalid_value", f"transaction total is negative ({total})", event_type)
+    if total > MAX_TRANSACTION_MINOR:
+        # Keeps every Redis counter exact (Lua numbers are doubles) and far from overflow.
+        raise _Reject(
+            "invalid_value",
+            f"transaction total {total} exceeds {MAX_TRANSACTION_MINOR} minor units",
+            event_type,
+        )
 
 
 def line_amount(line: Any) -> int:

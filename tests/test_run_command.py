@@ -11,13 +11,18 @@ import sys
 import time
 import urllib.request
 
+import orjson
 import pytest
 
 from omnicanal.config import Settings
 from omnicanal.datagen import Generator
 from omnicanal.demo import produce
-from omnicanal.services import free_port
+from omnicanal.kafka import partitions_of
+from omnicanal.services import LocalKafka, LocalRedis, free_port
 from state.profiles import ProfileStore, connect
+from tests import reference
+from tests.conftest import TEST_PII_KEY, make_settings
+from tests.test_pipeline_e2e import profiles
 
 pytestmark = pytest.mark.services
 
@@ -113,3 +118,35 @@ def test_run_refuses_when_redis_lost_state(settings: Settings) -> None:
     assert f"{parts[0]}: Redis has applied up to offset -1, the stream is committed at 10" in (
         res.stderr
     )
+
+
+def test_two_worker_processes_give_the_same_profiles(
+    kafka: LocalKafka, redis_server: LocalRedis
+) -> None:
+    settings = make_settings(kafka, redis_server.url, partitions=4)
+    msgs = list(Generator(seed=12, customers=300, bad_share=0.02).messages(5000))
+    produce(settings, msgs)
+    res = subprocess.run(
+        [sys.executable, "-m", "omnicanal.cli", "run", "--processes", "2", "--until-eof"],
+        env=env_for(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    good = [orjson.loads(x.value) for x in msgs if x.expected_reason is None]
+    assert profiles(settings) == reference.build(good, TEST_PII_KEY.encode())
+
+
+def test_topics_create_is_idempotent(settings: Settings) -> None:
+    env = env_for(settings, OMNICANAL_TOPIC_INVENTORY=settings.topic_inventory + ".new")
+    args = [sys.executable, "-m", "omnicanal.cli", "topics", "create", "--partitions", "2"]
+    first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert f"{settings.topic_inventory}.new: created" in first.stdout
+    assert f"{settings.topic_transactions}: exists" in first.stdout
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    assert f"{settings.topic_inventory}.new: exists" in again.stdout
+    assert partitions_of(settings.kafka_config(), [settings.topic_inventory + ".new"]) == {
+        settings.topic_inventory + ".new": 2
+    }

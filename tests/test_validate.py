@@ -124,6 +124,17 @@ def test_email_is_the_key_when_no_loyalty_or_account() -> None:
             "invalid_value",
         ),
         (orjson.dumps(sale(customer={"email": "not-an-email"})), "invalid_value"),
+        (
+            orjson.dumps(
+                sale(
+                    lines=[
+                        {"sku": f"S{i}", "quantity": 100_000, "unit_price_minor": 10**10}
+                        for i in range(1000)
+                    ]
+                )
+            ),
+            "invalid_value",
+        ),
         (orjson.dumps(sale(event_time="2024-05-01T10:00:00")), "invalid_value"),
         (orjson.dumps(sale(event_time="1999-12-31T23:59:59Z")), "timestamp_out_of_range"),
         (orjson.dumps(sale(event_time="2999-01-01T00:00:00Z")), "timestamp_out_of_range"),
