@@ -126,12 +126,7 @@ def test_email_is_the_key_when_no_loyalty_or_account() -> None:
         (orjson.dumps(sale(customer={"email": "not-an-email"})), "invalid_value"),
         (
             orjson.dumps(
-                sale(
-                    lines=[
-                        {"sku": f"S{i}", "quantity": 100_000, "unit_price_minor": 10**10}
-                        for i in range(1000)
-                    ]
-                )
+                sale(lines=[{"sku": "S", "quantity": 100_000, "unit_price_minor": 10**10}])
             ),
             "invalid_value",
         ),
