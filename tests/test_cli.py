@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -117,29 +118,22 @@ def test_import_rejects_a_file_that_is_not_online_retail(tmp_path: Path) -> None
     assert "not an Online Retail file" in res.output
 
 
-@pytest.mark.services
-def test_demo_json_summary_is_consistent() -> None:
+def omnicanal_demo(*args: str) -> dict[str, Any]:
     res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "omnicanal.cli",
-            "demo",
-            "--events",
-            "4000",
-            "--seed",
-            "3",
-            "--customers",
-            "500",
-            "--json",
-        ],
+        [sys.executable, "-m", "omnicanal.cli", "demo", *args, "--json"],
         capture_output=True,
         text=True,
         timeout=180,
         cwd=ROOT,
     )
     assert res.returncode == 0, res.stderr
-    s = json.loads(res.stdout)
+    summary: dict[str, Any] = json.loads(res.stdout)
+    return summary
+
+
+@pytest.mark.services
+def test_demo_json_summary_is_consistent() -> None:
+    s = omnicanal_demo("--events", "4000", "--seed", "3", "--customers", "500")
     assert s["produced"] == 4000 and s["consistent"] is True
     assert s["processed"] + s["dead_lettered"] == 4000
     assert s["dead_letters_by_reason"] == s["expected_dead_letters"]
@@ -149,15 +143,7 @@ def test_demo_json_summary_is_consistent() -> None:
 
 @pytest.mark.services
 def test_demo_replays_the_online_retail_sample() -> None:
-    res = subprocess.run(
-        [sys.executable, "-m", "omnicanal.cli", "demo", "--import", str(SAMPLE), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=ROOT,
-    )
-    assert res.returncode == 0, res.stderr
-    s = json.loads(res.stdout)
+    s = omnicanal_demo("--import", str(SAMPLE))
     assert s["consistent"] and s["dead_lettered"] == 0
     assert s["events_by_type"]["sale"] > 50 and s["events_by_type"]["return"] > 0
 

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from flows.connectors import StateSink
 from monitoring import metrics as m
 from omnicanal import runner
 from omnicanal.config import Settings
@@ -17,6 +18,8 @@ from omnicanal.datagen import Generator, Message
 from omnicanal.demo import produce
 from omnicanal.kafka import read_topic
 from omnicanal.services import LocalKafka, LocalRedis
+from operators.privacy import PiiHasher
+from operators.validate import Validator
 from state.profiles import ProfileStore, StateRegressedError, connect
 from tests import reference
 from tests.conftest import TEST_PII_KEY, make_settings
@@ -200,22 +203,27 @@ def test_redis_with_aof_survives_a_restart(kafka: LocalKafka, redis_server: Loca
     assert runner.plan(settings).behind == {}
 
 
-def test_sink_detects_redis_losing_state_mid_run(settings: Settings) -> None:
-    from flows.connectors import StateSink
-    from operators.privacy import PiiHasher
-    from operators.validate import Validator
-
+def clickstream_items(settings: Settings, n: int, seed: int) -> tuple[list[Message], list[Any]]:
+    """Decoded clickstream events on partition 0, and a state sink for the settings."""
     v = Validator(settings.topic_contracts(), PiiHasher(TEST_PII_KEY.encode()))
     topic = settings.topic_clickstream
-    raw = [x for x in generate(200, seed=1, bad_share=0.0) if x.contract == "clickstream"]
+    raw = [x for x in generate(n, seed=seed, bad_share=0.0) if x.contract == "clickstream"]
     items = [v.decode(topic, 0, i, x.key, x.value, 2_000_000_000_000) for i, x in enumerate(raw)]
-    sink = StateSink(
+    return raw, items
+
+
+def state_sink(settings: Settings) -> StateSink:
+    return StateSink(
         lambda: store_of(settings),
         settings.kafka_config(),
         settings.topic_dead_letters,
         settings.group_id,
     )
-    part = sink.build("state", 0, 1)
+
+
+def test_sink_detects_redis_losing_state_mid_run(settings: Settings) -> None:
+    _, items = clickstream_items(settings, 200, seed=1)
+    part = state_sink(settings).build("state", 0, 1)
     try:
         part.write_batch(items[:50])
         connect(settings.redis_url).flushall()
@@ -227,20 +235,9 @@ def test_sink_detects_redis_losing_state_mid_run(settings: Settings) -> None:
 
 def test_two_writers_on_the_same_partition_never_double_apply(settings: Settings) -> None:
     """A zombie worker (or a retried script call) sees Redis ahead and drops what is done."""
-    from flows.connectors import StateSink
-    from operators.privacy import PiiHasher
-    from operators.validate import Validator
-
-    v = Validator(settings.topic_contracts(), PiiHasher(TEST_PII_KEY.encode()))
+    raw, items = clickstream_items(settings, 600, seed=2)
     topic = settings.topic_clickstream
-    raw = [x for x in generate(600, seed=2, bad_share=0.0) if x.contract == "clickstream"]
-    items = [v.decode(topic, 0, i, x.key, x.value, 2_000_000_000_000) for i, x in enumerate(raw)]
-    sink = StateSink(
-        lambda: store_of(settings),
-        settings.kafka_config(),
-        settings.topic_dead_letters,
-        settings.group_id,
-    )
+    sink = state_sink(settings)
     a, b = sink.build("state", 0, 1), sink.build("state", 0, 1)
     try:
         a.write_batch(items[:10])
