@@ -9,6 +9,7 @@ then one fenced Redis call with the profile deltas and the offsets they cover.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,12 @@ from state.profiles import ProfileStore
 
 log = logging.getLogger(__name__)
 
+#: Benchmark instrumentation only. When set, each sink appends to this path (+ ".<pid>")
+#: one line per batch, "B <first received ms> <written ms> <events>", and, if
+#: OMNICANAL_LATENCY_LOG_EVENTS=1, one line per event, "E <pipeline ms> <end-to-end ms>".
+#: Off in production: one check per batch.
+LATENCY_LOG_ENV = "OMNICANAL_LATENCY_LOG"
+
 #: Set by the SIGTERM/SIGINT handler: sources end their partitions and the flow drains.
 STOP = threading.Event()
 _IDLE = timedelta(milliseconds=5)
@@ -42,12 +49,16 @@ class _KafkaPartition(StatefulSourcePartition[Any, None]):
         topic, partition = split_part(part)
         self._c = Consumer(
             {
+                # Latency defaults (overridable through OMNICANAL_KAFKA_OPTIONS): an empty
+                # fetch otherwise triggers fetch.error.backoff.ms (500 ms by default), which
+                # dominates end-to-end latency on quiet partitions.
+                "fetch.wait.max.ms": 100,
+                "fetch.error.backoff.ms": 10,
                 **config,
                 "group.id": "omnicanal-reader",  # required by librdkafka; never joined
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "enable.partition.eof": until_eof,
-                "fetch.wait.max.ms": 100,
             }
         )
         self._c.assign([TopicPartition(topic, partition, start)])
@@ -163,6 +174,9 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
         self._pending_commit: dict[str, int] = {}
         #: last offset known applied in Redis per part (-1: none); loaded on first sight
         self._floors: dict[str, int] = {}
+        log_path = os.environ.get(LATENCY_LOG_ENV)
+        self._latency_log = open(f"{log_path}.{os.getpid()}", "a") if log_path else None  # noqa: SIM115
+        self._latency_events = os.environ.get("OMNICANAL_LATENCY_LOG_EVENTS") == "1"
 
     def _load_floors(self, parts: set[str]) -> None:
         unknown = [p for p in parts if p not in self._floors]
@@ -192,6 +206,8 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
         t0 = time.perf_counter()
         applied = self._apply(fresh)
         m.BATCH_SECONDS.labels("state").observe(time.perf_counter() - t0)
+        if self._latency_log is not None:
+            self._log_latency(applied)
         self._count(applied)
         self._commit_witness()
 
@@ -252,6 +268,19 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
         for topic, ts in newest.items():
             m.EVENT_LAG_SECONDS.labels(topic).set((now_ms - ts) / 1000)
 
+    def _log_latency(self, applied: list[Accepted | Rejected]) -> None:
+        assert self._latency_log is not None
+        now = time.time() * 1000
+        accepted = [a for a in applied if isinstance(a, Accepted)]
+        if not accepted:
+            return
+        first = min(a.received_ms for a in accepted)
+        lines = [f"B {first:.3f} {now:.3f} {len(applied)}\n"]
+        if self._latency_events:
+            lines += [f"E {now - a.received_ms:.3f} {now - a.kafka_ts_ms:.3f}\n" for a in accepted]
+        self._latency_log.write("".join(lines))
+        self._latency_log.flush()
+
     def _count_replayed(self, before: list[Any], after: list[Any]) -> None:
         counts: dict[str, int] = {}
         for i in before:
@@ -270,6 +299,8 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
             self._last_commit = now
 
     def close(self) -> None:
+        if self._latency_log is not None:
+            self._latency_log.close()
         try:
             self._producer.flush()
             self._commit_witness(force=True)

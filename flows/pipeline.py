@@ -40,7 +40,7 @@ def build_flow(
     )
 
     def validate(msgs: list[Any]) -> list[Accepted | Rejected]:
-        now_ms = int(time.time() * 1000)
+        now_ms = time.time() * 1000
         decode = validator.decode
         return [
             decode(

@@ -377,6 +377,106 @@ def import_online_retail(
     err.print_json(orjson.dumps(report.as_dict()).decode())
 
 
+# ---------------------------------------------------------------------------- bench
+def _ints(text: str) -> list[int]:
+    try:
+        values = [
+            int(x.replace("_", "").replace("k", "000").replace("M", "000000"))
+            for x in text.split(",")
+            if x.strip()
+        ]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise typer.BadParameter("expected positive numbers")
+    return values
+
+
+@app.command()
+def bench(
+    quick: Annotated[
+        bool, typer.Option(help="Small version (about two minutes): CI's smoke run.")
+    ] = False,
+    events: Annotated[
+        int | None, typer.Option(min=1000, help="Events per throughput run [1,000,000].")
+    ] = None,
+    customers: Annotated[
+        str | None, typer.Option(help="Customer counts to compare [10k,100k,1M].")
+    ] = None,
+    processes: Annotated[
+        str | None, typer.Option(help="Worker processes to compare [1,2].")
+    ] = None,
+    rates: Annotated[
+        str | None, typer.Option(help="Offered loads for latency, events/s [1k,5k,10k].")
+    ] = None,
+    rate_seconds: Annotated[
+        float | None, typer.Option(min=1, help="Seconds per latency run [20].")
+    ] = None,
+    memory_events: Annotated[
+        str | None,
+        typer.Option(help="Event counts for the memory-growth runs, e.g. 1M,5M (off by default)."),
+    ] = None,
+    external: Annotated[
+        bool,
+        typer.Option(
+            help="Use the configured Kafka and Redis (OMNICANAL_*) instead of local ones."
+        ),
+    ] = False,
+    as_json: Annotated[
+        Path | None, typer.Option("--json", help="Write the results as JSON to this file.")
+    ] = None,
+    chart_path: Annotated[
+        Path | None, typer.Option("--chart", help="Write the PNG chart to this file.")
+    ] = None,
+) -> None:
+    """Measure throughput, latency and memory of the whole pipeline, and a bare consumer
+    loop on the same events (their ratio is our overhead). Results go to stdout as JSON
+    unless --json names a file."""
+    try:
+        from omnicanal.bench import BenchPlan, chart, run_bench
+    except ImportError as e:
+        _fail(f"the benchmark needs extra packages: pip install 'omnicanal[bench]' ({e})")
+        return
+    plan = BenchPlan.quick() if quick else BenchPlan()
+    if events:
+        plan.events = events
+    if customers:
+        plan.customers = _ints(customers)
+    if processes:
+        plan.processes = _ints(processes)
+    if rates:
+        plan.rates = _ints(rates)
+    if rate_seconds:
+        plan.rate_seconds = rate_seconds
+    if memory_events:
+        plan.memory_events = _ints(memory_events)
+    settings = _settings() if external else None
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        err.print(f"[dim]{time.perf_counter() - t0:6.1f}s[/] {escape(msg)}", highlight=False)
+
+    try:
+        result = run_bench(plan, say, settings)
+    except Exception as e:
+        _fail(f"benchmark failed: {e}", 1)
+        return
+    result["elapsed_seconds"] = round(time.perf_counter() - t0, 1)
+    text = orjson.dumps(result, option=orjson.OPT_INDENT_2).decode()
+    if as_json:
+        as_json.write_text(text + "\n")
+        err.print(f"results: {as_json}")
+    else:
+        sys.stdout.write(text + "\n")
+    if chart_path:
+        err.print(f"chart: {chart(result, chart_path)}")
+    eps = result["events_per_s"]
+    err.print(
+        f"pipeline {eps['pipeline_1_process']:,.0f} events/s (1 process), best "
+        f"{eps['pipeline_best']:,.0f}; bare loop {eps['bare']:,.0f}; ratio {result['ratio']}"
+    )
+
+
 # ---------------------------------------------------------------------------- config
 @app.command("config")
 def config_cmd() -> None:

@@ -65,6 +65,9 @@ class Accepted(msgspec.Struct, gc=False):
     customer: str | None
     ids: dict[str, str]
     event: Any
+    #: wall-clock ms when the pipeline validated it, and the Kafka message timestamp
+    received_ms: float = 0.0
+    kafka_ts_ms: int = 0
 
 
 class Rejected(msgspec.Struct, gc=False):
@@ -164,13 +167,16 @@ class Validator:
         offset: int,
         key: bytes | None,
         value: bytes | None,
-        now_ms: int,
+        now_ms: float,
         timestamp_ms: int | None = None,
     ) -> Accepted | Rejected:
         """Decode one message. Never raises for anything the message contains."""
         raw = value or b""
         try:
-            return self._accept(topic, partition, offset, raw, now_ms)
+            a = self._accept(topic, partition, offset, raw, now_ms)
+            a.received_ms = now_ms
+            a.kafka_ts_ms = timestamp_ms or 0
+            return a
         except _Reject as r:
             return self._reject(
                 topic,
@@ -186,7 +192,9 @@ class Validator:
             )
 
     # ------------------------------------------------------------------ internals
-    def _accept(self, topic: str, partition: int, offset: int, raw: bytes, now_ms: int) -> Accepted:
+    def _accept(
+        self, topic: str, partition: int, offset: int, raw: bytes, now_ms: float
+    ) -> Accepted:
         if topic not in self._decoders:
             raise _Reject("wrong_topic", f"topic {topic!r} has no contract configured")
         contract, decoder = self._decoders[topic]
@@ -289,7 +297,7 @@ class Validator:
         offset: int,
         key: bytes | None,
         raw: bytes,
-        now_ms: int,
+        now_ms: float,
         timestamp_ms: int | None,
         reason: str,
         message: str,

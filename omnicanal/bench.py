@@ -1,0 +1,521 @@
+"""``omnicanal bench``: throughput, latency and memory of the whole pipeline, side by side
+with the bare consumer loop a user would write by hand, on the same events.
+
+Every pipeline measurement runs ``omnicanal run`` as a separate process tree against a
+broker and Redis (embedded by default), exactly as users run it; the bench process only
+produces, polls Redis for applied offsets and samples memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from omnicanal.config import Settings
+from omnicanal.datagen import Generator
+from omnicanal.demo import produce
+from omnicanal.kafka import CheckedProducer, create_topics, part_name, partitions_of
+from omnicanal.services import LocalKafka, LocalRedis
+from state.profiles import ProfileStore, connect
+
+Progress = Callable[[str], None]
+BENCH_PII_KEY = "omnicanal-bench-key-not-secret-0000"
+
+
+@dataclass
+class BenchPlan:
+    events: int = 1_000_000
+    customers: list[int] = field(default_factory=lambda: [10_000, 100_000, 1_000_000])
+    processes: list[int] = field(default_factory=lambda: [1, 2])
+    rates: list[int] = field(default_factory=lambda: [1_000, 5_000, 10_000])
+    rate_seconds: float = 20.0
+    partitions: int = 4
+    bad_share: float = 0.01
+    profile_events: int = 100_000
+    memory_events: list[int] = field(default_factory=list)
+    seed: int = 42
+
+    @classmethod
+    def quick(cls) -> BenchPlan:
+        return cls(
+            events=60_000,
+            customers=[10_000],
+            processes=[1, 2],
+            rates=[1_000, 5_000],
+            rate_seconds=5.0,
+            profile_events=20_000,
+        )
+
+
+# ------------------------------------------------------------------------ environment
+class Services:
+    """Embedded Tansu + redis-server (AOF on, as in production) for the whole bench."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.kafka = LocalKafka(workdir / "kafka")
+        self.redis = LocalRedis(workdir / "redis", appendfsync="everysec")
+
+    def __enter__(self) -> Services:
+        self.kafka.start()
+        self.redis.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kafka.stop()
+        self.redis.stop()
+
+
+_scenario = iter(range(1, 10**9))
+
+
+def scenario_settings(base: Settings, partitions: int) -> Settings:
+    """Own topics, consumer group and Redis prefix: scenarios never see each other."""
+    n = next(_scenario)
+    s = base.model_copy(
+        update={
+            "group_id": f"omnicanal-bench-{n}",
+            "redis_prefix": f"ocb{n}:",
+            "topic_transactions": f"bench{n}.transactions",
+            "topic_clickstream": f"bench{n}.clickstream",
+            "topic_inventory": f"bench{n}.inventory",
+            "topic_offer_feedback": f"bench{n}.offer-feedback",
+            "topic_dead_letters": f"bench{n}.dead-letters",
+            "partitions": partitions,
+            "pii_key": base.pii_key or BENCH_PII_KEY,
+            "metrics_port": 0,
+        }
+    )
+    create_topics(s.kafka_config(), s.all_topics(), partitions)
+    return s
+
+
+def _env(s: Settings, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    for name, value in s.model_dump().items():
+        env[f"OMNICANAL_{name.upper()}"] = (
+            json.dumps(value) if isinstance(value, dict) else str(value)
+        )
+    env.update(extra)
+    return env
+
+
+def _input_parts(s: Settings) -> list[str]:
+    counts = partitions_of(s.kafka_config(), list(s.topic_contracts()))
+    return [part_name(t, p) for t, n in counts.items() for p in range(n)]
+
+
+class _Watch:
+    """Polls Redis for applied offsets and the pipeline's process tree for memory."""
+
+    def __init__(self, s: Settings, proc: subprocess.Popen[bytes]) -> None:
+        import psutil
+
+        self.store = ProfileStore(connect(s.redis_url), s.redis_prefix)
+        self.parts = _input_parts(s)
+        self.root = psutil.Process(proc.pid)
+        self.peak_rss = 0
+
+    def applied(self) -> int:
+        return sum(o + 1 for o in self.store.load_offsets(self.parts).values())
+
+    def sample_memory(self) -> None:
+        import psutil
+
+        rss = 0
+        try:
+            for p in [self.root, *self.root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    rss += p.memory_info().rss
+        except psutil.Error:
+            return
+        self.peak_rss = max(self.peak_rss, rss)
+
+
+def _start_pipeline(
+    s: Settings, processes: int, until_eof: bool, **env: str
+) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "omnicanal.cli", "run", "--processes", str(processes)]
+    if until_eof:
+        args.append("--until-eof")
+    return subprocess.Popen(
+        args, env=_env(s, **env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return (err or b"").decode(errors="replace")
+
+
+# ------------------------------------------------------------------------ throughput
+def _read_log(log: Path) -> tuple[list[tuple[float, float, int]], list[tuple[float, float]]]:
+    batches, events = [], []
+    for f in log.parent.glob(log.name + ".*"):
+        for line in f.read_text().splitlines():
+            kind, *vals = line.split()
+            if kind == "B":
+                batches.append((float(vals[0]), float(vals[1]), int(vals[2])))
+            else:
+                events.append((float(vals[0]), float(vals[1])))
+    return batches, events
+
+
+def pipeline_throughput(s: Settings, total: int, processes: int, log: Path) -> dict[str, Any]:
+    """Sustained throughput over pre-loaded topics: from the first event consumed to the last
+    state write, as the pipeline itself timestamps them (all processes together)."""
+    proc = _start_pipeline(s, processes, until_eof=True, OMNICANAL_LATENCY_LOG=str(log))
+    watch = _Watch(s, proc)
+    t_first = t_last = None
+    applied = 0
+    while True:
+        exited = proc.poll() is not None
+        applied = watch.applied()
+        now = time.perf_counter()
+        if applied and t_first is None:
+            t_first = now
+        watch.sample_memory()
+        if applied >= total:
+            t_last = now
+            break
+        if exited:
+            break
+        time.sleep(0.02)
+    try:  # --until-eof: the run ends by itself at the end of the input
+        _, err_b = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err_b = proc.communicate()
+    err = (err_b or b"").decode(errors="replace")
+    if t_first is None or t_last is None or proc.returncode not in (0, None):
+        raise RuntimeError(f"pipeline run failed (applied {applied}/{total}): {err[-2000:]}")
+    batches, _ = _read_log(log)
+    seconds = max(max(b[1] for b in batches) - min(b[0] for b in batches), 1.0) / 1000
+    return {
+        "processes": processes,
+        "events": total,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(total / seconds, 1),
+        "peak_rss_mb": round(watch.peak_rss / 2**20, 1),
+    }
+
+
+def bare_loop(s: Settings, total: int, out_topic: str) -> dict[str, Any]:
+    """The minimal hand-written loop: assign(), orjson parse, the same Redis writes per event
+    pipelined per batch (two hash increments), one output message per event."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    create_topics(s.kafka_config(), [out_topic], s.partitions)
+    r = connect(s.redis_url)
+    consumer = Consumer(
+        {
+            **s.kafka_config(),
+            "group.id": "bare",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    parts = _input_parts(s)
+    consumer.assign([TopicPartition(*_split(p), OFFSET_BEGINNING) for p in parts])
+    producer = CheckedProducer(s.kafka_config(), what="bare loop")
+    seen = 0
+    eof: set[tuple[str, int]] = set()
+    t0: float | None = None
+    while len(eof) < len(parts):
+        msgs = consumer.consume(2000, 0.05)
+        if not msgs:
+            continue
+        if t0 is None:
+            t0 = time.perf_counter()
+        pipe = r.pipeline(transaction=False)
+        for msg in msgs:
+            kerr = msg.error()
+            if kerr is not None:
+                if kerr.code() == KafkaError._PARTITION_EOF:
+                    eof.add((msg.topic() or "", msg.partition() or 0))
+                continue
+            seen += 1
+            try:
+                ev = orjson.loads(msg.value() or b"")
+                key = str(ev.get("event_id", "x"))[:32] if isinstance(ev, dict) else "bad"
+            except orjson.JSONDecodeError:
+                key = "bad"
+            h = "bare:" + key[-6:]
+            pipe.hincrby(h, "events", 1)
+            pipe.hincrby(h, "last", 1)
+            producer.produce(out_topic, msg.value() or b"", msg.key())
+        pipe.execute()
+        producer.poll()
+    producer.flush(60)
+    seconds = time.perf_counter() - (t0 or time.perf_counter())
+    consumer.close()
+    r.close()
+    return {"events": seen, "seconds": round(seconds, 3), "events_per_s": round(seen / seconds, 1)}
+
+
+def _split(part: str) -> tuple[str, int]:
+    topic, _, p = part.rpartition(":")
+    return topic, int(p)
+
+
+# ------------------------------------------------------------------------ latency
+def latency_at_rate(
+    s: Settings, rate: int, seconds: float, customers: int, log_dir: Path
+) -> dict[str, Any]:
+    """Open loop: events sent on a fixed schedule, whatever the pipeline does."""
+    import numpy as np
+
+    log = log_dir / f"latency-{rate}"
+    proc = _start_pipeline(
+        s, 1, until_eof=False, OMNICANAL_LATENCY_LOG=str(log), OMNICANAL_LATENCY_LOG_EVENTS="1"
+    )
+    try:
+        watch = _Watch(s, proc)
+        # Warm-up: the pipeline is ready once it has applied a first event.
+        gen = Generator(seed=rate, customers=customers, bad_share=0.0, start=None)
+        warm = list(gen.messages(200))
+        produce(s, warm)
+        deadline = time.monotonic() + 60
+        while watch.applied() < len(warm):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"pipeline did not start: {_stop(proc)[-2000:]}")
+            time.sleep(0.05)
+        for f in log_dir.glob(f"latency-{rate}.*"):
+            f.write_bytes(b"")  # drop warm-up samples (the sink appends: O_APPEND)
+        topics = s.contract_topics()
+        p = CheckedProducer(s.kafka_config(), what="latency producer")
+        n = int(rate * seconds)
+        msgs = list(gen.messages(n))
+        start = time.perf_counter()
+        for i, m in enumerate(msgs):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0.0005:
+                time.sleep(delay)
+            p.produce(topics[m.contract], m.value, m.key)
+            if i % 200 == 0:
+                p.poll()
+        p.flush(60)
+        send_seconds = time.perf_counter() - start
+        deadline = time.monotonic() + 120
+        while watch.applied() < len(warm) + n and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        _stop(proc)
+    _, rows = _read_log(log)
+    arr = np.array(rows) if rows else np.zeros((0, 2))
+
+    def pct(col: int) -> dict[str, float]:
+        if not len(arr):
+            return {}
+        return {f"p{q}": round(float(np.percentile(arr[:, col], q)), 2) for q in (50, 95, 99)}
+
+    return {
+        "offered_per_s": rate,
+        "achieved_send_per_s": round(n / send_seconds, 1),
+        "samples": len(arr),
+        "pipeline_ms": pct(0),
+        "end_to_end_ms": pct(1),
+    }
+
+
+# ------------------------------------------------------------------------ memory & profile
+def redis_bytes_per_customer(s: Settings, baseline: int) -> dict[str, Any]:
+    store = ProfileStore(connect(s.redis_url), s.redis_prefix)
+    used = int(store.r.info("memory")["used_memory"]) - baseline
+    customers = store.customer_count()
+    sample = [store.memory_usage(c) for _, c in zip(range(500), store.customer_ids(), strict=False)]
+    return {
+        "customers": customers,
+        "used_memory_per_customer_bytes": round(used / customers) if customers else None,
+        "keys_per_customer_bytes_mean": round(sum(sample) / len(sample)) if sample else None,
+    }
+
+
+def profile_stages(s: Settings, events: int, customers: int) -> dict[str, Any]:
+    """cProfile of one in-process run: µs per event spent in each stage."""
+    import cProfile
+    import pstats
+
+    from omnicanal import runner
+
+    produce(s, Generator(seed=3, customers=customers, bad_share=0.01).messages(events))
+    plan = runner.plan(s)
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    runner.run(s, plan.starts, until_eof=True, serve_metrics=False)
+    prof.disable()
+    wall = time.perf_counter() - t0
+    st = pstats.Stats(prof)
+    cum: dict[str, float] = {}
+    for (file, _, func), (_, _, _, ct, _) in st.stats.items():  # type: ignore[attr-defined]
+        cum[f"{Path(file).name}:{func}"] = cum.get(f"{Path(file).name}:{func}", 0.0) + ct
+    stages = {
+        "consume (source next_batch)": cum.get("connectors.py:next_batch", 0.0),
+        "validate (decode, contract, HMAC)": cum.get("pipeline.py:validate", 0.0),
+        "fold deltas (operators/profile)": cum.get("profile.py:aggregate", 0.0)
+        + cum.get("profile.py:to_payload", 0.0),
+        "Redis batch apply (Lua)": cum.get("profiles.py:apply", 0.0),
+        "dead letters (produce+confirm)": cum.get("kafka.py:flush", 0.0)
+        + cum.get("kafka.py:produce", 0.0),
+        "metrics": cum.get("connectors.py:_count", 0.0),
+    }
+    accounted = sum(stages.values())
+    stages["Bytewax runtime and other"] = max(wall - accounted, 0.0)
+    return {
+        "events": events,
+        "wall_seconds_under_profiler": round(wall, 3),
+        "us_per_event": {k: round(v / events * 1e6, 2) for k, v in stages.items()},
+    }
+
+
+# ------------------------------------------------------------------------ the whole bench
+def run_bench(
+    plan: BenchPlan, progress: Progress | None = None, external: Settings | None = None
+) -> dict[str, Any]:
+    say = progress or (lambda _m: None)
+    workdir = Path(tempfile.mkdtemp(prefix="omnicanal-bench-"))
+    result: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "plan": plan.__dict__,
+    }
+    try:
+        with _services(external, workdir) as base:
+            redis_client = connect(base.redis_url)
+            scenarios = []
+            first_pipeline: dict[str, Any] | None = None
+            for customers in plan.customers:
+                for processes in plan.processes:
+                    say(
+                        f"throughput: {plan.events:,} events, {customers:,} customers, "
+                        f"{processes} process(es)"
+                    )
+                    s = scenario_settings(base, plan.partitions)
+                    gen = Generator(seed=plan.seed, customers=customers, bad_share=plan.bad_share)
+                    produce(s, gen.messages(plan.events))
+                    baseline = int(redis_client.info("memory")["used_memory"])
+                    log = workdir / f"throughput-{customers}-{processes}"
+                    row = {
+                        "customers": customers,
+                        **pipeline_throughput(s, plan.events, processes, log),
+                    }
+                    row["redis"] = redis_bytes_per_customer(s, baseline)
+                    if first_pipeline is None:
+                        first_pipeline = row
+                        say("bare loop on the same events")
+                        bare = bare_loop(s, plan.events, f"{s.topic_transactions}.bare-out")
+                        result["bare_loop"] = bare
+                    scenarios.append(row)
+                    redis_client.flushdb()
+            result["throughput"] = scenarios
+            best_1p = next(r for r in scenarios if r["processes"] == 1)
+            result["events_per_s"] = {
+                "pipeline_1_process": best_1p["events_per_s"],
+                "pipeline_best": max(r["events_per_s"] for r in scenarios),
+                "bare": result["bare_loop"]["events_per_s"],
+            }
+            result["ratio"] = round(
+                best_1p["events_per_s"] / result["bare_loop"]["events_per_s"], 3
+            )
+            lat = []
+            for rate in plan.rates:
+                say(f"latency: open loop at {rate:,} events/s for {plan.rate_seconds:.0f}s")
+                s = scenario_settings(base, plan.partitions)
+                lat.append(latency_at_rate(s, rate, plan.rate_seconds, plan.customers[0], workdir))
+            result["latency"] = lat
+            mem = []
+            for n in plan.memory_events:
+                say(f"memory: {n:,} events")
+                s = scenario_settings(base, plan.partitions)
+                produce(
+                    s,
+                    Generator(
+                        seed=9, customers=plan.customers[0], bad_share=plan.bad_share
+                    ).messages(n),
+                )
+                mem.append(pipeline_throughput(s, n, 1, workdir / f"memory-{n}"))
+                redis_client.flushdb()
+            if mem:
+                result["memory_growth"] = mem
+            say(f"profiler: {plan.profile_events:,} events in-process")
+            s = scenario_settings(base, plan.partitions)
+            result["profile"] = profile_stages(s, plan.profile_events, plan.customers[0])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+class _services:
+    def __init__(self, external: Settings | None, workdir: Path) -> None:
+        self.external = external
+        self.svc = None if external else Services(workdir)
+
+    def __enter__(self) -> Settings:
+        if self.external is not None:
+            return self.external
+        assert self.svc is not None
+        self.svc.__enter__()
+        return Settings(
+            kafka_bootstrap=self.svc.kafka.bootstrap,
+            redis_url=self.svc.redis.url,
+            pii_key=BENCH_PII_KEY,
+            metrics_port=0,
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        if self.svc is not None:
+            self.svc.__exit__()
+
+
+def chart(result: dict[str, Any], path: Path) -> Path:
+    """PNG: throughput (pipeline vs bare) and latency percentiles against offered load."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    labels = [
+        f"{r['customers'] // 1000}k cust\n{r['processes']} proc" for r in result["throughput"]
+    ]
+    values = [r["events_per_s"] for r in result["throughput"]]
+    a.bar(labels, values, color="#3b7dd8", label="omnicanal pipeline")
+    a.axhline(result["bare_loop"]["events_per_s"], color="#d8553b", ls="--", label="bare loop")
+    a.axhline(25_000, color="#777", ls=":", label="target 25k/s")
+    a.set_ylabel("events/s")
+    a.set_title("Sustained throughput")
+    a.legend(fontsize=8)
+    rates = [x["offered_per_s"] for x in result["latency"]]
+    for key, style in (("pipeline_ms", "-"), ("end_to_end_ms", "--")):
+        for q, color in (("p50", "#3b7dd8"), ("p95", "#e0a030"), ("p99", "#d8553b")):
+            ys = [x[key].get(q, float("nan")) for x in result["latency"]]
+            b.plot(rates, ys, style, marker="o", color=color, label=f"{key.split('_')[0]} {q}")
+    b.set_xlabel("offered load (events/s)")
+    b.set_ylabel("latency (ms)")
+    b.set_yscale("log")
+    b.set_title("Latency (solid: pipeline own, dashed: through broker)")
+    b.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
