@@ -54,6 +54,10 @@ class _KafkaPartition(StatefulSourcePartition[Any, None]):
                 # dominates end-to-end latency on quiet partitions.
                 "fetch.wait.max.ms": 100,
                 "fetch.error.backoff.ms": 10,
+                # Bounded prefetch: librdkafka queues up to 64 MB per partition by default,
+                # so memory grew with the backlog (one consumer per partition here).
+                "queued.max.messages.kbytes": 4096,
+                "queued.min.messages": 10000,
                 **config,
                 "group.id": "omnicanal-reader",  # required by librdkafka; never joined
                 "enable.auto.commit": False,

@@ -46,6 +46,7 @@ class BenchPlan:
     bad_share: float = 0.01
     profile_events: int = 100_000
     memory_events: list[int] = field(default_factory=list)
+    complete_journey_baskets: int = 0
     seed: int = 42
 
     @classmethod
@@ -388,6 +389,26 @@ def profile_stages(s: Settings, events: int, customers: int) -> dict[str, Any]:
     }
 
 
+def complete_journey_replay(
+    base: Settings, plan: BenchPlan, workdir: Path, say: Progress
+) -> dict[str, Any]:
+    """Throughput on real grocery baskets (about 9 lines each) instead of generated traffic."""
+    from collections import Counter
+
+    from omnicanal.complete_journey import read_events
+    from omnicanal.demo import events_from_jsonl
+
+    say(f"replay: {plan.complete_journey_baskets:,} Complete Journey baskets")
+    report: Counter[str] = Counter()
+    lines = (orjson.dumps(e) for e in read_events(plan.complete_journey_baskets, report))
+    s = scenario_settings(base, plan.partitions)
+    n, _, _ = produce(s, events_from_jsonl(lines, "complete-journey"))
+    row = pipeline_throughput(s, n, 1, workdir / "complete-journey")
+    row["purchase_lines_per_s"] = round(report["lines"] / row["seconds"], 1)
+    row["source"] = dict(report)
+    return row
+
+
 # ------------------------------------------------------------------------ the whole bench
 def run_bench(
     plan: BenchPlan, progress: Progress | None = None, external: Settings | None = None
@@ -456,6 +477,8 @@ def run_bench(
                 redis_client.flushdb()
             if mem:
                 result["memory_growth"] = mem
+            if plan.complete_journey_baskets:
+                result["complete_journey"] = complete_journey_replay(base, plan, workdir, say)
             say(f"profiler: {plan.profile_events:,} events in-process")
             s = scenario_settings(base, plan.partitions)
             result["profile"] = profile_stages(s, plan.profile_events, plan.customers[0])

