@@ -54,10 +54,12 @@ class _KafkaPartition(StatefulSourcePartition[Any, None]):
                 # dominates end-to-end latency on quiet partitions.
                 "fetch.wait.max.ms": 100,
                 "fetch.error.backoff.ms": 10,
-                # Bounded prefetch: librdkafka queues up to 64 MB per partition by default,
-                # so memory grew with the backlog (one consumer per partition here).
-                "queued.max.messages.kbytes": 4096,
-                "queued.min.messages": 10000,
+                # Bounded prefetch: librdkafka queues up to 64 MB per partition by default and
+                # fetches up to 50 MB at a time, so memory grew with the backlog (there is one
+                # consumer per partition here). 1 MB per partition keeps the pipeline fed.
+                "queued.max.messages.kbytes": 1024,
+                "queued.min.messages": 2000,
+                "fetch.max.bytes": 1048576,
                 **config,
                 "group.id": "omnicanal-reader",  # required by librdkafka; never joined
                 "enable.auto.commit": False,
