@@ -139,6 +139,14 @@ def demo(
         except (ServiceError, StateError, ConfigError) as e:
             _fail(str(e))
             return
+        except Exception as e:
+            from omnicanal.runner import known_cause
+
+            cause = known_cause(e)
+            if cause is None:
+                raise
+            _fail(f"pipeline stopped: {cause}", 1)
+            return
     if as_json:
         _json(s.as_dict())
     else:
@@ -224,8 +232,11 @@ def run(
     runner.install_stop_handlers()
     try:
         runner.run(settings, plan.starts, until_eof=until_eof, processes=processes)
-    except StateError as e:
-        _fail(str(e), 3)
+    except Exception as e:
+        cause = runner.known_cause(e)
+        if cause is None:
+            raise
+        _fail(f"pipeline stopped: {cause}", 3 if isinstance(cause, StateError) else 1)
     err.print("stopped cleanly")
 
 

@@ -96,6 +96,20 @@ def warn_persistence(persistence: dict[str, str]) -> str | None:
     return None
 
 
+def known_cause(exc: BaseException) -> BaseException | None:
+    """The omnicanal error behind an exception Bytewax wrapped (BytewaxRuntimeError)."""
+    from omnicanal.kafka import DeliveryError
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, StateError | DeliveryError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def install_stop_handlers() -> None:
     """SIGTERM/SIGINT end every source partition; in-flight batches are finished."""
 

@@ -150,3 +150,30 @@ def test_topics_create_is_idempotent(settings: Settings) -> None:
     assert partitions_of(settings.kafka_config(), [settings.topic_inventory + ".new"]) == {
         settings.topic_inventory + ".new": 2
     }
+
+
+def test_run_stops_with_a_clear_error_when_redis_loses_state_mid_run(settings: Settings) -> None:
+    first = list(Generator(seed=21, customers=200, bad_share=0.0).messages(1000))
+    produce(settings, first)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "omnicanal.cli", "run"],
+        env=env_for(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        store = ProfileStore(connect(settings.redis_url), settings.redis_prefix)
+        wait_for(
+            lambda: sum(o + 1 for o in store.load_offsets().values()) == len(first),
+            60,
+            "first events applied",
+        )
+        store.r.flushall()  # Redis comes back empty under a running pipeline
+        produce(settings, list(Generator(seed=22, customers=200).messages(500)))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, err[-2000:]
+    assert "pipeline stopped: Redis state went back in time" in err
