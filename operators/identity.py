@@ -1,0 +1,193 @@
+"""Identity rules and batch-local linking: the pure half of identity resolution.
+
+An event that carries two or more identifiers (a web login: cookie + account; a store
+receipt: loyalty card + email) links them. Before anything reaches the identity graph in
+Redis, a batch's events are grouped into *components*: events whose identifiers are
+connected, directly or through other events of the batch. Each component then needs one
+resolution in Redis, however many events it holds.
+
+Guard rails, applied here before any link is made:
+
+- **blocked values** (shared test emails, "0000" cards, the store's generic card) never
+  link anyone: they are dropped from the event's identifiers;
+- **per-type limits**: an event carrying more identifiers of one type than a customer may
+  have (e.g. two loyalty cards) links nothing by that type;
+- **runaway components**: a component with more identifiers than ``max_component`` is
+  refused: :func:`link_batch` returns it apart (``runaway``) so the caller counts it and
+  applies its events unlinked, each under its own strongest identifier.
+
+>>> rules = IdentityRules(blocked={"email:" + "0" * 32})
+>>> events = [
+...     {"cookie": "c1"},                       # anonymous browsing
+...     {"cookie": "c1", "account": "A1"},      # login links cookie and account
+...     {"loyalty": "L1", "account": "A1"},     # store purchase with card and account
+...     {"loyalty": "L9"},                      # somebody else
+... ]
+>>> comps = link_batch(events, rules)
+>>> [sorted(c.events) for c in comps.components]
+[[0, 1, 2], [3]]
+>>> comps.components[0].key
+'loyalty:L1'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from operators.validate import ID_PRIORITY
+
+#: How many identifiers of each type one customer may have (guard rail for linking).
+DEFAULT_LIMITS: Final[Mapping[str, int]] = {
+    "loyalty": 1,
+    "account": 1,
+    "email": 3,
+    "phone": 3,
+    "card": 10,
+    "device": 20,
+    "cookie": 50,
+}
+_RANK: Final = {kind: i for i, kind in enumerate(ID_PRIORITY)}
+
+
+@dataclass(frozen=True)
+class IdentityRules:
+    """Which identifiers may link customers. Values are ``"<type>:<value>"`` strings."""
+
+    blocked: frozenset[str] | set[str] = frozenset()
+    limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    max_component: int = 200
+
+    def usable(self, ids: Mapping[str, str]) -> list[str]:
+        """The event's identifiers that may link, strongest first.
+
+        >>> IdentityRules(blocked={"card:0000"}).usable({"card": "0000", "cookie": "c"})
+        ['cookie:c']
+        """
+        out = [f"{k}:{v}" for k, v in ids.items() if f"{k}:{v}" not in self.blocked]
+        return sorted(out, key=strength)
+
+
+def strength(identifier: str) -> tuple[int, str]:
+    """Sort key: stronger identifier types first (loyalty, account, email, ...), then value.
+
+    >>> sorted(["cookie:z", "loyalty:b", "email:a"], key=strength)
+    ['loyalty:b', 'email:a', 'cookie:z']
+    """
+    kind, _, value = identifier.partition(":")
+    return (_RANK.get(kind, len(_RANK)), value)
+
+
+@dataclass
+class Component:
+    """Events of one batch connected by shared identifiers."""
+
+    identifiers: set[str] = field(default_factory=set)
+    events: list[int] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """The strongest identifier: a stable name for the component within the batch."""
+        return min(self.identifiers, key=strength)
+
+
+@dataclass
+class BatchLinks:
+    components: list[Component]
+    #: components refused because they grew past ``max_component`` identifiers
+    runaway: list[Component]
+    #: events with no usable identifier (anonymous), by index
+    anonymous: list[int]
+
+
+def link_batch(events: Sequence[Mapping[str, str]], rules: IdentityRules) -> BatchLinks:
+    """Group events (their identifier maps) into linked components. Pure and deterministic:
+    components come out in the order of their first event."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:  # path compression
+            parent[x], x = root, parent[x]
+        return root
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            # deterministic: the stronger identifier becomes the root
+            if strength(rb) < strength(ra):
+                ra, rb = rb, ra
+            parent[rb] = ra
+
+    usable: list[list[str]] = []
+    for ids in events:
+        idents = rules.usable(ids)
+        idents = _within_limits(idents, rules.limits)
+        usable.append(idents)
+        for ident in idents:
+            parent.setdefault(ident, ident)
+        for other in idents[1:]:
+            union(idents[0], other)
+
+    by_root: dict[str, Component] = {}
+    order: list[Component] = []
+    anonymous: list[int] = []
+    for i, idents in enumerate(usable):
+        if not idents:
+            anonymous.append(i)
+            continue
+        root = find(idents[0])
+        comp = by_root.get(root)
+        if comp is None:
+            comp = by_root[root] = Component()
+            order.append(comp)
+        comp.identifiers.update(idents)
+        comp.events.append(i)
+    kept = [c for c in order if len(c.identifiers) <= rules.max_component]
+    runaway = [c for c in order if len(c.identifiers) > rules.max_component]
+    return BatchLinks(kept, runaway, anonymous)
+
+
+def _within_limits(idents: list[str], limits: Mapping[str, int]) -> list[str]:
+    """Drop every identifier of a type that appears more often than its limit allows.
+
+    >>> _within_limits(["loyalty:a", "loyalty:b", "cookie:c"], {"loyalty": 1})
+    ['cookie:c']
+    """
+    counts: dict[str, int] = {}
+    for ident in idents:
+        kind = ident.partition(":")[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    return [
+        i for i in idents if counts[i.partition(":")[0]] <= limits.get(i.partition(":")[0], 1 << 30)
+    ]
+
+
+def components_of(links: Iterable[Iterable[str]]) -> list[set[str]]:
+    """Connected components of identifier groups by plain graph search (a slow reference).
+
+    >>> sorted(map(sorted, components_of([["a", "b"], ["c"], ["b", "d"]])))
+    [['a', 'b', 'd'], ['c']]
+    """
+    adj: dict[str, set[str]] = {}
+    for group in links:
+        g = list(group)
+        for x in g:
+            adj.setdefault(x, set()).update(g)
+    seen: set[str] = set()
+    out = []
+    for start in adj:
+        if start in seen:
+            continue
+        comp, stack = set(), [start]
+        while stack:
+            x = stack.pop()
+            if x not in comp:
+                comp.add(x)
+                stack.extend(adj[x] - comp)
+        seen |= comp
+        out.append(comp)
+    return out
