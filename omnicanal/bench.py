@@ -9,7 +9,6 @@ produces, polls Redis for applied offsets and samples memory.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -104,13 +103,7 @@ def scenario_settings(base: Settings, partitions: int) -> Settings:
 
 
 def _env(s: Settings, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    for name, value in s.model_dump().items():
-        env[f"OMNICANAL_{name.upper()}"] = (
-            json.dumps(value) if isinstance(value, dict) else str(value)
-        )
-    env.update(extra)
-    return env
+    return {**os.environ, **s.to_env(), **extra}
 
 
 def _input_parts(s: Settings) -> list[str]:
@@ -221,7 +214,8 @@ def pipeline_throughput(s: Settings, total: int, processes: int, log: Path) -> d
 
 def bare_loop(s: Settings, total: int, out_topic: str) -> dict[str, Any]:
     """The minimal hand-written loop: assign(), orjson parse, the same Redis writes per event
-    pipelined per batch (two hash increments), one output message per event."""
+    pipelined per batch (two hash increments), one output message per event. It is the
+    baseline a user would write, so it talks to Redis directly, not through ``state/``."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
     create_topics(s.kafka_config(), [out_topic], s.partitions)
@@ -341,7 +335,7 @@ def latency_at_rate(
 # ------------------------------------------------------------------------ memory & profile
 def redis_bytes_per_customer(s: Settings, baseline: int) -> dict[str, Any]:
     store = ProfileStore(connect(s.redis_url), s.redis_prefix)
-    used = int(store.r.info("memory")["used_memory"]) - baseline
+    used = store.used_memory() - baseline
     customers = store.customer_count()
     sample = [store.memory_usage(c) for _, c in zip(range(500), store.customer_ids(), strict=False)]
     return {
@@ -421,7 +415,7 @@ def run_bench(
     }
     try:
         with _services(external, workdir) as base:
-            redis_client = connect(base.redis_url)
+            state = ProfileStore(connect(base.redis_url), base.redis_prefix)
             scenarios = []
             first_pipeline: dict[str, Any] | None = None
             for customers in plan.customers:
@@ -433,7 +427,7 @@ def run_bench(
                     s = scenario_settings(base, plan.partitions)
                     gen = Generator(seed=plan.seed, customers=customers, bad_share=plan.bad_share)
                     produce(s, gen.messages(plan.events))
-                    baseline = int(redis_client.info("memory")["used_memory"])
+                    baseline = state.used_memory()
                     log = workdir / f"throughput-{customers}-{processes}"
                     row = {
                         "customers": customers,
@@ -446,7 +440,7 @@ def run_bench(
                         bare = bare_loop(s, plan.events, f"{s.topic_transactions}.bare-out")
                         result["bare_loop"] = bare
                     scenarios.append(row)
-                    redis_client.flushdb()
+                    state.flush_all()
             result["throughput"] = scenarios
             best_1p = next(r for r in scenarios if r["processes"] == 1)
             result["events_per_s"] = {
@@ -474,7 +468,7 @@ def run_bench(
                     ).messages(n),
                 )
                 mem.append(pipeline_throughput(s, n, 1, workdir / f"memory-{n}"))
-                redis_client.flushdb()
+                state.flush_all()
             if mem:
                 result["memory_growth"] = mem
             if plan.complete_journey_baskets:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -373,19 +374,25 @@ def import_online_retail(
     from omnicanal.online_retail import ImportError_, ImportReport, read_events
 
     report = ImportReport()
-    sink = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
     try:
         with open(file, encoding="utf-8", errors="replace", newline="") as f:
-            for ev in read_events(f, report, timezone=timezone):
-                sink.write(orjson.dumps(ev) + b"\n")
+            _write_jsonl(read_events(f, report, timezone=timezone), output)
     except ImportError_ as e:
         _fail(f"{file}: {e}")
+    err.print_json(orjson.dumps(report.as_dict()).decode())
+
+
+def _write_jsonl(events: Iterable[dict[str, Any]], output: Path | None) -> None:
+    """Events as JSON lines to a file, or to stdout."""
+    sink = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
+    try:
+        for ev in events:
+            sink.write(orjson.dumps(ev) + b"\n")
     finally:
         if output:
             sink.close()
         else:
             sink.flush()
-    err.print_json(orjson.dumps(report.as_dict()).decode())
 
 
 @import_app.command("complete-journey")
@@ -404,17 +411,10 @@ def import_complete_journey(
     from omnicanal.complete_journey import read_events
 
     report: Counter[str] = Counter()
-    sink = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
     try:
-        for ev in read_events(baskets, report):
-            sink.write(orjson.dumps(ev) + b"\n")
+        _write_jsonl(read_events(baskets, report), output)
     except ImportError as e:
         _fail(str(e))
-    finally:
-        if output:
-            sink.close()
-        else:
-            sink.flush()
     err.print_json(orjson.dumps(dict(report)).decode())
 
 

@@ -12,6 +12,7 @@ with this class.
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -105,6 +106,17 @@ class Settings(BaseSettings):
         if len(key.encode()) < 16:
             raise ConfigError("OMNICANAL_PII_KEY must be at least 16 bytes long")
         return key.encode()
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as OMNICANAL_* environment variables (for child processes).
+
+        >>> Settings(_env_file=None, partitions=8).to_env()["OMNICANAL_PARTITIONS"]
+        '8'
+        """
+        return {
+            f"OMNICANAL_{name.upper()}": json.dumps(v) if isinstance(v, dict) else str(v)
+            for name, v in self.model_dump().items()
+        }
 
     def min_event_ms(self) -> int:
         from datetime import datetime

@@ -184,7 +184,7 @@ def run_demo(
         store = ProfileStore(connect(settings.redis_url), settings.redis_prefix)
         summary.customers = store.customer_count()
         summary.sample_customer = _busiest(store)
-        store.r.close()
+        store.close()
         if progress:
             progress("done", n, n)
         return summary

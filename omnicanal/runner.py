@@ -53,7 +53,7 @@ def plan(settings: Settings, resume_from: ResumeFrom = "auto") -> Plan:
         stored = store.load_offsets(parts)
         persistence = store.persistence()
     finally:
-        store.r.close()
+        store.close()
     group = GroupOffsets(kafka, settings.group_id)
     try:
         committed = group.committed(parts)

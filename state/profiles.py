@@ -88,6 +88,17 @@ class ProfileStore:
             return {}
         return {_s(k or ""): _s(v or "") for k, v in cfg.items()}
 
+    def close(self) -> None:
+        self.r.close()
+
+    def used_memory(self) -> int:
+        """Bytes Redis uses in all (INFO memory)."""
+        return int(self.r.info("memory")["used_memory"])
+
+    def flush_all(self) -> None:
+        """Empty the whole Redis database (tools and benchmarks only, never the pipeline)."""
+        self.r.flushdb()
+
     # ------------------------------------------------------------------ offsets
     def load_offsets(self, parts: Sequence[str] | None = None) -> dict[str, int]:
         """Last applied offset per ``topic:partition`` (absent: never applied)."""

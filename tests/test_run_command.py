@@ -3,7 +3,6 @@ serves Prometheus metrics and stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -28,13 +27,7 @@ pytestmark = pytest.mark.services
 
 
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        env[f"OMNICANAL_{name.upper()}"] = (
-            json.dumps(value) if isinstance(value, dict) else str(value)
-        )
-    env.update(extra)
-    return env
+    return {**os.environ, **settings.to_env(), **extra}
 
 
 def wait_for(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
