@@ -37,6 +37,17 @@ LATENCY_LOG_ENV = "OMNICANAL_LATENCY_LOG"
 #: Set by the SIGTERM/SIGINT handler: sources end their partitions and the flow drains.
 STOP = threading.Event()
 _IDLE = timedelta(milliseconds=5)
+_FULL = timedelta(milliseconds=1)
+
+
+class InFlight:
+    """Backpressure Bytewax lacks: events consumed by this worker's sources and not yet
+    written by its sink. Sources pause above ``limit``, so memory stays bounded whatever
+    the backlog. Source and sink of a worker run in one thread (nothing is exchanged
+    between workers), so a plain counter is enough."""
+
+    limit = 20_000
+    count = 0
 
 EARLIEST = OFFSET_BEGINNING
 LATEST = OFFSET_END
@@ -76,6 +87,9 @@ class _KafkaPartition(StatefulSourcePartition[Any, None]):
     def next_batch(self) -> list[Any]:
         if self._eof or STOP.is_set():
             raise StopIteration
+        if InFlight.count >= InFlight.limit:
+            self._idle_until = datetime.now().astimezone() + _FULL
+            return []
         msgs = self._c.consume(self._batch_size, 0.0)
         out = []
         for msg in msgs:
@@ -93,6 +107,7 @@ class _KafkaPartition(StatefulSourcePartition[Any, None]):
                 log.warning("step 'input', partition %s: %s", self._part, err.str())
         # Back off briefly when idle instead of spinning on an empty partition.
         self._idle_until = None if out else datetime.now().astimezone() + _IDLE
+        InFlight.count += len(out)
         return out
 
     def next_awake(self) -> datetime | None:
@@ -194,6 +209,12 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
     def write_batch(self, items: list[Accepted | Rejected]) -> None:
         if not items:
             return
+        try:
+            self._write(items)
+        finally:
+            InFlight.count = max(0, InFlight.count - len(items))
+
+    def _write(self, items: list[Accepted | Rejected]) -> None:
         m.BATCH_EVENTS.observe(len(items))
         self._load_floors({f"{i.topic}:{i.partition}" for i in items})
         floors = self._floors
