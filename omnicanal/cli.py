@@ -37,7 +37,7 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(import_app, name="import")
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # log lines stay whole in files and journals
 out = Console()
 
 
