@@ -49,6 +49,7 @@ class InFlight:
     limit = 20_000
     count = 0
 
+
 EARLIEST = OFFSET_BEGINNING
 LATEST = OFFSET_END
 
