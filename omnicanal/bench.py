@@ -396,7 +396,7 @@ def complete_journey_replay(
     report: Counter[str] = Counter()
     lines = (orjson.dumps(e) for e in read_events(plan.complete_journey_baskets, report))
     s = scenario_settings(base, plan.partitions)
-    n, _, _ = produce(s, events_from_jsonl(lines, "complete-journey"))
+    n, _, _ = produce(s, events_from_jsonl(lines))
     row = pipeline_throughput(s, n, 1, workdir / "complete-journey")
     row["purchase_lines_per_s"] = round(report["lines"] / row["seconds"], 1)
     row["source"] = dict(report)

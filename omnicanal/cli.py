@@ -262,7 +262,7 @@ def produce(
     settings = _settings()
     stream = sys.stdin.buffer if file == "-" else open(file, "rb")  # noqa: SIM115
     with stream:
-        msgs = events_from_jsonl(stream, file)
+        msgs = events_from_jsonl(stream)
         if topic is not None:
             contract = {t: c for c, t in settings.contract_topics().items()}.get(topic)
             if contract is None:

@@ -85,7 +85,7 @@ def produce(
     return n, by_contract, expected
 
 
-def events_from_jsonl(lines: Iterable[bytes], source: str) -> Iterator[Message]:
+def events_from_jsonl(lines: Iterable[bytes]) -> Iterator[Message]:
     """Messages from JSON lines of events, routed by ``event_type`` (bad lines kept as-is
     on the transactions topic, so the pipeline dead-letters them)."""
     from schemas.events import CONTRACT_OF_TYPE
@@ -143,7 +143,7 @@ def run_demo(
             report = ImportReport()
             with open(import_file, encoding="utf-8", errors="strict") as f:
                 lines = (orjson.dumps(e) for e in read_events(f, report))
-                msgs: Iterable[Message] = events_from_jsonl(lines, str(import_file))
+                msgs: Iterable[Message] = events_from_jsonl(lines)
                 t0 = time.perf_counter()
                 n, by_contract, expected = produce(settings, msgs, progress, None)
         else:
