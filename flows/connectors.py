@@ -22,7 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 
 from monitoring import metrics as m
 from omnicanal.kafka import CheckedProducer, GroupOffsets, split_part
-from operators.profile import aggregate, to_payload
+from operators.batch import plan_batch, suppress
 from operators.validate import Accepted, Rejected
 from state.profiles import ProfileStore
 
@@ -52,6 +52,18 @@ class InFlight:
 
 EARLIEST = OFFSET_BEGINNING
 LATEST = OFFSET_END
+
+
+def _count_dropped(counter: Any, before: list[Any], after: list[Any]) -> None:
+    """Count, per topic, the items of ``before`` that are not in ``after`` (a subset)."""
+    counts: dict[str, int] = {}
+    for i in before:
+        counts[i.topic] = counts.get(i.topic, 0) + 1
+    for i in after:
+        counts[i.topic] -= 1
+    for topic, n in counts.items():
+        if n:
+            counter.labels(topic).inc(n)
 
 
 class _KafkaPartition(StatefulSourcePartition[Any, None]):
@@ -151,7 +163,8 @@ class KafkaPartitionsSource(FixedPartitionedSource[Any, None]):
 
 
 class StateSink(DynamicSink[Accepted | Rejected]):
-    """Writes a worker's batch: dead letters (confirmed), then fenced profile updates."""
+    """Writes a worker's batch: dead letters (confirmed), then one fenced Redis call that
+    resolves identities and applies the profile updates."""
 
     def __init__(
         self,
@@ -188,6 +201,8 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
         commit_interval: float,
     ) -> None:
         self._store = store
+        #: erasure tombstones (identifier -> erasure ms) and the version they belong to
+        self._erasures, self._erased = store.erased()
         self._producer = producer
         self._dlq_topic = dlq_topic
         self._group = group
@@ -240,7 +255,8 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
         self._commit_witness()
 
     def _apply(self, batch: list[Accepted | Rejected]) -> list[Accepted | Rejected]:
-        for _ in range(5):
+        split: dict[str, str] = {}  # component key -> reason Redis refused its link
+        for _ in range(10):
             ranges: dict[str, list[int]] = {}
             for i in batch:
                 name = f"{i.topic}:{i.partition}"
@@ -252,28 +268,58 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
             if not ranges:
                 return []
             parts = [(name, self._floors[name], r[1]) for name, r in ranges.items()]
-            rows = to_payload(aggregate(i for i in batch if type(i) is Accepted))
-            res = self._store.apply(parts, rows)
+            accepted = [i for i in batch if type(i) is Accepted]
+            kept, suppressed = suppress(accepted, self._erased)
+            plan = plan_batch(kept, self._store.rules, split)
+            res = self._store.apply(
+                parts,
+                plan.rows,
+                refusals=plan.refusals,
+                erasures=self._erasures,
+                suppressed=suppressed,
+            )
             if res.ok:
                 for name, _, hi in parts:
                     self._floors[name] = hi
                     self._pending_commit[name] = hi + 1
                     topic, p = name.rsplit(":", 1)
                     m.APPLIED_OFFSET.labels(topic, p).set(hi)
-                if res.new_customers:
-                    m.NEW_CUSTOMERS.inc(res.new_customers)
+                self._count_identity(res.new_customers, res.merges, res.linked, plan.refusals)
+                for topic, n in plan.anonymous.items():
+                    m.ANONYMOUS_EVENTS.labels(topic).inc(n)
+                if suppressed:
+                    _count_dropped(m.SUPPRESSED_EVENTS, accepted, kept)
                 return batch
-            # Redis is ahead for some parts (another writer, or a reply lost in a
-            # reconnect after the script ran): drop what it already has and retry.
-            assert res.stale is not None
-            self._floors.update(res.stale)
-            kept = [i for i in batch if i.offset > self._floors[f"{i.topic}:{i.partition}"]]
-            self._count_replayed(batch, kept)
-            batch = kept
+            if res.stale is not None:
+                # Redis is ahead for some parts (another writer, or a reply lost in a
+                # reconnect after the script ran): drop what it already has and retry.
+                self._floors.update(res.stale)
+                kept_items = [
+                    i for i in batch if i.offset > self._floors[f"{i.topic}:{i.partition}"]
+                ]
+                self._count_replayed(batch, kept_items)
+                batch = kept_items
+            elif res.erasures is not None:
+                # A customer was erased since the tombstones were loaded.
+                self._erasures, self._erased = self._store.erased()
+            elif res.refused:
+                for row, reason in res.refused.items():
+                    split[plan.keys[row]] = reason
         raise RuntimeError(
             "step 'state': Redis offsets kept moving under this worker; is another "
             "omnicanal pipeline with the same Redis prefix reading the same partitions?"
         )
+
+    @staticmethod
+    def _count_identity(new: int, merges: int, linked: int, refusals: list[list[str]]) -> None:
+        if new:
+            m.NEW_CUSTOMERS.inc(new)
+        if merges:
+            m.IDENTITY_MERGES.inc(merges)
+        if linked:
+            m.IDENTITY_LINKS.inc(linked)
+        for reason, *_ in refusals:
+            m.IDENTITY_REFUSALS.labels(reason).inc()
 
     def _count(self, applied: list[Accepted | Rejected]) -> None:
         events: dict[tuple[str, str, str], int] = {}
@@ -309,15 +355,9 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
         self._latency_log.write("".join(lines))
         self._latency_log.flush()
 
-    def _count_replayed(self, before: list[Any], after: list[Any]) -> None:
-        counts: dict[str, int] = {}
-        for i in before:
-            counts[i.topic] = counts.get(i.topic, 0) + 1
-        for i in after:
-            counts[i.topic] -= 1
-        for topic, n in counts.items():
-            if n:
-                m.REPLAYED.labels(topic).inc(n)
+    @staticmethod
+    def _count_replayed(before: list[Any], after: list[Any]) -> None:
+        _count_dropped(m.REPLAYED, before, after)
 
     def _commit_witness(self, *, force: bool = False) -> None:
         now = time.monotonic()

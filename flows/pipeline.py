@@ -17,7 +17,8 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
 from flows.connectors import KafkaPartitionsSource, StateSink
-from omnicanal.config import Settings
+from omnicanal.config import ConfigError, Settings
+from operators.identity import rules_from_config
 from operators.privacy import PiiHasher
 from operators.validate import Accepted, Rejected, Validator
 from state.profiles import ProfileStore, connect
@@ -31,9 +32,19 @@ def build_flow(
     allow_demo_key: bool = False,
 ) -> Dataflow:
     """Wire the pipeline for the given start offsets (``topic:partition`` -> offset)."""
+    hasher = PiiHasher(settings.pii_key_bytes(allow_demo=allow_demo_key))
+    try:
+        rules = rules_from_config(
+            settings.identity_blocked,
+            settings.identity_limits,
+            settings.identity_max_component,
+            hasher,
+        )
+    except ValueError as e:
+        raise ConfigError(f"OMNICANAL_IDENTITY_BLOCKED / OMNICANAL_IDENTITY_LIMITS: {e}") from None
     validator = Validator(
         settings.topic_contracts(),
-        PiiHasher(settings.pii_key_bytes(allow_demo=allow_demo_key)),
+        hasher,
         max_bytes=settings.max_event_bytes,
         min_event_ms=settings.min_event_ms(),
         max_future_ms=settings.max_future_seconds * 1000,
@@ -67,7 +78,7 @@ def build_flow(
         "state",
         checked,
         StateSink(
-            lambda: ProfileStore(connect(settings.redis_url), settings.redis_prefix),
+            lambda: ProfileStore(connect(settings.redis_url), settings.redis_prefix, rules),
             kafka,
             settings.topic_dead_letters,
             settings.group_id,

@@ -38,7 +38,32 @@ BATCH_EVENTS = Histogram(
     "Inputs per batch reaching the state sink.",
     buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000),
 )
-NEW_CUSTOMERS = Counter("omnicanal_new_customers", "Customer profiles created in Redis.")
+NEW_CUSTOMERS = Counter(
+    "omnicanal_new_customers", "Customers (canonical ids) created by the identity graph."
+)
+IDENTITY_LINKS = Counter(
+    "omnicanal_identity_links", "Identifiers newly linked to a customer by an event."
+)
+IDENTITY_MERGES = Counter(
+    "omnicanal_identity_merges",
+    "Customers merged into an older one because an event showed they are the same person.",
+)
+IDENTITY_REFUSALS = Counter(
+    "omnicanal_identity_refusals",
+    "Links refused by the guard rails, by reason (runaway, limit:<type>); the events "
+    "count unlinked.",
+    ["reason"],
+)
+ANONYMOUS_EVENTS = Counter(
+    "omnicanal_anonymous_events",
+    "Valid customer-facing events with no usable identifier (not profiled), by topic.",
+    ["topic"],
+)
+SUPPRESSED_EVENTS = Counter(
+    "omnicanal_suppressed_events",
+    "Events dropped because they belong to an erased customer and predate the erasure.",
+    ["topic"],
+)
 APPLIED_OFFSET = Gauge(
     "omnicanal_applied_offset",
     "Last source offset applied to state, per topic and partition.",
@@ -57,6 +82,11 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     BATCH_SECONDS,
     BATCH_EVENTS,
     NEW_CUSTOMERS,
+    IDENTITY_LINKS,
+    IDENTITY_MERGES,
+    IDENTITY_REFUSALS,
+    ANONYMOUS_EVENTS,
+    SUPPRESSED_EVENTS,
     APPLIED_OFFSET,
     EVENT_LAG_SECONDS,
 )

@@ -92,6 +92,7 @@ def scenario_settings(base: Settings, partitions: int) -> Settings:
             "topic_clickstream": f"bench{n}.clickstream",
             "topic_inventory": f"bench{n}.inventory",
             "topic_offer_feedback": f"bench{n}.offer-feedback",
+            "topic_customers": f"bench{n}.customers",
             "topic_dead_letters": f"bench{n}.dead-letters",
             "partitions": partitions,
             "pii_key": base.pii_key or BENCH_PII_KEY,

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import orjson
 import typer
@@ -36,12 +36,16 @@ import_app = typer.Typer(help="Turn public data sets into omnicanal events.", no
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(import_app, name="import")
+privacy_app = typer.Typer(
+    help="Right of access and right to erasure for one customer.", no_args_is_help=True
+)
+app.add_typer(privacy_app, name="privacy")
 
 err = Console(stderr=True, soft_wrap=True)  # log lines stay whole in files and journals
 out = Console()
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -51,7 +55,6 @@ def _settings(**overrides: Any) -> Settings:
         return load(**overrides)
     except ConfigError as e:
         _fail(str(e))
-        raise  # unreachable
 
 
 def _json(obj: Any) -> None:
@@ -164,7 +167,13 @@ def _print_summary(s: Any, keep: bool) -> None:
     t.add_row("produced", f"{s.produced:,} events ({s.produced_bad:,} deliberately bad)")
     t.add_row("processed", f"{s.processed:,} valid events applied to Redis")
     t.add_row("dead-lettered", f"{s.dead_lettered:,} (read back from the dead-letter topic)")
-    t.add_row("customers", f"{s.customers:,} profiles in Redis")
+    t.add_row("customers", f"{s.customers:,} (one profile each, whatever the channels)")
+    ids = s.identity
+    t.add_row(
+        "identity",
+        f"{ids.get('identifiers', 0):,} identifiers linked, {ids.get('merges', 0):,} merges, "
+        f"{ids.get('refused', 0):,} links refused by the guard rails",
+    )
     t.add_row(
         "pipeline",
         f"{s.pipeline_seconds:.1f} s wall clock including start-up "
@@ -281,41 +290,137 @@ def produce(
 
 
 # ---------------------------------------------------------------------------- profile
-@app.command()
-def profile(
-    customer_id: Annotated[
-        str | None,
-        typer.Argument(help="Profile key, e.g. loyalty:L00000042, account:A0000042, cookie:ck-…"),
-    ] = None,
-    email: Annotated[str | None, typer.Option(help="Look up by email (hashed here).")] = None,
-    phone: Annotated[str | None, typer.Option(help="Look up by phone (hashed here).")] = None,
-) -> None:
-    """Print one customer's unified profile as JSON (exit 1 if unknown)."""
+CustomerArg = Annotated[
+    str | None,
+    typer.Argument(
+        metavar="ID",
+        help="A canonical customer id (C000000000042) or any identifier as type:value: "
+        "loyalty:L00000042, account:A0000042, cookie:ck-…, device:…, card:…, "
+        "email:ana@example.com, phone:+44… (emails and phones are hashed here).",
+    ),
+]
+EmailOpt = Annotated[str | None, typer.Option(help="Look up by email (hashed here).")]
+PhoneOpt = Annotated[str | None, typer.Option(help="Look up by phone (hashed here).")]
+
+
+def _open_customer(ident: str | None, email: str | None, phone: str | None) -> tuple[Any, str]:
+    """(store, canonical id) for any way of naming a customer; exits 1 if unknown."""
     from operators.privacy import PiiHasher
     from state.profiles import ProfileStore, connect
 
     settings = _settings()
-    given = [x for x in (customer_id, email, phone) if x]
+    given = [x for x in (ident, email, phone) if x]
     if len(given) != 1:
-        _fail("give exactly one of CUSTOMER_ID, --email, --phone")
+        _fail("give exactly one of ID, --email, --phone")
+    if ident and ident.partition(":")[0] in ("email", "phone"):
+        kind, _, value = ident.partition(":")
+        email, phone = (value, None) if kind == "email" else (None, value)
     if email or phone:
         try:
             hasher = PiiHasher(settings.pii_key_bytes())
         except ConfigError as e:
             _fail(str(e))
-            return
-        customer_id = (
-            f"email:{hasher.email(email)}" if email else f"phone:{hasher.phone(phone or '')}"
-        )
+        ident = f"email:{hasher.email(email)}" if email else f"phone:{hasher.phone(phone or '')}"
     store = ProfileStore(connect(settings.redis_url, retry_seconds=2), settings.redis_prefix)
     try:
-        p = store.read_profile(customer_id or "")
+        cid = store.resolve(ident or "")
     except Exception as e:
         _fail(f"cannot read Redis at {settings.redis_url}: {e}", 1)
-        return
+    if cid is None:
+        shown = "that email" if email else "that phone" if phone else repr(ident)
+        _fail(f"no customer known by {shown}", 1)
+    return store, cid
+
+
+def _as_of(value: str | None) -> int | None:
+    if value is None:
+        return None
+    from datetime import datetime
+
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        _fail(f"--as-of {value!r} is not an ISO 8601 time (e.g. 2011-12-10T00:00:00Z)")
+    if dt.tzinfo is None:
+        _fail("--as-of needs a timezone (e.g. ...Z)")
+    return int(dt.timestamp() * 1000)
+
+
+AsOfOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--as-of",
+        help="Time recency and decaying interests refer to (ISO 8601; default now). "
+        "Use the end of a replayed data set, e.g. 2011-12-10T00:00:00Z.",
+    ),
+]
+
+
+@app.command()
+def profile(
+    customer: CustomerArg = None,
+    email: EmailOpt = None,
+    phone: PhoneOpt = None,
+    as_of: AsOfOpt = None,
+) -> None:
+    """Print one customer's unified 360° profile as JSON (exit 1 if unknown).
+
+    Any identifier of the customer finds the same profile: identity resolution links
+    the loyalty card, account, emails, phones, devices and cookies seen together.
+    """
+    store, cid = _open_customer(customer, email, phone)
+    p = store.read_profile(cid, _as_of(as_of))
     if p is None:
-        _fail(f"no profile for {customer_id!r}", 1)
+        _fail(f"customer {cid} has no profile", 1)
     _json(p)
+
+
+# ---------------------------------------------------------------------------- privacy
+@privacy_app.command("export")
+def privacy_export(
+    customer: CustomerArg = None,
+    email: EmailOpt = None,
+    phone: PhoneOpt = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the JSON here (default stdout).")
+    ] = None,
+) -> None:
+    """Export everything held about a customer in Redis as JSON (right of access)."""
+    store, cid = _open_customer(customer, email, phone)
+    doc = store.export(cid)
+    if doc is None:
+        _fail(f"customer {cid} has no profile", 1)
+    data = orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+    if output is None:
+        sys.stdout.write(data.decode() + "\n")
+    else:
+        output.write_bytes(data + b"\n")
+        err.print(f"wrote {output}")
+
+
+@privacy_app.command("erase")
+def privacy_erase(
+    customer: CustomerArg = None,
+    email: EmailOpt = None,
+    phone: PhoneOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Erase a customer from Redis (right to erasure): profile, identity links, cart,
+    merge and refusal records, counters.
+
+    The identifiers are kept only as tombstones, so that replaying events from before the
+    erasure cannot bring the customer back; events after it start a new customer. Running
+    pipelines pick the erasure up before their next write. Kafka topics are not touched:
+    their retention policy governs them (see README, Privacy).
+    """
+    store, cid = _open_customer(customer, email, phone)
+    n = len(store.members(cid))
+    if not yes and not typer.confirm(f"Erase customer {cid} and its {n} identifiers?"):
+        raise typer.Exit(1)
+    erased = store.erase(cid)
+    if erased is None:
+        _fail(f"customer {cid} vanished before it could be erased (already erased?)", 1)
+    _json({"erased": cid, "identifiers": erased})
 
 
 # ---------------------------------------------------------------------------- topics

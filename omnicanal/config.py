@@ -49,10 +49,26 @@ class Settings(BaseSettings):
     topic_offer_feedback: str = Field(
         "omnicanal.offer-feedback", description="offer feedback topic"
     )
+    topic_customers: str = Field(
+        "omnicanal.customers", description="customer events topic (consents, chosen home store)"
+    )
     topic_dead_letters: str = Field("omnicanal.dead-letters", description="dead-letter topic")
     partitions: int = Field(4, ge=1, le=1024, description="partitions for `topics create`")
     replication_factor: int = Field(1, ge=1, le=16, description="replication for new topics")
 
+    identity_blocked: list[str] = Field(
+        default_factory=list,
+        description="identifiers that never link customers, JSON list of "
+        '"type:value" (e.g. ["card:0000","email:test@shop.com"]; emails/phones in clear)',
+    )
+    identity_limits: dict[str, int] = Field(
+        default_factory=dict,
+        description="max identifiers of a type per customer, JSON, overriding "
+        '{"loyalty":1,"account":1,"email":3,"phone":3,"card":10,"device":20,"cookie":50}',
+    )
+    identity_max_component: int = Field(
+        200, ge=2, description="links that would give one customer more identifiers are refused"
+    )
     max_event_bytes: int = Field(65536, ge=256, description="larger payloads are dead-lettered")
     min_event_time: str = Field(
         "2000-01-01T00:00:00Z", description="older event_time values are rejected"
@@ -82,6 +98,7 @@ class Settings(BaseSettings):
             self.topic_clickstream: "clickstream",
             self.topic_inventory: "inventory",
             self.topic_offer_feedback: "offer_feedback",
+            self.topic_customers: "customer",
         }
 
     def contract_topics(self) -> dict[str, str]:
@@ -114,7 +131,7 @@ class Settings(BaseSettings):
         '8'
         """
         return {
-            f"OMNICANAL_{name.upper()}": json.dumps(v) if isinstance(v, dict) else str(v)
+            f"OMNICANAL_{name.upper()}": json.dumps(v) if isinstance(v, dict | list) else str(v)
             for name, v in self.model_dump().items()
         }
 

@@ -93,7 +93,7 @@ BAD_KINDS: Final = {
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    contract: str  # transaction | clickstream | inventory | offer_feedback
+    contract: str  # transaction | clickstream | inventory | offer_feedback | customer
     key: bytes
     value: bytes
     expected_reason: str | None = None
@@ -137,6 +137,7 @@ class Generator:
         self.step = 1.0 / events_per_second
         self.skus = [f"SKU-{i:05d}" for i in range(skus)]
         self.prices = [int(self.rng.lognormvariate(6.5, 0.8)) + 49 for _ in range(skus)]
+        self.categories = [CATEGORIES[i * 7 % len(CATEGORIES)] for i in range(skus)]
         self._customers: dict[int, _Customer] = {}
         self._seq = 0
         self._buf: list[Message] = []
@@ -206,6 +207,7 @@ class Generator:
                 "sku": self.skus[i],
                 "quantity": self.rng.choice((1, 1, 1, 2, 2, 3, 6)),
                 "unit_price_minor": self.prices[i],
+                "category": self.categories[i],
             }
             if self.rng.random() < 0.1:
                 line["discount_minor"] = self.prices[i] * line["quantity"] // 10
@@ -247,8 +249,10 @@ class Generator:
             self._return()
         elif r < 0.95:
             self._inventory()
-        else:
+        elif r < 0.985:
             self._offer_feedback()
+        else:
+            self._consent()
 
     def _web_session(self, logs_in: bool, buys: bool, channel: str = "web") -> None:
         c = self._customer()
@@ -281,7 +285,15 @@ class Generator:
             self._emit(
                 "clickstream",
                 key,
-                self._click("product_view", channel, session, ids, device, sku=self.skus[i]),
+                self._click(
+                    "product_view",
+                    channel,
+                    session,
+                    ids,
+                    device,
+                    sku=self.skus[i],
+                    category=self.categories[i],
+                ),
             )
         if logs_in and channel == "web":
             ids, key = known, c.account
@@ -295,7 +307,14 @@ class Generator:
                     "clickstream",
                     key,
                     self._click(
-                        "add_to_cart", channel, session, ids, device, sku=self.skus[i], quantity=q
+                        "add_to_cart",
+                        channel,
+                        session,
+                        ids,
+                        device,
+                        sku=self.skus[i],
+                        quantity=q,
+                        category=self.categories[i],
                     ),
                 )
             if len(carted) > 1 and self.rng.random() < 0.2:
@@ -318,7 +337,12 @@ class Generator:
                 "clickstream", key, self._click("checkout_started", channel, session, ids, device)
             )
             lines = [
-                {"sku": self.skus[i], "quantity": q, "unit_price_minor": self.prices[i]}
+                {
+                    "sku": self.skus[i],
+                    "quantity": q,
+                    "unit_price_minor": self.prices[i],
+                    "category": self.categories[i],
+                }
                 for i, q in carted.items()
             ]
             if self.rng.random() < 0.5:
@@ -450,6 +474,31 @@ class Generator:
             )
             if self.rng.random() < 0.5:
                 break
+
+    def _consent(self) -> None:
+        c = self._customer()
+        channel = self.rng.choice(("web", "app", "store", "email", "sms"))
+        ids = (
+            {"loyalty_id": c.loyalty}
+            if channel == "store" and c.loyalty
+            else {
+                "account_id": c.account,
+                "email": c.email,
+            }
+        )
+        purposes = self.rng.sample(("email", "sms", "push", "in_store"), self.rng.randint(1, 3))
+        self._emit(
+            "customer",
+            c.loyalty or c.account,
+            {
+                "event_type": "consent_changed",
+                "event_id": self._id("cns"),
+                "event_time": self._tick(),
+                "channel": channel,
+                "customer": ids,
+                "consents": {p: self.rng.random() < 0.7 for p in purposes},
+            },
+        )
 
     # ------------------------------------------------------------------ bad inputs
     def _bad(self, good: Message) -> Message:

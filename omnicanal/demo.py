@@ -38,6 +38,8 @@ class Summary:
     dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
     events_by_type: dict[str, int] = field(default_factory=dict)
     customers: int = 0
+    #: identity graph: identifiers linked, merges, refused links, ... (ProfileStore.stats)
+    identity: dict[str, int] = field(default_factory=dict)
     produce_seconds: float = 0.0
     pipeline_seconds: float = 0.0
     sample_customer: str | None = None
@@ -182,7 +184,8 @@ def run_demo(
         summary.dead_lettered = sum(reasons.values())
         summary.dead_letters_by_reason = dict(reasons.most_common())
         store = ProfileStore(connect(settings.redis_url), settings.redis_prefix)
-        summary.customers = store.customer_count()
+        summary.identity = store.stats()
+        summary.customers = summary.identity["customers"]
         summary.sample_customer = _busiest(store)
         store.close()
         if progress:

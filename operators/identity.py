@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from operators.privacy import PiiHasher
 from operators.validate import ID_PRIORITY
 
 #: How many identifiers of each type one customer may have (guard rail for linking).
@@ -69,6 +70,41 @@ class IdentityRules:
         return sorted(out, key=strength)
 
 
+def rules_from_config(
+    blocked: Iterable[str],
+    limits: Mapping[str, int],
+    max_component: int,
+    hasher: PiiHasher,
+) -> IdentityRules:
+    """Rules from settings: blocked values as ``type:value`` with emails and phones in clear
+    (hashed here, as the events' are), and limits that override :data:`DEFAULT_LIMITS`.
+
+    >>> h = PiiHasher(b"k" * 16)
+    >>> r = rules_from_config(["card:0000", "email:Test@Shop.com"], {"cookie": 10}, 50, h)
+    >>> sorted(r.blocked)[0], ("email:" + h.email("test@shop.com")) in r.blocked
+    ('card:0000', True)
+    >>> r.limits["cookie"], r.limits["loyalty"]
+    (10, 1)
+    """
+    out = set()
+    for item in blocked:
+        kind, sep, value = item.partition(":")
+        if not sep or not value or kind not in _RANK:
+            raise ValueError(
+                f"blocked identifier {item!r} must be '<type>:<value>' with type one of "
+                f"{', '.join(ID_PRIORITY)}"
+            )
+        if kind == "email":
+            value = hasher.email(value)
+        elif kind == "phone":
+            value = hasher.phone(value)
+        out.add(f"{kind}:{value}")
+    unknown = set(limits) - set(_RANK)
+    if unknown:
+        raise ValueError(f"identity limits for unknown types {sorted(unknown)}")
+    return IdentityRules(frozenset(out), {**DEFAULT_LIMITS, **limits}, max_component)
+
+
 def strength(identifier: str) -> tuple[int, str]:
     """Sort key: stronger identifier types first (loyalty, account, email, ...), then value.
 
@@ -99,6 +135,8 @@ class BatchLinks:
     runaway: list[Component]
     #: events with no usable identifier (anonymous), by index
     anonymous: list[int]
+    #: each event's identifiers that may link, strongest first
+    usable: list[list[str]]
 
 
 def link_batch(events: Sequence[Mapping[str, str]], rules: IdentityRules) -> BatchLinks:
@@ -148,7 +186,7 @@ def link_batch(events: Sequence[Mapping[str, str]], rules: IdentityRules) -> Bat
         comp.events.append(i)
     kept = [c for c in order if len(c.identifiers) <= rules.max_component]
     runaway = [c for c in order if len(c.identifiers) > rules.max_component]
-    return BatchLinks(kept, runaway, anonymous)
+    return BatchLinks(kept, runaway, anonymous, usable)
 
 
 def _within_limits(idents: list[str], limits: Mapping[str, int]) -> list[str]:

@@ -1,28 +1,40 @@
 """Per-customer profile effects of events, folded per batch into one delta per customer.
 
-Every effect is commutative (sums, minima, maxima, top-N by event time), so the profile is
-the same whatever order or batch boundaries the events arrive in. That is what lets
-several workers, and replays, update Redis without coordination:
+Every effect is commutative (sums, minima, maxima, latest-by-event-time, top-N by event
+time, decayed scores in log space), so the profile is the same whatever order, lateness or
+batch boundaries the events arrive in. That is what lets several workers, late events and
+replays update Redis without coordination, and what lets two profiles merge exactly.
 
-- per channel: orders, returns, items bought/returned (product lines), spend/refunds per
-  currency in minor units, events seen, first and last seen;
-- recently viewed SKUs: the ``RECENT_VIEWS`` most recent by event time;
-- open cart: the sum of add (+q) and remove (-q) events per SKU whose event time is after
-  the customer's last online (web/app) purchase; lines that sum to <= 0 are not shown.
+A delta is a set of profile-hash fields, grouped by how they combine (the field grammar is
+documented in ``state/profiles.py``):
+
+- **sums**: per channel orders, returns, items bought/returned (product lines), events,
+  spend/refunds per currency in minor units, offer responses and redemptions; store
+  purchases per location (the home store);
+- **minima / maxima**: per channel first and last seen, last order;
+- **decayed scores**: favourite categories, ``log2`` of a score that halves every
+  :data:`CATEGORY_HALF_LIFE_DAYS` (stored relative to a fixed epoch, so adding two scores
+  is a log-add-exp and never overflows);
+- **latest by event time**: consents per purpose (a tie withdraws, the safe side) and the
+  home store the customer chose;
+- recently viewed and recently bought SKUs (most recent by event time), and the open cart:
+  the sum of add (+q) and remove (-q) events per SKU whose event time is after the
+  customer's last online (web/app) purchase; lines that sum to <= 0 are not shown.
 
 >>> from operators.validate import Accepted
 >>> from schemas.events import AddToCart
 >>> ev = Accepted("t", 0, 1, "clickstream", "add_to_cart", "e1", 1000, "web",
 ...               "cookie:c1", {"cookie": "c1"}, AddToCart(
 ...                   event_id="e1", event_time=None, channel="web", session_id="s",
-...                   sku="SKU1", quantity=2))
->>> d = aggregate([ev])["cookie:c1"]
->>> d.channels["web"].events, d.cart
-(1, {('SKU1', 1000): 2})
+...                   sku="SKU1", quantity=2, category="toys"))
+>>> d = fold([ev])
+>>> d.sums["web:e"], d.cart, sorted(d.logs)
+(1, {('SKU1', 1000): 2}, ['cat:toys'])
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -31,66 +43,89 @@ from msgspec import UNSET
 from operators.validate import Accepted, line_amount
 
 RECENT_VIEWS: Final = 20
+RECENT_BOUGHT: Final = 20
 #: Cart entries kept per customer; past this the oldest are dropped (a bot's cart).
 CART_CAP: Final = 200
 ONLINE_CHANNELS: Final = frozenset({"web", "app"})
+#: A category interest halves every 30 days without new activity.
+CATEGORY_HALF_LIFE_DAYS: Final = 30.0
+#: Reference time of the stored decayed scores (2000-01-01T00:00:00Z).
+DECAY_EPOCH_MS: Final = 946_684_800_000
+_HALF_LIFE_MS: Final = CATEGORY_HALF_LIFE_DAYS * 86_400_000
+#: Interest weight of an event in a category (log2 of it is added to the score).
+CATEGORY_WEIGHTS: Final = {"product_view": 1.0, "add_to_cart": 2.0, "sale": 4.0}
+_LOG_WEIGHTS: Final = {k: math.log2(w) for k, w in CATEGORY_WEIGHTS.items()}
+CONSENT_PURPOSES: Final = ("email", "sms", "push", "in_store")
+
+_CHANNEL_FIELDS: dict[str, tuple[str, ...]] = {}
 
 
-class ChannelDelta:
-    __slots__ = (
-        "events",
-        "first_ms",
-        "items",
-        "items_returned",
-        "last_ms",
-        "orders",
-        "refund",
-        "returns",
-        "spend",
-    )
+def _fields(ch: str) -> tuple[str, ...]:
+    names = _CHANNEL_FIELDS.get(ch)
+    if names is None:
+        names = _CHANNEL_FIELDS[ch] = tuple(
+            f"{ch}:{x}" for x in ("e", "f", "l", "o", "i", "lo", "r", "ir", "rsp", "red")
+        )
+    return names
 
-    def __init__(self, ts_ms: int) -> None:
-        self.orders = 0
-        self.returns = 0
-        self.items = 0
-        self.items_returned = 0
-        self.events = 0
-        self.first_ms = ts_ms
-        self.last_ms = ts_ms
-        self.spend: dict[str, int] = {}
-        self.refund: dict[str, int] = {}
+
+def log2_add(a: float, b: float) -> float:
+    """``log2(2**a + 2**b)`` without overflow: how two decayed scores add.
+
+    >>> log2_add(3.0, 3.0)
+    4.0
+    """
+    hi, lo = (a, b) if a >= b else (b, a)
+    return hi + math.log2(1.0 + 2.0 ** (lo - hi))
+
+
+def decayed(log_score: float, as_of_ms: int) -> float:
+    """The decayed score at ``as_of_ms`` of a stored log2 score.
+
+    >>> round(decayed(_log_at(4.0, 0) , 30 * 86_400_000), 6)  # one half-life later
+    2.0
+    """
+    return float(2.0 ** (log_score - (as_of_ms - DECAY_EPOCH_MS) / _HALF_LIFE_MS))
+
+
+def _log_at(weight: float, ts_ms: int) -> float:
+    """Stored log2 score of ``weight`` at event time ``ts_ms`` (relative to the epoch)."""
+    return math.log2(weight) + (ts_ms - DECAY_EPOCH_MS) / _HALF_LIFE_MS
 
 
 class CustomerDelta:
-    __slots__ = ("cart", "cart_clear_ms", "channels", "views")
+    """One batch's effects on one customer, grouped by how each field combines."""
+
+    __slots__ = ("bought", "cart", "cart_clear_ms", "logs", "lww", "maxs", "mins", "sums", "views")
 
     def __init__(self) -> None:
-        self.channels: dict[str, ChannelDelta] = {}
+        self.sums: dict[str, int] = {}
+        self.mins: dict[str, int] = {}
+        self.maxs: dict[str, int] = {}
+        self.logs: dict[str, float] = {}
+        #: field -> (event ms, value): consents "1" granted | "0" withdrawn, home store id
+        self.lww: dict[str, tuple[int, str]] = {}
         self.views: dict[str, int] = {}
+        self.bought: dict[str, int] = {}
         self.cart: dict[tuple[str, int], int] = {}
         self.cart_clear_ms = 0
 
 
-def aggregate(events: Iterable[Accepted]) -> dict[str, CustomerDelta]:
-    """Fold events into one delta per customer key; events without a customer are skipped."""
-    out: dict[str, CustomerDelta] = {}
+def fold(events: Iterable[Accepted], into: CustomerDelta | None = None) -> CustomerDelta:
+    """Fold one customer's events into a delta (events without a channel are skipped)."""
+    d = CustomerDelta() if into is None else into
+    sums, mins, maxs = d.sums, d.mins, d.maxs
     for a in events:
-        cid = a.customer
-        if cid is None or a.channel is None:
-            continue
-        d = out.get(cid)
-        if d is None:
-            d = out[cid] = CustomerDelta()
-        ts = a.ts_ms
-        ch = d.channels.get(a.channel)
+        ch = a.channel
         if ch is None:
-            ch = d.channels[a.channel] = ChannelDelta(ts)
-        else:
-            if ts < ch.first_ms:
-                ch.first_ms = ts
-            if ts > ch.last_ms:
-                ch.last_ms = ts
-        ch.events += 1
+            continue
+        f_e, f_f, f_l, f_o, f_i, f_lo, f_r, f_ir, f_rsp, f_red = _fields(ch)
+        ts = a.ts_ms
+        sums[f_e] = sums.get(f_e, 0) + 1
+        if ts < mins.get(f_f, ts + 1):
+            mins[f_f] = ts
+        if ts > maxs.get(f_l, -1):
+            maxs[f_l] = ts
         et = a.event_type
         ev = a.event
         if et == "sale" or et == "return":
@@ -100,56 +135,87 @@ def aggregate(events: Iterable[Accepted]) -> dict[str, CustomerDelta]:
                 amount += line_amount(line)
                 if line.kind == "product" or line.kind is UNSET:
                     units += line.quantity
+                    if et == "sale":
+                        if ts > d.bought.get(line.sku, -1):
+                            d.bought[line.sku] = ts
+                        if line.category is not UNSET:
+                            _interest(d, line.category, "sale", ts)
             if et == "sale":
-                ch.orders += 1
-                ch.items += units
-                ch.spend[ev.currency] = ch.spend.get(ev.currency, 0) + amount
-                if a.channel in ONLINE_CHANNELS and ts > d.cart_clear_ms:
+                sums[f_o] = sums.get(f_o, 0) + 1
+                sums[f_i] = sums.get(f_i, 0) + units
+                k = f"{ch}:s:{ev.currency}"
+                sums[k] = sums.get(k, 0) + amount
+                if ts > maxs.get(f_lo, -1):
+                    maxs[f_lo] = ts
+                if ch in ONLINE_CHANNELS and ts > d.cart_clear_ms:
                     d.cart_clear_ms = ts
+                if ch == "store" and ev.location_id is not UNSET:
+                    k = "loc:" + ev.location_id
+                    sums[k] = sums.get(k, 0) + 1
             else:
-                ch.returns += 1
-                ch.items_returned += units
-                ch.refund[ev.currency] = ch.refund.get(ev.currency, 0) + amount
+                sums[f_r] = sums.get(f_r, 0) + 1
+                sums[f_ir] = sums.get(f_ir, 0) + units
+                k = f"{ch}:rf:{ev.currency}"
+                sums[k] = sums.get(k, 0) + amount
         elif et == "product_view":
             if ts > d.views.get(ev.sku, -1):
                 d.views[ev.sku] = ts
+            if ev.category is not UNSET:
+                _interest(d, ev.category, et, ts)
         elif et == "add_to_cart" or et == "remove_from_cart":
-            k = (ev.sku, ts)
+            k2 = (ev.sku, ts)
             q = ev.quantity if et == "add_to_cart" else -ev.quantity
-            d.cart[k] = d.cart.get(k, 0) + q
-    return out
+            d.cart[k2] = d.cart.get(k2, 0) + q
+            if et == "add_to_cart" and ev.category is not UNSET:
+                _interest(d, ev.category, et, ts)
+        elif et == "offer_clicked" or et == "offer_redeemed":
+            f = f_red if et == "offer_redeemed" else f_rsp
+            sums[f] = sums.get(f, 0) + 1
+        elif et == "consent_changed":
+            c = ev.consents
+            for purpose in CONSENT_PURPOSES:
+                v = getattr(c, purpose)
+                if v is not UNSET:
+                    _latest(d, "cs:" + purpose, ts, "1" if v else "0")
+        elif et == "home_store_chosen":
+            _latest(d, "hs", ts, ev.location_id)
+    return d
 
 
-def to_payload(deltas: dict[str, CustomerDelta]) -> list[list[Any]]:
-    """Compact form of the deltas for the Redis script (see ``state/lua/apply_batch.lua``).
+def _interest(d: CustomerDelta, category: str, event_type: str, ts: int) -> None:
+    k = "cat:" + category
+    x = _LOG_WEIGHTS[event_type] + (ts - DECAY_EPOCH_MS) / _HALF_LIFE_MS
+    old = d.logs.get(k)
+    d.logs[k] = x if old is None else log2_add(old, x)
 
-    One row per customer: ``[id, channels, views, cart, cart_clear_ms]`` with
-    ``channels`` flattened to ``[name, orders, returns, items, items_returned, events,
-    first_ms, last_ms, n_currencies, cur, spend, refund, ...]``.
+
+def _latest(d: CustomerDelta, field: str, ts: int, v: str) -> None:
+    """Latest event time wins; a tie goes to the smaller value (a withdrawn consent)."""
+    old = d.lww.get(field)
+    if old is None or ts > old[0] or (ts == old[0] and v < old[1]):
+        d.lww[field] = (ts, v)
+
+
+def to_row(d: CustomerDelta) -> list[Any]:
+    """Compact form of a delta for the Redis script (``state/lua/apply_batch.lua``):
+    ``[sums, mins, maxs, logs, lww, views, bought, cart, cart_clear_ms]``, each a flat list.
+
+    >>> d = CustomerDelta(); d.sums["web:e"] = 2; d.lww["cs:sms"] = (5, "0")
+    >>> to_row(d)
+    [['web:e', 2], [], [], [], ['cs:sms', 5, '0'], [], [], [], 0]
     """
-    rows: list[list[Any]] = []
-    for cid, d in deltas.items():
-        flat: list[Any] = []
-        for name, c in d.channels.items():
-            currencies = c.spend.keys() | c.refund.keys()
-            flat += (
-                name,
-                c.orders,
-                c.returns,
-                c.items,
-                c.items_returned,
-                c.events,
-                c.first_ms,
-                c.last_ms,
-                len(currencies),
-            )
-            for cur in sorted(currencies):
-                flat += (cur, c.spend.get(cur, 0), c.refund.get(cur, 0))
-        views = [x for sku, ts in d.views.items() for x in (sku, ts)]
-        clear = d.cart_clear_ms
-        cart = [x for (sku, ts), q in d.cart.items() if ts > clear and q != 0 for x in (sku, ts, q)]
-        rows.append([cid, flat, views, cart, clear])
-    return rows
+    clear = d.cart_clear_ms
+    return [
+        [x for kv in d.sums.items() if kv[1] for x in kv],
+        [x for kv in d.mins.items() for x in kv],
+        [x for kv in d.maxs.items() for x in kv],
+        [x for kv in d.logs.items() for x in kv],
+        [x for f, (ts, v) in d.lww.items() for x in (f, ts, v)],
+        [x for kv in d.views.items() for x in kv],
+        [x for kv in d.bought.items() for x in kv],
+        [x for (sku, ts), q in d.cart.items() if ts > clear and q != 0 for x in (sku, ts, q)],
+        clear,
+    ]
 
 
 def cart_lines(entries: Iterable[tuple[str, int, int]], clear_ms: int) -> dict[str, int]:
@@ -163,3 +229,43 @@ def cart_lines(entries: Iterable[tuple[str, int, int]], clear_ms: int) -> dict[s
         if ts > clear_ms:
             qty[sku] = qty.get(sku, 0) + delta
     return {sku: q for sku, q in sorted(qty.items()) if q > 0}
+
+
+#: Recency (days since the last order), frequency (orders) and monetary (spend in minor
+#: units of the customer's main currency) thresholds for scores 5, 4, 3, 2 (else 1).
+RFM_RECENCY_DAYS: Final = (30, 90, 180, 365)
+RFM_FREQUENCY: Final = (20, 10, 5, 2)
+RFM_MONETARY_MINOR: Final = (200_000, 100_000, 30_000, 10_000)
+
+
+def rfm(last_order_ms: int | None, orders: int, spend_minor: int, as_of_ms: int) -> dict[str, Any]:
+    """Recency-frequency-monetary scores (1-5) and the segment they put the customer in.
+
+    >>> day = 86_400_000
+    >>> rfm(100 * day, 12, 150_000, 110 * day)
+    {'recency': 5, 'frequency': 4, 'monetary': 4, 'score': '544', 'segment': 'champion'}
+    >>> rfm(None, 0, 0, 0)["segment"]
+    'prospect'
+    >>> rfm(0, 6, 40_000, 400 * day)["segment"]
+    'at_risk'
+    """
+    if not orders or last_order_ms is None:
+        return {"recency": None, "frequency": 0, "monetary": None, "score": None,
+                "segment": "prospect"}  # fmt: skip
+    days = (as_of_ms - last_order_ms) / 86_400_000
+    r = 5 - sum(days > t for t in RFM_RECENCY_DAYS)
+    f = 1 + sum(orders >= t for t in RFM_FREQUENCY)
+    m = 1 + sum(spend_minor >= t for t in RFM_MONETARY_MINOR)
+    if r >= 4 and f >= 4:
+        segment = "champion"
+    elif r >= 3 and f >= 3:
+        segment = "loyal"
+    elif r >= 4:
+        segment = "new"
+    elif r <= 2 and f >= 3:
+        segment = "at_risk"
+    elif r <= 2:
+        segment = "hibernating"
+    else:
+        segment = "promising"
+    return {"recency": r, "frequency": f, "monetary": m, "score": f"{r}{f}{m}", "segment": segment}

@@ -236,6 +236,10 @@ class Validator:
             )
         if contract == "transaction":
             _check_transaction(ev, event_type)
+        elif event_type == "consent_changed" and not any(
+            getattr(ev.consents, f) is not UNSET for f in ev.consents.__struct_fields__
+        ):
+            raise _Reject("missing_field", "consents must set at least one purpose", event_type)
         ids = self._identifiers(ev)
         customer = None
         for kind in ID_PRIORITY:

@@ -50,6 +50,10 @@ SalesChannel = Literal["store", "web", "app", "marketplace", "call_centre"]
 DigitalChannel = Literal["web", "app"]
 OfferChannel = Literal["store", "web", "app", "email", "sms", "push", "call_centre"]
 LineKind = Literal["product", "shipping", "fee", "discount", "voucher", "sample", "adjustment"]
+Category = Annotated[
+    str, Meta(min_length=1, max_length=64, description="product category, e.g. 'shoes'")
+]
+ConsentPurpose = Literal["email", "sms", "push", "in_store"]
 
 TRANSACTION_TYPES: Final = ("sale", "return")
 CLICKSTREAM_TYPES: Final = (
@@ -62,6 +66,7 @@ CLICKSTREAM_TYPES: Final = (
     "login",
 )
 INVENTORY_TYPES: Final = ("stock_snapshot", "stock_adjustment", "price_update")
+CUSTOMER_TYPES: Final = ("consent_changed", "home_store_chosen")
 OFFER_FEEDBACK_TYPES: Final = (
     "offer_delivered",
     "offer_opened",
@@ -107,6 +112,7 @@ class TransactionLine(_Strict, kw_only=True):
     discount_minor: MinorAmount | UnsetType = UNSET
     kind: LineKind | UnsetType = UNSET
     description: ShortText | UnsetType = UNSET
+    category: Category | UnsetType = UNSET
 
 
 class _Transaction(_Event, kw_only=True):
@@ -146,6 +152,7 @@ class PageView(_Click, tag="page_view"):
 
 class ProductView(_Click, tag="product_view"):
     sku: Sku
+    category: Category | UnsetType = UNSET
 
 
 class Search(_Click, tag="search"):
@@ -155,6 +162,7 @@ class Search(_Click, tag="search"):
 class AddToCart(_Click, tag="add_to_cart"):
     sku: Sku
     quantity: Quantity
+    category: Category | UnsetType = UNSET
 
 
 class RemoveFromCart(_Click, tag="remove_from_cart"):
@@ -233,7 +241,37 @@ class OfferDismissed(_OfferFeedback, tag="offer_dismissed"):
 
 OfferFeedbackEvent = OfferDelivered | OfferOpened | OfferClicked | OfferRedeemed | OfferDismissed
 
-AnyEvent = TransactionEvent | ClickstreamEvent | InventoryEvent | OfferFeedbackEvent
+
+# ---------------------------------------------------------------- customer
+class Consents(_Strict, kw_only=True):
+    """Marketing consents per purpose: true = granted, false = withdrawn; absent = unchanged."""
+
+    email: bool | UnsetType = UNSET
+    sms: bool | UnsetType = UNSET
+    push: bool | UnsetType = UNSET
+    in_store: bool | UnsetType = UNSET
+
+
+class ConsentChanged(_Event, tag="consent_changed"):
+    """The customer granted or withdrew marketing consent; the latest event time wins."""
+
+    channel: OfferChannel
+    customer: CustomerIds
+    consents: Consents
+
+
+class HomeStoreChosen(_Event, tag="home_store_chosen"):
+    """The customer picked "my store" (in the app, on the web or at the till); it wins over
+    the store derived from purchases. The latest event time wins."""
+
+    channel: OfferChannel
+    customer: CustomerIds
+    location_id: Id
+
+
+CustomerEvent = ConsentChanged | HomeStoreChosen
+
+AnyEvent = TransactionEvent | ClickstreamEvent | InventoryEvent | OfferFeedbackEvent | CustomerEvent
 
 
 class Contract(msgspec.Struct, frozen=True):
@@ -257,6 +295,7 @@ CONTRACTS: Final[dict[str, Contract]] = {
             OfferFeedbackEvent,
             OFFER_FEEDBACK_TYPES,
         ),
+        Contract("customer", "omnicanal.customers", CustomerEvent, CUSTOMER_TYPES),
     )
 }
 

@@ -2,7 +2,7 @@
 
 >>> docs = schemas()
 >>> sorted(docs)
-['clickstream', 'dead_letter', 'inventory', 'offer_feedback', 'transaction']
+['clickstream', 'customer', 'dead_letter', 'inventory', 'offer_feedback', 'transaction']
 >>> docs["transaction"]["$defs"]["Sale"]["properties"]["event_type"]["enum"]
 ['sale']
 """

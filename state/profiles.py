@@ -1,14 +1,29 @@
-"""Per-customer profiles and applied offsets in Redis. The only module that talks to Redis.
+"""Customers in Redis: identity graph, profiles, applied offsets, erasures.
+The only module that talks to Redis.
 
 Layout (``oc:`` is the configurable prefix)::
 
-    oc:offsets          hash  "<topic>:<partition>" -> last applied offset
-    oc:stats:customers  int   number of customer profiles created
-    oc:p:<customer>     hash  "<channel>:<counter>" -> int  (o, r, i, ir, e, f, l,
-                              s:<CUR>, rf:<CUR>: orders, returns, items, items returned,
-                              events, first/last seen ms, spend/refund minor units)
-    oc:v:<customer>     zset  sku -> last view ms (most recent N)
-    oc:cart:<customer>  hash  "<sku>|<ts ms>" -> quantity delta, "_clr" -> last checkout ms
+    oc:offsets             hash  "<topic>:<partition>" -> last applied offset
+    oc:id:<identifier>     str   "<type>:<value>" -> canonical customer id "C" + 12 digits
+    oc:members:<cid>       set   the customer's identifiers (emails/phones as keyed HMACs)
+    oc:mg:<cid>            list  merge records (JSON: survivor, merged, via, why, at)
+    oc:p:<cid>             hash  profile fields, by kind (how two values combine):
+        sum   <ch>:o|r|i|ir|e|rsp|red  orders, returns, items, items returned, events,
+                                       offer responses, redemptions
+              <ch>:s:<CUR>, <ch>:rf:<CUR>  spend / refunds in minor units
+              loc:<location>           store purchases at a location
+        min   <ch>:f                   first seen (ms)
+        max   <ch>:l, <ch>:lo          last seen, last order (ms)
+        log   cat:<category>           decayed interest, log2 (operators/profile.py)
+        last  cs:<purpose>             consent "<event ms>:<1|0>", latest event time wins
+              hs                       home store chosen "<event ms>:<location>"
+    oc:v:<cid>, oc:b:<cid> zset  sku -> last viewed / bought ms (most recent N)
+    oc:cart:<cid>          hash  "<sku>|<ts ms>" -> quantity delta, "_clr" -> last checkout ms
+    oc:seq                 int   last canonical id number
+    oc:stats:<name>        int   customers, identifiers, merges, refused, suppressed, erased
+    oc:refusals            stream  links refused by the guard rails (capped)
+    oc:erased              hash  identifier -> erasure ms (tombstones), oc:erased:version
+    oc:erasures            stream  erasure records (customer id, count, time)
 
 Each batch is applied by one Lua call that also advances the offsets, so a batch's
 effects and its position are stored together or not at all.
@@ -17,6 +32,7 @@ effects and its position are stored together or not at all.
 from __future__ import annotations
 
 import importlib.resources
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,9 +43,23 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from operators.profile import CART_CAP, RECENT_VIEWS, cart_lines
+from operators.identity import IdentityRules
+from operators.profile import (
+    CART_CAP,
+    CONSENT_PURPOSES,
+    RECENT_BOUGHT,
+    RECENT_VIEWS,
+    cart_lines,
+    decayed,
+    rfm,
+)
 
-_APPLY_LUA = (importlib.resources.files("state") / "lua" / "apply_batch.lua").read_text()
+_LUA = importlib.resources.files("state") / "lua"
+_APPLY_LUA = (_LUA / "apply_batch.lua").read_text()
+_ERASE_LUA = (_LUA / "erase.lua").read_text()
+#: Favourite categories shown in a profile.
+TOP_CATEGORIES = 5
+STATS = ("customers", "identifiers", "merges", "refused", "suppressed", "erased")
 
 
 class StateError(RuntimeError):
@@ -44,8 +74,16 @@ class StateRegressedError(StateError):
 class ApplyResult:
     ok: bool
     new_customers: int = 0
+    merges: int = 0
+    #: identifiers newly linked to a customer
+    linked: int = 0
+    refusals: int = 0
     #: partitions where Redis is ahead of what the caller assumed: part -> stored offset
     stale: dict[str, int] | None = None
+    #: the erasure version changed: reload the tombstones (nothing was written)
+    erasures: int | None = None
+    #: rows the guard rails refused: row index -> reason (nothing was written)
+    refused: dict[int, str] | None = None
 
 
 def connect(url: str, *, retry_seconds: float = 20.0) -> redis.Redis:
@@ -65,14 +103,17 @@ def _iso(ms: int | None) -> str | None:
 
 
 class ProfileStore:
-    """Batched, fenced access to profiles. One instance per worker; never per event."""
+    """Batched, fenced access to customers. One instance per worker; never per event."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "oc:") -> None:
+    def __init__(
+        self, client: redis.Redis, prefix: str = "oc:", rules: IdentityRules | None = None
+    ) -> None:
         self.r = client
         self.prefix = prefix
+        self.rules = rules or IdentityRules()
         self.offsets_key = prefix + "offsets"
-        self.customers_key = prefix + "stats:customers"
         self._apply = client.register_script(_APPLY_LUA)
+        self._erase = client.register_script(_ERASE_LUA)
 
     # ------------------------------------------------------------------ health
     def ping(self) -> bool:
@@ -116,25 +157,49 @@ class ProfileStore:
             self.r.hset(self.offsets_key, mapping={k: str(v) for k, v in offsets.items()})
 
     # ------------------------------------------------------------------ batch apply
-    def apply(self, parts: Iterable[tuple[str, int, int]], rows: list[list[Any]]) -> ApplyResult:
-        """Apply profile rows and advance ``parts`` (name, floor, max offset) atomically.
+    def apply(
+        self,
+        parts: Iterable[tuple[str, int, int]],
+        rows: list[list[Any]],
+        *,
+        refusals: Sequence[Sequence[str]] = (),
+        erasures: int = 0,
+        suppressed: int = 0,
+    ) -> ApplyResult:
+        """Resolve and apply a batch plan (``operators/batch.py``) and advance ``parts``
+        (name, floor, max offset), atomically.
 
         Raises :class:`StateRegressedError` if Redis holds an offset below ``floor``.
-        Returns ``ok=False`` with the stored offsets where Redis is already ahead of
-        ``floor`` (a replay or a second writer): the caller drops what is covered and
-        calls again.
+        Returns ``ok=False``, having written nothing, where Redis is already ahead of
+        ``floor`` (a replay or a second writer: drop what is covered and call again), where
+        the erasure version is not ``erasures`` (reload :meth:`erased` and call again), or
+        where the guard rails refuse rows' links (apply those rows unlinked).
         """
-        payload = orjson.dumps({"parts": list(parts), "c": rows})
-        res = self._apply(
-            keys=[self.offsets_key, self.customers_key],
-            args=[self.prefix, payload, RECENT_VIEWS, CART_CAP],
+        payload = orjson.dumps(
+            {
+                "parts": list(parts),
+                "c": rows,
+                "refusals": list(refusals),
+                "erasures": erasures,
+                "suppressed": suppressed,
+                "limits": dict(self.rules.limits),
+                "max": self.rules.max_component,
+                "now": int(time.time() * 1000),
+            }
         )
+        res = self._apply(args=[self.prefix, payload, RECENT_VIEWS, CART_CAP, RECENT_BOUGHT])
         status = _s(res[0])
         if status == "OK":
-            return ApplyResult(True, int(res[1]))
+            new, merges, linked, refused = (int(x) for x in res[1:5])
+            return ApplyResult(True, new, merges, linked, refused)
         if status == "STALE":
             it = iter(res[1:])
             return ApplyResult(False, stale={_s(k): int(v) for k, v in zip(it, it, strict=True)})
+        if status == "ERASURES":
+            return ApplyResult(False, erasures=int(res[1]))
+        if status == "REFUSED":
+            it = iter(res[1:])
+            return ApplyResult(False, refused={int(i): _s(r) for i, r in zip(it, it, strict=True)})
         part, stored, floor = _s(res[1]), int(res[2]), int(res[3])
         raise StateRegressedError(
             f"Redis state went back in time for {part}: Redis says offset {stored} is the "
@@ -143,9 +208,79 @@ class ProfileStore:
             "than building wrong profiles; see README 'Recovering from Redis data loss'."
         )
 
+    # ------------------------------------------------------------------ identity
+    def resolve(self, identifier: str) -> str | None:
+        """Canonical customer id of ``"<type>:<value>"`` (or of a canonical id itself)."""
+        if identifier.startswith("C") and ":" not in identifier:
+            return identifier if self.r.exists(self.prefix + "members:" + identifier) else None
+        v = self.r.get(self.prefix + "id:" + identifier)
+        return _s(v) if v is not None else None
+
+    def members(self, customer_id: str) -> set[str]:
+        return {_s(m) for m in self.r.smembers(self.prefix + "members:" + customer_id)}
+
+    def merges(self, customer_id: str) -> list[dict[str, Any]]:
+        """Merge records of a customer, oldest first."""
+        return [orjson.loads(x) for x in self.r.lrange(self.prefix + "mg:" + customer_id, 0, -1)]
+
+    def refusals(self, count: int = 100) -> list[dict[str, str]]:
+        """The most recent links refused by the guard rails."""
+        rows = self.r.xrevrange(self.prefix + "refusals", count=count) or []
+        return [{_s(k): _s(v) for k, v in (f or {}).items()} for _, f in rows]
+
+    def stats(self) -> dict[str, int]:
+        """Customers, linked identifiers, merges, refusals, suppressed events, erasures."""
+        vals = self.r.mget([self.prefix + "stats:" + n for n in STATS])
+        return {n: int(v or 0) for n, v in zip(STATS, vals, strict=True)}
+
+    # ------------------------------------------------------------------ privacy
+    def erasure_version(self) -> int:
+        return int(self.r.get(self.prefix + "erased:version") or 0)
+
+    def erased(self) -> tuple[int, dict[str, int]]:
+        """(version, tombstones: identifier -> erasure ms), read together."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.get(self.prefix + "erased:version")
+        pipe.hgetall(self.prefix + "erased")
+        version, tombs = pipe.execute()
+        return int(version or 0), {_s(k): int(v) for k, v in tombs.items()}
+
+    def erase(self, customer_id: str, now_ms: int | None = None) -> int | None:
+        """Erase a customer everywhere in Redis; returns how many identifiers were
+        tombstoned, or None if there is no such customer."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        n = int(self._erase(args=[self.prefix, customer_id, now]))
+        return None if n < 0 else n
+
+    def export(self, customer_id: str, as_of_ms: int | None = None) -> dict[str, Any] | None:
+        """Everything Redis holds about a customer (right of access), as JSON-able data."""
+        profile = self.read_profile(customer_id, as_of_ms)
+        if profile is None:
+            return None
+        pre = self.prefix
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hgetall(pre + "p:" + customer_id)
+        pipe.zrange(pre + "v:" + customer_id, 0, -1, withscores=True)
+        pipe.zrange(pre + "b:" + customer_id, 0, -1, withscores=True)
+        pipe.hgetall(pre + "cart:" + customer_id)
+        fields, views, bought, cart = pipe.execute()
+        return {
+            "customer_id": customer_id,
+            "exported_at": _iso(int(time.time() * 1000)),
+            "profile": profile,
+            "identifiers": sorted(self.members(customer_id)),
+            "merges": self.merges(customer_id),
+            "stored": {
+                "profile_fields": {_s(k): _s(v) for k, v in sorted(fields.items())},
+                "viewed": {_s(k): int(v) for k, v in views},
+                "bought": {_s(k): int(v) for k, v in bought},
+                "cart_entries": {_s(k): int(v) for k, v in cart.items()},
+            },
+        }
+
     # ------------------------------------------------------------------ reads
     def customer_count(self) -> int:
-        return int(self.r.get(self.customers_key) or 0)
+        return int(self.r.get(self.prefix + "stats:customers") or 0)
 
     def customer_ids(self, count: int = 1000) -> Iterable[str]:
         """All customer ids (SCAN, for tools and tests; never on the hot path)."""
@@ -153,75 +288,127 @@ class ProfileStore:
         for k in self.r.scan_iter(match=self.prefix + "p:*", count=count):
             yield _s(k)[plen:]
 
-    def read_profile(self, customer_id: str) -> dict[str, Any] | None:
-        """The unified profile of one customer as plain JSON-able data, or None."""
+    def read_profile(self, customer_id: str, as_of_ms: int | None = None) -> dict[str, Any] | None:
+        """The unified 360° profile of one customer as plain JSON-able data, or None.
+        ``as_of_ms`` (default: now) is the time recency and decayed interests refer to."""
+        pre = self.prefix
         pipe = self.r.pipeline(transaction=True)
-        pipe.hgetall(self.prefix + "p:" + customer_id)
-        pipe.zrevrange(self.prefix + "v:" + customer_id, 0, -1, withscores=True)
-        pipe.hgetall(self.prefix + "cart:" + customer_id)
-        h, views, cart = pipe.execute()
+        pipe.hgetall(pre + "p:" + customer_id)
+        pipe.zrevrange(pre + "v:" + customer_id, 0, -1, withscores=True)
+        pipe.zrevrange(pre + "b:" + customer_id, 0, -1, withscores=True)
+        pipe.hgetall(pre + "cart:" + customer_id)
+        pipe.smembers(pre + "members:" + customer_id)
+        h, views, bought, cart, members = pipe.execute()
         if not h:
             return None
         return build_profile(
             customer_id,
-            {_s(k): int(v) for k, v in h.items()},
+            {_s(k): _s(v) for k, v in h.items()},
             [(_s(s), int(ts)) for s, ts in views],
+            [(_s(s), int(ts)) for s, ts in bought],
             {_s(k): int(v) for k, v in cart.items()},
+            sorted(_s(m) for m in members),
+            int(time.time() * 1000) if as_of_ms is None else as_of_ms,
         )
 
     def memory_usage(self, customer_id: str) -> int:
-        """Bytes Redis uses for one customer's keys."""
-        total = 0
-        for kind in ("p:", "v:", "cart:"):
-            total += int(self.r.memory_usage(self.prefix + kind + customer_id) or 0)
-        return total
+        """Bytes Redis uses for one customer's keys (identity links included)."""
+        pre = self.prefix
+        keys = [pre + k + customer_id for k in ("p:", "v:", "b:", "cart:", "members:", "mg:")]
+        keys += [pre + "id:" + m for m in self.members(customer_id)]
+        return sum(int(self.r.memory_usage(k) or 0) for k in keys)
+
+
+_COUNTERS = {
+    "o": "orders",
+    "r": "returns",
+    "i": "items",
+    "ir": "items_returned",
+    "e": "events",
+    "rsp": "offer_responses",
+    "red": "offers_redeemed",
+}
 
 
 def build_profile(
     customer_id: str,
-    fields: dict[str, int],
+    fields: dict[str, str],
     views: list[tuple[str, int]],
+    bought: list[tuple[str, int]],
     cart: dict[str, int],
+    identifiers: list[str],
+    as_of_ms: int,
 ) -> dict[str, Any]:
     """Assemble the stored pieces into the profile document.
 
-    >>> p = build_profile("loyalty:7", {"store:o": 2, "store:s:GBP": 1250, "store:f": 0,
-    ...                   "store:l": 60000, "store:e": 2}, [("SKU9", 1000)], {})
-    >>> p["channels"]["store"]["orders"], p["channels"]["store"]["spend_minor"], p["orders"]
-    (2, {'GBP': 1250}, 2)
+    >>> p = build_profile("C000000000007", {"store:o": "2", "store:s:GBP": "1250",
+    ...     "store:f": "0", "store:l": "60000", "store:lo": "60000", "store:e": "2",
+    ...     "loc:S1": "2", "cs:sms": "5:0"}, [("SKU9", 1000)], [], {}, ["loyalty:7"], 60000)
+    >>> p["channels"]["store"]["orders"], p["spend_minor"], p["home_store"], p["segment"]
+    (2, {'GBP': 1250}, 'S1', 'new')
+    >>> p["consents"]["sms"]
+    {'granted': False, 'at': '1970-01-01T00:00:00.005000+00:00'}
     """
     channels: dict[str, dict[str, Any]] = {}
-    names = {"o": "orders", "r": "returns", "i": "items", "ir": "items_returned", "e": "events"}
-    for field, value in fields.items():
-        ch, _, rest = field.partition(":")
+    locations: dict[str, int] = {}
+    categories: dict[str, float] = {}
+    consents: dict[str, dict[str, Any]] = {}
+    chosen_store = None
+    for field, raw in fields.items():
+        if field == "hs":
+            chosen_store = raw.partition(":")[2]
+            continue
+        head, _, rest = field.partition(":")
+        if head == "loc":
+            locations[rest] = int(raw)
+            continue
+        if head == "cat":
+            categories[rest] = float(raw)
+            continue
+        if head == "cs":
+            ts, _, v = raw.partition(":")
+            consents[rest] = {"granted": v == "1", "at": _iso(int(ts))}
+            continue
+        value = int(raw)
         c = channels.setdefault(
-            ch,
+            head,
             {
-                "orders": 0,
-                "returns": 0,
-                "items": 0,
-                "items_returned": 0,
-                "events": 0,
+                **dict.fromkeys(_COUNTERS.values(), 0),
                 "spend_minor": {},
                 "refund_minor": {},
                 "first_seen": None,
                 "last_seen": None,
+                "last_order": None,
             },
         )
-        if rest in names:
-            c[names[rest]] = value
+        if rest in _COUNTERS:
+            c[_COUNTERS[rest]] = value
         elif rest == "f":
             c["first_seen"] = value
         elif rest == "l":
             c["last_seen"] = value
+        elif rest == "lo":
+            c["last_order"] = value
         elif rest.startswith("s:"):
             c["spend_minor"][rest[2:]] = value
         elif rest.startswith("rf:"):
             c["refund_minor"][rest[3:]] = value
     firsts = [c["first_seen"] for c in channels.values() if c["first_seen"] is not None]
     lasts = [c["last_seen"] for c in channels.values() if c["last_seen"] is not None]
+    last_orders = [c["last_order"] for c in channels.values() if c["last_order"] is not None]
+    preferred = max(
+        channels,
+        key=lambda n: (
+            channels[n]["orders"] + channels[n]["offers_redeemed"] + channels[n]["offer_responses"],
+            channels[n]["events"],
+            channels[n]["last_seen"] or 0,
+            n,
+        ),
+        default=None,
+    )
     for c in channels.values():
-        c["first_seen"], c["last_seen"] = _iso(c["first_seen"]), _iso(c["last_seen"])
+        for k in ("first_seen", "last_seen", "last_order"):
+            c[k] = _iso(c[k])
     clear = cart.pop("_clr", 0)
     entries = []
     for f, q in cart.items():
@@ -231,14 +418,32 @@ def build_profile(
     for c in channels.values():
         for cur, v in c["spend_minor"].items():
             spend[cur] = spend.get(cur, 0) + v
+    orders = sum(c["orders"] for c in channels.values())
+    main_currency = max(spend, key=lambda k: (spend[k], k), default=None)
+    main_spend = spend[main_currency] if main_currency else 0
+    scores = rfm(max(last_orders, default=None), orders, main_spend, as_of_ms)
+    top = sorted(categories.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_CATEGORIES]
     return {
         "customer_id": customer_id,
+        "identifiers": identifiers,
         "first_seen": _iso(min(firsts)) if firsts else None,
         "last_seen": _iso(max(lasts)) if lasts else None,
-        "orders": sum(c["orders"] for c in channels.values()),
+        "orders": orders,
         "spend_minor": spend,
+        "average_basket_minor": {k: round(v / orders) for k, v in spend.items()} if orders else {},
+        "rfm": {k: scores[k] for k in ("recency", "frequency", "monetary", "score")},
+        "segment": scores["segment"],
+        "preferred_channel": preferred,
+        "home_store": chosen_store
+        or (min(locations, key=lambda k: (-locations[k], k)) if locations else None),
+        "home_store_source": "chosen" if chosen_store else "purchases" if locations else None,
+        "favourite_categories": [
+            {"category": k, "score": round(decayed(v, as_of_ms), 4)} for k, v in top
+        ],
+        "consents": {p: consents.get(p, {"granted": False, "at": None}) for p in CONSENT_PURPOSES},
         "channels": dict(sorted(channels.items())),
         "recently_viewed": [{"sku": s, "at": _iso(ts)} for s, ts in views],
+        "recently_bought": [{"sku": s, "at": _iso(ts)} for s, ts in bought],
         "cart": cart_lines(entries, clear),
         "cart_cleared_at": _iso(clear) if clear else None,
     }
@@ -246,3 +451,6 @@ def build_profile(
 
 def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
+
+
+__all__ = ["ApplyResult", "ProfileStore", "StateError", "connect"]

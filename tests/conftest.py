@@ -47,6 +47,7 @@ def make_settings(kafka: LocalKafka, redis_url: str, partitions: int = 3, **kw: 
         topic_clickstream=f"t{n}.clickstream",
         topic_inventory=f"t{n}.inventory",
         topic_offer_feedback=f"t{n}.offer-feedback",
+        topic_customers=f"t{n}.customers",
         topic_dead_letters=f"t{n}.dead-letters",
         **kw,  # type: ignore[arg-type]
     )

@@ -170,7 +170,7 @@ def test_produce_then_profile_lookup_by_id_and_by_email(settings: Settings, tmp_
             "event_time": "2024-05-01T09:00:00Z",
             "channel": "web",
             "session_id": "s",
-            "customer": {"email": "zoe@example.com"},
+            "customer": {"email": "zoe@example.com", "cookie_id": "ck-42"},
             "sku": "TEAPOT",
         },
     ]
@@ -188,31 +188,43 @@ def test_produce_then_profile_lookup_by_id_and_by_email(settings: Settings, tmp_
     plan = pipeline.plan(settings)
     pipeline.run(settings, plan.starts, until_eof=True, serve_metrics=False)
 
-    res = subprocess.run(
-        [sys.executable, "-m", "omnicanal.cli", "profile", "--email", " ZOE@example.com"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "omnicanal.cli", *args],
+            env=env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    as_of = ("--as-of", "2024-05-02T00:00:00Z")
+    res = cli("profile", "--email", " ZOE@example.com", *as_of)
     assert res.returncode == 0, res.stderr
     p = json.loads(res.stdout)
-    assert p["customer_id"].startswith("email:") and "zoe" not in res.stdout.lower()
+    assert p["customer_id"].startswith("C") and "zoe" not in res.stdout.lower()
     assert p["channels"]["store"]["spend_minor"] == {"GBP": 900}
     assert p["recently_viewed"][0]["sku"] == "TEAPOT"
-    by_id = subprocess.run(
-        [sys.executable, "-m", "omnicanal.cli", "profile", p["customer_id"]],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert json.loads(by_id.stdout) == p
-    missing = subprocess.run(
-        [sys.executable, "-m", "omnicanal.cli", "profile", "loyalty:nobody"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert missing.returncode == 1 and "no profile" in missing.stderr
+    assert p["rfm"]["recency"] == 5 and p["home_store"] == "store-001"
+    # Any identifier finds the same 360° view: the canonical id, the cookie that logged
+    # in with the email, the email given as type:value.
+    for ident in (p["customer_id"], "cookie:ck-42", "email:zoe@EXAMPLE.com"):
+        same = cli("profile", ident, *as_of)
+        assert same.returncode == 0, same.stderr
+        assert json.loads(same.stdout) == p
+    missing = cli("profile", "loyalty:nobody")
+    assert missing.returncode == 1 and "no customer known by 'loyalty:nobody'" in missing.stderr
+
+    # Right of access, then right to erasure (confirmation refused, then given).
+    exported = cli("privacy", "export", "cookie:ck-42", "-o", str(tmp_path / "zoe.json"))
+    assert exported.returncode == 0, exported.stderr
+    doc = json.loads((tmp_path / "zoe.json").read_text())
+    assert doc["customer_id"] == p["customer_id"] and "cookie:ck-42" in doc["identifiers"]
+    assert doc["stored"]["viewed"] == {"TEAPOT": 1714554000000}
+    assert cli("privacy", "erase", "cookie:ck-42", stdin="n\n").returncode == 1
+    assert cli("profile", "cookie:ck-42").returncode == 0
+    erased = cli("privacy", "erase", "--email", "zoe@example.com", "--yes")
+    assert erased.returncode == 0, erased.stderr
+    assert json.loads(erased.stdout) == {"erased": p["customer_id"], "identifiers": 2}
+    assert cli("profile", "cookie:ck-42").returncode == 1
+    assert cli("profile", p["customer_id"]).returncode == 1

@@ -1,5 +1,6 @@
-"""Property: whatever the partitioning, interleaving and batch boundaries, the profiles in
-Redis equal the one-event-at-a-time reference (effects are commutative and fenced)."""
+"""Property: whatever the partitioning, interleaving and batch boundaries, the customers
+and profiles in Redis equal the one-event-at-a-time reference (identity links and merges
+across batches included; effects are commutative and fenced)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,28 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from omnicanal.services import LocalRedis
+from operators.batch import plan_batch
+from operators.identity import IdentityRules
 from operators.privacy import PiiHasher
-from operators.profile import aggregate, to_payload
 from operators.validate import Accepted, Validator
 from state.profiles import ProfileStore, connect
 from tests import reference
 
 pytestmark = pytest.mark.services
 KEY = b"property-test-key-0123"
-V = Validator({"tx": "transaction", "click": "clickstream"}, PiiHasher(KEY))
+V = Validator(
+    {"tx": "transaction", "click": "clickstream", "cust": "customer", "ofb": "offer_feedback"},
+    PiiHasher(KEY),
+)
+RULES = IdentityRules()
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
+TOPIC = {
+    "sale": "tx",
+    "return": "tx",
+    "consent_changed": "cust",
+    "home_store_chosen": "cust",
+    "offer_clicked": "ofb",
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +45,20 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProfileStore]:
     srv.stop()
 
 
+# Identifier sets that link across events: cookie c3 logs in as A2, whose email is also on
+# L1's store receipt, so customers merge when (and only when) the linking events arrive.
 customers = st.sampled_from(
     [
         {"loyalty_id": "L1"},
         {"account_id": "A2", "email": "a@b.co"},
         {"cookie_id": "c3"},
-        {"email": "A@B.co"},
+        {"cookie_id": "c3", "account_id": "A2"},
+        {"email": "A@B.co", "loyalty_id": "L1"},
+        {"cookie_id": "c9"},
+        {"phone": "+44 1234"},
     ]
 )
+categories = st.sampled_from(["toys", "home"])
 skus = st.sampled_from(["S1", "S2", "S3"])
 minutes = st.integers(0, 6)  # few distinct times: ties between events are common
 
@@ -49,10 +68,48 @@ def event(draw: st.DrawFn) -> dict[str, object]:
     t = (T0 + timedelta(minutes=draw(minutes))).isoformat()
     kind = draw(
         st.sampled_from(
-            ["sale", "return", "product_view", "add_to_cart", "remove_from_cart", "login"]
+            [
+                "sale",
+                "return",
+                "product_view",
+                "add_to_cart",
+                "remove_from_cart",
+                "login",
+                "consent_changed",
+                "offer_clicked",
+                "home_store_chosen",
+            ]
         )
     )
     cust = draw(customers)
+    if kind == "consent_changed":
+        purposes = draw(st.sets(st.sampled_from(["email", "sms"]), min_size=1))
+        return {
+            "event_type": kind,
+            "event_id": "e",
+            "event_time": t,
+            "channel": "web",
+            "customer": cust,
+            "consents": {p: draw(st.booleans()) for p in purposes},
+        }
+    if kind == "offer_clicked":
+        return {
+            "event_type": kind,
+            "event_id": "e",
+            "event_time": t,
+            "offer_id": "o",
+            "channel": draw(st.sampled_from(["email", "app"])),
+            "customer": cust,
+        }
+    if kind == "home_store_chosen":
+        return {
+            "event_type": kind,
+            "event_id": "e",
+            "event_time": t,
+            "channel": "app",
+            "customer": cust,
+            "location_id": draw(st.sampled_from(["S1", "S2"])),
+        }
     if kind in ("sale", "return"):
         lines = draw(
             st.lists(
@@ -61,13 +118,14 @@ def event(draw: st.DrawFn) -> dict[str, object]:
                         "sku": skus,
                         "quantity": st.integers(1, 5),
                         "unit_price_minor": st.integers(0, 5000),
+                        "category": categories,
                     }
                 ),
                 min_size=1,
                 max_size=3,
             )
         )
-        return {
+        sale = {
             "event_type": kind,
             "event_id": "e",
             "event_time": t,
@@ -76,6 +134,9 @@ def event(draw: st.DrawFn) -> dict[str, object]:
             "lines": lines,
             "customer": cust,
         }
+        if sale["channel"] == "store":
+            sale["location_id"] = draw(st.sampled_from(["S1", "S2"]))
+        return sale
     ev: dict[str, object] = {
         "event_type": kind,
         "event_id": "e",
@@ -86,6 +147,8 @@ def event(draw: st.DrawFn) -> dict[str, object]:
     }
     if kind != "login":
         ev["sku"] = draw(skus)
+    if kind in ("product_view", "add_to_cart"):
+        ev["category"] = draw(categories)
     if kind in ("add_to_cart", "remove_from_cart"):
         ev["quantity"] = draw(st.integers(1, 3))
     return ev
@@ -117,7 +180,7 @@ def test_profiles_do_not_depend_on_order_or_batches(
             left = len(q) - next_offset[p]
             take = partitions.draw(st.integers(1 if p == first else 0, left)) if left else 0
             for ev in q[next_offset[p] : next_offset[p] + take]:
-                topic = "tx" if ev["event_type"] in ("sale", "return") else "click"
+                topic = TOPIC.get(str(ev["event_type"]), "click")
                 r = V.decode(topic, p, next_offset[p], None, orjson.dumps(ev), 2_000_000_000_000)
                 assert isinstance(r, Accepted), r
                 batch.append(r)
@@ -127,13 +190,19 @@ def test_profiles_do_not_depend_on_order_or_batches(
             for p in queues
             if any(a.partition == p for a in batch)
         ]
-        assert store.apply(parts, to_payload(aggregate(batch))).ok
+        plan = plan_batch(batch, RULES)
+        assert store.apply(parts, plan.rows).ok
         for name, _, hi in parts:
             floors[int(name[2:])] = hi
         # Replaying the same batch is a no-op.
-        again = store.apply([(n, -1, hi) for n, _, hi in parts], to_payload(aggregate(batch)))
+        again = store.apply([(n, -1, hi) for n, _, hi in parts], plan.rows)
         assert not again.ok and again.stale
 
-    got = {cid: store.read_profile(cid) for cid in store.customer_ids()}
-    assert got == reference.build(events, KEY)
-    assert store.customer_count() == len(got)
+    got = [store.read_profile(cid, reference.AS_OF_MS) for cid in store.customer_ids()]
+    want = reference.build(events, KEY)
+    assert reference.mismatches(reference.by_identifiers(p for p in got if p), want) == []
+    assert store.customer_count() == len(want)
+    # Every identifier resolves to the customer holding it.
+    for idents in want:
+        (cid,) = {store.resolve(i) for i in idents}
+        assert cid is not None and store.members(cid) == set(idents)
