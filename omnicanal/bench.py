@@ -368,8 +368,9 @@ def profile_stages(s: Settings, events: int, customers: int) -> dict[str, Any]:
     stages = {
         "consume (source next_batch)": cum.get("connectors.py:next_batch", 0.0),
         "validate (decode, contract, HMAC)": cum.get("pipeline.py:validate", 0.0),
-        "fold deltas (operators/profile)": cum.get("profile.py:aggregate", 0.0)
-        + cum.get("profile.py:to_payload", 0.0),
+        "identity linking (operators/identity)": cum.get("identity.py:link_batch", 0.0),
+        "fold deltas (operators/profile)": cum.get("profile.py:fold", 0.0)
+        + cum.get("profile.py:to_row", 0.0),
         "Redis batch apply (Lua)": cum.get("profiles.py:apply", 0.0),
         "dead letters (produce+confirm)": cum.get("kafka.py:flush", 0.0)
         + cum.get("kafka.py:produce", 0.0),

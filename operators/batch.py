@@ -65,13 +65,17 @@ def plan_batch(
         if a.contract != "inventory":
             plan.anonymous[a.topic] = plan.anonymous.get(a.topic, 0) + 1
     for comp in links.components:
-        reason = split.get(comp.key)
+        idents = (
+            list(comp.identifiers)
+            if len(comp.identifiers) == 1
+            else sorted(comp.identifiers, key=strength)
+        )
+        reason = split.get(idents[0]) if split else None
         if reason is None:
-            idents = sorted(comp.identifiers, key=strength)
             plan.rows.append(
                 [idents, 1, _why(events, comp, links.usable), *to_row(_fold(events, comp.events))]
             )
-            plan.keys.append(comp.key)
+            plan.keys.append(idents[0])
         else:
             _unlinked(plan, events, comp, links.usable, reason)
     for comp in links.runaway:

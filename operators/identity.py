@@ -10,8 +10,9 @@ Guard rails, applied here before any link is made:
 
 - **blocked values** (shared test emails, "0000" cards, the store's generic card) never
   link anyone: they are dropped from the event's identifiers;
-- **per-type limits**: an event carrying more identifiers of one type than a customer may
-  have (e.g. two loyalty cards) links nothing by that type;
+- **per-type limits**: how many identifiers of each type one customer may have (one
+  loyalty card, one account, ...). They are enforced against the stored customers when a
+  component is resolved in Redis; a type limited to 0 never links anyone;
 - **runaway components**: a component with more identifiers than ``max_component`` is
   refused: :func:`link_batch` returns it apart (``runaway``) so the caller counts it and
   applies its events unlinked, each under its own strongest identifier.
@@ -140,8 +141,13 @@ class BatchLinks:
 
 
 def link_batch(events: Sequence[Mapping[str, str]], rules: IdentityRules) -> BatchLinks:
-    """Group events (their identifier maps) into linked components. Pure and deterministic:
-    components come out in the order of their first event."""
+    """Group events (their identifier maps, one value per type) into linked components.
+    Pure and deterministic: components come out in the order of their first event, and
+    each event's usable identifiers strongest first."""
+    blocked = rules.blocked
+    never = {k for k, n in rules.limits.items() if n < 1}
+    rank = _RANK
+    last = len(rank)
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -152,23 +158,33 @@ def link_batch(events: Sequence[Mapping[str, str]], rules: IdentityRules) -> Bat
             parent[x], x = root, parent[x]
         return root
 
-    def union(a: str, b: str) -> None:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            # deterministic: the stronger identifier becomes the root
-            if strength(rb) < strength(ra):
-                ra, rb = rb, ra
-            parent[rb] = ra
-
     usable: list[list[str]] = []
+    orders: dict[tuple[str, ...], list[str]] = {}  # the few distinct type sets, ranked
     for ids in events:
-        idents = rules.usable(ids)
-        idents = _within_limits(idents, rules.limits)
+        types = tuple(ids)
+        ranked = orders.get(types)
+        if ranked is None:
+            ranked = orders[types] = sorted(
+                (k for k in types if k not in never), key=lambda k: (rank.get(k, last), k)
+            )
+        idents = [f"{k}:{ids[k]}" for k in ranked]
+        if blocked:
+            idents = [i for i in idents if i not in blocked]
         usable.append(idents)
-        for ident in idents:
-            parent.setdefault(ident, ident)
-        for other in idents[1:]:
-            union(idents[0], other)
+        if not idents:
+            continue
+        first = idents[0]
+        if first not in parent:
+            parent[first] = first
+        if len(idents) > 1:
+            ra = find(first)
+            for other in idents[1:]:
+                if other not in parent:
+                    parent[other] = ra
+                else:
+                    rb = find(other)
+                    if rb != ra:
+                        parent[rb] = ra
 
     by_root: dict[str, Component] = {}
     order: list[Component] = []
@@ -187,21 +203,6 @@ def link_batch(events: Sequence[Mapping[str, str]], rules: IdentityRules) -> Bat
     kept = [c for c in order if len(c.identifiers) <= rules.max_component]
     runaway = [c for c in order if len(c.identifiers) > rules.max_component]
     return BatchLinks(kept, runaway, anonymous, usable)
-
-
-def _within_limits(idents: list[str], limits: Mapping[str, int]) -> list[str]:
-    """Drop every identifier of a type that appears more often than its limit allows.
-
-    >>> _within_limits(["loyalty:a", "loyalty:b", "cookie:c"], {"loyalty": 1})
-    ['cookie:c']
-    """
-    counts: dict[str, int] = {}
-    for ident in idents:
-        kind = ident.partition(":")[0]
-        counts[kind] = counts.get(kind, 0) + 1
-    return [
-        i for i in idents if counts[i.partition(":")[0]] <= limits.get(i.partition(":")[0], 1 << 30)
-    ]
 
 
 def components_of(links: Iterable[Iterable[str]]) -> list[set[str]]:

@@ -5,7 +5,8 @@ Layout (``oc:`` is the configurable prefix)::
 
     oc:offsets             hash  "<topic>:<partition>" -> last applied offset
     oc:id:<identifier>     str   "<type>:<value>" -> canonical customer id "C" + 12 digits
-    oc:members:<cid>       set   the customer's identifiers (emails/phones as keyed HMACs)
+    oc:members:<cid>       hash  the customer's identifiers -> "1" (emails/phones as keyed
+                                 HMACs; a small hash is far more compact than a set)
     oc:mg:<cid>            list  merge records (JSON: survivor, merged, via, why, at)
     oc:p:<cid>             hash  profile fields, by kind (how two values combine):
         sum   <ch>:o|r|i|ir|e|rsp|red  orders, returns, items, items returned, events,
@@ -217,7 +218,7 @@ class ProfileStore:
         return _s(v) if v is not None else None
 
     def members(self, customer_id: str) -> set[str]:
-        return {_s(m) for m in self.r.smembers(self.prefix + "members:" + customer_id)}
+        return {_s(m) for m in self.r.hkeys(self.prefix + "members:" + customer_id)}
 
     def merges(self, customer_id: str) -> list[dict[str, Any]]:
         """Merge records of a customer, oldest first."""
@@ -297,7 +298,7 @@ class ProfileStore:
         pipe.zrevrange(pre + "v:" + customer_id, 0, -1, withscores=True)
         pipe.zrevrange(pre + "b:" + customer_id, 0, -1, withscores=True)
         pipe.hgetall(pre + "cart:" + customer_id)
-        pipe.smembers(pre + "members:" + customer_id)
+        pipe.hkeys(pre + "members:" + customer_id)
         h, views, bought, cart, members = pipe.execute()
         if not h:
             return None

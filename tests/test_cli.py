@@ -139,6 +139,9 @@ def test_demo_json_summary_is_consistent() -> None:
     assert s["dead_letters_by_reason"] == s["expected_dead_letters"]
     assert s["customers"] > 100 and s["sample_customer"]
     assert s["events_per_second"] > 0
+    ids = s["identity"]  # the generator's journeys link cookies, accounts, cards, emails
+    assert ids["customers"] == s["customers"] and ids["identifiers"] > s["customers"]
+    assert ids["refused"] == 0 and set(ids) >= {"merges", "suppressed", "erased"}
 
 
 @pytest.mark.services

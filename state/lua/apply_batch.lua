@@ -28,6 +28,21 @@ local offsets_key = prefix .. 'offsets'
 local function fmt(n) return string.format('%d', n) end
 -- integers from JSON arrive as Lua numbers (doubles); from Redis as exact strings
 local function int(v) if type(v) == 'number' then return fmt(v) end return v end
+-- redis.call(cmd, [key,] unpack(args)) in chunks (Lua's unpack is limited to a few thousand
+-- values); the replies are concatenated.
+local function chunked(cmd, key, args, step)
+  local out = {}
+  for i = 1, #args, step do
+    local part = {}
+    for j = i, math.min(i + step - 1, #args) do part[#part + 1] = args[j] end
+    local res
+    if key then res = redis.call(cmd, key, unpack(part)) else res = redis.call(cmd, unpack(part)) end
+    if type(res) == 'table' then
+      for _, x in ipairs(res) do out[#out + 1] = x end
+    end
+  end
+  return out
+end
 
 -- 1. Fences: offsets, then erasures. Nothing is written before both pass.
 local stale = {}
@@ -51,18 +66,24 @@ if erasures ~= p.erasures then return {'ERASURES', tostring(erasures)} end
 
 -- 2. Plan the identity changes on an overlay (still no writes), checking guard rails.
 local idmap, mem = {}, {}
-local function canon_of(ident)
-  local c = idmap[ident]
-  if c == nil then
-    c = redis.call('GET', prefix .. 'id:' .. ident) or false
-    idmap[ident] = c
+-- Look up the canonical ids of a row's identifiers not seen yet in this batch (one MGET).
+local function lookup(idents)
+  local need, keys = {}, {}
+  for _, ident in ipairs(idents) do
+    if idmap[ident] == nil then
+      need[#need + 1] = ident
+      keys[#keys + 1] = prefix .. 'id:' .. ident
+    end
   end
-  return c
+  if #keys > 0 then
+    local vals = chunked('MGET', nil, keys, 1000)
+    for i, ident in ipairs(need) do idmap[ident] = vals[i] or false end
+  end
 end
 local function members_of(c)
   local m = mem[c]
   if m == nil then
-    m = redis.call('SMEMBERS', prefix .. 'members:' .. c)
+    m = redis.call('HKEYS', prefix .. 'members:' .. c)
     mem[c] = m
   end
   return m
@@ -72,10 +93,22 @@ local function kind(ident) return string.match(ident, '^([^:]+):') end
 local seq0 = tonumber(redis.call('GET', prefix .. 'seq') or '0')
 local seq = seq0
 local plans, refused = {}, {}
+-- identifiers whose canonical id this batch sets (written with one MSET at the end)
+local changed, changed_seen = {}, {}
+local function point(ident, survivor)
+  idmap[ident] = survivor
+  if not changed_seen[ident] then changed_seen[ident] = true; changed[#changed + 1] = ident end
+end
+local all = {}
+for _, row in ipairs(p.c) do
+  for _, ident in ipairs(row[1]) do all[#all + 1] = ident end
+end
+lookup(all)  -- one MGET for the whole batch
 for ri, row in ipairs(p.c) do
   local order, seen, fresh = {}, {}, {}
+  lookup(row[1])
   for _, ident in ipairs(row[1]) do
-    local c = canon_of(ident)
+    local c = idmap[ident]
     if c then
       if not seen[c] then seen[c] = true; order[#order + 1] = c end
     else
@@ -121,13 +154,13 @@ for ri, row in ipairs(p.c) do
       local loser = order[i]
       losers[#losers + 1] = loser
       for _, m in ipairs(members_of(loser)) do
-        idmap[m] = survivor
+        point(m, survivor)
         sm[#sm + 1] = m
       end
       mem[loser] = {}
     end
     for _, f in ipairs(fresh) do
-      idmap[f] = survivor
+      point(f, survivor)
       sm[#sm + 1] = f
     end
     plans[ri] = {survivor, new, losers, fresh}
@@ -139,38 +172,58 @@ if #refused > 0 then
 end
 
 -- 3. Writes.
-local function min_max(pk, flat, want_min)
+local LN2 = math.log(2)
+-- (sums are exact up to 2^53: 9e15 minor units per field)
+
+-- Combine delta fields into the profile hash with one HMGET and one HSET:
+-- sums add, mins/maxs keep the extreme, logs add in log2 space, "latest" fields keep the
+-- value of the latest event time ("<ms>:<value>"; a tie goes to the smaller value).
+local function update_fields(pk, sums, mins, maxs, logs, lww)
+  local groups = {sums, mins, maxs, logs}
   local fields = {}
-  for i = 1, #flat, 2 do fields[#fields + 1] = flat[i] end
-  local cur = redis.call('HMGET', pk, unpack(fields))
-  for i = 1, #fields do
-    local v = flat[2 * i]
-    local c = cur[i] and tonumber(cur[i])
-    if not c or (want_min and v < c) or (not want_min and v > c) then
-      redis.call('HSET', pk, fields[i], fmt(v))
+  for g = 1, 4 do
+    local flat = groups[g]
+    for i = 1, #flat, 2 do fields[#fields + 1] = flat[i] end
+  end
+  for i = 1, #lww, 3 do fields[#fields + 1] = lww[i] end
+  if #fields == 0 then return end
+  local cur = chunked('HMGET', pk, fields, 1000)
+  local out, n = {}, 0
+  for g = 1, 4 do
+    local flat = groups[g]
+    for i = 1, #flat, 2 do
+      n = n + 1
+      local v, c = tonumber(flat[i + 1]), cur[n]
+      local new = nil
+      if g == 1 then
+        new = fmt((c and tonumber(c) or 0) + v)
+      elseif g == 2 then
+        if not c or v < tonumber(c) then new = fmt(v) end
+      elseif g == 3 then
+        if not c or v > tonumber(c) then new = fmt(v) end
+      else
+        if c then
+          local a = tonumber(c)
+          local hi, lo = math.max(a, v), math.min(a, v)
+          v = hi + math.log(1 + 2 ^ (lo - hi)) / LN2
+        end
+        new = string.format('%.17g', v)
+      end
+      if new then out[#out + 1] = flat[i]; out[#out + 1] = new end
     end
   end
-end
-
-local function log_add(pk, f, x)
-  local c = redis.call('HGET', pk, f)
-  if c then
-    local a = tonumber(c)
-    local hi, lo = math.max(a, x), math.min(a, x)
-    x = hi + math.log(1 + 2 ^ (lo - hi)) / math.log(2)
+  for i = 1, #lww, 3 do
+    n = n + 1
+    local c, ts, v = cur[n], lww[i + 1], lww[i + 2]
+    local keep = false
+    if c then
+      local cts, cv = string.match(c, '^(%d+):(.*)$')
+      cts = tonumber(cts)
+      keep = ts < cts or (ts == cts and v >= cv)
+    end
+    if not keep then out[#out + 1] = lww[i]; out[#out + 1] = fmt(ts) .. ':' .. v end
   end
-  redis.call('HSET', pk, f, string.format('%.17g', x))
-end
-
--- "<event ms>:<value>": the latest event time wins, a tie goes to the smaller value
-local function latest(pk, f, ts, v)
-  local c = redis.call('HGET', pk, f)
-  if c then
-    local cts, cv = string.match(c, '^(%d+):(.*)$')
-    cts = tonumber(cts)
-    if ts < cts or (ts == cts and v >= cv) then return end
-  end
-  redis.call('HSET', pk, f, fmt(ts) .. ':' .. v)
+  if #out > 0 then chunked('HSET', pk, out, 2000) end
 end
 
 local function zset_max(key, flat, keep)
@@ -179,8 +232,9 @@ local function zset_max(key, flat, keep)
     args[#args + 1] = fmt(flat[i + 1])
     args[#args + 1] = flat[i]
   end
-  redis.call(unpack(args))
-  redis.call('ZREMRANGEBYRANK', key, 0, -(keep + 1))
+  if redis.call(unpack(args)) > 0 then  -- new members: trim to the most recent
+    redis.call('ZREMRANGEBYRANK', key, 0, -(keep + 1))
+  end
 end
 
 local function cart_ts(f) return tonumber(string.match(f, '|(%d+)$')) end
@@ -215,12 +269,7 @@ end
 
 local function apply_delta(cid, d, b)
   local pk = prefix .. 'p:' .. cid
-  local sums, mins, maxs, logs, lww = d[b], d[b + 1], d[b + 2], d[b + 3], d[b + 4]
-  for i = 1, #sums, 2 do redis.call('HINCRBY', pk, sums[i], int(sums[i + 1])) end
-  if #mins > 0 then min_max(pk, mins, true) end
-  if #maxs > 0 then min_max(pk, maxs, false) end
-  for i = 1, #logs, 2 do log_add(pk, logs[i], logs[i + 1]) end
-  for i = 1, #lww, 3 do latest(pk, lww[i], lww[i + 1], lww[i + 2]) end
+  update_fields(pk, d[b], d[b + 1], d[b + 2], d[b + 3], d[b + 4])
   if #d[b + 5] > 0 then zset_max(prefix .. 'v:' .. cid, d[b + 5], max_views) end
   if #d[b + 6] > 0 then zset_max(prefix .. 'b:' .. cid, d[b + 6], max_bought) end
   if #d[b + 7] > 0 or d[b + 8] > 0 then cart_add(prefix .. 'cart:' .. cid, d[b + 7], d[b + 8]) end
@@ -283,10 +332,9 @@ for ri, row in ipairs(p.c) do
   if plan[2] then new_customers = new_customers + 1 end
   for _, loser in ipairs(plan[3]) do
     local lkey = prefix .. 'members:' .. loser
-    for _, m in ipairs(redis.call('SMEMBERS', lkey)) do
-      redis.call('SET', prefix .. 'id:' .. m, survivor)
-      redis.call('SADD', skey, m)
-    end
+    local moved = {}
+    for _, m in ipairs(redis.call('HKEYS', lkey)) do moved[#moved + 1] = m; moved[#moved + 1] = '1' end
+    if #moved > 0 then chunked('HSET', skey, moved, 2000) end
     redis.call('DEL', lkey)
     merge_profile(survivor, loser)
     local via = {}
@@ -296,14 +344,23 @@ for ri, row in ipairs(p.c) do
       at = p.now}))
     merges = merges + 1
   end
-  for _, f in ipairs(plan[4]) do
-    redis.call('SET', prefix .. 'id:' .. f, survivor)
-    redis.call('SADD', skey, f)
+  if #plan[4] > 0 then
+    local kv = {}
+    for _, f in ipairs(plan[4]) do kv[#kv + 1] = f; kv[#kv + 1] = '1' end
+    chunked('HSET', skey, kv, 2000)
   end
   linked = linked + #plan[4]
   apply_delta(survivor, row, 4)
 end
 
+if #changed > 0 then
+  local kv = {}
+  for _, ident in ipairs(changed) do
+    kv[#kv + 1] = prefix .. 'id:' .. ident
+    kv[#kv + 1] = idmap[ident]
+  end
+  chunked('MSET', nil, kv, 2000)
+end
 if seq ~= seq0 then redis.call('SET', prefix .. 'seq', fmt(seq)) end
 if new_customers ~= merges then
   redis.call('INCRBY', prefix .. 'stats:customers', new_customers - merges)

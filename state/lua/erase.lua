@@ -10,7 +10,7 @@
 -- Returns the number of identifiers erased, or -1 if the customer does not exist.
 local prefix, cid, now = ARGV[1], ARGV[2], ARGV[3]
 local mkey = prefix .. 'members:' .. cid
-local members = redis.call('SMEMBERS', mkey)
+local members = redis.call('HKEYS', mkey)
 local exists = redis.call('EXISTS', prefix .. 'p:' .. cid, mkey)
 if exists == 0 then return -1 end
 local quoted = {}
