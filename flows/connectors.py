@@ -3,7 +3,8 @@
 The source reads each topic-partition with ``assign()`` from an explicit start offset
 (resolved from Redis before the flow starts) and can stop at the end of the input.
 The sink applies a worker's whole batch: dead letters first (confirmed by the broker),
-then one fenced Redis call with the profile deltas and the offsets they cover.
+then one fenced Redis call that resolves the batch's identities and applies the profile
+deltas with the offsets they cover (``operators/batch.py`` plans it).
 """
 
 from __future__ import annotations
@@ -306,8 +307,9 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
                 for row, reason in res.refused.items():
                     split[plan.keys[row]] = reason
         raise RuntimeError(
-            "step 'state': Redis offsets kept moving under this worker; is another "
-            "omnicanal pipeline with the same Redis prefix reading the same partitions?"
+            "step 'state': the batch could not be applied in 10 attempts: Redis kept "
+            "reporting newer offsets, new erasures or refused links. Is another omnicanal "
+            "pipeline with the same Redis prefix reading the same partitions?"
         )
 
     @staticmethod

@@ -3,9 +3,10 @@
     input (all topic-partitions, assign()) --flat_map_batch: validate--> state sink
 
 One ``flat_map_batch`` step decodes a worker's whole batch (cheaper than a chain of maps);
-the sink applies the batch with one Redis call. State lives in Redis, not in Bytewax, so
-no exchange between workers is needed: profile updates are commutative and fenced by
-offsets (see ``state/lua/apply_batch.lua``).
+the sink links the batch's identities and applies it with one Redis call (identity
+resolution, merges, profile deltas and offsets together). State lives in Redis, not in
+Bytewax, so no exchange between workers is needed: profile updates are commutative, merges
+deterministic, and everything is fenced by offsets (see ``state/lua/apply_batch.lua``).
 """
 
 from __future__ import annotations

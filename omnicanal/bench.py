@@ -122,6 +122,7 @@ class _Watch:
         self.parts = _input_parts(s)
         self.root = psutil.Process(proc.pid)
         self.peak_rss = 0
+        self.last_rss = 0
 
     def applied(self) -> int:
         return sum(o + 1 for o in self.store.load_offsets(self.parts).values())
@@ -136,6 +137,7 @@ class _Watch:
                     rss += p.memory_info().rss
         except psutil.Error:
             return
+        self.last_rss = rss
         self.peak_rss = max(self.peak_rss, rss)
 
 
@@ -181,6 +183,8 @@ def pipeline_throughput(s: Settings, total: int, processes: int, log: Path) -> d
     watch = _Watch(s, proc)
     t_first = t_last = None
     applied = 0
+    #: RSS when a quarter, half, three quarters of the input were applied (growth or burst?)
+    rss_at: dict[str, float] = {}
     while True:
         exited = proc.poll() is not None
         applied = watch.applied()
@@ -188,6 +192,9 @@ def pipeline_throughput(s: Settings, total: int, processes: int, log: Path) -> d
         if applied and t_first is None:
             t_first = now
         watch.sample_memory()
+        for q in (25, 50, 75):
+            if f"{q}%" not in rss_at and applied >= total * q / 100:
+                rss_at[f"{q}%"] = round(watch.last_rss / 2**20, 1)
         if applied >= total:
             t_last = now
             break
@@ -210,6 +217,7 @@ def pipeline_throughput(s: Settings, total: int, processes: int, log: Path) -> d
         "seconds": round(seconds, 3),
         "events_per_s": round(total / seconds, 1),
         "peak_rss_mb": round(watch.peak_rss / 2**20, 1),
+        "rss_mb_at_progress": rss_at,
     }
 
 

@@ -61,15 +61,6 @@ class IdentityRules:
     limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     max_component: int = 200
 
-    def usable(self, ids: Mapping[str, str]) -> list[str]:
-        """The event's identifiers that may link, strongest first.
-
-        >>> IdentityRules(blocked={"card:0000"}).usable({"card": "0000", "cookie": "c"})
-        ['cookie:c']
-        """
-        out = [f"{k}:{v}" for k, v in ids.items() if f"{k}:{v}" not in self.blocked]
-        return sorted(out, key=strength)
-
 
 def rules_from_config(
     blocked: Iterable[str],

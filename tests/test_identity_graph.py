@@ -323,3 +323,27 @@ def test_erasure_removes_every_trace_and_survives_a_replay(redis_url: str) -> No
     back = store.resolve("loyalty:L7")
     assert back and back != cid
     assert (store.read_profile(back) or {})["orders"] == 1
+
+
+def test_late_events_count_as_if_they_had_arrived_in_order(redis_url: str) -> None:
+    who = {"loyalty_id": "L5"}
+    in_order = [
+        ev("consent_changed", 1, who, consents={"sms": True}),
+        ev("sale", 2, who),
+        ev("add_to_cart", 3, who, channel="web", sku="K", quantity=1),
+        ev("consent_changed", 4, who, consents={"sms": False}),
+        ev("sale", 5, who, channel="web"),  # closes the cart
+        ev("product_view", 6, who, sku="V"),
+    ]
+    outcomes = []
+    for order in (in_order, in_order[::-1]):  # everything late, one batch each
+        store = fresh_store(redis_url)
+        feed = Feed(store)
+        for e in order:
+            feed.apply([e])
+        outcomes.append(store.read_profile(store.resolve("loyalty:L5") or "", reference.AS_OF_MS))
+    assert outcomes[0] == outcomes[1]
+    p = outcomes[0] or {}
+    assert p["consents"]["sms"]["granted"] is False and p["cart"] == {}
+    assert p["first_seen"] == (T0 + timedelta(minutes=1)).isoformat()
+    assert p["channels"]["web"]["last_order"] == (T0 + timedelta(minutes=5)).isoformat()

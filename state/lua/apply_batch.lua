@@ -31,6 +31,10 @@ local function int(v) if type(v) == 'number' then return fmt(v) end return v end
 -- redis.call(cmd, [key,] unpack(args)) in chunks (Lua's unpack is limited to a few thousand
 -- values); the replies are concatenated.
 local function chunked(cmd, key, args, step)
+  if #args <= step then  -- the usual case: one call, no copies
+    if key then return redis.call(cmd, key, unpack(args)) end
+    return redis.call(cmd, unpack(args))
+  end
   local out = {}
   for i = 1, #args, step do
     local part = {}
@@ -195,19 +199,21 @@ local function update_fields(pk, sums, mins, maxs, logs, lww)
       n = n + 1
       local v, c = tonumber(flat[i + 1]), cur[n]
       local new = nil
+      -- numbers go to Redis as they are: it formats them with %.17g, exact for integers
+      -- (string.format per field would cost more than the HSET itself)
       if g == 1 then
-        new = fmt((c and tonumber(c) or 0) + v)
+        new = (c and tonumber(c) or 0) + v
       elseif g == 2 then
-        if not c or v < tonumber(c) then new = fmt(v) end
+        if not c or v < tonumber(c) then new = v end
       elseif g == 3 then
-        if not c or v > tonumber(c) then new = fmt(v) end
+        if not c or v > tonumber(c) then new = v end
       else
         if c then
           local a = tonumber(c)
           local hi, lo = math.max(a, v), math.min(a, v)
           v = hi + math.log(1 + 2 ^ (lo - hi)) / LN2
         end
-        new = string.format('%.17g', v)
+        new = v
       end
       if new then out[#out + 1] = flat[i]; out[#out + 1] = new end
     end
@@ -229,7 +235,7 @@ end
 local function zset_max(key, flat, keep)
   local args = {'ZADD', key, 'GT'}
   for i = 1, #flat, 2 do
-    args[#args + 1] = fmt(flat[i + 1])
+    args[#args + 1] = flat[i + 1]
     args[#args + 1] = flat[i]
   end
   if redis.call(unpack(args)) > 0 then  -- new members: trim to the most recent
