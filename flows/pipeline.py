@@ -79,7 +79,12 @@ def build_flow(
         "state",
         checked,
         StateSink(
-            lambda: ProfileStore(connect(settings.redis_url), settings.redis_prefix, rules),
+            lambda: ProfileStore(
+                connect(settings.redis_url),
+                settings.redis_prefix,
+                rules,
+                id_buckets=settings.identity_buckets,
+            ),
             kafka,
             settings.topic_dead_letters,
             settings.group_id,

@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     identity_max_component: int = Field(
         200, ge=2, description="links that would give one customer more identifiers are refused"
     )
+    identity_buckets: int = Field(
+        4096,
+        ge=1,
+        le=1 << 24,
+        description="hash buckets of the identity links in a new Redis (~identifiers/100); "
+        "the first writer stores it in Redis and it is fixed from then on",
+    )
     max_event_bytes: int = Field(65536, ge=256, description="larger payloads are dead-lettered")
     min_event_time: str = Field(
         "2000-01-01T00:00:00Z", description="older event_time values are rejected"

@@ -4,9 +4,12 @@ The only module that talks to Redis.
 Layout (``oc:`` is the configurable prefix)::
 
     oc:offsets             hash  "<topic>:<partition>" -> last applied offset
-    oc:id:<identifier>     str   "<type>:<value>" -> canonical customer id "C" + 12 digits
-    oc:members:<cid>       hash  the customer's identifiers -> "1" (emails/phones as keyed
-                                 HMACs; a small hash is far more compact than a set)
+    oc:ids:<bucket>        hash  "<type>:<value>" -> canonical customer id "C" + 12 digits,
+                                 bucket = CRC-32 of the identifier mod oc:ids:buckets (small
+                                 hashes cost far less than one key per identifier)
+    oc:ids:buckets         int   bucket count, set by the first writer and then fixed
+    oc:members:<cid>       hash  the customer's identifiers (emails/phones as keyed HMACs)
+                                 -> their bucket
     oc:mg:<cid>            list  merge records (JSON: survivor, merged, via, why, at)
     oc:p:<cid>             hash  profile fields, by kind (how two values combine):
         sum   <ch>:o|r|i|ir|e|rsp|red  orders, returns, items, items returned, events,
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import importlib.resources
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,6 +62,22 @@ from operators.profile import (
 _LUA = importlib.resources.files("state") / "lua"
 _APPLY_LUA = (_LUA / "apply_batch.lua").read_text()
 _ERASE_LUA = (_LUA / "erase.lua").read_text()
+
+
+#: Identity-link buckets of a new Redis: aim for about 100 identifiers per bucket at your
+#: expected size (4,096 suits ~100k customers; more buckets than that only cost a little).
+DEFAULT_ID_BUCKETS = 4096
+
+
+def id_bucket(identifier: str, buckets: int) -> str:
+    """The hash bucket holding an identifier's link.
+
+    >>> id_bucket("loyalty:L1", 4096)
+    '95a'
+    """
+    return format(zlib.crc32(identifier.encode()) % buckets, "x")
+
+
 #: Favourite categories shown in a profile.
 TOP_CATEGORIES = 5
 STATS = ("customers", "identifiers", "merges", "refused", "suppressed", "erased")
@@ -107,11 +127,18 @@ class ProfileStore:
     """Batched, fenced access to customers. One instance per worker; never per event."""
 
     def __init__(
-        self, client: redis.Redis, prefix: str = "oc:", rules: IdentityRules | None = None
+        self,
+        client: redis.Redis,
+        prefix: str = "oc:",
+        rules: IdentityRules | None = None,
+        *,
+        id_buckets: int = DEFAULT_ID_BUCKETS,
     ) -> None:
         self.r = client
         self.prefix = prefix
         self.rules = rules or IdentityRules()
+        self._new_buckets = id_buckets
+        self._buckets: int | None = None
         self.offsets_key = prefix + "offsets"
         self._apply = client.register_script(_APPLY_LUA)
         self._erase = client.register_script(_ERASE_LUA)
@@ -140,6 +167,7 @@ class ProfileStore:
     def flush_all(self) -> None:
         """Empty the whole Redis database (tools and benchmarks only, never the pipeline)."""
         self.r.flushdb()
+        self._buckets = None
 
     # ------------------------------------------------------------------ offsets
     def load_offsets(self, parts: Sequence[str] | None = None) -> dict[str, int]:
@@ -186,6 +214,7 @@ class ProfileStore:
                 "limits": dict(self.rules.limits),
                 "max": self.rules.max_component,
                 "now": int(time.time() * 1000),
+                "bk": {i: id_bucket(i, self.buckets()) for row in rows for i in row[0]},
             }
         )
         res = self._apply(args=[self.prefix, payload, RECENT_VIEWS, CART_CAP, RECENT_BOUGHT])
@@ -210,11 +239,19 @@ class ProfileStore:
         )
 
     # ------------------------------------------------------------------ identity
+    def buckets(self) -> int:
+        """Identity-link bucket count: stored in Redis by the first writer, fixed after."""
+        if self._buckets is None:
+            key = self.prefix + "ids:buckets"
+            self.r.set(key, self._new_buckets, nx=True)
+            self._buckets = int(self.r.get(key) or self._new_buckets)
+        return self._buckets
+
     def resolve(self, identifier: str) -> str | None:
         """Canonical customer id of ``"<type>:<value>"`` (or of a canonical id itself)."""
         if identifier.startswith("C") and ":" not in identifier:
             return identifier if self.r.exists(self.prefix + "members:" + identifier) else None
-        v = self.r.get(self.prefix + "id:" + identifier)
+        v = self.r.hget(self.prefix + "ids:" + id_bucket(identifier, self.buckets()), identifier)
         return _s(v) if v is not None else None
 
     def members(self, customer_id: str) -> set[str]:
@@ -316,8 +353,11 @@ class ProfileStore:
         """Bytes Redis uses for one customer's keys (identity links included)."""
         pre = self.prefix
         keys = [pre + k + customer_id for k in ("p:", "v:", "b:", "cart:", "members:", "mg:")]
-        keys += [pre + "id:" + m for m in self.members(customer_id)]
-        return sum(int(self.r.memory_usage(k) or 0) for k in keys)
+        total = sum(int(self.r.memory_usage(k) or 0) for k in keys)
+        for m in self.members(customer_id):  # its share of the bucket holding each link
+            bucket = pre + "ids:" + id_bucket(m, self.buckets())
+            total += int(self.r.memory_usage(bucket) or 0) // max(1, int(self.r.hlen(bucket)))
+        return total
 
 
 _COUNTERS = {

@@ -5,7 +5,7 @@
 -- ARGV[1]  key prefix (e.g. "oc:")
 -- ARGV[2]  JSON {"parts": [[name, floor, max], ...], "c": [row, ...], "erasures": version,
 --                "refusals": [[reason, identifiers, why], ...], "suppressed": n,
---                "limits": {type: n}, "max": n, "now": ms}
+--                "limits": {type: n}, "max": n, "now": ms, "bk": {identifier: bucket}}
 --          floor = the last offset this worker knows was applied (-1: none)
 --          row   = [identifiers, link 0|1, why, sums, mins, maxs, logs, lww, views, bought,
 --                   cart, cart_clear_ms]   (operators/batch.py, operators/profile.py)
@@ -70,24 +70,35 @@ if erasures ~= p.erasures then return {'ERASURES', tostring(erasures)} end
 
 -- 2. Plan the identity changes on an overlay (still no writes), checking guard rails.
 local idmap, mem = {}, {}
--- Look up the canonical ids of a row's identifiers not seen yet in this batch (one MGET).
+-- Identity links live in hash buckets ("<p>ids:<bucket>": identifier -> canonical id; the
+-- bucket comes from the caller, or from the members hash for stored identifiers): small
+-- hashes cost far less memory than one key per identifier.
+local bk = p.bk
 local function lookup(idents)
-  local need, keys = {}, {}
+  local groups, order = {}, {}
   for _, ident in ipairs(idents) do
     if idmap[ident] == nil then
-      need[#need + 1] = ident
-      keys[#keys + 1] = prefix .. 'id:' .. ident
+      local b = bk[ident]
+      local g = groups[b]
+      if not g then g = {}; groups[b] = g; order[#order + 1] = b end
+      g[#g + 1] = ident
     end
   end
-  if #keys > 0 then
-    local vals = chunked('MGET', nil, keys, 1000)
-    for i, ident in ipairs(need) do idmap[ident] = vals[i] or false end
+  for _, b in ipairs(order) do
+    local g = groups[b]
+    local vals = chunked('HMGET', prefix .. 'ids:' .. b, g, 1000)
+    for i, ident in ipairs(g) do idmap[ident] = vals[i] or false end
   end
 end
 local function members_of(c)
   local m = mem[c]
   if m == nil then
-    m = redis.call('HKEYS', prefix .. 'members:' .. c)
+    local kv = redis.call('HGETALL', prefix .. 'members:' .. c)
+    m = {}
+    for i = 1, #kv, 2 do
+      m[#m + 1] = kv[i]
+      bk[kv[i]] = kv[i + 1]
+    end
     mem[c] = m
   end
   return m
@@ -107,7 +118,7 @@ local all = {}
 for _, row in ipairs(p.c) do
   for _, ident in ipairs(row[1]) do all[#all + 1] = ident end
 end
-lookup(all)  -- one MGET for the whole batch
+lookup(all)  -- one HMGET per bucket for the whole batch
 for ri, row in ipairs(p.c) do
   local order, seen, fresh = {}, {}, {}
   lookup(row[1])
@@ -338,8 +349,7 @@ for ri, row in ipairs(p.c) do
   if plan[2] then new_customers = new_customers + 1 end
   for _, loser in ipairs(plan[3]) do
     local lkey = prefix .. 'members:' .. loser
-    local moved = {}
-    for _, m in ipairs(redis.call('HKEYS', lkey)) do moved[#moved + 1] = m; moved[#moved + 1] = '1' end
+    local moved = redis.call('HGETALL', lkey)
     if #moved > 0 then chunked('HSET', skey, moved, 2000) end
     redis.call('DEL', lkey)
     merge_profile(survivor, loser)
@@ -352,7 +362,7 @@ for ri, row in ipairs(p.c) do
   end
   if #plan[4] > 0 then
     local kv = {}
-    for _, f in ipairs(plan[4]) do kv[#kv + 1] = f; kv[#kv + 1] = '1' end
+    for _, f in ipairs(plan[4]) do kv[#kv + 1] = f; kv[#kv + 1] = bk[f] end
     chunked('HSET', skey, kv, 2000)
   end
   linked = linked + #plan[4]
@@ -360,12 +370,15 @@ for ri, row in ipairs(p.c) do
 end
 
 if #changed > 0 then
-  local kv = {}
+  local groups, order = {}, {}
   for _, ident in ipairs(changed) do
-    kv[#kv + 1] = prefix .. 'id:' .. ident
-    kv[#kv + 1] = idmap[ident]
+    local b = bk[ident]
+    local g = groups[b]
+    if not g then g = {}; groups[b] = g; order[#order + 1] = b end
+    g[#g + 1] = ident
+    g[#g + 1] = idmap[ident]
   end
-  chunked('MSET', nil, kv, 2000)
+  for _, b in ipairs(order) do chunked('HSET', prefix .. 'ids:' .. b, groups[b], 2000) end
 end
 if seq ~= seq0 then redis.call('SET', prefix .. 'seq', fmt(seq)) end
 if new_customers ~= merges then

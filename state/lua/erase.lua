@@ -10,12 +10,15 @@
 -- Returns the number of identifiers erased, or -1 if the customer does not exist.
 local prefix, cid, now = ARGV[1], ARGV[2], ARGV[3]
 local mkey = prefix .. 'members:' .. cid
-local members = redis.call('HKEYS', mkey)
+local pairs_ = redis.call('HGETALL', mkey)  -- identifier -> bucket of its link
+local members = {}
 local exists = redis.call('EXISTS', prefix .. 'p:' .. cid, mkey)
 if exists == 0 then return -1 end
 local quoted = {}
-for _, m in ipairs(members) do
-  redis.call('DEL', prefix .. 'id:' .. m)
+for i = 1, #pairs_, 2 do
+  local m, b = pairs_[i], pairs_[i + 1]
+  members[#members + 1] = m
+  redis.call('HDEL', prefix .. 'ids:' .. b, m)
   redis.call('HSET', prefix .. 'erased', m, now)
   quoted[m] = true
 end
