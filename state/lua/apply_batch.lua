@@ -108,7 +108,7 @@ local function kind(ident) return string.match(ident, '^([^:]+):') end
 local seq0 = tonumber(redis.call('GET', prefix .. 'seq') or '0')
 local seq = seq0
 local plans, refused = {}, {}
--- identifiers whose canonical id this batch sets (written with one MSET at the end)
+-- identifiers whose canonical id this batch sets (written per bucket at the end)
 local changed, changed_seen = {}, {}
 local function point(ident, survivor)
   idmap[ident] = survivor
@@ -146,9 +146,12 @@ for ri, row in ipairs(p.c) do
     end
     if total > p.max then reason = 'runaway' end
     if not reason then
-      for k, n in pairs(counts) do
+      local kinds = {}
+      for k in pairs(counts) do kinds[#kinds + 1] = k end
+      table.sort(kinds)  -- the same reason whatever the table order
+      for _, k in ipairs(kinds) do
         local lim = p.limits[k]
-        if lim and n > lim then reason = 'limit:' .. k; break end
+        if lim and counts[k] > lim then reason = 'limit:' .. k; break end
       end
     end
   end
@@ -163,8 +166,9 @@ for ri, row in ipairs(p.c) do
       new = true
       mem[survivor] = {}
     end
-    local sm = members_of(survivor)
     local losers = {}
+    -- the overlay's member list matters only when this row changes the customer
+    local sm = (#order > 1 or #fresh > 0) and members_of(survivor) or {}
     for i = 2, #order do
       local loser = order[i]
       losers[#losers + 1] = loser
