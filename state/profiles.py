@@ -107,6 +107,17 @@ class ApplyResult:
     refused: dict[int, str] | None = None
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """One customer's keys as read from Redis, decoded."""
+
+    fields: dict[str, str]
+    views: list[tuple[str, int]]
+    bought: list[tuple[str, int]]
+    cart: dict[str, int]
+    members: list[str]
+
+
 def connect(url: str, *, retry_seconds: float = 20.0) -> redis.Redis:
     """A client that rides out short Redis restarts and raises after ``retry_seconds``."""
     attempts = max(1, int(retry_seconds / 2))
@@ -292,27 +303,20 @@ class ProfileStore:
 
     def export(self, customer_id: str, as_of_ms: int | None = None) -> dict[str, Any] | None:
         """Everything Redis holds about a customer (right of access), as JSON-able data."""
-        profile = self.read_profile(customer_id, as_of_ms)
-        if profile is None:
+        raw = self._stored(customer_id)
+        if raw is None:
             return None
-        pre = self.prefix
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hgetall(pre + "p:" + customer_id)
-        pipe.zrange(pre + "v:" + customer_id, 0, -1, withscores=True)
-        pipe.zrange(pre + "b:" + customer_id, 0, -1, withscores=True)
-        pipe.hgetall(pre + "cart:" + customer_id)
-        fields, views, bought, cart = pipe.execute()
         return {
             "customer_id": customer_id,
             "exported_at": _iso(int(time.time() * 1000)),
-            "profile": profile,
-            "identifiers": sorted(self.members(customer_id)),
+            "profile": self._build(customer_id, raw, as_of_ms),
+            "identifiers": raw.members,
             "merges": self.merges(customer_id),
             "stored": {
-                "profile_fields": {_s(k): _s(v) for k, v in sorted(fields.items())},
-                "viewed": {_s(k): int(v) for k, v in views},
-                "bought": {_s(k): int(v) for k, v in bought},
-                "cart_entries": {_s(k): int(v) for k, v in cart.items()},
+                "profile_fields": dict(sorted(raw.fields.items())),
+                "viewed": dict(raw.views),
+                "bought": dict(raw.bought),
+                "cart_entries": raw.cart,
             },
         }
 
@@ -329,6 +333,11 @@ class ProfileStore:
     def read_profile(self, customer_id: str, as_of_ms: int | None = None) -> dict[str, Any] | None:
         """The unified 360° profile of one customer as plain JSON-able data, or None.
         ``as_of_ms`` (default: now) is the time recency and decayed interests refer to."""
+        raw = self._stored(customer_id)
+        return None if raw is None else self._build(customer_id, raw, as_of_ms)
+
+    def _stored(self, customer_id: str) -> _Stored | None:
+        """A customer's stored pieces, read in one transaction (None: no such profile)."""
         pre = self.prefix
         pipe = self.r.pipeline(transaction=True)
         pipe.hgetall(pre + "p:" + customer_id)
@@ -339,13 +348,23 @@ class ProfileStore:
         h, views, bought, cart, members = pipe.execute()
         if not h:
             return None
-        return build_profile(
-            customer_id,
+        return _Stored(
             {_s(k): _s(v) for k, v in h.items()},
             [(_s(s), int(ts)) for s, ts in views],
             [(_s(s), int(ts)) for s, ts in bought],
             {_s(k): int(v) for k, v in cart.items()},
             sorted(_s(m) for m in members),
+        )
+
+    @staticmethod
+    def _build(customer_id: str, raw: _Stored, as_of_ms: int | None) -> dict[str, Any]:
+        return build_profile(
+            customer_id,
+            raw.fields,
+            raw.views,
+            raw.bought,
+            dict(raw.cart),  # build_profile consumes the "_clr" entry
+            raw.members,
             int(time.time() * 1000) if as_of_ms is None else as_of_ms,
         )
 
