@@ -13,7 +13,13 @@ from operators.privacy import PiiHasher
 from operators.validate import Accepted, Rejected, Validator
 from schemas.deadletter import REASONS, DeadLetter
 
-TOPICS = {"tx": "transaction", "click": "clickstream", "inv": "inventory", "ofb": "offer_feedback"}
+TOPICS = {
+    "tx": "transaction",
+    "click": "clickstream",
+    "inv": "inventory",
+    "ofb": "offer_feedback",
+    "cust": "customer",
+}
 NOW = int(time.time() * 1000)
 HASHER = PiiHasher(b"unit-test-key-0123456789")
 V = Validator(TOPICS, HASHER)
@@ -262,3 +268,21 @@ def test_hostile_inputs_stay_cheap() -> None:
 def test_validator_refuses_unknown_contract_names() -> None:
     with pytest.raises(ValueError, match="unknown contracts"):
         Validator({"t": "telepathy"}, HASHER)
+
+
+def test_consent_change_must_set_a_purpose_and_names_the_customer() -> None:
+    base = {
+        "event_type": "consent_changed",
+        "event_id": "k1",
+        "event_time": "2024-05-01T10:00:00Z",
+        "channel": "email",
+        "customer": {"email": "ana@example.com"},
+    }
+    ok = decode(orjson.dumps(base | {"consents": {"email": False}}), "cust")
+    assert isinstance(ok, Accepted) and ok.ids == {"email": HASHER.email("ana@example.com")}
+    assert reason(orjson.dumps(base | {"consents": {}}), "cust") == "missing_field"
+    assert reason(orjson.dumps(base | {"consents": {"fax": True}}), "cust") == "unknown_field"
+    no_customer = {k: v for k, v in base.items() if k != "customer"} | {"consents": {"sms": True}}
+    assert reason(orjson.dumps(no_customer), "cust") == "missing_field"
+    # A valid customer event on another topic is a wrong-topic dead letter.
+    assert reason(orjson.dumps(base | {"consents": {"sms": True}}), "click") == "wrong_topic"
