@@ -1,4 +1,5 @@
-"""The omnicanal dataflow: Kafka inputs -> validate -> state sink (Redis + dead letters).
+"""The omnicanal dataflow: Kafka inputs -> validate -> state sink (Redis, dead letters, stock
+alerts).
 
     input (all topic-partitions, assign()) --flat_map_batch: validate--> state sink
 
@@ -7,6 +8,8 @@ the sink links the batch's identities and applies it with one Redis call (identi
 resolution, merges, profile deltas and offsets together). State lives in Redis, not in
 Bytewax, so no exchange between workers is needed: profile updates are commutative, merges
 deterministic, and everything is fenced by offsets (see ``state/lua/apply_batch.lua``).
+Stock moves in the same call; the SKUs it touched are then evaluated for alerts
+(``operators/stock.py``), written with an outbox and sent to the stock-alerts topic.
 """
 
 from __future__ import annotations
@@ -19,10 +22,56 @@ from bytewax.dataflow import Dataflow
 
 from flows.connectors import KafkaPartitionsSource, StateSink
 from omnicanal.config import ConfigError, Settings
-from operators.identity import rules_from_config
+from operators.identity import IdentityRules, rules_from_config
 from operators.privacy import PiiHasher
+from operators.stock import StockRules, parse_thresholds
 from operators.validate import Accepted, Rejected, Validator
 from state.profiles import ProfileStore, connect
+from state.stock import StockStore
+
+
+def stock_rules(settings: Settings) -> StockRules:
+    """The stock and alert rules of ``OMNICANAL_STOCK_*``."""
+    try:
+        skus, cats = parse_thresholds(settings.stock_thresholds)
+    except ValueError as e:
+        raise ConfigError(f"OMNICANAL_STOCK_THRESHOLDS: {e}") from None
+    online = settings.stock_online_locations
+    if not online:
+        raise ConfigError("OMNICANAL_STOCK_ONLINE_LOCATIONS: give at least one location")
+    return StockRules(
+        online_locations=frozenset(online),
+        online_fulfilment=settings.stock_online_fulfilment or online[0],
+        online_store_share=settings.stock_online_store_share,
+        low_stock=settings.stock_low_threshold,
+        low_stock_sku=skus,
+        low_stock_category=cats,
+        price_tolerance=settings.stock_price_tolerance,
+        horizon_hours=settings.stock_horizon_hours,
+        min_confidence=settings.stock_min_confidence,
+    )
+
+
+def state_sink(settings: Settings, rules: IdentityRules, stock: StockRules) -> StateSink:
+    """The sink of the flow: Redis state, dead letters and stock alerts."""
+
+    def stores() -> tuple[ProfileStore, StockStore]:
+        client = connect(settings.redis_url)
+        return (
+            ProfileStore(
+                client, settings.redis_prefix, rules, id_buckets=settings.identity_buckets
+            ),
+            StockStore(client, settings.redis_prefix),
+        )
+
+    return StateSink(
+        stores,
+        stock,
+        settings.kafka_config(),
+        settings.topic_dead_letters,
+        settings.topic_stock_alerts,
+        settings.group_id,
+    )
 
 
 def build_flow(
@@ -43,6 +92,7 @@ def build_flow(
         )
     except ValueError as e:
         raise ConfigError(f"OMNICANAL_IDENTITY_BLOCKED / OMNICANAL_IDENTITY_LIMITS: {e}") from None
+    stock = stock_rules(settings)
     validator = Validator(
         settings.topic_contracts(),
         hasher,
@@ -75,19 +125,5 @@ def build_flow(
         KafkaPartitionsSource(kafka, starts, batch_size=settings.batch_size, until_eof=until_eof),
     )
     checked = op.flat_map_batch("validate", raw, validate)
-    op.output(
-        "state",
-        checked,
-        StateSink(
-            lambda: ProfileStore(
-                connect(settings.redis_url),
-                settings.redis_prefix,
-                rules,
-                id_buckets=settings.identity_buckets,
-            ),
-            kafka,
-            settings.topic_dead_letters,
-            settings.group_id,
-        ),
-    )
+    op.output("state", checked, state_sink(settings, rules, stock))
     return flow

@@ -74,6 +74,38 @@ EVENT_LAG_SECONDS = Gauge(
     "Processing time minus the newest event time in the last batch, per topic.",
     ["topic"],
 )
+STOCK_EVENTS = Counter(
+    "omnicanal_stock_events",
+    "Stock events applied: inventory events by type, and sale/return lines that move stock.",
+    ["event_type"],
+)
+STOCK_UNLOCATED = Counter(
+    "omnicanal_stock_unlocated",
+    "Store sales/returns without a location_id: their stock effect is unknown.",
+)
+STOCK_SHRINKAGE_UNITS = Counter(
+    "omnicanal_stock_shrinkage_units",
+    "Units stock counts found missing against the recorded level (found extra: negative "
+    "contributions are not counted here, see `omnicanal stock`).",
+)
+STOCK_LATE_COUNTS = Counter(
+    "omnicanal_stock_late_counts",
+    "Stock counts ignored because they were older than the movement window (2 days).",
+)
+STOCK_ALERTS = Counter(
+    "omnicanal_stock_alerts",
+    "Stock alert messages sent, by type, severity and status (raised, updated, resolved).",
+    ["type", "severity", "status"],
+)
+OPEN_STOCK_ALERTS = Gauge(
+    "omnicanal_open_stock_alerts",
+    "Open stock alerts by type (read from Redis after each evaluation: all workers).",
+    ["type"],
+)
+SKUS_AT_RISK = Gauge(
+    "omnicanal_skus_at_risk",
+    "SKUs with an open low-stock, out-of-stock or predicted stock-out alert (all workers).",
+)
 
 CATALOG: tuple[MetricWrapperBase, ...] = (
     EVENTS,
@@ -89,6 +121,13 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     SUPPRESSED_EVENTS,
     APPLIED_OFFSET,
     EVENT_LAG_SECONDS,
+    STOCK_EVENTS,
+    STOCK_UNLOCATED,
+    STOCK_SHRINKAGE_UNITS,
+    STOCK_LATE_COUNTS,
+    STOCK_ALERTS,
+    OPEN_STOCK_ALERTS,
+    SKUS_AT_RISK,
 )
 
 

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
         "omnicanal.customers", description="customer events topic (consents, chosen home store)"
     )
     topic_dead_letters: str = Field("omnicanal.dead-letters", description="dead-letter topic")
+    topic_stock_alerts: str = Field(
+        "omnicanal.stock-alerts", description="stock alerts topic (output, keyed by SKU)"
+    )
     partitions: int = Field(4, ge=1, le=1024, description="partitions for `topics create`")
     replication_factor: int = Field(1, ge=1, le=16, description="replication for new topics")
 
@@ -75,6 +78,43 @@ class Settings(BaseSettings):
         le=1 << 24,
         description="hash buckets of the identity links in a new Redis (~identifiers/100); "
         "the first writer stores it in Redis and it is fixed from then on",
+    )
+    stock_online_locations: list[str] = Field(
+        default_factory=lambda: ["online"],
+        description="locations whose stock the online channels sell (warehouses, the online "
+        'allocation), JSON list, e.g. ["warehouse-1","online"]',
+    )
+    stock_online_fulfilment: str = Field(
+        "",
+        description="location web/app/marketplace/call-centre sales without a location_id "
+        "take stock from (empty: the first online location)",
+    )
+    stock_online_store_share: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of store stock the online channels may also sell"
+    )
+    stock_low_threshold: int = Field(
+        5, ge=0, description="low-stock alert at or below this many units (default reorder point)"
+    )
+    stock_thresholds: dict[str, int] = Field(
+        default_factory=dict,
+        description='low-stock thresholds per SKU or category, JSON, e.g. {"sku:A1":20,'
+        "\"category:shoes\":3} (a SKU's own wins over its category's)",
+    )
+    stock_price_tolerance: float = Field(
+        0.01,
+        ge=0.0,
+        le=10.0,
+        description="relative price gap between channels that raises an alert",
+    )
+    stock_horizon_hours: float = Field(
+        24.0, gt=0, le=24 * 28, description="predicted stock-outs within this horizon raise alerts"
+    )
+    stock_min_confidence: float = Field(
+        0.7,
+        gt=0.2,
+        le=1.0,
+        description="probability of a stock-out within the horizon that raises "
+        "an alert (it resolves 0.2 below)",
     )
     max_event_bytes: int = Field(65536, ge=256, description="larger payloads are dead-lettered")
     min_event_time: str = Field(
@@ -113,7 +153,7 @@ class Settings(BaseSettings):
         return {c: t for t, c in self.topic_contracts().items()}
 
     def all_topics(self) -> list[str]:
-        return [*self.topic_contracts(), self.topic_dead_letters]
+        return [*self.topic_contracts(), self.topic_dead_letters, self.topic_stock_alerts]
 
     def kafka_config(self) -> dict[str, str]:
         return {"bootstrap.servers": self.kafka_bootstrap, **self.kafka_options}

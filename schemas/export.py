@@ -1,8 +1,8 @@
 """JSON Schema files for channel teams, generated from the contracts (never by hand).
 
 >>> docs = schemas()
->>> sorted(docs)
-['clickstream', 'customer', 'dead_letter', 'inventory', 'offer_feedback', 'transaction']
+>>> " ".join(sorted(docs))
+'clickstream customer dead_letter inventory offer_feedback stock_alert transaction'
 >>> docs["transaction"]["$defs"]["Sale"]["properties"]["event_type"]["enum"]
 ['sale']
 """
@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from schemas.alerts import StockAlert
 from schemas.deadletter import DeadLetter
 from schemas.events import CONTRACTS, SCHEMA_VERSION
 
@@ -42,6 +43,15 @@ def schemas() -> dict[str, dict[str, Any]]:
         "$id": f"https://omnicanal.dev/schemas/dead_letter.v{SCHEMA_VERSION}.schema.json",
         "title": "omnicanal dead-letter record",
         **dl,
+    }
+    sa = msgspec.json.schema(StockAlert)
+    out["stock_alert"] = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://omnicanal.dev/schemas/stock_alert.v{SCHEMA_VERSION}.schema.json",
+        "title": "omnicanal stock alert message",
+        "description": "Messages on the stock-alerts topic, keyed by SKU. Deduplicate on "
+        "message_id; follow one alert's lifecycle by alert_id.",
+        **sa,
     }
     return out
 

@@ -60,7 +60,8 @@ from operators.profile import (
 )
 
 _LUA = importlib.resources.files("state") / "lua"
-_APPLY_LUA = (_LUA / "apply_batch.lua").read_text()
+#: The batch script: the stock section (a function) first, then the batch itself.
+_APPLY_LUA = (_LUA / "stock.lua").read_text() + (_LUA / "apply_batch.lua").read_text()
 _ERASE_LUA = (_LUA / "erase.lua").read_text()
 
 
@@ -99,6 +100,11 @@ class ApplyResult:
     #: identifiers newly linked to a customer
     linked: int = 0
     refusals: int = 0
+    #: stock: units counts found missing (shrinkage; negative: found extra), movements
+    #: already in a count, counts too late to apply
+    shrinkage: int = 0
+    moves_in_count: int = 0
+    late_counts: int = 0
     #: partitions where Redis is ahead of what the caller assumed: part -> stored offset
     stale: dict[str, int] | None = None
     #: the erasure version changed: reload the tombstones (nothing was written)
@@ -205,6 +211,7 @@ class ProfileStore:
         refusals: Sequence[Sequence[str]] = (),
         erasures: int = 0,
         suppressed: int = 0,
+        stock: dict[str, Any] | None = None,
     ) -> ApplyResult:
         """Resolve and apply a batch plan (``operators/batch.py``) and advance ``parts``
         (name, floor, max offset), atomically.
@@ -214,6 +221,8 @@ class ProfileStore:
         ``floor`` (a replay or a second writer: drop what is covered and call again), where
         the erasure version is not ``erasures`` (reload :meth:`erased` and call again), or
         where the guard rails refuse rows' links (apply those rows unlinked).
+        ``stock`` is the batch's stock plan (``operators/stock.py``), applied in the same
+        transaction.
         """
         payload = orjson.dumps(
             {
@@ -226,13 +235,14 @@ class ProfileStore:
                 "max": self.rules.max_component,
                 "now": int(time.time() * 1000),
                 "bk": {i: id_bucket(i, self.buckets()) for row in rows for i in row[0]},
+                **({"st": stock} if stock else {}),
             }
         )
         res = self._apply(args=[self.prefix, payload, RECENT_VIEWS, CART_CAP, RECENT_BOUGHT])
         status = _s(res[0])
         if status == "OK":
-            new, merges, linked, refused = (int(x) for x in res[1:5])
-            return ApplyResult(True, new, merges, linked, refused)
+            new, merges, linked, refused, gap, in_count, late = (int(x) for x in res[1:8])
+            return ApplyResult(True, new, merges, linked, refused, gap, in_count, late)
         if status == "STALE":
             it = iter(res[1:])
             return ApplyResult(False, stale={_s(k): int(v) for k, v in zip(it, it, strict=True)})

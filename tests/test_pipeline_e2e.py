@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from flows import pipeline
 from flows.connectors import StateSink
 from monitoring import metrics as m
 from omnicanal import runner
@@ -18,6 +19,7 @@ from omnicanal.datagen import Generator, Message
 from omnicanal.demo import produce
 from omnicanal.kafka import read_topic
 from omnicanal.services import LocalKafka, LocalRedis
+from operators.identity import IdentityRules
 from operators.privacy import PiiHasher
 from operators.validate import Validator
 from state.profiles import ProfileStore, StateRegressedError, connect
@@ -223,12 +225,7 @@ def clickstream_items(settings: Settings, n: int, seed: int) -> tuple[list[Messa
 
 
 def state_sink(settings: Settings) -> StateSink:
-    return StateSink(
-        lambda: store_of(settings),
-        settings.kafka_config(),
-        settings.topic_dead_letters,
-        settings.group_id,
-    )
+    return pipeline.state_sink(settings, IdentityRules(), pipeline.stock_rules(settings))
 
 
 def test_sink_detects_redis_losing_state_mid_run(settings: Settings) -> None:

@@ -125,7 +125,7 @@ def event(draw: st.DrawFn) -> dict[str, object]:
                 max_size=3,
             )
         )
-        sale = {
+        sale: dict[str, object] = {
             "event_type": kind,
             "event_id": "e",
             "event_time": t,

@@ -39,8 +39,8 @@ def test_readme_metrics_are_the_catalog() -> None:
     names = set(re.findall(r"^- `(omnicanal_[a-z_]+)", README, re.M))
     declared = set()
     for metric in CATALOG:
-        name = metric._name  # type: ignore[attr-defined]
-        declared.add(name + "_total" if metric._type == "counter" else name)  # type: ignore[attr-defined]
+        name = metric._name
+        declared.add(name + "_total" if metric._type == "counter" else name)
     assert names == declared
 
 

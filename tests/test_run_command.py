@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -30,7 +31,7 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
     return {**os.environ, **settings.to_env(), **extra}
 
 
-def wait_for(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def wait_for(pred: Callable[[], object], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():

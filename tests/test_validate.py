@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from typing import Any
 
 import msgspec
 import orjson
@@ -164,7 +165,7 @@ def test_every_event_type_of_every_contract_round_trips() -> None:
     base = {"event_id": "e", "event_time": "2024-05-01T10:00:00Z"}
     click = base | {"channel": "web", "session_id": "s"}
     ofb = base | {"offer_id": "o", "channel": "sms", "customer": {"loyalty_id": "L"}}
-    cases = {
+    cases: dict[str, list[dict[str, Any]]] = {
         "tx": [sale(), sale(event_type="return", original_order_id="o1")],
         "click": [
             click | {"event_type": "page_view", "url": "/"},

@@ -11,7 +11,9 @@
 --                   cart, cart_clear_ms]   (operators/batch.py, operators/profile.py)
 -- ARGV[3]  recent views kept, ARGV[4] cart entries kept, ARGV[5] recently bought kept
 --
--- Returns {"OK", new customers, merges, identifiers linked, refusals}
+--          "st": stock section (state/lua/stock.lua, prepended to this script), optional
+-- Returns {"OK", new customers, merges, identifiers linked, refusals, shrinkage units,
+--          movements already in a count, counts too late to apply}
 --       | {"REGRESSED", part, stored, floor}       Redis lost writes: nothing written
 --       | {"STALE", part, stored, ...}              Redis is ahead: nothing written
 --       | {"ERASURES", version}                     erasures changed: nothing written
@@ -396,7 +398,9 @@ for _, r in ipairs(p.refusals) do
 end
 if #p.refusals > 0 then redis.call('INCRBY', prefix .. 'stats:refused', #p.refusals) end
 if p.suppressed > 0 then redis.call('INCRBY', prefix .. 'stats:suppressed', p.suppressed) end
+local gap, ignored, stale_counts = 0, 0, 0
+if p.st then gap, ignored, stale_counts = apply_stock(prefix, p.st, chunked) end
 for _, part in ipairs(p.parts) do
   redis.call('HSET', offsets_key, part[1], fmt(part[3]))
 end
-return {'OK', new_customers, merges, linked, #p.refusals}
+return {'OK', new_customers, merges, linked, #p.refusals, gap, ignored, stale_counts}

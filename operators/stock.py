@@ -1,0 +1,690 @@
+"""Live stock per SKU and location, channel availability, sales velocity and stock alerts.
+
+Pure logic, no I/O: :func:`plan_stock` turns a batch of events into stock movements for the
+state script (``state/lua/apply_batch.lua``, stock section); :func:`evaluate` turns one SKU's
+stored state and its open alerts into alert messages (raised / updated / resolved).
+
+Stock rules, all by event time, so the order in which topics are consumed does not matter:
+
+- a **snapshot** (a count) sets the level at its event time; movements with an earlier
+  event time are already in the count and are ignored, later ones are added on top (even
+  when they arrived before the count); the gap between the level we expected at the count
+  and the count is the **shrinkage** measured;
+- **movements**: adjustments (+/-), sales (-) and returns (+) at the event's location;
+  web/app/marketplace/call-centre sales without a location come from
+  :attr:`StockRules.online_fulfilment`;
+- **online availability** = stock at the online locations (warehouses, the allocation
+  reserved for online) + :attr:`StockRules.online_store_share` of the stores' stock.
+
+>>> rules = StockRules(online_locations=frozenset({"wh"}), online_store_share=0.5)
+>>> availability({"wh": 3, "s1": 4, "s2": -2}, rules)
+{'loc:wh': 3, 'loc:s1': 4, 'loc:s2': -2, 'ch:online': 5}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from operators.validate import Accepted
+
+#: Half-life of the sales velocity: a week, so a day-of-week pattern averages out.
+VELOCITY_HALF_LIFE_MS: Final = 7 * 86_400_000
+HOUR_MS: Final = 3_600_000
+WEEK_HOURS: Final = 168
+#: Channels that sell from the online pool; a sale there without a location_id is
+#: fulfilled from ``online_fulfilment``.
+ONLINE_CHANNELS: Final = frozenset({"web", "app", "marketplace", "call_centre"})
+#: Channel-level prices compared for mismatches (location prices are regional on purpose).
+PRICE_CHANNELS: Final = ("store", "web", "app", "marketplace", "call_centre")
+#: Gamma prior of the hourly sales rate (shape, exposure in hours): weak, so a handful of
+#: sales dominate it, but a SKU seen once is not projected to sell out with confidence.
+PRIOR_SHAPE: Final = 0.5
+PRIOR_HOURS: Final = 1.0
+#: No prediction from fewer sales than this at a location (decayed count): one basket
+#: says little about a rate.
+MIN_SALES: Final = 3.0
+#: The hourly profile of a location is used once it holds this many units.
+SEASON_MIN_UNITS: Final = 200
+
+ALERT_TYPES: Final = (
+    "low_stock",
+    "out_of_stock",
+    "predicted_stockout",
+    "channel_inconsistency",
+    "back_in_stock",
+)
+INCONSISTENCIES: Final = ("no_stock_behind", "not_listed", "price_mismatch")
+
+
+@dataclass(frozen=True)
+class StockRules:
+    """Thresholds and allocation rules (from ``OMNICANAL_STOCK_*`` settings)."""
+
+    online_locations: frozenset[str] = frozenset({"online"})
+    online_fulfilment: str = "online"
+    online_store_share: float = 0.0
+    low_stock: int = 5
+    low_stock_sku: Mapping[str, int] = field(default_factory=dict)
+    low_stock_category: Mapping[str, int] = field(default_factory=dict)
+    price_tolerance: float = 0.01
+    horizon_hours: float = 24.0
+    min_confidence: float = 0.7
+
+    def threshold(self, sku: str, category: str | None) -> int:
+        """Low-stock threshold (reorder point): per SKU, else per category, else default.
+
+        >>> StockRules(low_stock_sku={"A": 9}, low_stock_category={"shoes": 2}).threshold(
+        ...     "B", "shoes")
+        2
+        """
+        t = self.low_stock_sku.get(sku)
+        if t is None and category is not None:
+            t = self.low_stock_category.get(category)
+        return self.low_stock if t is None else t
+
+
+def parse_thresholds(spec: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """Split ``{"sku:A": 9, "category:shoes": 2}`` into per-SKU and per-category maps.
+
+    >>> parse_thresholds({"sku:A": 9, "category:shoes": 2})
+    ({'A': 9}, {'shoes': 2})
+    """
+    skus: dict[str, int] = {}
+    cats: dict[str, int] = {}
+    for k, v in spec.items():
+        kind, _, name = k.partition(":")
+        if kind not in ("sku", "category") or not name:
+            raise ValueError(f"{k!r}: expected 'sku:<id>' or 'category:<name>'")
+        if not isinstance(v, int) or v < 0:
+            raise ValueError(f"{k!r}: threshold must be an integer >= 0, not {v!r}")
+        (skus if kind == "sku" else cats)[name] = v
+    return skus, cats
+
+
+# ---------------------------------------------------------------- batch -> movements
+@dataclass
+class StockPlan:
+    """A batch's stock effects, in the shape the state script takes (see ``to_payload``)."""
+
+    #: (sku, location, event ms) -> units (+ in, - out); one entry per event time
+    moves: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    #: (sku, location) -> (event ms, on hand): the newest count in the batch
+    snaps: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    #: (sku, channel or "store@<location>") -> (event ms, price minor, currency)
+    prices: dict[tuple[str, str], tuple[int, int, str]] = field(default_factory=dict)
+    #: sku -> category (the smallest name seen, so that any batching gives the same)
+    categories: dict[str, str] = field(default_factory=dict)
+    #: (sku, location) -> [reference ms, decayed units, decayed sales, first sale ms]
+    velocity: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    #: (location, hour of the week) -> units sold
+    season: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: sku -> newest event time touching its stock
+    touched: dict[str, int] = field(default_factory=dict)
+    #: stock events by type (inventory events, sale/return lines) for the metrics
+    counts: dict[str, int] = field(default_factory=dict)
+    #: store sales/returns without a location: counted, their stock effect unknown
+    unlocated: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.touched)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "mv": [[s, loc, t, d] for (s, loc, t), d in self.moves.items() if d],
+            "sn": [[s, loc, t, q] for (s, loc), (t, q) in self.snaps.items()],
+            "pr": [[s, ch, t, p, c] for (s, ch), (t, p, c) in self.prices.items()],
+            "cat": [[s, c] for s, c in self.categories.items()],
+            "vel": [[s, loc, *v] for (s, loc), v in self.velocity.items()],
+            "sea": [[loc, h, n] for (loc, h), n in self.season.items()],
+            "sku": [[s, t] for s, t in self.touched.items()],
+            "hl": VELOCITY_HALF_LIFE_MS,
+        }
+
+
+def hour_of_week(ms: int) -> int:
+    """Hour of the week in UTC, Monday 00:00 = 0 (the profile is learnt and applied in the
+    same frame, so no time zone is needed).
+
+    >>> hour_of_week(0)  # 1970-01-01 was a Thursday
+    72
+    """
+    return (ms // HOUR_MS + 72) % WEEK_HOURS
+
+
+def plan_stock(events: Iterable[Accepted], rules: StockRules) -> StockPlan:
+    """The stock effects of a batch of validated events.
+
+    >>> from schemas.events import Sale, TransactionLine
+    >>> from datetime import datetime, UTC
+    >>> t = datetime(2024, 1, 1, tzinfo=UTC)
+    >>> sale = Sale(event_id="e", event_time=t, channel="web", currency="EUR",
+    ...             lines=[TransactionLine(sku="A", quantity=2, unit_price_minor=5)])
+    >>> a = Accepted("t", 0, 1, "transaction", "sale", "e", 1000, "web", None, {}, sale)
+    >>> plan_stock([a], StockRules()).moves
+    {('A', 'online', 1000): -2}
+    """
+    plan = StockPlan()
+    hl = VELOCITY_HALF_LIFE_MS
+    counts = plan.counts
+    for a in events:
+        c = a.contract
+        ev = a.event
+        ts = a.ts_ms
+        if c == "transaction":
+            loc = getattr(ev, "location_id", None)
+            if not isinstance(loc, str):
+                if a.channel in ONLINE_CHANNELS:
+                    loc = rules.online_fulfilment
+                else:
+                    plan.unlocated += 1
+                    continue
+            sign = -1 if a.event_type == "sale" else 1
+            for line in ev.lines:
+                kind = line.kind
+                if isinstance(kind, str) and kind != "product":
+                    continue
+                sku, q = line.sku, line.quantity
+                key = (sku, loc, ts)
+                plan.moves[key] = plan.moves.get(key, 0) + sign * q
+                counts[a.event_type] = counts.get(a.event_type, 0) + 1
+                cat = line.category
+                if isinstance(cat, str) and (
+                    sku not in plan.categories or cat < plan.categories[sku]
+                ):
+                    plan.categories[sku] = cat
+                if sign < 0:
+                    _add_sale(plan.velocity, (sku, loc), ts, q, hl)
+                    sk = (loc, hour_of_week(ts))
+                    plan.season[sk] = plan.season.get(sk, 0) + q
+                _touch(plan.touched, sku, ts)
+        elif c == "inventory":
+            et = a.event_type
+            counts[et] = counts.get(et, 0) + 1
+            sku = ev.sku
+            if et == "stock_snapshot":
+                sk2 = (sku, ev.location_id)
+                old = plan.snaps.get(sk2)
+                if old is None or (ts, ev.on_hand) > old:
+                    plan.snaps[sk2] = (ts, ev.on_hand)
+            elif et == "stock_adjustment":
+                key = (sku, ev.location_id, ts)
+                plan.moves[key] = plan.moves.get(key, 0) + ev.delta
+            else:  # price_update
+                loc = ev.location_id
+                ch = (
+                    f"store@{loc}" if ev.channel == "store" and isinstance(loc, str) else ev.channel
+                )
+                pk = (sku, ch)
+                new = (ts, ev.price_minor, ev.currency)
+                oldp = plan.prices.get(pk)
+                if oldp is None or new > oldp:
+                    plan.prices[pk] = new
+            _touch(plan.touched, sku, ts)
+    return plan
+
+
+def _touch(touched: dict[str, int], sku: str, ts: int) -> None:
+    if ts > touched.get(sku, -1):
+        touched[sku] = ts
+
+
+def _add_sale(
+    vel: dict[tuple[str, str], list[float]], key: tuple[str, str], ts: int, q: int, hl: int
+) -> None:
+    """Fold a sale into the batch's decayed sums, referenced to the newest sale time."""
+    v = vel.get(key)
+    if v is None:
+        vel[key] = [ts, float(q), 1.0, ts]
+        return
+    ref = v[0]
+    if ts > ref:
+        f = 2.0 ** (-(ts - ref) / hl)
+        v[0], v[1], v[2] = ts, v[1] * f + q, v[2] * f + 1.0
+    else:
+        f = 2.0 ** (-(ref - ts) / hl)
+        v[1] += q * f
+        v[2] += f
+    if ts < v[3]:
+        v[3] = ts
+
+
+# ---------------------------------------------------------------- stored state
+@dataclass
+class Velocity:
+    """Decayed units sold at ``ref_ms`` (half-life :data:`VELOCITY_HALF_LIFE_MS`), decayed
+    number of sales, and the first sale time."""
+
+    units: float
+    sales: float
+    ref_ms: int
+    first_ms: int
+
+    def at(self, ms: int) -> tuple[float, float]:
+        """(decayed units, effective hours observed) at ``ms``.
+
+        The effective exposure is the decayed length of the history: a SKU first sold a day
+        ago is averaged over about a day, not over a whole half-life.
+
+        >>> u, h = Velocity(10.0, 10.0, 0, -86_400_000).at(0)
+        >>> round(u, 6), round(h, 2)
+        (10.0, 22.85)
+        """
+        hl = VELOCITY_HALF_LIFE_MS
+        units = self.units * 2.0 ** (-max(0, ms - self.ref_ms) / hl)
+        age = max(HOUR_MS, ms - self.first_ms)
+        hours = (hl / math.log(2) / HOUR_MS) * (1.0 - 2.0 ** (-age / hl))
+        return units, hours
+
+
+_VELOCITY_FIELDS: Final = ("vu", "vn", "vt", "vf")
+
+
+@dataclass
+class SkuState:
+    """One SKU as stored (``<prefix>sku:<sku>``), decoded."""
+
+    sku: str
+    version: int = 0
+    ts_ms: int = 0
+    category: str | None = None
+    levels: dict[str, int] = field(default_factory=dict)
+    snapshot_ms: dict[str, int] = field(default_factory=dict)
+    shrinkage: dict[str, int] = field(default_factory=dict)
+    #: channel key -> (event ms, price minor, currency)
+    prices: dict[str, tuple[int, int, str]] = field(default_factory=dict)
+    velocity: dict[str, Velocity] = field(default_factory=dict)
+
+    @classmethod
+    def from_fields(cls, sku: str, fields: Mapping[str, str]) -> SkuState:
+        """Decode the stored hash (field layout: ``state/lua/apply_batch.lua``).
+
+        >>> s = SkuState.from_fields("A", {"ver": "3", "q:s1": "4", "p:web": "5 250 EUR"})
+        >>> s.levels, s.prices
+        ({'s1': 4}, {'web': (5, 250, 'EUR')})
+        """
+        s = cls(sku)
+        vel: dict[str, list[float]] = {}
+        for k, v in fields.items():
+            kind, _, loc = k.partition(":")
+            if kind == "q":
+                s.levels[loc] = int(v)
+            elif kind == "st":
+                s.snapshot_ms[loc] = int(v)
+            elif kind == "sh":
+                s.shrinkage[loc] = int(v)
+            elif kind == "p":
+                t, p, cur = v.split(" ")
+                s.prices[loc] = (int(t), int(p), cur)
+            elif kind in _VELOCITY_FIELDS:
+                vel.setdefault(loc, [0.0, 0.0, 0.0, 0.0])[_VELOCITY_FIELDS.index(kind)] = float(v)
+            elif k == "ver":
+                s.version = int(v)
+            elif k == "ts":
+                s.ts_ms = int(v)
+            elif k == "cat":
+                s.category = v
+        for loc, (u, n, ref, first) in vel.items():
+            s.velocity[loc] = Velocity(u, n, int(ref), int(first))
+        return s
+
+    def listed(self) -> set[str]:
+        """Channels with a price: ``online`` if any online channel, ``store`` if any store."""
+        out = set()
+        for ch in self.prices:
+            out.add("store" if ch.startswith("store") else "online")
+        return out
+
+
+def availability(levels: Mapping[str, int], rules: StockRules) -> dict[str, int]:
+    """What each location holds (``loc:<id>``, may be negative when a channel sold stock
+    the records do not show) and what the online channels may sell (``ch:online``)."""
+    out = {f"loc:{loc}": q for loc, q in levels.items()}
+    online = sum(max(0, q) for loc, q in levels.items() if loc in rules.online_locations)
+    stores = sum(max(0, q) for loc, q in levels.items() if loc not in rules.online_locations)
+    out["ch:online"] = online + int(rules.online_store_share * stores)
+    return out
+
+
+# ---------------------------------------------------------------- seasonality, prediction
+def seasonal_index(counts: Sequence[float]) -> list[float]:
+    """Relative sales rate per hour of the week (mean 1) from units sold per hour of the
+    week: hour-of-day shape x day-of-week shape, smoothed, so sparse data stays robust.
+    Flat (all 1) until the profile holds :data:`SEASON_MIN_UNITS` units.
+
+    >>> idx = seasonal_index([10.0 if 9 <= h % 24 < 21 else 0.0 for h in range(168)] * 1)
+    >>> round(idx[12], 2), round(idx[3], 2), round(sum(idx) / 168, 6)
+    (1.99, 0.01, 1.0)
+    """
+    total = float(sum(counts))
+    if len(counts) != WEEK_HOURS or total < SEASON_MIN_UNITS:
+        return [1.0] * WEEK_HOURS
+    by_hour = [sum(counts[d * 24 + h] for d in range(7)) for h in range(24)]
+    by_day = [sum(counts[d * 24 : d * 24 + 24]) for d in range(7)]
+    alpha_h, alpha_d = total / 24 * 0.01, total / 7 * 0.01  # 1% smoothing
+    hours = [(x + alpha_h) / (total / 24 + alpha_h) for x in by_hour]
+    days = [(x + alpha_d) / (total / 7 + alpha_d) for x in by_day]
+    raw = [days[h // 24] * hours[h % 24] for h in range(WEEK_HOURS)]
+    mean = sum(raw) / WEEK_HOURS
+    return [x / mean for x in raw]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    #: expected stock-out time (ms), None if not within the horizon on the mean path
+    expected_ms: int | None
+    #: probability that demand over the horizon reaches the stock
+    confidence: float
+    #: expected units sold per hour, now
+    rate_per_hour: float
+
+
+def predict_stockout(
+    stock: int,
+    velocity: Velocity,
+    season: Sequence[float],
+    now_ms: int,
+    horizon_hours: float,
+) -> Prediction:
+    """When ``stock`` runs out at the learnt sales rate, and how sure we are.
+
+    The hourly rate has a Gamma posterior (decayed units sold over the decayed hours
+    observed, plus a weak prior); demand over the horizon, shaped by the location's
+    hour-of-week profile, is then negative binomial, and the confidence is its probability
+    of reaching ``stock``. The expected time follows the mean rate, hour by hour.
+
+    One unit an hour for the last ten days (units decayed as stored):
+
+    >>> units = sum(2 ** (-h / 168) for h in range(240))
+    >>> v = Velocity(units=units, sales=units, ref_ms=0, first_ms=-240 * HOUR_MS)
+    >>> p = predict_stockout(10, v, [1.0] * 168, 0, 24)
+    >>> round(p.rate_per_hour, 2), round((p.expected_ms or 0) / HOUR_MS, 1), p.confidence > 0.99
+    (1.0, 10.0, True)
+    >>> round(predict_stockout(20, v, [1.0] * 168, 0, 24).confidence, 2)
+    0.8
+    >>> predict_stockout(30, v, [1.0] * 168, 0, 24).expected_ms is None
+    True
+    """
+    if stock <= 0:
+        return Prediction(now_ms, 1.0, 0.0)
+    units, hours = velocity.at(now_ms)
+    if units <= 0 or hours <= 0:
+        return Prediction(None, 0.0, 0.0)
+    mean_rate = units / hours
+    # Seasonal hours in the horizon, and the mean-path stock-out time.
+    h0 = hour_of_week(now_ms)
+    frac0 = 1.0 - (now_ms % HOUR_MS) / HOUR_MS
+    weight = 0.0
+    expected: int | None = None
+    left = horizon_hours
+    i = 0
+    while left > 1e-9:
+        span = min(left, frac0 if i == 0 else 1.0)
+        s = season[(h0 + i) % WEEK_HOURS] * span
+        if expected is None and mean_rate * (weight + s) >= stock:
+            need = (stock / mean_rate - weight) / season[(h0 + i) % WEEK_HOURS]
+            offset = (0.0 if i == 0 else frac0 + (i - 1)) + need
+            expected = now_ms + int(offset * HOUR_MS)
+        weight += s
+        left -= span
+        i += 1
+    confidence = _nbinom_sf(
+        stock, PRIOR_SHAPE + units, (PRIOR_HOURS + hours) / (PRIOR_HOURS + hours + weight)
+    )
+    return Prediction(expected, confidence, mean_rate * season[h0])
+
+
+def _nbinom_sf(k: int, r: float, p: float) -> float:
+    """P(X >= k) for X ~ NegBin(r, p) (failures before the r-th success of probability p):
+    1 - I_p(r, k), the regularized incomplete beta function."""
+    from scipy.special import betainc
+
+    return float(1.0 - betainc(r, k, p)) if k > 0 else 1.0
+
+
+# ---------------------------------------------------------------- alerts
+@dataclass(frozen=True)
+class Finding:
+    """A condition that holds now for one alert key."""
+
+    type: str
+    severity: str
+    location_id: str | None = None
+    channel: str | None = None
+    reason: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+def alert_key(type_: str, scope: str, reason: str | None = None) -> str:
+    return f"{type_}|{scope}|{reason or ''}"
+
+
+def alert_id(sku: str, key: str, raised_ms: int) -> str:
+    """Deterministic: the same SKU, alert and raise time give the same id (replays,
+    rebuilds).
+
+    >>> alert_id("A", "low_stock|loc:s1|", 5) == alert_id("A", "low_stock|loc:s1|", 5)
+    True
+    """
+    return hashlib.blake2b(f"{sku}|{key}|{raised_ms}".encode(), digest_size=10).hexdigest()
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def findings(
+    state: SkuState,
+    open_keys: Mapping[str, Mapping[str, Any]],
+    rules: StockRules,
+    seasons: Mapping[str, Sequence[float]],
+) -> dict[str, Finding]:
+    """Every alert condition that holds for ``state``, with hysteresis: a condition that is
+    already open (``open_keys``) holds until it is clearly over, so alerts do not flap.
+
+    - low stock: raised at or below the threshold, resolved above threshold + band
+      (band = 20% of the threshold, at least 1 unit);
+    - out of stock: raised at 0 or below, resolved at 1 or more;
+    - predicted stock-out: raised at ``min_confidence`` (from :data:`MIN_SALES` sales on),
+      resolved 0.2 below it;
+    - price mismatch: raised above the tolerance, resolved at half of it.
+    """
+    out: dict[str, Finding] = {}
+    thr = rules.threshold(state.sku, state.category)
+    band = max(1, math.ceil(thr * 0.2))
+    listed = state.listed()
+    online_known = "online" in listed or any(loc in rules.online_locations for loc in state.levels)
+    for scope, avail in availability(state.levels, rules).items():
+        loc = scope[4:] if scope.startswith("loc:") else None
+        if loc is None and not online_known:
+            continue
+        where = {"location_id": loc} if loc else {"channel": "online"}
+        data = {"available": avail, "threshold": thr}
+        k = alert_key("out_of_stock", scope)
+        if avail <= 0:
+            out[k] = Finding("out_of_stock", "critical", data=data, **where)
+        k = alert_key("low_stock", scope)
+        if avail <= thr or (k in open_keys and avail <= thr + band):
+            out[k] = Finding("low_stock", "warning", data=data, **where)
+        if loc is None:
+            if avail > 0 and listed and "online" not in listed:
+                k = alert_key("channel_inconsistency", scope, "not_listed")
+                out[k] = Finding("channel_inconsistency", "warning", reason="not_listed",
+                                 data={"available": avail}, **where)  # fmt: skip
+            continue
+        if avail < 0:
+            k = alert_key("channel_inconsistency", scope, "no_stock_behind")
+            out[k] = Finding("channel_inconsistency", "warning", reason="no_stock_behind",
+                             data={"available": avail}, **where)  # fmt: skip
+        if avail > 0 and loc not in rules.online_locations and listed and "store" not in listed:
+            k = alert_key("channel_inconsistency", scope, "not_listed")
+            out[k] = Finding("channel_inconsistency", "warning", reason="not_listed",
+                             data={"available": avail}, **where)  # fmt: skip
+        vel = state.velocity.get(loc)
+        if avail > 0 and vel is not None and vel.sales >= MIN_SALES:
+            k = alert_key("predicted_stockout", scope)
+            p = predict_stockout(
+                avail, vel, seasons.get(loc) or [1.0] * WEEK_HOURS, state.ts_ms,
+                rules.horizon_hours,
+            )  # fmt: skip
+            floor = rules.min_confidence - (0.2 if k in open_keys else 0.0)
+            if p.expected_ms is not None and p.confidence >= floor:
+                soon = p.expected_ms - state.ts_ms <= rules.horizon_hours * HOUR_MS / 4
+                out[k] = Finding(
+                    "predicted_stockout",
+                    "critical" if soon else "warning",
+                    data={
+                        "available": avail,
+                        "expected_stockout_at": _iso(p.expected_ms),
+                        "expected_ms": p.expected_ms,
+                        "confidence": round(p.confidence, 4),
+                        "rate_per_hour": round(p.rate_per_hour, 4),
+                    },
+                    **where,
+                )
+    mismatch = _price_mismatch(state, rules, alert_key("channel_inconsistency", "price",
+                                                       "price_mismatch") in open_keys)  # fmt: skip
+    if mismatch is not None:
+        out[alert_key("channel_inconsistency", "price", "price_mismatch")] = mismatch
+    return out
+
+
+def _price_mismatch(state: SkuState, rules: StockRules, is_open: bool) -> Finding | None:
+    by_cur: dict[str, dict[str, int]] = {}
+    for ch in PRICE_CHANNELS:
+        p = state.prices.get(ch)
+        if p is not None:
+            by_cur.setdefault(p[2], {})[ch] = p[1]
+    tol = rules.price_tolerance / (2 if is_open else 1)
+    for cur, prices in sorted(by_cur.items()):
+        if len(prices) < 2:
+            continue
+        lo, hi = min(prices.values()), max(prices.values())
+        if hi - lo > tol * max(lo, 1):
+            return Finding(
+                "channel_inconsistency",
+                "warning",
+                reason="price_mismatch",
+                data={"prices": prices, "currency": cur},
+            )
+    return None
+
+
+@dataclass
+class Evaluation:
+    """What to write for one SKU: open alerts to set / delete, and messages to send."""
+
+    sku: str
+    version: int
+    set: dict[str, dict[str, Any]] = field(default_factory=dict)
+    delete: list[str] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    #: open alerts of this SKU after the change, by type: +1 raised, -1 resolved
+    opened: dict[str, int] = field(default_factory=dict)
+    at_risk: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.delete or self.messages)
+
+
+_RISK: Final = frozenset({"low_stock", "out_of_stock", "predicted_stockout"})
+
+
+def evaluate(
+    state: SkuState,
+    open_alerts: Mapping[str, Mapping[str, Any]],
+    rules: StockRules,
+    seasons: Mapping[str, Sequence[float]] | None = None,
+) -> Evaluation:
+    """Compare what holds now with the open alerts: raise, update, resolve.
+
+    A message is sent when an alert is raised or resolved, when its severity changes, or
+    when a predicted stock-out moves by more than a quarter of the horizon; the open
+    record always carries the latest figures. When an out-of-stock resolves, a one-off
+    ``back_in_stock`` message follows. Times are event times, so a replay decides the same.
+
+    >>> rules = StockRules(low_stock=2)
+    >>> s = SkuState("A", version=1, ts_ms=0, levels={"s1": 1})
+    >>> ev = evaluate(s, {}, rules)
+    >>> [(m["type"], m["status"]) for m in ev.messages]
+    [('low_stock', 'raised')]
+    >>> s2 = SkuState("A", version=2, ts_ms=60_000, levels={"s1": 0})
+    >>> ev2 = evaluate(s2, ev.set, rules)
+    >>> [(m["type"], m["status"]) for m in ev2.messages]
+    [('out_of_stock', 'raised')]
+    """
+    seasons = seasons or {}
+    now = findings(state, open_alerts, rules, seasons)
+    ev = Evaluation(state.sku, state.version)
+    at = _iso(state.ts_ms)
+    for key, f in now.items():
+        rec = open_alerts.get(key)
+        base = {
+            "type": f.type,
+            "severity": f.severity,
+            "sku": state.sku,
+            **({"category": state.category} if state.category else {}),
+            **({"location_id": f.location_id} if f.location_id else {}),
+            **({"channel": f.channel} if f.channel else {}),
+            **({"reason": f.reason} if f.reason else {}),
+            **{k: v for k, v in f.data.items() if k != "expected_ms"},
+            "as_of": at,
+        }
+        if rec is None:
+            aid = alert_id(state.sku, key, state.ts_ms)
+            new = {"alert_id": aid, "seq": 1, "status": "raised", "raised_at": at, **base}
+            new["_exp"] = f.data.get("expected_ms")
+            ev.set[key] = new
+            ev.messages.append(_message(new))
+            ev.opened[f.type] = ev.opened.get(f.type, 0) + 1
+            continue
+        changed = rec.get("severity") != f.severity or rec.get("prices") != f.data.get("prices")
+        exp, old_exp = f.data.get("expected_ms"), rec.get("_exp")
+        if exp is not None and old_exp is not None:
+            changed |= abs(exp - old_exp) > rules.horizon_hours * HOUR_MS / 4
+        upd = {**rec, **base, "status": "updated" if changed else rec["status"]}
+        if changed:
+            upd["seq"] = rec["seq"] + 1
+            upd["_exp"] = exp
+            ev.messages.append(_message(upd))
+        if upd != rec:
+            ev.set[key] = upd
+    for key, rec in open_alerts.items():
+        if key in now:
+            continue
+        done = {**rec, "status": "resolved", "seq": rec["seq"] + 1, "as_of": at}
+        ev.delete.append(key)
+        ev.messages.append(_message(done))
+        ev.opened[rec["type"]] = ev.opened.get(rec["type"], 0) - 1
+        if rec["type"] == "out_of_stock":
+            scope = key.split("|")[1]
+            avail = availability(state.levels, rules).get(scope, 0)
+            back = {k: rec[k] for k in ("sku", "category", "location_id", "channel") if k in rec}
+            ev.messages.append(
+                _message(
+                    {
+                        "alert_id": alert_id(state.sku, "back_in_stock|" + rec["alert_id"], 0),
+                        "seq": 1,
+                        "type": "back_in_stock",
+                        "status": "raised",
+                        "severity": "info",
+                        **back,
+                        "available": avail,
+                        "as_of": at,
+                        "raised_at": at,
+                    }
+                )
+            )
+    ev.at_risk = any(k.split("|")[0] in _RISK for k in now)
+    return ev
+
+
+def _message(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """The alert message of a record: its figures plus a message id (alert id + seq)."""
+    msg = {k: v for k, v in rec.items() if not k.startswith("_")}
+    msg["message_id"] = f"{rec['alert_id']}-{rec['seq']}"
+    return msg

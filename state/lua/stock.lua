@@ -1,0 +1,129 @@
+-- Stock section of the batch script: prepended to apply_batch.lua (state/profiles.py), so
+-- stock changes are fenced by the same offsets and applied in the same transaction.
+--
+-- st (from operators/stock.py StockPlan.to_payload):
+--   mv  [[sku, location, event ms, units], ...]     movements (+ in, - out)
+--   sn  [[sku, location, event ms, on hand], ...]   counts
+--   pr  [[sku, channel key, event ms, price, currency], ...]
+--   cat [[sku, category], ...]
+--   vel [[sku, location, ref ms, decayed units, decayed sales, first ms], ...]
+--   sea [[location, hour of week, units], ...]
+--   sku [[sku, newest event ms], ...]
+--   hl  velocity half-life (ms)
+--
+-- Keys: <p>sku:<sku> hash   q:<loc> level, st:<loc> count time, sh:<loc> shrinkage units,
+--                           p:<ch> "ms price currency", cat, vu/vn/vt/vf:<loc> velocity,
+--                           ver (bumped per batch touching it), ts (newest event ms)
+--       <p>mv:<sku>|<loc>   hash event ms -> units: movements since the last count, so a
+--                           count that arrives late keeps the movements after it
+--       <p>season:<loc>     hash hour of week -> units sold
+--       <p>stock:dirty      set of SKUs whose alerts must be re-evaluated
+-- Events are ordered by event time, never by arrival: a movement at or before the count's
+-- time is in the count; a later one is added on top. Movement records older than
+-- MOVE_WINDOW before the newest are pruned, and a count older than that is ignored.
+local MOVE_WINDOW = 2 * 86400000
+local MOVE_PRUNE_AT = 512
+
+local function apply_stock(prefix, st, chunked)
+  local function sfmt(n) return string.format('%d', n) end
+  local function nfmt(x) return string.format('%.17g', x) end
+  local gap_units, ignored, stale_counts = 0, 0, 0
+
+  local function prune(mk, newest)
+    local all = redis.call('HGETALL', mk)
+    local old = {}
+    for i = 1, #all, 2 do
+      if tonumber(all[i]) < newest - MOVE_WINDOW then old[#old + 1] = all[i] end
+    end
+    if #old > 0 then chunked('HDEL', mk, old, 2000) end
+  end
+
+  for _, m in ipairs(st.mv) do
+    local sku, loc, t, d = m[1], m[2], m[3], m[4]
+    local k = prefix .. 'sku:' .. sku
+    local snap = redis.call('HGET', k, 'st:' .. loc)
+    if snap and t <= tonumber(snap) then
+      ignored = ignored + 1  -- already in the count
+    else
+      redis.call('HINCRBY', k, 'q:' .. loc, d)
+      local mk = prefix .. 'mv:' .. sku .. '|' .. loc
+      redis.call('HINCRBY', mk, sfmt(t), d)
+      if redis.call('HLEN', mk) > MOVE_PRUNE_AT then prune(mk, t) end
+    end
+  end
+
+  for _, s in ipairs(st.sn) do
+    local sku, loc, t, q = s[1], s[2], s[3], s[4]
+    local k = prefix .. 'sku:' .. sku
+    local snap = redis.call('HGET', k, 'st:' .. loc)
+    if not snap or t > tonumber(snap) then
+      local mk = prefix .. 'mv:' .. sku .. '|' .. loc
+      local all = redis.call('HGETALL', mk)
+      local after, old, newest = 0, {}, t
+      for i = 1, #all, 2 do
+        local mt = tonumber(all[i])
+        if mt > t then after = after + tonumber(all[i + 1]) else old[#old + 1] = all[i] end
+        if mt > newest then newest = mt end
+      end
+      if t < newest - MOVE_WINDOW then
+        stale_counts = stale_counts + 1  -- too late to tell which movements it includes
+      else
+        if #old > 0 then chunked('HDEL', mk, old, 2000) end
+        if snap then
+          local cur = tonumber(redis.call('HGET', k, 'q:' .. loc) or '0')
+          local gap = (cur - after) - q  -- expected at the count minus counted
+          if gap ~= 0 then
+            redis.call('HINCRBY', k, 'sh:' .. loc, gap)
+            gap_units = gap_units + gap
+          end
+        end
+        redis.call('HSET', k, 'q:' .. loc, sfmt(q + after), 'st:' .. loc, sfmt(t))
+      end
+    end
+  end
+
+  for _, pr in ipairs(st.pr) do
+    local k = prefix .. 'sku:' .. pr[1]
+    local f = 'p:' .. pr[2]
+    local new = sfmt(pr[3]) .. ' ' .. sfmt(pr[4]) .. ' ' .. pr[5]
+    local old = redis.call('HGET', k, f)
+    local ot = old and tonumber(string.match(old, '^(%d+)')) or -1
+    if pr[3] > ot or (pr[3] == ot and new > old) then redis.call('HSET', k, f, new) end
+  end
+
+  for _, c in ipairs(st.cat) do
+    local k = prefix .. 'sku:' .. c[1]
+    local old = redis.call('HGET', k, 'cat')
+    if not old or c[2] < old then redis.call('HSET', k, 'cat', c[2]) end
+  end
+
+  local hl = st.hl
+  for _, v in ipairs(st.vel) do
+    local k, loc = prefix .. 'sku:' .. v[1], v[2]
+    local bt, bu, bn, bf = v[3], v[4], v[5], v[6]
+    local o = redis.call('HMGET', k, 'vu:' .. loc, 'vn:' .. loc, 'vt:' .. loc, 'vf:' .. loc)
+    if o[1] then
+      local ou, on, ot, of = tonumber(o[1]), tonumber(o[2]), tonumber(o[3]), tonumber(o[4])
+      local t = math.max(ot, bt)
+      local fo, fb = 2 ^ (-(t - ot) / hl), 2 ^ (-(t - bt) / hl)
+      bu, bn, bt, bf = ou * fo + bu * fb, on * fo + bn * fb, t, math.min(of, bf)
+    end
+    redis.call('HSET', k, 'vu:' .. loc, nfmt(bu), 'vn:' .. loc, nfmt(bn),
+      'vt:' .. loc, sfmt(bt), 'vf:' .. loc, sfmt(bf))
+  end
+
+  for _, s in ipairs(st.sea) do
+    redis.call('HINCRBY', prefix .. 'season:' .. s[1], sfmt(s[2]), s[3])
+  end
+
+  local dirty = {}
+  for _, s in ipairs(st.sku) do
+    local k = prefix .. 'sku:' .. s[1]
+    redis.call('HINCRBY', k, 'ver', 1)
+    local ts = tonumber(redis.call('HGET', k, 'ts') or '-1')
+    if s[2] > ts then redis.call('HSET', k, 'ts', sfmt(s[2])) end
+    dirty[#dirty + 1] = s[1]
+  end
+  if #dirty > 0 then chunked('SADD', prefix .. 'stock:dirty', dirty, 2000) end
+  return gap_units, ignored, stale_counts
+end

@@ -1,0 +1,162 @@
+"""Stock state and stock alerts in Redis: the only code that reads or writes them.
+
+Stock levels, prices and velocities are written by the batch script (``state/lua/stock.lua``,
+part of :meth:`state.profiles.ProfileStore.apply`, fenced by the offsets). This module reads
+SKUs back for evaluation, writes the alert decisions with :data:`_ALERTS_LUA` (version-fenced,
+with an outbox) and serves the ``alerts`` and ``stock`` commands.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from operators.stock import Evaluation, SkuState, seasonal_index
+
+_ALERTS_LUA = (Path(__file__).with_name("lua") / "stock_alerts.lua").read_text()
+#: Seconds a location's hour-of-week profile is cached per worker (it moves slowly).
+SEASON_TTL = 300.0
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+class StockStore:
+    """Batched access to SKUs and their alerts. One instance per worker."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "oc:") -> None:
+        self.r = client
+        self.prefix = prefix
+        self._reconcile = client.register_script(_ALERTS_LUA)
+        self._seasons: dict[str, tuple[float, list[float]]] = {}
+
+    # ------------------------------------------------------------------ reads
+    def read(self, skus: Sequence[str]) -> list[tuple[SkuState, dict[str, dict[str, Any]]]]:
+        """Each SKU's state and open alerts (key -> record), in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for sku in skus:
+            pipe.hgetall(f"{self.prefix}sku:{sku}")
+            pipe.hgetall(f"{self.prefix}alerts:{sku}")
+        res = pipe.execute()
+        out = []
+        for i, sku in enumerate(skus):
+            fields = {_s(k): _s(v) for k, v in res[2 * i].items()}
+            alerts = {_s(k): orjson.loads(v) for k, v in res[2 * i + 1].items()}
+            out.append((SkuState.from_fields(sku, fields), alerts))
+        return out
+
+    def sku(self, sku: str) -> SkuState | None:
+        """One SKU's stored state (None if omnicanal never saw it)."""
+        fields = self.r.hgetall(f"{self.prefix}sku:{sku}")
+        if not fields:
+            return None
+        return SkuState.from_fields(sku, {_s(k): _s(v) for k, v in fields.items()})
+
+    def seasons(self, locations: Iterable[str]) -> dict[str, list[float]]:
+        """Hour-of-week sales index per location, cached for :data:`SEASON_TTL` seconds."""
+        now = time.monotonic()
+        want = [
+            loc
+            for loc in set(locations)
+            if now - self._seasons.get(loc, (-1e9, []))[0] > SEASON_TTL
+        ]
+        if want:
+            pipe = self.r.pipeline(transaction=False)
+            for loc in want:
+                pipe.hgetall(f"{self.prefix}season:{loc}")
+            for loc, raw in zip(want, pipe.execute(), strict=True):
+                counts = [0.0] * 168
+                for h, n in raw.items():
+                    counts[int(h)] = float(n)
+                self._seasons[loc] = (now, seasonal_index(counts))
+        return {loc: self._seasons[loc][1] for loc in locations if loc in self._seasons}
+
+    def dirty(self, count: int = 10_000) -> list[str]:
+        """SKUs whose stock changed and whose alerts were not re-evaluated (a crash between
+        the batch and its evaluation, or another worker's newer version)."""
+        raw: Any = self.r.srandmember(f"{self.prefix}stock:dirty", count)
+        return sorted(_s(x) for x in raw)
+
+    # ------------------------------------------------------------------ alert writes
+    def reconcile(self, evaluations: Sequence[Evaluation]) -> tuple[list[str], list[str]]:
+        """Write the decisions of SKUs whose version did not move; their messages go to
+        the outbox. Returns (skipped SKUs, outbox ids of the new messages, in order)."""
+        entries = []
+        for ev in evaluations:
+            raised: dict[str, int] = {}
+            for m in ev.messages:
+                if m["status"] == "raised":
+                    raised[m["type"]] = raised.get(m["type"], 0) + 1
+            entries.append(
+                {
+                    "sku": ev.sku,
+                    "ver": ev.version,
+                    "set": {k: orjson.dumps(v).decode() for k, v in ev.set.items()},
+                    "del": ev.delete,
+                    "msgs": [orjson.dumps(m).decode() for m in ev.messages],
+                    "open": ev.opened,
+                    "raised": raised,
+                    "risk": int(ev.at_risk),
+                }
+            )
+        if not entries:
+            return [], []
+        skipped, ids = self._reconcile(args=[self.prefix, orjson.dumps(entries)])
+        return [_s(x) for x in skipped], [_s(x) for x in ids]
+
+    def outbox(self, count: int = 10_000) -> list[tuple[str, bytes]]:
+        """Messages written but not yet confirmed sent, oldest first."""
+        rows: Any = self.r.xrange(f"{self.prefix}alerts:outbox", count=count)
+        return [(_s(i), bytes(fields[b"m"])) for i, fields in rows]
+
+    def ack(self, ids: Sequence[str]) -> None:
+        """Remove sent messages from the outbox."""
+        for i in range(0, len(ids), 1000):
+            self.r.xdel(f"{self.prefix}alerts:outbox", *ids[i : i + 1000])
+
+    # ------------------------------------------------------------------ listing
+    def open_alerts(
+        self,
+        *,
+        type_: str | None = None,
+        sku: str | None = None,
+        location: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Open alerts, most severe first, then by SKU."""
+        skus = [sku] if sku else sorted(_s(x) for x in self.r.smembers(f"{self.prefix}alerts:skus"))
+        pipe = self.r.pipeline(transaction=False)
+        for s in skus:
+            pipe.hvals(f"{self.prefix}alerts:{s}")
+        out = []
+        for vals in pipe.execute():
+            for v in vals:
+                rec = orjson.loads(v)
+                if type_ and rec["type"] != type_:
+                    continue
+                if location and rec.get("location_id") != location:
+                    continue
+                out.append({k: x for k, x in rec.items() if not k.startswith("_")})
+        rank = {"critical": 0, "warning": 1, "info": 2}
+        out.sort(key=lambda a: (rank[a["severity"]], a["sku"], a["type"], a.get("location_id", "")))
+        return out
+
+    def alert_stats(self) -> dict[str, Any]:
+        """Open alerts and alerts raised so far by type, SKUs at risk, messages unsent."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(f"{self.prefix}alerts:open")
+        pipe.hgetall(f"{self.prefix}alerts:raised")
+        pipe.scard(f"{self.prefix}alerts:risk")
+        pipe.xlen(f"{self.prefix}alerts:outbox")
+        opened, raised, risk, unsent = pipe.execute()
+        return {
+            "open": {_s(k): int(v) for k, v in sorted(opened.items()) if int(v)},
+            "raised": {_s(k): int(v) for k, v in sorted(raised.items()) if int(v)},
+            "skus_at_risk": int(risk),
+            "unsent": int(unsent),
+        }

@@ -1,0 +1,284 @@
+"""Stock scenarios with the real broker and Redis: levels, alerts on the alerts topic, replays
+and crashes. Scenarios that depend on batch boundaries feed the state sink batch by batch
+(items decoded exactly as the flow decodes them); the others run the whole pipeline."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import orjson
+import pytest
+
+from flows import pipeline
+from monitoring import metrics as m
+from omnicanal.config import Settings
+from omnicanal.kafka import read_topic
+from omnicanal.services import LocalKafka, LocalRedis
+from operators.identity import IdentityRules
+from operators.privacy import PiiHasher
+from operators.stock import evaluate, plan_stock
+from operators.validate import Accepted, Validator
+from schemas.alerts import StockAlert
+from state.profiles import connect
+from state.stock import StockStore
+from tests.conftest import TEST_PII_KEY, make_settings
+from tests.test_identity_scenarios import send
+from tests.test_pipeline_e2e import redis_dump, run_to_end, store_of
+
+pytestmark = pytest.mark.services
+T0 = datetime(2024, 6, 3, 8, tzinfo=UTC)  # a Monday
+
+
+def at(minutes: float) -> str:
+    return (T0 + timedelta(minutes=minutes)).isoformat()
+
+
+def snapshot(minute: float, sku: str, loc: str, on_hand: int) -> dict[str, Any]:
+    return {"event_type": "stock_snapshot", "event_id": f"n-{sku}-{loc}-{minute}",
+            "event_time": at(minute), "sku": sku, "location_id": loc, "on_hand": on_hand}  # fmt: skip
+
+
+def adjust(minute: float, sku: str, loc: str, delta: int) -> dict[str, Any]:
+    return {"event_type": "stock_adjustment", "event_id": f"a-{sku}-{minute}",
+            "event_time": at(minute), "sku": sku, "location_id": loc, "delta": delta,
+            "reason": "damage" if delta < 0 else "delivery"}  # fmt: skip
+
+
+def price(minute: float, sku: str, channel: str, minor: int) -> dict[str, Any]:
+    return {"event_type": "price_update", "event_id": f"p-{sku}-{channel}-{minute}",
+            "event_time": at(minute), "sku": sku, "channel": channel, "price_minor": minor,
+            "currency": "EUR"}  # fmt: skip
+
+
+def sale(minute: float, sku: str, q: int, loc: str | None = "store-1", kind: str = "sale",
+         channel: str = "store") -> dict[str, Any]:  # fmt: skip
+    ev = {"event_type": kind, "event_id": f"{kind}-{sku}-{minute}", "event_time": at(minute),
+          "channel": channel, "currency": "EUR",
+          "lines": [{"sku": sku, "quantity": q, "unit_price_minor": 1000, "category": "mugs"}]}  # fmt: skip
+    if loc:
+        ev["location_id"] = loc
+    return ev
+
+
+def alerts(settings: Settings) -> list[StockAlert]:
+    """Every message on the alerts topic, decoded with the published contract."""
+    rows = read_topic(settings.kafka_config(), settings.topic_stock_alerts, idle_timeout=2.0)
+    out = [msgspec.json.decode(v or b"", type=StockAlert) for _, _, _, v in rows]
+    return sorted(out, key=lambda a: (a.as_of, a.message_id))
+
+
+def brief(msgs: list[StockAlert]) -> list[tuple[str, str, str]]:
+    return [(a.type, a.status, a.location_id or a.channel or a.reason or "") for a in msgs]
+
+
+def stock_settings(kafka: LocalKafka, redis_server: LocalRedis, **kw: Any) -> Settings:
+    kw = {"stock_online_locations": ["wh-1"], "stock_low_threshold": 3} | kw
+    return make_settings(kafka, redis_server.url, **kw)
+
+
+def test_store_runs_low_then_out_while_online_sells_and_a_return_brings_it_back(
+    kafka: LocalKafka, redis_server: LocalRedis
+) -> None:
+    s = stock_settings(kafka, redis_server, partitions=1)
+    phases = [
+        [snapshot(0, "MUG", "store-1", 5), snapshot(0, "MUG", "wh-1", 50),
+         price(0, "MUG", "web", 1000), price(0, "MUG", "store", 1000)],  # fmt: skip
+        [sale(10, "MUG", 2)],  # 3 left in the store: low
+        [sale(20, "MUG", 3), sale(21, "MUG", 1, loc=None, channel="web")],  # 0: out; web: 49
+        [sale(30, "MUG", 1, kind="return")],  # 1 back on the shelf
+        [price(40, "MUG", "store", 1200)],  # 20% dearer in the store than online
+    ]
+    seen: list[list[tuple[str, str, str]]] = []
+    for events in phases:
+        before = len(alerts(s))
+        send(s, events)
+        run_to_end(s)
+        seen.append(brief(alerts(s)[before:]))
+    assert seen == [
+        [],
+        [("low_stock", "raised", "store-1")],
+        [("out_of_stock", "raised", "store-1")],
+        [("back_in_stock", "raised", "store-1"), ("out_of_stock", "resolved", "store-1")],
+        [("channel_inconsistency", "raised", "price_mismatch")],
+    ]
+    stock = StockStore(connect(s.redis_url), s.redis_prefix)
+    sku = stock.sku("MUG")
+    assert sku is not None and sku.levels == {"store-1": 1, "wh-1": 49}
+    opened = {(a["type"], a.get("location_id") or a.get("reason")) for a in stock.open_alerts()}
+    assert opened == {("low_stock", "store-1"), ("channel_inconsistency", "price_mismatch")}
+    mismatch = next(a for a in alerts(s) if a.reason == "price_mismatch")
+    assert mismatch.prices == {"web": 1000, "store": 1200}
+
+    # A replay of every topic sends nothing again and changes nothing in Redis.
+    sent, before = alerts(s), redis_dump(s)
+    run_to_end(s, resume_from="earliest")
+    assert alerts(s) == sent and redis_dump(s) == before
+    assert len({a.message_id for a in sent}) == len(sent)
+
+
+def feed(settings: Settings) -> tuple[Any, Any]:
+    """A state sink partition and a function decoding events into its next batch."""
+    v = Validator(settings.topic_contracts(), PiiHasher(TEST_PII_KEY.encode()))
+    topics = {"inventory": settings.topic_inventory, "transaction": settings.topic_transactions}
+    offsets: Counter[str] = Counter()
+
+    def items(events: list[dict[str, Any]]) -> list[Any]:
+        out = []
+        for ev in events:
+            contract = "inventory" if ev["event_type"].startswith(("stock", "price")) else (
+                "transaction")  # fmt: skip
+            topic = topics[contract]
+            out.append(v.decode(topic, 0, offsets[topic], None, orjson.dumps(ev), 2e12))
+            offsets[topic] += 1
+        assert all(isinstance(i, Accepted) for i in out), out
+        return out
+
+    sink = pipeline.state_sink(settings, IdentityRules(), pipeline.stock_rules(settings))
+    return sink.build("state", 0, 1), items
+
+
+def test_counts_reconcile_drift_in_event_time_order(
+    kafka: LocalKafka, redis_server: LocalRedis
+) -> None:
+    s = stock_settings(kafka, redis_server)
+    part, items = feed(s)
+    stock = StockStore(connect(s.redis_url), s.redis_prefix)
+    shrink0 = m.counter_total(m.STOCK_SHRINKAGE_UNITS)
+    try:
+        part.write_batch(items([snapshot(0, "A", "store-1", 10), adjust(5, "A", "store-1", -2),
+                                sale(10, "A", 3)]))  # fmt: skip
+        assert stock.sku("A").levels == {"store-1": 5}  # type: ignore[union-attr]
+        # The count at minute 20 finds 4: one unit went missing (shrinkage).
+        part.write_batch(items([snapshot(20, "A", "store-1", 4)]))
+        a = stock.sku("A")
+        assert a is not None and (a.levels, a.shrinkage) == ({"store-1": 4}, {"store-1": 1})
+        assert m.counter_total(m.STOCK_SHRINKAGE_UNITS) - shrink0 == 1
+        # Sales at 40 and 50 are consumed before the count taken at 45 (another topic,
+        # another lag): the count includes the first sale, not the second.
+        part.write_batch(items([sale(40, "A", 1), sale(50, "A", 2)]))
+        part.write_batch(items([snapshot(45, "A", "store-1", 10)]))
+        assert stock.sku("A").levels == {"store-1": 8}  # type: ignore[union-attr]
+        # A delivery recorded late, with a time before the count, is already in it.
+        part.write_batch(items([adjust(44, "A", "store-1", 24)]))
+        assert stock.sku("A").levels == {"store-1": 8}  # type: ignore[union-attr]
+        # An older count than the one applied changes nothing.
+        part.write_batch(items([snapshot(30, "A", "store-1", 99)]))
+        a = stock.sku("A")
+        assert a is not None and a.levels == {"store-1": 8} and a.snapshot_ms["store-1"] == int(
+            (T0 + timedelta(minutes=45)).timestamp() * 1000
+        )
+    finally:
+        part.close()
+
+
+def test_predicted_stockout_fires_before_the_actual_one_on_a_steady_rate(
+    kafka: LocalKafka, redis_server: LocalRedis
+) -> None:
+    """3 units an hour from 90 units: the shelf is empty after 30 hours. Batches of one
+    hour, as a live pipeline would see them."""
+    s = stock_settings(kafka, redis_server, stock_low_threshold=0, stock_horizon_hours=12)
+    part, items = feed(s)
+    try:
+        # Two weeks of history at another store teach the rate pattern of the SKU there;
+        # here the SKU's own history starts with the count.
+        part.write_batch(items([snapshot(0, "B", "store-2", 90)]))
+        for hour in range(34):
+            part.write_batch(items([sale(hour * 60 + k * 20 + 1, "B", 1, "store-2")
+                                    for k in range(3)]))  # fmt: skip
+    finally:
+        part.close()
+    msgs = [a for a in alerts(s) if a.location_id == "store-2"]
+    first = {}
+    for a in msgs:
+        first.setdefault((a.type, a.status), a)
+    predicted, out = first[("predicted_stockout", "raised")], first[("out_of_stock", "raised")]
+    lead = datetime.fromisoformat(out.as_of) - datetime.fromisoformat(predicted.as_of)
+    assert lead >= timedelta(hours=4), (predicted, out)
+    # The predicted time was close to the real one.
+    assert predicted.expected_stockout_at is not None
+    error = datetime.fromisoformat(predicted.expected_stockout_at) - datetime.fromisoformat(
+        out.as_of
+    )
+    assert abs(error) <= timedelta(hours=3), (predicted, out)
+    assert predicted.confidence is not None and predicted.confidence >= s.stock_min_confidence
+    # Once out of stock, the prediction is resolved (out-of-stock says it all).
+    assert ("predicted_stockout", "resolved") in first
+
+
+def test_a_crash_loses_no_alert_and_sends_none_twice(
+    kafka: LocalKafka, redis_server: LocalRedis
+) -> None:
+    s = stock_settings(kafka, redis_server)
+    rules = pipeline.stock_rules(s)
+    profiles = store_of(s)
+    stock = StockStore(connect(s.redis_url), s.redis_prefix)
+    _, items = feed(s)
+    # Crash 1: the batch was applied (stock moved, offsets stored), the process died before
+    # evaluating its SKUs.
+    batch = items([snapshot(0, "C", "store-1", 0), snapshot(0, "D", "store-1", 2)])
+    plan = plan_stock(batch, rules)
+    parts = [(f"{i.topic}:{i.partition}", -1, i.offset) for i in batch[-1:]]
+    assert profiles.apply(parts, [], stock=plan.to_payload()).ok
+    # Crash 2: SKU E was evaluated and its decisions written, the process died before
+    # the broker confirmed its messages.
+    batch = items([snapshot(1, "E", "store-1", 0)])
+    parts = [(f"{i.topic}:{i.partition}", batch[0].offset - 1, i.offset) for i in batch]
+    assert profiles.apply(parts, [], stock=plan_stock(batch, rules).to_payload()).ok
+    ((state, open_),) = stock.read(["E"])
+    stock.reconcile([evaluate(state, open_, rules)])
+    assert stock.dirty() == ["C", "D"] and len(stock.outbox()) == 2
+    assert alerts(s) == []
+
+    part, _ = feed(s)  # the restart: sends the outbox, evaluates the dirty SKUs
+    part.close()
+    got = Counter((a.sku, a.type) for a in alerts(s))
+    assert got == Counter({("C", "out_of_stock"): 1, ("C", "low_stock"): 1,
+                           ("D", "low_stock"): 1, ("E", "out_of_stock"): 1,
+                           ("E", "low_stock"): 1})  # fmt: skip
+    assert stock.dirty() == [] and stock.outbox() == []
+    part, _ = feed(s)  # another restart: nothing left to send
+    part.close()
+    assert len(alerts(s)) == 5
+
+
+def test_thousands_of_skus_across_dozens_of_locations(
+    kafka: LocalKafka, redis_server: LocalRedis
+) -> None:
+    skus, locations = 2000, 30
+    s = stock_settings(kafka, redis_server, partitions=4)
+    events = [
+        snapshot(0, f"S{i:04d}", f"store-{j:02d}", (i * 7 + j * 3) % 12)
+        for i in range(skus)
+        for j in range(locations)
+    ]
+    send(s, events)
+    run_to_end(s)
+    # then every SKU sells one unit in store-00
+    send(s, [sale(10, f"S{i:04d}", 1, "store-00") for i in range(skus)])
+    run_to_end(s)
+    level = {
+        (i, j): (i * 7 + j * 3) % 12 - (1 if j == 0 else 0)
+        for i in range(skus)
+        for j in range(locations)
+    }
+    want = Counter()
+    for q in level.values():
+        if q <= 0:
+            want["out_of_stock"] += 1
+        if q < 0:
+            want["channel_inconsistency"] += 1  # sold with no stock behind it
+        if q <= 3:
+            want["low_stock"] += 1
+    stock = StockStore(connect(s.redis_url), s.redis_prefix)
+    assert Counter(a["type"] for a in stock.open_alerts()) == want
+    assert stock.alert_stats()["open"] == dict(want)
+    sent = alerts(s)
+    assert len(sent) == len({a.message_id for a in sent}) >= sum(want.values())
+    assert {(a.sku, a.location_id) for a in sent if a.status == "raised"} >= {
+        (f"S{i:04d}", f"store-{j:02d}") for (i, j), q in level.items() if q <= 0
+    }
+    probe = stock.sku("S0001")
+    assert probe is not None and probe.levels["store-00"] == level[(1, 0)]
