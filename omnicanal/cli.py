@@ -174,6 +174,12 @@ def _print_summary(s: Any, keep: bool) -> None:
         f"{ids.get('identifiers', 0):,} identifiers linked, {ids.get('merges', 0):,} merges, "
         f"{ids.get('refused', 0):,} links refused by the guard rails",
     )
+    raised = ", ".join(f"{k} {v:,}" for k, v in s.stock_alerts.items()) or "none"
+    t.add_row(
+        "stock alerts",
+        f"raised: {raised}; open now: {sum(s.stock_alerts_open.values()):,}, "
+        f"{s.skus_at_risk:,} SKUs at risk",
+    )
     t.add_row(
         "pipeline",
         f"{s.pipeline_seconds:.1f} s wall clock including start-up "
@@ -373,6 +379,138 @@ def profile(
     if p is None:
         _fail(f"customer {cid} has no profile", 1)
     _json(p)
+
+
+# ---------------------------------------------------------------------------- stock
+def _stock_store() -> Any:
+    from state.profiles import connect
+    from state.stock import StockStore
+
+    settings = _settings()
+    store = StockStore(connect(settings.redis_url, retry_seconds=2), settings.redis_prefix)
+    try:
+        store.r.ping()
+    except Exception as e:
+        _fail(f"cannot read Redis at {settings.redis_url}: {e}", 1)
+    return store
+
+
+@app.command()
+def alerts(
+    type_: Annotated[
+        str | None,
+        typer.Option(
+            "--type",
+            help="Only this type: low_stock, out_of_stock, predicted_stockout, "
+            "channel_inconsistency.",
+        ),
+    ] = None,
+    sku: Annotated[str | None, typer.Option(help="Only this SKU.")] = None,
+    location: Annotated[str | None, typer.Option(help="Only this location.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many (table).")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every match as JSON.")] = False,
+) -> None:
+    """List the open stock alerts (most severe first), as Redis holds them now.
+
+    Every alert was also sent to the stock-alerts topic when it was raised, updated and
+    resolved; ``back_in_stock`` is a one-off message and never open."""
+    from operators.stock import ALERT_TYPES
+
+    if type_ is not None and type_ not in ALERT_TYPES:
+        _fail(f"--type must be one of {', '.join(ALERT_TYPES)}")
+    store = _stock_store()
+    found = store.open_alerts(type_=type_, sku=sku, location=location)
+    if as_json:
+        _json(found)
+        return
+    stats = store.alert_stats()
+    t = Table("severity", "type", "sku", "where", "available", "detail", "since")
+    for a in found[:limit]:
+        detail = a.get("reason", "")
+        if a["type"] == "predicted_stockout":
+            detail = f"out by {a['expected_stockout_at']} (p={a['confidence']:.2f})"
+        elif a.get("reason") == "price_mismatch":
+            detail = "prices " + ", ".join(f"{k} {v}" for k, v in a["prices"].items())
+        elif a["type"] == "low_stock":
+            detail = f"threshold {a['threshold']}"
+        t.add_row(
+            a["severity"],
+            a["type"],
+            a["sku"],
+            a.get("location_id") or a.get("channel") or "",
+            str(a.get("available", "")),
+            detail,
+            a["raised_at"],
+        )
+    out.print(t)
+    err.print(
+        f"{len(found):,} open alert(s) shown of {sum(stats['open'].values()):,}; "
+        f"{stats['skus_at_risk']:,} SKUs at risk; {stats['unsent']:,} message(s) waiting to be sent"
+    )
+
+
+@app.command()
+def stock(
+    sku: Annotated[str, typer.Argument(help="The SKU.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Show a SKU's live stock: level per location, what each channel may sell, prices,
+    sales rate, shrinkage found by counts, and its open alerts (exit 1 if unknown)."""
+    from flows.pipeline import stock_rules
+    from operators.stock import availability
+
+    store = _stock_store()
+    s = store.sku(sku)
+    if s is None:
+        _fail(f"no stock known for SKU {sku!r}", 1)
+    try:
+        rules = stock_rules(_settings())
+    except ConfigError as e:
+        _fail(str(e))
+    doc = {
+        "sku": s.sku,
+        "category": s.category,
+        "as_of_ms": s.ts_ms,
+        "locations": {
+            loc: {
+                "level": q,
+                "counted_at_ms": s.snapshot_ms.get(loc),
+                "shrinkage_units": s.shrinkage.get(loc, 0),
+                "sales_per_hour": round(v[0] / v[1], 4)
+                if (vel := s.velocity.get(loc)) and (v := vel.at(s.ts_ms))[1] > 0
+                else None,
+            }
+            for loc, q in sorted(s.levels.items())
+        },
+        "available": availability(s.counted(), rules),
+        "prices": {
+            ch: {"minor": p, "currency": c, "at_ms": t} for ch, (t, p, c) in s.prices.items()
+        },
+        "open_alerts": store.open_alerts(sku=sku),
+    }
+    if as_json:
+        _json(doc)
+        return
+    t = Table("location", "level", "counted", "shrinkage", "sales/h")
+    for loc, d in doc["locations"].items():
+        t.add_row(
+            loc,
+            str(d["level"]),
+            "yes" if d["counted_at_ms"] is not None else "not yet (level unknown)",
+            str(d["shrinkage_units"]),
+            "" if d["sales_per_hour"] is None else f"{d['sales_per_hour']:.2f}",
+        )
+    out.print(f"[bold]{sku}[/] {s.category or ''}")
+    out.print(t)
+    out.print("available: " + ", ".join(f"{k} {v}" for k, v in doc["available"].items()))
+    if doc["prices"]:
+        out.print(
+            "prices: "
+            + ", ".join(f"{k} {v['minor']} {v['currency']}" for k, v in doc["prices"].items())
+        )
+    for a in doc["open_alerts"]:
+        where = a.get("location_id") or a.get("channel") or a.get("reason", "")
+        out.print(f"[yellow]{a['severity']}[/] {a['type']} {where}")
 
 
 # ---------------------------------------------------------------------------- privacy

@@ -425,7 +425,8 @@ class Generator:
 
     def _inventory(self) -> None:
         i = self._sku()
-        store = self.rng.choice((*STORES, "warehouse-1"))
+        # "online": the allocation reserved for online (OMNICANAL_STOCK_ONLINE_LOCATIONS)
+        store = self.rng.choice((*STORES, "online"))
         r = self.rng.random()
         ev: dict[str, Any] = {
             "event_id": self._id("inv"),

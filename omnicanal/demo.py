@@ -23,6 +23,7 @@ from omnicanal.datagen import Generator, Message
 from omnicanal.kafka import CheckedProducer, create_topics, read_topic
 from omnicanal.services import LocalKafka, LocalRedis
 from state.profiles import ProfileStore, connect
+from state.stock import StockStore
 
 Progress = Callable[[str, int, int | None], None]
 
@@ -40,6 +41,10 @@ class Summary:
     customers: int = 0
     #: identity graph: identifiers linked, merges, refused links, ... (ProfileStore.stats)
     identity: dict[str, int] = field(default_factory=dict)
+    #: stock alerts raised, by type, as the alerts topic holds them; open ones in Redis
+    stock_alerts: dict[str, int] = field(default_factory=dict)
+    stock_alerts_open: dict[str, int] = field(default_factory=dict)
+    skus_at_risk: int = 0
     produce_seconds: float = 0.0
     pipeline_seconds: float = 0.0
     sample_customer: str | None = None
@@ -183,6 +188,16 @@ def run_demo(
         )
         summary.dead_lettered = sum(reasons.values())
         summary.dead_letters_by_reason = dict(reasons.most_common())
+        sent = read_topic(settings.kafka_config(), settings.topic_stock_alerts)
+        raised: Counter[str] = Counter()
+        for _, _, _, v in sent:
+            a = orjson.loads(v or b"{}")
+            if a.get("status") == "raised":
+                raised[a["type"]] += 1
+        summary.stock_alerts = dict(sorted(raised.items()))
+        stats = StockStore(connect(settings.redis_url), settings.redis_prefix).alert_stats()
+        summary.stock_alerts_open = stats["open"]
+        summary.skus_at_risk = stats["skus_at_risk"]
         store = ProfileStore(connect(settings.redis_url), settings.redis_prefix)
         summary.identity = store.stats()
         summary.customers = summary.identity["customers"]

@@ -13,6 +13,8 @@ Stock rules, all by event time, so the order in which topics are consumed does n
 - **movements**: adjustments (+/-), sales (-) and returns (+) at the event's location;
   web/app/marketplace/call-centre sales without a location come from
   :attr:`StockRules.online_fulfilment`;
+- a location's level is **known once it has been counted**; until then movements give a
+  change, not a level, and raise no alert;
 - **online availability** = stock at the online locations (warehouses, the allocation
   reserved for online) + :attr:`StockRules.online_store_share` of the stores' stock.
 
@@ -332,6 +334,11 @@ class SkuState:
             s.velocity[loc] = Velocity(u, n, int(ref), int(first))
         return s
 
+    def counted(self) -> dict[str, int]:
+        """Levels of the locations counted at least once: only those are known. Movements
+        at a location never counted give a change, not a level, and raise no alert."""
+        return {loc: q for loc, q in self.levels.items() if loc in self.snapshot_ms}
+
     def listed(self) -> set[str]:
         """Channels with a price: ``online`` if any online channel, ``store`` if any store."""
         out = set()
@@ -497,8 +504,9 @@ def findings(
     thr = rules.threshold(state.sku, state.category)
     band = max(1, math.ceil(thr * 0.2))
     listed = state.listed()
-    online_known = "online" in listed or any(loc in rules.online_locations for loc in state.levels)
-    for scope, avail in availability(state.levels, rules).items():
+    levels = state.counted()
+    online_known = "online" in listed or any(loc in rules.online_locations for loc in levels)
+    for scope, avail in availability(levels, rules).items():
         loc = scope[4:] if scope.startswith("loc:") else None
         if loc is None and not online_known:
             continue
@@ -608,11 +616,11 @@ def evaluate(
     ``back_in_stock`` message follows. Times are event times, so a replay decides the same.
 
     >>> rules = StockRules(low_stock=2)
-    >>> s = SkuState("A", version=1, ts_ms=0, levels={"s1": 1})
+    >>> s = SkuState("A", version=1, ts_ms=0, levels={"s1": 1}, snapshot_ms={"s1": 0})
     >>> ev = evaluate(s, {}, rules)
     >>> [(m["type"], m["status"]) for m in ev.messages]
     [('low_stock', 'raised')]
-    >>> s2 = SkuState("A", version=2, ts_ms=60_000, levels={"s1": 0})
+    >>> s2 = SkuState("A", version=2, ts_ms=60_000, levels={"s1": 0}, snapshot_ms={"s1": 0})
     >>> ev2 = evaluate(s2, ev.set, rules)
     >>> [(m["type"], m["status"]) for m in ev2.messages]
     [('out_of_stock', 'raised')]
@@ -662,7 +670,7 @@ def evaluate(
         ev.opened[rec["type"]] = ev.opened.get(rec["type"], 0) - 1
         if rec["type"] == "out_of_stock":
             scope = key.split("|")[1]
-            avail = availability(state.levels, rules).get(scope, 0)
+            avail = availability(state.counted(), rules).get(scope, 0)
             back = {k: rec[k] for k in ("sku", "category", "location_id", "channel") if k in rec}
             ev.messages.append(
                 _message(

@@ -44,8 +44,15 @@ def accepted(contract: str, ev: dict[str, Any], offset: int = 0) -> Accepted:
 
 
 def sale(minute: float, lines: list[dict[str, Any]], **kw: Any) -> Accepted:
-    ev = {"event_type": "sale", "event_id": f"s{minute}", "event_time": at(minute),
-          "channel": "store", "currency": "EUR", "location_id": "s1", "lines": lines} | kw  # fmt: skip
+    ev = {
+        "event_type": "sale",
+        "event_id": f"s{minute}",
+        "event_time": at(minute),
+        "channel": "store",
+        "currency": "EUR",
+        "location_id": "s1",
+        "lines": lines,
+    } | kw
     return accepted("transaction", {k: v for k, v in ev.items() if v is not None})
 
 
@@ -76,7 +83,7 @@ def test_movements_by_location_kind_and_channel() -> None:
                 "location_id": "s1",
                 "lines": [line("A", 1)],
             },
-        ),  # fmt: skip
+        ),
         inv("stock_adjustment", 4, sku="A", location_id="s1", delta=24, reason="delivery"),
         inv("stock_snapshot", 5, sku="A", location_id="wh", on_hand=7),
         inv("stock_snapshot", 4, sku="A", location_id="wh", on_hand=9),  # older count: loses
@@ -88,7 +95,7 @@ def test_movements_by_location_kind_and_channel() -> None:
             location_id="s1",
             price_minor=5,
             currency="EUR",
-        ),  # fmt: skip
+        ),
     ]
     plan = plan_stock(events, rules)
     moves = {(s, loc): d for (s, loc, _), d in plan.moves.items() if d}
@@ -108,8 +115,13 @@ def test_movements_by_location_kind_and_channel() -> None:
     # Velocity counts sales only (not returns), per location.
     assert set(plan.velocity) == {("A", "s1"), ("A", "wh")}
     assert plan.velocity[("A", "s1")][1] == pytest.approx(2.0)
-    assert plan.counts == {"sale": 2, "return": 1, "stock_adjustment": 1, "stock_snapshot": 2,
-                           "price_update": 1}  # fmt: skip
+    assert plan.counts == {
+        "sale": 2,
+        "return": 1,
+        "stock_adjustment": 1,
+        "stock_snapshot": 2,
+        "price_update": 1,
+    }
 
 
 def test_velocity_fold_does_not_depend_on_order() -> None:
@@ -136,10 +148,19 @@ def test_thresholds_per_sku_then_category_then_default() -> None:
 
 
 def state(levels: dict[str, int], minute: float = 0, **kw: Any) -> SkuState:
-    return SkuState("A", version=1, ts_ms=T0_MS + int(minute * 60_000), levels=levels, **kw)
+    """A SKU whose locations have all been counted (at T0)."""
+    counted = {loc: T0_MS for loc in levels}
+    return SkuState(
+        "A",
+        version=1,
+        ts_ms=T0_MS + int(minute * 60_000),
+        levels=levels,
+        snapshot_ms=counted,
+        **kw,
+    )
 
 
-def run(levels_seq: list[dict[str, int]], rules: StockRules, **kw: Any) -> list[tuple[str, ...]]:
+def run(levels_seq: list[dict[str, int]], rules: StockRules, **kw: Any) -> list[tuple[Any, ...]]:
     """Evaluate a sequence of states, carrying the open alerts; return the messages."""
     open_: dict[str, dict[str, Any]] = {}
     out = []
@@ -148,8 +169,9 @@ def run(levels_seq: list[dict[str, int]], rules: StockRules, **kw: Any) -> list[
         for k in ev.delete:
             del open_[k]
         open_.update(ev.set)
-        out += [(m["type"], m["status"], m.get("location_id") or m.get("channel")) for m in
-                ev.messages]  # fmt: skip
+        out += [
+            (m["type"], m["status"], m.get("location_id") or m.get("channel")) for m in ev.messages
+        ]
     return out
 
 
@@ -165,6 +187,31 @@ def test_low_stock_has_hysteresis_and_out_of_stock_brings_back_in_stock() -> Non
         ("out_of_stock", "resolved", "s1"),
         ("back_in_stock", "raised", "s1"),
     ]
+
+
+def test_locations_never_counted_raise_nothing() -> None:
+    """Web sales from a shop that sends no stock data: a change, not a level."""
+    rules = StockRules(low_stock=5)
+    s = SkuState(
+        "A",
+        version=1,
+        ts_ms=T0_MS,
+        levels={"online": -40, "s1": 2},
+        snapshot_ms={"s1": T0_MS},
+        prices={"web": (1, 100, "EUR")},
+    )
+    got = {
+        (m["type"], m.get("location_id") or m.get("channel"))
+        for m in evaluate(s, {}, rules).messages
+    }
+    # The web lists it with no counted online stock behind it: out of stock online; the
+    # store has it with no store price: not listed there. Nothing about "online" itself.
+    assert got == {
+        ("low_stock", "s1"),
+        ("channel_inconsistency", "s1"),
+        ("out_of_stock", "online"),
+        ("low_stock", "online"),
+    }
 
 
 def test_store_out_of_stock_while_online_is_fine() -> None:
@@ -232,7 +279,10 @@ def test_alert_ids_are_deterministic_and_messages_numbered() -> None:
     later = evaluate(state({"s1": 9}, minute=5), a.set, rules)
     resolved = next(m for m in later.messages if m["type"] == "out_of_stock")
     assert (resolved["alert_id"], resolved["seq"], resolved["status"]) == (
-        oos["alert_id"], 2, "resolved")  # fmt: skip
+        oos["alert_id"],
+        2,
+        "resolved",
+    )
     assert later.opened == {"out_of_stock": -1, "low_stock": -1} and not later.at_risk
 
 
@@ -284,7 +334,10 @@ def test_predicted_stockout_alert_lifecycle() -> None:
     ev = evaluate(s, {}, rules)
     (msg,) = ev.messages
     assert (msg["type"], msg["severity"], msg["location_id"]) == (
-        "predicted_stockout", "warning", "s1")  # fmt: skip
+        "predicted_stockout",
+        "warning",
+        "s1",
+    )
     assert msg["confidence"] >= 0.7 and msg["expected_stockout_at"] > msg["as_of"]
     assert ev.at_risk
     # Closer: critical (within a quarter of the horizon), an update.

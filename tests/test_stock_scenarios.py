@@ -37,27 +37,56 @@ def at(minutes: float) -> str:
 
 
 def snapshot(minute: float, sku: str, loc: str, on_hand: int) -> dict[str, Any]:
-    return {"event_type": "stock_snapshot", "event_id": f"n-{sku}-{loc}-{minute}",
-            "event_time": at(minute), "sku": sku, "location_id": loc, "on_hand": on_hand}  # fmt: skip
+    return {
+        "event_type": "stock_snapshot",
+        "event_id": f"n-{sku}-{loc}-{minute}",
+        "event_time": at(minute),
+        "sku": sku,
+        "location_id": loc,
+        "on_hand": on_hand,
+    }
 
 
 def adjust(minute: float, sku: str, loc: str, delta: int) -> dict[str, Any]:
-    return {"event_type": "stock_adjustment", "event_id": f"a-{sku}-{minute}",
-            "event_time": at(minute), "sku": sku, "location_id": loc, "delta": delta,
-            "reason": "damage" if delta < 0 else "delivery"}  # fmt: skip
+    return {
+        "event_type": "stock_adjustment",
+        "event_id": f"a-{sku}-{minute}",
+        "event_time": at(minute),
+        "sku": sku,
+        "location_id": loc,
+        "delta": delta,
+        "reason": "damage" if delta < 0 else "delivery",
+    }
 
 
 def price(minute: float, sku: str, channel: str, minor: int) -> dict[str, Any]:
-    return {"event_type": "price_update", "event_id": f"p-{sku}-{channel}-{minute}",
-            "event_time": at(minute), "sku": sku, "channel": channel, "price_minor": minor,
-            "currency": "EUR"}  # fmt: skip
+    return {
+        "event_type": "price_update",
+        "event_id": f"p-{sku}-{channel}-{minute}",
+        "event_time": at(minute),
+        "sku": sku,
+        "channel": channel,
+        "price_minor": minor,
+        "currency": "EUR",
+    }
 
 
-def sale(minute: float, sku: str, q: int, loc: str | None = "store-1", kind: str = "sale",
-         channel: str = "store") -> dict[str, Any]:  # fmt: skip
-    ev = {"event_type": kind, "event_id": f"{kind}-{sku}-{minute}", "event_time": at(minute),
-          "channel": channel, "currency": "EUR",
-          "lines": [{"sku": sku, "quantity": q, "unit_price_minor": 1000, "category": "mugs"}]}  # fmt: skip
+def sale(
+    minute: float,
+    sku: str,
+    q: int,
+    loc: str | None = "store-1",
+    kind: str = "sale",
+    channel: str = "store",
+) -> dict[str, Any]:
+    ev = {
+        "event_type": kind,
+        "event_id": f"{kind}-{sku}-{minute}",
+        "event_time": at(minute),
+        "channel": channel,
+        "currency": "EUR",
+        "lines": [{"sku": sku, "quantity": q, "unit_price_minor": 1000, "category": "mugs"}],
+    }
     if loc:
         ev["location_id"] = loc
     return ev
@@ -74,9 +103,11 @@ def brief(msgs: list[StockAlert]) -> list[tuple[str, str, str]]:
     return [(a.type, a.status, a.location_id or a.channel or a.reason or "") for a in msgs]
 
 
-def stock_settings(kafka: LocalKafka, redis_server: LocalRedis, **kw: Any) -> Settings:
+def stock_settings(
+    kafka: LocalKafka, redis_server: LocalRedis, partitions: int = 3, **kw: Any
+) -> Settings:
     kw = {"stock_online_locations": ["wh-1"], "stock_low_threshold": 3} | kw
-    return make_settings(kafka, redis_server.url, **kw)
+    return make_settings(kafka, redis_server.url, partitions, **kw)
 
 
 def test_store_runs_low_then_out_while_online_sells_and_a_return_brings_it_back(
@@ -84,8 +115,12 @@ def test_store_runs_low_then_out_while_online_sells_and_a_return_brings_it_back(
 ) -> None:
     s = stock_settings(kafka, redis_server, partitions=1)
     phases = [
-        [snapshot(0, "MUG", "store-1", 5), snapshot(0, "MUG", "wh-1", 50),
-         price(0, "MUG", "web", 1000), price(0, "MUG", "store", 1000)],  # fmt: skip
+        [
+            snapshot(0, "MUG", "store-1", 5),
+            snapshot(0, "MUG", "wh-1", 50),
+            price(0, "MUG", "web", 1000),
+            price(0, "MUG", "store", 1000),
+        ],
         [sale(10, "MUG", 2)],  # 3 left in the store: low
         [sale(20, "MUG", 3), sale(21, "MUG", 1, loc=None, channel="web")],  # 0: out; web: 49
         [sale(30, "MUG", 1, kind="return")],  # 1 back on the shelf
@@ -113,9 +148,9 @@ def test_store_runs_low_then_out_while_online_sells_and_a_return_brings_it_back(
     assert mismatch.prices == {"web": 1000, "store": 1200}
 
     # A replay of every topic sends nothing again and changes nothing in Redis.
-    sent, before = alerts(s), redis_dump(s)
+    sent, dump = alerts(s), redis_dump(s)
     run_to_end(s, resume_from="earliest")
-    assert alerts(s) == sent and redis_dump(s) == before
+    assert alerts(s) == sent and redis_dump(s) == dump
     assert len({a.message_id for a in sent}) == len(sent)
 
 
@@ -128,8 +163,9 @@ def feed(settings: Settings) -> tuple[Any, Any]:
     def items(events: list[dict[str, Any]]) -> list[Any]:
         out = []
         for ev in events:
-            contract = "inventory" if ev["event_type"].startswith(("stock", "price")) else (
-                "transaction")  # fmt: skip
+            contract = (
+                "inventory" if ev["event_type"].startswith(("stock", "price")) else ("transaction")
+            )
             topic = topics[contract]
             out.append(v.decode(topic, 0, offsets[topic], None, orjson.dumps(ev), 2e12))
             offsets[topic] += 1
@@ -148,8 +184,11 @@ def test_counts_reconcile_drift_in_event_time_order(
     stock = StockStore(connect(s.redis_url), s.redis_prefix)
     shrink0 = m.counter_total(m.STOCK_SHRINKAGE_UNITS)
     try:
-        part.write_batch(items([snapshot(0, "A", "store-1", 10), adjust(5, "A", "store-1", -2),
-                                sale(10, "A", 3)]))  # fmt: skip
+        part.write_batch(
+            items(
+                [snapshot(0, "A", "store-1", 10), adjust(5, "A", "store-1", -2), sale(10, "A", 3)]
+            )
+        )
         assert stock.sku("A").levels == {"store-1": 5}  # type: ignore[union-attr]
         # The count at minute 20 finds 4: one unit went missing (shrinkage).
         part.write_batch(items([snapshot(20, "A", "store-1", 4)]))
@@ -167,8 +206,10 @@ def test_counts_reconcile_drift_in_event_time_order(
         # An older count than the one applied changes nothing.
         part.write_batch(items([snapshot(30, "A", "store-1", 99)]))
         a = stock.sku("A")
-        assert a is not None and a.levels == {"store-1": 8} and a.snapshot_ms["store-1"] == int(
-            (T0 + timedelta(minutes=45)).timestamp() * 1000
+        assert (
+            a is not None
+            and a.levels == {"store-1": 8}
+            and a.snapshot_ms["store-1"] == int((T0 + timedelta(minutes=45)).timestamp() * 1000)
         )
     finally:
         part.close()
@@ -186,24 +227,26 @@ def test_predicted_stockout_fires_before_the_actual_one_on_a_steady_rate(
         # here the SKU's own history starts with the count.
         part.write_batch(items([snapshot(0, "B", "store-2", 90)]))
         for hour in range(34):
-            part.write_batch(items([sale(hour * 60 + k * 20 + 1, "B", 1, "store-2")
-                                    for k in range(3)]))  # fmt: skip
+            part.write_batch(
+                items([sale(hour * 60 + k * 20 + 1, "B", 1, "store-2") for k in range(3)])
+            )
     finally:
         part.close()
     msgs = [a for a in alerts(s) if a.location_id == "store-2"]
-    first = {}
+    first: dict[tuple[str, str], StockAlert] = {}
     for a in msgs:
         first.setdefault((a.type, a.status), a)
     predicted, out = first[("predicted_stockout", "raised")], first[("out_of_stock", "raised")]
     lead = datetime.fromisoformat(out.as_of) - datetime.fromisoformat(predicted.as_of)
     assert lead >= timedelta(hours=4), (predicted, out)
     # The predicted time was close to the real one.
-    assert predicted.expected_stockout_at is not None
+    assert isinstance(predicted.expected_stockout_at, str)
     error = datetime.fromisoformat(predicted.expected_stockout_at) - datetime.fromisoformat(
         out.as_of
     )
     assert abs(error) <= timedelta(hours=3), (predicted, out)
-    assert predicted.confidence is not None and predicted.confidence >= s.stock_min_confidence
+    confidence = predicted.confidence
+    assert isinstance(confidence, float) and confidence >= s.stock_min_confidence
     # Once out of stock, the prediction is resolved (out-of-stock says it all).
     assert ("predicted_stockout", "resolved") in first
 
@@ -235,9 +278,15 @@ def test_a_crash_loses_no_alert_and_sends_none_twice(
     part, _ = feed(s)  # the restart: sends the outbox, evaluates the dirty SKUs
     part.close()
     got = Counter((a.sku, a.type) for a in alerts(s))
-    assert got == Counter({("C", "out_of_stock"): 1, ("C", "low_stock"): 1,
-                           ("D", "low_stock"): 1, ("E", "out_of_stock"): 1,
-                           ("E", "low_stock"): 1})  # fmt: skip
+    assert got == Counter(
+        {
+            ("C", "out_of_stock"): 1,
+            ("C", "low_stock"): 1,
+            ("D", "low_stock"): 1,
+            ("E", "out_of_stock"): 1,
+            ("E", "low_stock"): 1,
+        }
+    )
     assert stock.dirty() == [] and stock.outbox() == []
     part, _ = feed(s)  # another restart: nothing left to send
     part.close()
@@ -264,7 +313,7 @@ def test_thousands_of_skus_across_dozens_of_locations(
         for i in range(skus)
         for j in range(locations)
     }
-    want = Counter()
+    want: Counter[str] = Counter()
     for q in level.values():
         if q <= 0:
             want["out_of_stock"] += 1
