@@ -20,7 +20,7 @@ Stock rules, all by event time, so the order in which topics are consumed does n
 
 >>> rules = StockRules(online_locations=frozenset({"wh"}), online_store_share=0.5)
 >>> availability({"wh": 3, "s1": 4, "s2": -2}, rules)
-{'loc:wh': 3, 'loc:s1': 4, 'loc:s2': -2, 'ch:online': 5}
+{'loc:s1': 4, 'loc:s2': -2, 'loc:wh': 3, 'ch:online': 5}
 """
 
 from __future__ import annotations
@@ -50,8 +50,11 @@ PRIOR_HOURS: Final = 1.0
 #: No prediction from fewer sales than this at a location (decayed count): one basket
 #: says little about a rate.
 MIN_SALES: Final = 3.0
-#: The hourly profile of a location is used once it holds this many units.
+#: The hourly profile of a location is used once it holds this many units, its hour-of-day
+#: shape once it covers two days, its day-of-week shape once it covers two weeks.
 SEASON_MIN_UNITS: Final = 200
+SEASON_DAILY_MS: Final = 2 * 86_400_000
+SEASON_WEEKLY_MS: Final = 14 * 86_400_000
 
 ALERT_TYPES: Final = (
     "low_stock",
@@ -125,6 +128,8 @@ class StockPlan:
     velocity: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     #: (location, hour of the week) -> units sold
     season: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: location -> [first, last] sale time seen (how much of a week the profile covers)
+    season_span: dict[str, list[int]] = field(default_factory=dict)
     #: sku -> newest event time touching its stock
     touched: dict[str, int] = field(default_factory=dict)
     #: stock events by type (inventory events, sale/return lines) for the metrics
@@ -143,6 +148,7 @@ class StockPlan:
             "cat": [[s, c] for s, c in self.categories.items()],
             "vel": [[s, loc, *v] for (s, loc), v in self.velocity.items()],
             "sea": [[loc, h, n] for (loc, h), n in self.season.items()],
+            "ssp": [[loc, lo, hi] for loc, (lo, hi) in self.season_span.items()],
             "sku": [[s, t] for s, t in self.touched.items()],
             "hl": VELOCITY_HALF_LIFE_MS,
         }
@@ -203,6 +209,13 @@ def plan_stock(events: Iterable[Accepted], rules: StockRules) -> StockPlan:
                     _add_sale(plan.velocity, (sku, loc), ts, q, hl)
                     sk = (loc, hour_of_week(ts))
                     plan.season[sk] = plan.season.get(sk, 0) + q
+                    span = plan.season_span.get(loc)
+                    if span is None:
+                        plan.season_span[loc] = [ts, ts]
+                    elif ts < span[0]:
+                        span[0] = ts
+                    elif ts > span[1]:
+                        span[1] = ts
                 _touch(plan.touched, sku, ts)
         elif c == "inventory":
             et = a.event_type
@@ -350,7 +363,7 @@ class SkuState:
 def availability(levels: Mapping[str, int], rules: StockRules) -> dict[str, int]:
     """What each location holds (``loc:<id>``, may be negative when a channel sold stock
     the records do not show) and what the online channels may sell (``ch:online``)."""
-    out = {f"loc:{loc}": q for loc, q in levels.items()}
+    out = {f"loc:{loc}": q for loc, q in sorted(levels.items())}
     online = sum(max(0, q) for loc, q in levels.items() if loc in rules.online_locations)
     stores = sum(max(0, q) for loc, q in levels.items() if loc not in rules.online_locations)
     out["ch:online"] = online + int(rules.online_store_share * stores)
@@ -358,23 +371,30 @@ def availability(levels: Mapping[str, int], rules: StockRules) -> dict[str, int]
 
 
 # ---------------------------------------------------------------- seasonality, prediction
-def seasonal_index(counts: Sequence[float]) -> list[float]:
+def seasonal_index(counts: Sequence[float], span_ms: int) -> list[float]:
     """Relative sales rate per hour of the week (mean 1) from units sold per hour of the
-    week: hour-of-day shape x day-of-week shape, smoothed, so sparse data stays robust.
-    Flat (all 1) until the profile holds :data:`SEASON_MIN_UNITS` units.
+    week over ``span_ms`` of history: hour-of-day shape x day-of-week shape, smoothed, so
+    sparse data stays robust. Each shape is used only once the history covers it (two days,
+    two weeks: see :data:`SEASON_DAILY_MS`); until then, and below
+    :data:`SEASON_MIN_UNITS` units, that shape is flat.
 
-    >>> idx = seasonal_index([10.0 if 9 <= h % 24 < 21 else 0.0 for h in range(168)] * 1)
+    >>> week = 7 * 86_400_000
+    >>> idx = seasonal_index([10.0 if 9 <= h % 24 < 21 else 0.0 for h in range(168)], week)
     >>> round(idx[12], 2), round(idx[3], 2), round(sum(idx) / 168, 6)
     (1.99, 0.01, 1.0)
+    >>> seasonal_index([10.0 if h == 12 else 0.0 for h in range(168)], 3_600_000)[12]
+    1.0
     """
     total = float(sum(counts))
-    if len(counts) != WEEK_HOURS or total < SEASON_MIN_UNITS:
+    if len(counts) != WEEK_HOURS or total < SEASON_MIN_UNITS or span_ms < SEASON_DAILY_MS:
         return [1.0] * WEEK_HOURS
     by_hour = [sum(counts[d * 24 + h] for d in range(7)) for h in range(24)]
     by_day = [sum(counts[d * 24 : d * 24 + 24]) for d in range(7)]
     alpha_h, alpha_d = total / 24 * 0.01, total / 7 * 0.01  # 1% smoothing
     hours = [(x + alpha_h) / (total / 24 + alpha_h) for x in by_hour]
     days = [(x + alpha_d) / (total / 7 + alpha_d) for x in by_day]
+    if span_ms < SEASON_WEEKLY_MS:
+        days = [1.0] * 7
     raw = [days[h // 24] * hours[h % 24] for h in range(WEEK_HOURS)]
     mean = sum(raw) / WEEK_HOURS
     return [x / mean for x in raw]

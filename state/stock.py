@@ -72,9 +72,14 @@ class StockStore:
                 pipe.hgetall(f"{self.prefix}season:{loc}")
             for loc, raw in zip(want, pipe.execute(), strict=True):
                 counts = [0.0] * 168
+                span = {"t0": 0, "t1": 0}
                 for h, n in raw.items():
-                    counts[int(h)] = float(n)
-                self._seasons[loc] = (now, seasonal_index(counts))
+                    name = _s(h)
+                    if name in span:
+                        span[name] = int(n)
+                    else:
+                        counts[int(name)] = float(n)
+                self._seasons[loc] = (now, seasonal_index(counts, span["t1"] - span["t0"]))
         return {loc: self._seasons[loc][1] for loc in locations if loc in self._seasons}
 
     def dirty(self, count: int = 10_000) -> list[str]:

@@ -312,7 +312,7 @@ def test_prediction_expected_time_and_confidence() -> None:
 def test_seasonality_moves_the_expected_time() -> None:
     """A store that sells only 9:00-21:00: stock left at 20:00 lasts through the night."""
     counts = [10.0 if 9 <= h % 24 < 21 else 0.0 for h in range(168)]
-    season = seasonal_index(counts)
+    season = seasonal_index(counts, 28 * 24 * HOUR_MS)
     assert sum(season) / 168 == pytest.approx(1.0)
     evening = T0_MS + 11 * HOUR_MS  # Monday 20:00
     v = steady_velocity(1.0, 300, evening)
@@ -322,7 +322,14 @@ def test_seasonality_moves_the_expected_time() -> None:
     assert (flat.expected_ms - evening) / HOUR_MS == pytest.approx(3, rel=0.05)
     # 1 h left of Monday's opening hours, then nothing until 9:00 on Tuesday.
     assert shaped.expected_ms > T0_MS + 24 * HOUR_MS
-    assert seasonal_index([1.0] * 168) == [1.0] * 168  # too little data: flat
+    assert seasonal_index([1.0] * 168, 28 * 24 * HOUR_MS) == [1.0] * 168  # too few units: flat
+    # An hour of history, however busy, says nothing about the time of day.
+    assert seasonal_index([1000.0 if h == 50 else 0.0 for h in range(168)], HOUR_MS) == [1.0] * 168
+    # Three days say something about the hours of a day, nothing yet about the days.
+    three_days = seasonal_index(
+        [(10.0 if h % 24 == 12 else 1.0) * (1 + h // 24) for h in range(168)], 3 * 24 * HOUR_MS
+    )
+    assert three_days[12] == three_days[24 + 12] > 5 and three_days[0] == three_days[24]
 
 
 def test_predicted_stockout_alert_lifecycle() -> None:

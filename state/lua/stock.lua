@@ -8,6 +8,7 @@
 --   cat [[sku, category], ...]
 --   vel [[sku, location, ref ms, decayed units, decayed sales, first ms], ...]
 --   sea [[location, hour of week, units], ...]
+--   ssp [[location, first sale ms, last sale ms], ...]
 --   sku [[sku, newest event ms], ...]
 --   hl  velocity half-life (ms)
 --
@@ -16,7 +17,7 @@
 --                           ver (bumped per batch touching it), ts (newest event ms)
 --       <p>mv:<sku>|<loc>   hash event ms -> units: movements since the last count, so a
 --                           count that arrives late keeps the movements after it
---       <p>season:<loc>     hash hour of week -> units sold
+--       <p>season:<loc>     hash hour of week -> units sold; t0/t1 first/last sale ms
 --       <p>stock:dirty      set of SKUs whose alerts must be re-evaluated
 -- Events are ordered by event time, never by arrival: a movement at or before the count's
 -- time is in the count; a later one is added on top. Movement records older than
@@ -114,6 +115,12 @@ local function apply_stock(prefix, st, chunked)
 
   for _, s in ipairs(st.sea) do
     redis.call('HINCRBY', prefix .. 'season:' .. s[1], sfmt(s[2]), s[3])
+  end
+  for _, s in ipairs(st.ssp) do
+    local k = prefix .. 'season:' .. s[1]
+    local t = redis.call('HMGET', k, 't0', 't1')
+    if not t[1] or s[2] < tonumber(t[1]) then redis.call('HSET', k, 't0', sfmt(s[2])) end
+    if not t[2] or s[3] > tonumber(t[2]) then redis.call('HSET', k, 't1', sfmt(s[3])) end
   end
 
   local dirty = {}
