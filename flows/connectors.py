@@ -285,6 +285,8 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
     ) -> None:
         self._store = store
         self._alerts = alerts
+        #: SKUs whose stock the last applied batch moved
+        self._moved: list[str] = []
         #: erasure tombstones (identifier -> erasure ms) and the version they belong to
         self._erasures, self._erased = store.erased()
         self._producer = producer
@@ -336,6 +338,12 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
         if self._latency_log is not None:
             self._log_latency(applied)
         self._count(applied)
+        # 3. Alerts of the SKUs whose stock moved (decisions + outbox, then sent).
+        if self._moved:
+            t0 = time.perf_counter()
+            self._alerts.evaluate(self._moved)
+            self._moved = []
+            m.BATCH_SECONDS.labels("stock_alerts").observe(time.perf_counter() - t0)
         self._commit_witness()
 
     def _apply(self, batch: list[Accepted | Rejected]) -> list[Accepted | Rejected]:
@@ -377,10 +385,7 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
                 if suppressed:
                     _count_dropped(m.SUPPRESSED_EVENTS, accepted, kept)
                 self._alerts.count(stock, res.shrinkage, res.late_counts)
-                if stock:
-                    t0 = time.perf_counter()
-                    self._alerts.evaluate(sorted(stock.touched))
-                    m.BATCH_SECONDS.labels("stock_alerts").observe(time.perf_counter() - t0)
+                self._moved = sorted(stock.touched)
                 return batch
             if res.stale is not None:
                 # Redis is ahead for some parts (another writer, or a reply lost in a
