@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -52,6 +52,32 @@ class InFlight:
 
     limit = 20_000
     count = 0
+
+
+class IdleWork:
+    """Work a worker's sink defers while input flows (e.g. alert evaluation, at most once
+    per interval), run by the worker's sources when their input is idle, so that nothing
+    waits for the next event. Sources and sink of a worker share its thread: per thread."""
+
+    _local = threading.local()
+
+    @classmethod
+    def register(cls, hook: Callable[[], None]) -> None:
+        hooks = getattr(cls._local, "hooks", None)
+        if hooks is None:
+            hooks = cls._local.hooks = []
+        hooks.append(hook)
+
+    @classmethod
+    def unregister(cls, hook: Callable[[], None]) -> None:
+        hooks = getattr(cls._local, "hooks", [])
+        if hook in hooks:
+            hooks.remove(hook)
+
+    @classmethod
+    def run(cls) -> None:
+        for hook in list(getattr(cls._local, "hooks", ())):
+            hook()
 
 
 EARLIEST = OFFSET_BEGINNING
@@ -124,6 +150,8 @@ class _KafkaPartition(StatefulSourcePartition[Any, None]):
                 log.warning("step 'input', partition %s: %s", self._part, err.str())
         # Back off briefly when idle instead of spinning on an empty partition.
         self._idle_until = None if out else datetime.now().astimezone() + _IDLE
+        if not out:
+            IdleWork.run()
         InFlight.count += len(out)
         return out
 
@@ -181,6 +209,7 @@ class StateSink(DynamicSink[Accepted | Rejected]):
         group_id: str,
         *,
         commit_interval: float = 1.0,
+        alert_interval: float = 1.0,
     ) -> None:
         self._make_stores = make_stores
         self._stock_rules = stock_rules
@@ -189,6 +218,7 @@ class StateSink(DynamicSink[Accepted | Rejected]):
         self._alerts_topic = alerts_topic
         self._group_id = group_id
         self._commit_interval = commit_interval
+        self._alert_interval = alert_interval
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _StateSinkPart:
         store, stock = self._make_stores()
@@ -199,7 +229,9 @@ class StateSink(DynamicSink[Accepted | Rejected]):
             self._dlq_topic,
             GroupOffsets(self._kafka_config, self._group_id),
             self._commit_interval,
-            StockAlerts(stock, self._stock_rules, producer, self._alerts_topic),
+            StockAlerts(
+                stock, self._stock_rules, producer, self._alerts_topic, self._alert_interval
+            ),
         )
 
 
@@ -207,31 +239,60 @@ class StockAlerts:
     """Evaluates SKUs whose stock changed and sends their alert messages.
 
     Decisions and messages are written to Redis together (version-fenced, with an outbox);
-    messages leave the outbox once the broker confirms them. At start, messages a crashed
-    run left in the outbox are sent and SKUs it left unevaluated are evaluated, so a crash
-    loses no alert; a message re-sent after a crash keeps its ``message_id``.
+    messages leave the outbox once the broker confirms them: confirmations are collected
+    asynchronously and acknowledged with a later batch (or at close), so a batch never
+    waits for the broker because of alerts. At start, messages a crashed run left in the
+    outbox are sent and SKUs it left unevaluated are evaluated, so a crash loses no alert;
+    a message re-sent after a crash keeps its ``message_id``.
     """
 
     def __init__(
-        self, store: StockStore, rules: StockRules, producer: CheckedProducer, topic: str
+        self,
+        store: StockStore,
+        rules: StockRules,
+        producer: CheckedProducer,
+        topic: str,
+        interval: float = 0.0,
     ) -> None:
         self.store = store
         self.rules = rules
+        #: SKUs moved since the last evaluation, evaluated at most every ``interval`` s
+        self._pending: set[str] = set()
+        self._interval = interval
+        self._last = 0.0
         self._producer = producer
         self._topic = topic
+        #: outbox ids the broker confirmed, not yet removed from the outbox
+        self._confirmed: list[str] = []
         leftover = store.outbox()
         if leftover:
             log.info(
                 "step 'state': sending %d stock alert(s) left by an earlier run", len(leftover)
             )
             self._send([i for i, _ in leftover], [orjson.loads(m) for _, m in leftover])
+            self.close()
         dirty = store.dirty()
         if dirty:
             self.evaluate(dirty)
 
+    def moved(self, skus: Iterable[str]) -> None:
+        """SKUs whose stock a batch moved: evaluated now if the interval has passed, else
+        with a later batch or when the input goes idle (:meth:`due`)."""
+        self._pending.update(skus)
+        self.due()
+
+    def due(self) -> None:
+        """Evaluate the pending SKUs if the interval has passed."""
+        if self._pending and time.monotonic() - self._last >= self._interval:
+            t0 = time.perf_counter()
+            self.evaluate(sorted(self._pending))
+            m.BATCH_SECONDS.labels("stock_alerts").observe(time.perf_counter() - t0)
+
     def evaluate(self, skus: list[str]) -> None:
         for i in range(0, len(skus), 1000):
             self._evaluate(skus[i : i + 1000])
+        self._pending.difference_update(skus)
+        self._last = time.monotonic()
 
     def _evaluate(self, skus: list[str]) -> None:
         states = self.store.read(skus)
@@ -253,14 +314,35 @@ class StockAlerts:
 
     def _send(self, ids: list[str], msgs: list[dict[str, Any]]) -> None:
         counts: dict[tuple[str, str, str], int] = {}
-        for msg in msgs:
-            self._producer.produce(self._topic, orjson.dumps(msg), msg["sku"].encode())
+        confirmed = self._confirmed
+        for outbox_id, msg in zip(ids, msgs, strict=True):
+            self._producer.produce(
+                self._topic,
+                orjson.dumps(msg),
+                msg["sku"].encode(),
+                on_delivered=lambda i=outbox_id: confirmed.append(i),  # type: ignore[misc]
+            )
             k = (msg["type"], msg["severity"], msg["status"])
             counts[k] = counts.get(k, 0) + 1
-        self._producer.flush()
-        self.store.ack(ids)
         for k, n in counts.items():
             m.STOCK_ALERTS.labels(*k).inc(n)
+        self.ack()
+
+    def ack(self) -> None:
+        """Serve delivery reports (raising on a failed one) and remove what the broker
+        confirmed from the outbox."""
+        self._producer.poll()
+        if self._confirmed:
+            done = list(self._confirmed)
+            self._confirmed.clear()
+            self.store.ack(done)
+
+    def close(self) -> None:
+        """Evaluate what is pending, wait for every message sent, and acknowledge them."""
+        if self._pending:
+            self.evaluate(sorted(self._pending))
+        self._producer.flush()
+        self.ack()
 
     def count(self, plan: StockPlan, shrinkage: int, late: int) -> None:
         for t, n in plan.counts.items():
@@ -285,6 +367,7 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
     ) -> None:
         self._store = store
         self._alerts = alerts
+        IdleWork.register(alerts.due)
         #: SKUs whose stock the last applied batch moved
         self._moved: list[str] = []
         #: erasure tombstones (identifier -> erasure ms) and the version they belong to
@@ -338,12 +421,14 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
         if self._latency_log is not None:
             self._log_latency(applied)
         self._count(applied)
-        # 3. Alerts of the SKUs whose stock moved (decisions + outbox, then sent).
+        # 3. Alerts of the SKUs whose stock moved (decisions + outbox, then sent), at most
+        #    once per interval.
         if self._moved:
-            t0 = time.perf_counter()
-            self._alerts.evaluate(self._moved)
+            self._alerts.moved(self._moved)
             self._moved = []
-            m.BATCH_SECONDS.labels("stock_alerts").observe(time.perf_counter() - t0)
+        else:
+            self._alerts.due()
+        self._alerts.ack()  # confirmations of earlier alerts
         self._commit_witness()
 
     def _apply(self, batch: list[Accepted | Rejected]) -> list[Accepted | Rejected]:
@@ -467,8 +552,9 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
     def close(self) -> None:
         if self._latency_log is not None:
             self._latency_log.close()
+        IdleWork.unregister(self._alerts.due)
         try:
-            self._producer.flush()
+            self._alerts.close()
             self._commit_witness(force=True)
         finally:
             self._group.close()

@@ -71,6 +71,7 @@ def state_sink(settings: Settings, rules: IdentityRules, stock: StockRules) -> S
         settings.topic_dead_letters,
         settings.topic_stock_alerts,
         settings.group_id,
+        alert_interval=settings.stock_alert_interval_ms / 1000,
     )
 
 

@@ -379,9 +379,16 @@ def profile_stages(s: Settings, events: int, customers: int) -> dict[str, Any]:
         "identity linking (operators/identity)": cum.get("identity.py:link_batch", 0.0),
         "fold deltas (operators/profile)": cum.get("profile.py:fold", 0.0)
         + cum.get("profile.py:to_row", 0.0),
+        "stock movements (operators/stock)": cum.get("stock.py:plan_stock", 0.0),
         "Redis batch apply (Lua)": cum.get("profiles.py:apply", 0.0),
-        "dead letters (produce+confirm)": cum.get("kafka.py:flush", 0.0)
-        + cum.get("kafka.py:produce", 0.0),
+        "stock alerts (read, evaluate, write, send)": cum.get("connectors.py:evaluate", 0.0),
+        # the alerts' sends are in the stage above
+        "dead letters (produce+confirm)": max(
+            cum.get("kafka.py:flush", 0.0)
+            + cum.get("kafka.py:produce", 0.0)
+            - cum.get("connectors.py:_send", 0.0),
+            0.0,
+        ),
         "metrics": cum.get("connectors.py:_count", 0.0),
     }
     accounted = sum(stages.values())

@@ -116,6 +116,13 @@ class Settings(BaseSettings):
         description="probability of a stock-out within the horizon that raises "
         "an alert (it resolves 0.2 below)",
     )
+    stock_alert_interval_ms: int = Field(
+        1000,
+        ge=0,
+        le=600_000,
+        description="SKUs whose stock moved are evaluated for alerts at most this often per "
+        "worker (a hot SKU once, not once per batch); 0: after every batch",
+    )
     max_event_bytes: int = Field(65536, ge=256, description="larger payloads are dead-lettered")
     min_event_time: str = Field(
         "2000-01-01T00:00:00Z", description="older event_time values are rejected"

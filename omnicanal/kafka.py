@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from confluent_kafka import (
@@ -57,10 +57,27 @@ class CheckedProducer:
         else:
             self.delivered += 1
 
-    def produce(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        on_delivered: Callable[[], None] | None = None,
+    ) -> None:
+        """Queue a message; ``on_delivered`` runs once the broker confirms it (from
+        :meth:`poll` or :meth:`flush`)."""
+        cb = self._on_delivery
+        if on_delivered is not None:
+            done = on_delivered
+
+            def cb(err: KafkaError | None, msg: Any) -> None:
+                self._on_delivery(err, msg)
+                if err is None:
+                    done()
+
         while True:
             try:
-                self._p.produce(topic, value, key, on_delivery=self._on_delivery)
+                self._p.produce(topic, value, key, on_delivery=cb)
                 return
             except BufferError:  # local queue full: serve delivery reports, then retry
                 self._p.poll(0.05)

@@ -371,7 +371,20 @@ def availability(levels: Mapping[str, int], rules: StockRules) -> dict[str, int]
 
 
 # ---------------------------------------------------------------- seasonality, prediction
-def seasonal_index(counts: Sequence[float], span_ms: int) -> list[float]:
+class SeasonIndex(list[float]):
+    """A location's hour-of-week index, with its peak kept for quick bounds."""
+
+    peak: float = 1.0
+
+
+FLAT: Final = SeasonIndex([1.0] * WEEK_HOURS)
+
+
+def _peak(season: Sequence[float]) -> float:
+    return season.peak if isinstance(season, SeasonIndex) else max(season)
+
+
+def seasonal_index(counts: Sequence[float], span_ms: int) -> SeasonIndex:
     """Relative sales rate per hour of the week (mean 1) from units sold per hour of the
     week over ``span_ms`` of history: hour-of-day shape x day-of-week shape, smoothed, so
     sparse data stays robust. Each shape is used only once the history covers it (two days,
@@ -387,7 +400,7 @@ def seasonal_index(counts: Sequence[float], span_ms: int) -> list[float]:
     """
     total = float(sum(counts))
     if len(counts) != WEEK_HOURS or total < SEASON_MIN_UNITS or span_ms < SEASON_DAILY_MS:
-        return [1.0] * WEEK_HOURS
+        return SeasonIndex(FLAT)
     by_hour = [sum(counts[d * 24 + h] for d in range(7)) for h in range(24)]
     by_day = [sum(counts[d * 24 : d * 24 + 24]) for d in range(7)]
     alpha_h, alpha_d = total / 24 * 0.01, total / 7 * 0.01  # 1% smoothing
@@ -397,7 +410,9 @@ def seasonal_index(counts: Sequence[float], span_ms: int) -> list[float]:
         days = [1.0] * 7
     raw = [days[h // 24] * hours[h % 24] for h in range(WEEK_HOURS)]
     mean = sum(raw) / WEEK_HOURS
-    return [x / mean for x in raw]
+    out = SeasonIndex(x / mean for x in raw)
+    out.peak = max(out)
+    return out
 
 
 @dataclass(frozen=True)
@@ -555,11 +570,15 @@ def findings(
         vel = state.velocity.get(loc)
         if avail > 0 and vel is not None and vel.sales >= MIN_SALES:
             k = alert_key("predicted_stockout", scope)
-            p = predict_stockout(
-                avail, vel, seasons.get(loc) or [1.0] * WEEK_HOURS, state.ts_ms,
-                rules.horizon_hours,
-            )  # fmt: skip
             floor = rules.min_confidence - (0.2 if k in open_keys else 0.0)
+            season = seasons.get(loc) or FLAT
+            # Markov's inequality: P(demand >= stock) <= E[demand] / stock. When even the
+            # busiest hours cannot make that reach the floor, skip the exact computation.
+            units, hours = vel.at(state.ts_ms)
+            mean_bound = (PRIOR_SHAPE + units) / (PRIOR_HOURS + hours) * rules.horizon_hours
+            if mean_bound * _peak(season) < floor * avail:
+                continue
+            p = predict_stockout(avail, vel, season, state.ts_ms, rules.horizon_hours)
             if p.expected_ms is not None and p.confidence >= floor:
                 soon = p.expected_ms - state.ts_ms <= rules.horizon_hours * HOUR_MS / 4
                 out[k] = Finding(

@@ -4,6 +4,7 @@ and crashes. Scenarios that depend on batch boundaries feed the state sink batch
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -154,8 +155,8 @@ def test_store_runs_low_then_out_while_online_sells_and_a_return_brings_it_back(
     assert len({a.message_id for a in sent}) == len(sent)
 
 
-def feed(settings: Settings) -> tuple[Any, Any]:
-    """A state sink partition and a function decoding events into its next batch."""
+def decoder(settings: Settings) -> Any:
+    """Decodes events as the flow does into the next batch (increasing offsets per topic)."""
     v = Validator(settings.topic_contracts(), PiiHasher(TEST_PII_KEY.encode()))
     topics = {"inventory": settings.topic_inventory, "transaction": settings.topic_transactions}
     offsets: Counter[str] = Counter()
@@ -163,17 +164,24 @@ def feed(settings: Settings) -> tuple[Any, Any]:
     def items(events: list[dict[str, Any]]) -> list[Any]:
         out = []
         for ev in events:
-            contract = (
-                "inventory" if ev["event_type"].startswith(("stock", "price")) else ("transaction")
-            )
-            topic = topics[contract]
+            inventory = ev["event_type"].startswith(("stock", "price"))
+            topic = topics["inventory" if inventory else "transaction"]
             out.append(v.decode(topic, 0, offsets[topic], None, orjson.dumps(ev), 2e12))
             offsets[topic] += 1
         assert all(isinstance(i, Accepted) for i in out), out
         return out
 
+    return items
+
+
+def sink_part(settings: Settings) -> Any:
+    """One worker's state sink, as the flow builds it (a restart builds a new one)."""
     sink = pipeline.state_sink(settings, IdentityRules(), pipeline.stock_rules(settings))
-    return sink.build("state", 0, 1), items
+    return sink.build("state", 0, 1)
+
+
+def feed(settings: Settings) -> tuple[Any, Any]:
+    return sink_part(settings), decoder(settings)
 
 
 def test_counts_reconcile_drift_in_event_time_order(
@@ -220,7 +228,13 @@ def test_predicted_stockout_fires_before_the_actual_one_on_a_steady_rate(
 ) -> None:
     """3 units an hour from 90 units: the shelf is empty after 30 hours. Batches of one
     hour, as a live pipeline would see them."""
-    s = stock_settings(kafka, redis_server, stock_low_threshold=0, stock_horizon_hours=12)
+    s = stock_settings(
+        kafka,
+        redis_server,
+        stock_low_threshold=0,
+        stock_horizon_hours=12,
+        stock_alert_interval_ms=0,  # evaluate every batch: each is an hour of sales
+    )
     part, items = feed(s)
     try:
         # Two weeks of history at another store teach the rate pattern of the SKU there;
@@ -258,7 +272,7 @@ def test_a_crash_loses_no_alert_and_sends_none_twice(
     rules = pipeline.stock_rules(s)
     profiles = store_of(s)
     stock = StockStore(connect(s.redis_url), s.redis_prefix)
-    _, items = feed(s)
+    items = decoder(s)
     # Crash 1: the batch was applied (stock moved, offsets stored), the process died before
     # evaluating its SKUs.
     batch = items([snapshot(0, "C", "store-1", 0), snapshot(0, "D", "store-1", 2)])
@@ -275,7 +289,7 @@ def test_a_crash_loses_no_alert_and_sends_none_twice(
     assert stock.dirty() == ["C", "D"] and len(stock.outbox()) == 2
     assert alerts(s) == []
 
-    part, _ = feed(s)  # the restart: sends the outbox, evaluates the dirty SKUs
+    part = sink_part(s)  # the restart: sends the outbox, evaluates the dirty SKUs
     part.close()
     got = Counter((a.sku, a.type) for a in alerts(s))
     assert got == Counter(
@@ -288,7 +302,7 @@ def test_a_crash_loses_no_alert_and_sends_none_twice(
         }
     )
     assert stock.dirty() == [] and stock.outbox() == []
-    part, _ = feed(s)  # another restart: nothing left to send
+    part = sink_part(s)  # another restart: nothing left to send
     part.close()
     assert len(alerts(s)) == 5
 
@@ -331,3 +345,29 @@ def test_thousands_of_skus_across_dozens_of_locations(
     }
     probe = stock.sku("S0001")
     assert probe is not None and probe.levels["store-00"] == level[(1, 0)]
+
+
+def test_a_hot_sku_is_evaluated_once_per_interval_and_when_input_goes_idle(
+    kafka: LocalKafka, redis_server: LocalRedis
+) -> None:
+    from flows.connectors import IdleWork
+
+    interval = 5.0
+    s = stock_settings(kafka, redis_server, stock_alert_interval_ms=int(interval * 1000))
+    part, items = feed(s)
+    try:
+        part.write_batch(items([snapshot(0, "H", "store-1", 3)]))  # first: evaluated now
+        first = time.monotonic()
+        part.write_batch(items([sale(1, "H", 3)]))  # within the interval: pending
+        part.write_batch(items([sale(2, "H", 1, kind="return")]))
+        IdleWork.run()  # idle input, but the interval has not passed
+        assert time.monotonic() - first < interval, "the machine is too slow for this test"
+        assert brief(alerts(s)) == [("low_stock", "raised", "store-1")]
+        time.sleep(max(0.0, interval + 0.1 - (time.monotonic() - first)))
+        IdleWork.run()  # what an idle source does: the pending SKU is evaluated now
+        # It sees the state after the return (1 unit): the 0 in between raised nothing.
+        part.write_batch(items([sale(3, "H", 1)]))  # 0 left, within the interval again
+        assert len(alerts(s)) == 1
+    finally:
+        part.close()  # a clean stop evaluates what is pending
+    assert brief(alerts(s))[1:] == [("out_of_stock", "raised", "store-1")]
