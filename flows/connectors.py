@@ -25,7 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from monitoring import metrics as m
 from omnicanal.kafka import CheckedProducer, GroupOffsets, split_part
 from operators.batch import plan_batch, suppress
-from operators.stock import StockPlan, StockRules, evaluate, plan_stock
+from operators.stock import StockPlan, StockRules, evaluate, plan_stock, warm_up
 from operators.validate import Accepted, Rejected
 from state.profiles import ProfileStore
 from state.stock import StockStore
@@ -238,6 +238,10 @@ class StateSink(DynamicSink[Accepted | Rejected]):
 class StockAlerts:
     """Evaluates SKUs whose stock changed and sends their alert messages.
 
+    SKUs moved by batches are evaluated in rounds, at most one round per interval (a hot SKU
+    once per round, not once per batch), a slice of :attr:`SLICE` SKUs per batch or idle
+    poll so that a round never stalls the pipeline for long.
+
     Decisions and messages are written to Redis together (version-fenced, with an outbox);
     messages leave the outbox once the broker confirms them: confirmations are collected
     asynchronously and acknowledged with a later batch (or at close), so a batch never
@@ -245,6 +249,9 @@ class StockAlerts:
     outbox are sent and SKUs it left unevaluated are evaluated, so a crash loses no alert;
     a message re-sent after a crash keeps its ``message_id``.
     """
+
+    #: SKUs evaluated per call: about 50 µs each (read, evaluate, write)
+    SLICE = 128
 
     def __init__(
         self,
@@ -256,10 +263,13 @@ class StockAlerts:
     ) -> None:
         self.store = store
         self.rules = rules
-        #: SKUs moved since the last evaluation, evaluated at most every ``interval`` s
+        #: SKUs moved since the current round started; a round starts at most every
+        #: ``interval`` seconds and works through its SKUs a slice at a time
         self._pending: set[str] = set()
+        self._round: list[str] = []
         self._interval = interval
         self._last = 0.0
+        warm_up()  # the prediction's first use would otherwise stall a batch
         self._producer = producer
         self._topic = topic
         #: outbox ids the broker confirmed, not yet removed from the outbox
@@ -276,23 +286,29 @@ class StockAlerts:
             self.evaluate(dirty)
 
     def moved(self, skus: Iterable[str]) -> None:
-        """SKUs whose stock a batch moved: evaluated now if the interval has passed, else
-        with a later batch or when the input goes idle (:meth:`due`)."""
+        """SKUs whose stock a batch moved: evaluated in the next round (:meth:`due`)."""
         self._pending.update(skus)
         self.due()
 
     def due(self) -> None:
-        """Evaluate the pending SKUs if the interval has passed."""
-        if self._pending and time.monotonic() - self._last >= self._interval:
-            t0 = time.perf_counter()
-            self.evaluate(sorted(self._pending))
-            m.BATCH_SECONDS.labels("stock_alerts").observe(time.perf_counter() - t0)
+        """Work on the current round, a slice at a time: a round starts once the interval
+        has passed with SKUs pending, and evaluates at most :attr:`SLICE` SKUs per call
+        (per batch, or per idle poll), so that it never stalls the pipeline for long."""
+        if not self._round:
+            if not self._pending or time.monotonic() - self._last < self._interval:
+                return
+            self._round = sorted(self._pending, reverse=True)  # popped from the end
+            self._pending.clear()
+            self._last = time.monotonic()
+        t0 = time.perf_counter()
+        batch = [self._round.pop() for _ in range(min(self.SLICE, len(self._round)))]
+        self._evaluate(batch)
+        m.BATCH_SECONDS.labels("stock_alerts").observe(time.perf_counter() - t0)
 
     def evaluate(self, skus: list[str]) -> None:
+        """Evaluate ``skus`` now, all of them."""
         for i in range(0, len(skus), 1000):
             self._evaluate(skus[i : i + 1000])
-        self._pending.difference_update(skus)
-        self._last = time.monotonic()
 
     def _evaluate(self, skus: list[str]) -> None:
         states = self.store.read(skus)
@@ -339,8 +355,10 @@ class StockAlerts:
 
     def close(self) -> None:
         """Evaluate what is pending, wait for every message sent, and acknowledge them."""
-        if self._pending:
-            self.evaluate(sorted(self._pending))
+        rest = sorted(set(self._round) | self._pending)
+        self._round, self._pending = [], set()
+        if rest:
+            self.evaluate(rest)
         self._producer.flush()
         self.ack()
 

@@ -381,7 +381,7 @@ def profile_stages(s: Settings, events: int, customers: int) -> dict[str, Any]:
         + cum.get("profile.py:to_row", 0.0),
         "stock movements (operators/stock)": cum.get("stock.py:plan_stock", 0.0),
         "Redis batch apply (Lua)": cum.get("profiles.py:apply", 0.0),
-        "stock alerts (read, evaluate, write, send)": cum.get("connectors.py:evaluate", 0.0),
+        "stock alerts (read, evaluate, write, send)": cum.get("connectors.py:_evaluate", 0.0),
         # the alerts' sends are in the stage above
         "dead letters (produce+confirm)": max(
             cum.get("kafka.py:flush", 0.0)

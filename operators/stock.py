@@ -480,6 +480,11 @@ def predict_stockout(
     return Prediction(expected, confidence, mean_rate * season[h0])
 
 
+def warm_up() -> None:
+    """Import what :func:`predict_stockout` needs (scipy, ~0.2 s) ahead of the first use."""
+    from scipy.special import betainc  # noqa: F401
+
+
 def _nbinom_sf(k: int, r: float, p: float) -> float:
     """P(X >= k) for X ~ NegBin(r, p) (failures before the r-th success of probability p):
     1 - I_p(r, k), the regularized incomplete beta function."""

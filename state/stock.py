@@ -46,8 +46,8 @@ class StockStore:
         res = pipe.execute()
         out = []
         for i, sku in enumerate(skus):
-            fields = {_s(k): _s(v) for k, v in res[2 * i].items()}
-            alerts = {_s(k): orjson.loads(v) for k, v in res[2 * i + 1].items()}
+            fields = {k.decode(): v.decode() for k, v in res[2 * i].items()}
+            alerts = {k.decode(): orjson.loads(v) for k, v in res[2 * i + 1].items()}
             out.append((SkuState.from_fields(sku, fields), alerts))
         return out
 
