@@ -426,25 +426,26 @@ def alerts(
         _json(found)
         return
     stats = store.alert_stats()
-    t = Table("severity", "type", "sku", "where", "available", "detail", "since")
+    header = ("severity", "type", "sku", "where", "available", "detail", "since")
+    rows = []
     for a in found[:limit]:
         detail = a.get("reason", "")
         if a["type"] == "predicted_stockout":
             detail = f"out by {a['expected_stockout_at']} (p={a['confidence']:.2f})"
         elif a.get("reason") == "price_mismatch":
-            detail = "prices " + ", ".join(f"{k} {v}" for k, v in a["prices"].items())
+            detail = "price_mismatch: " + ", ".join(f"{k} {v}" for k, v in a["prices"].items())
         elif a["type"] == "low_stock":
             detail = f"threshold {a['threshold']}"
-        t.add_row(
-            a["severity"],
-            a["type"],
-            a["sku"],
-            a.get("location_id") or a.get("channel") or "",
-            str(a.get("available", "")),
-            detail,
-            a["raised_at"],
-        )
-    out.print(t)
+        where = a.get("location_id") or a.get("channel") or ""
+        avail = str(a.get("available", ""))
+        rows.append((a["severity"], a["type"], a["sku"], where, avail, detail, a["raised_at"]))
+    if sys.stdout.isatty():
+        t = Table(*header)
+        for row in rows:
+            t.add_row(*row)
+        out.print(t)
+    else:  # tab-separated for pipes and files: never truncated or wrapped
+        sys.stdout.write("".join("\t".join(r) + "\n" for r in [header, *rows]))
     err.print(
         f"{len(found):,} open alert(s) shown of {sum(stats['open'].values()):,}; "
         f"{stats['skus_at_risk']:,} SKUs at risk; {stats['unsent']:,} message(s) waiting to be sent"

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from omnicanal.cli import app
 from omnicanal.config import Settings
+from omnicanal.demo import events_from_jsonl, produce
 from schemas.export import JSON_DIR, filename, render, schemas
 from tests.test_run_command import env_for
 
@@ -35,6 +36,9 @@ runner = CliRunner()
         ["schemas", "export"],
         ["import", "online-retail"],
         ["config"],
+        ["alerts"],
+        ["stock"],
+        ["evaluate", "stockouts"],
     ],
 )
 def test_every_command_explains_itself(args: list[str]) -> None:
@@ -142,6 +146,10 @@ def test_demo_json_summary_is_consistent() -> None:
     ids = s["identity"]  # the generator's journeys link cookies, accounts, cards, emails
     assert ids["customers"] == s["customers"] and ids["identifiers"] > s["customers"]
     assert ids["refused"] == 0 and set(ids) >= {"merges", "suppressed", "erased"}
+    # Stock alerts as the alerts topic holds them, and the open ones in Redis.
+    assert s["stock_alerts"]["out_of_stock"] > 0 and s["stock_alerts"]["low_stock"] > 0
+    assert 0 < sum(s["stock_alerts_open"].values()) <= sum(s["stock_alerts"].values())
+    assert s["skus_at_risk"] > 0
 
 
 @pytest.mark.services
@@ -231,3 +239,98 @@ def test_produce_then_profile_lookup_by_id_and_by_email(settings: Settings, tmp_
     assert json.loads(erased.stdout) == {"erased": p["customer_id"], "identifiers": 2}
     assert cli("profile", "cookie:ck-42").returncode == 1
     assert cli("profile", p["customer_id"]).returncode == 1
+
+
+@pytest.mark.services
+def test_alerts_and_stock_commands(settings: Settings, tmp_path: Path) -> None:
+    from omnicanal import runner as pipeline
+
+    at = "2024-05-01T10:00:00Z"
+    events = [
+        {
+            "event_type": "stock_snapshot",
+            "event_id": "n1",
+            "event_time": at,
+            "sku": "MUG",
+            "location_id": "store-001",
+            "on_hand": 2,
+        },
+        {
+            "event_type": "stock_snapshot",
+            "event_id": "n2",
+            "event_time": at,
+            "sku": "TEAPOT",
+            "location_id": "store-001",
+            "on_hand": 40,
+        },
+        {
+            "event_type": "price_update",
+            "event_id": "p1",
+            "event_time": at,
+            "sku": "MUG",
+            "channel": "web",
+            "price_minor": 500,
+            "currency": "GBP",
+        },
+        {
+            "event_type": "price_update",
+            "event_id": "p2",
+            "event_time": at,
+            "sku": "MUG",
+            "channel": "store",
+            "price_minor": 650,
+            "currency": "GBP",
+        },
+    ]
+    produce(settings, events_from_jsonl(orjson.dumps(e) for e in events))
+    pipeline.run(settings, pipeline.plan(settings).starts, until_eof=True, serve_metrics=False)
+    env = env_for(settings)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "omnicanal.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    res = cli("alerts", "--json")
+    assert res.returncode == 0, res.stderr
+    got = {(a["sku"], a["type"], a.get("reason")) for a in json.loads(res.stdout)}
+    # MUG: 2 in the store (low), listed online with no online stock (out of stock and low
+    # there), 30% dearer in the store than on the web.
+    assert got == {
+        ("MUG", "low_stock", None),
+        ("MUG", "out_of_stock", None),
+        ("MUG", "channel_inconsistency", "price_mismatch"),
+    }
+    res = cli("alerts", "--type", "out_of_stock", "--json")
+    assert [(a["sku"], a["channel"]) for a in json.loads(res.stdout)] == [("MUG", "online")]
+    res = cli("alerts", "--sku", "TEAPOT", "--json")
+    assert json.loads(res.stdout) == []
+    res = cli("alerts")  # not a terminal: tab-separated, a header and one line per alert
+    lines = [ln.split("\t") for ln in res.stdout.splitlines()]
+    assert res.returncode == 0 and lines[0][:3] == ["severity", "type", "sku"]
+    assert len(lines) == 5 and lines[1][:2] == ["critical", "out_of_stock"]
+    assert "price_mismatch: web 500, store 650" in res.stdout
+    assert "4 open alert(s) shown of 4" in res.stderr
+    assert cli("alerts", "--type", "nonsense").returncode == 2
+
+    res = cli("stock", "MUG", "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["locations"]["store-001"]["level"] == 2
+    assert doc["available"] == {"loc:store-001": 2, "ch:online": 0}
+    assert doc["prices"]["store"]["minor"] == 650 and len(doc["open_alerts"]) == 4
+    missing = cli("stock", "NOPE")
+    assert missing.returncode == 1 and "no stock known" in missing.stderr
+
+
+def test_evaluate_stockouts_json() -> None:
+    res = runner.invoke(app, ["evaluate", "stockouts", "--pairs", "5", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["pairs"] == 5 and doc["horizon_hours"] == 72
+    for name in ("seasonal", "flat"):
+        assert doc[name]["caught"] <= doc[name]["stockouts"]
