@@ -313,7 +313,7 @@ def test_alerts_and_stock_commands(settings: Settings, tmp_path: Path) -> None:
     lines = [ln.split("\t") for ln in res.stdout.splitlines()]
     assert res.returncode == 0 and lines[0][:3] == ["severity", "type", "sku"]
     assert len(lines) == 5 and lines[1][:2] == ["critical", "out_of_stock"]
-    assert "price_mismatch: web 500, store 650" in res.stdout
+    assert "price_mismatch: store 650, web 500" in res.stdout
     assert "4 open alert(s) shown of 4" in res.stderr
     assert cli("alerts", "--type", "nonsense").returncode == 2
 
