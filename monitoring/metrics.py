@@ -90,7 +90,8 @@ STOCK_SHRINKAGE_UNITS = Counter(
 )
 STOCK_LATE_COUNTS = Counter(
     "omnicanal_stock_late_counts",
-    "Stock counts ignored because they were older than the movement window (2 days).",
+    "Stock counts ignored: older than the movements kept since the last count (2 days, "
+    "at most 512).",
 )
 STOCK_ALERTS = Counter(
     "omnicanal_stock_alerts",

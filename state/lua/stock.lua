@@ -21,9 +21,11 @@
 --       <p>stock:dirty      set of SKUs whose alerts must be re-evaluated
 -- Events are ordered by event time, never by arrival: a movement at or before the count's
 -- time is in the count; a later one is added on top. Movement records older than
--- MOVE_WINDOW before the newest are pruned, and a count older than that is ignored.
+-- MOVE_WINDOW before the newest are pruned, and at most MOVE_KEEP are kept when a location
+-- moves more than MOVE_PRUNE_AT times between counts (field "floor": the newest pruned
+-- time); a count older than what is kept is ignored (too late to tell what it includes).
 local MOVE_WINDOW = 2 * 86400000
-local MOVE_PRUNE_AT = 512
+local MOVE_PRUNE_AT, MOVE_KEEP = 512, 256
 
 local function apply_stock(prefix, st, chunked)
   local function sfmt(n) return string.format('%d', n) end
@@ -32,11 +34,22 @@ local function apply_stock(prefix, st, chunked)
 
   local function prune(mk, newest)
     local all = redis.call('HGETALL', mk)
-    local old = {}
+    local times, floor = {}, tonumber(redis.call('HGET', mk, 'floor') or '-1')
     for i = 1, #all, 2 do
-      if tonumber(all[i]) < newest - MOVE_WINDOW then old[#old + 1] = all[i] end
+      if all[i] ~= 'floor' then times[#times + 1] = tonumber(all[i]) end
     end
-    if #old > 0 then chunked('HDEL', mk, old, 2000) end
+    table.sort(times)
+    local drop, cut = {}, #times - MOVE_KEEP
+    for i, t in ipairs(times) do
+      if i <= cut or t < newest - MOVE_WINDOW then
+        drop[#drop + 1] = sfmt(t)
+        if t > floor then floor = t end
+      end
+    end
+    if #drop > 0 then
+      chunked('HDEL', mk, drop, 2000)
+      redis.call('HSET', mk, 'floor', sfmt(floor))
+    end
   end
 
   for _, m in ipairs(st.mv) do
@@ -60,13 +73,17 @@ local function apply_stock(prefix, st, chunked)
     if not snap or t > tonumber(snap) then
       local mk = prefix .. 'mv:' .. sku .. '|' .. loc
       local all = redis.call('HGETALL', mk)
-      local after, old, newest = 0, {}, t
+      local after, old, newest, floor = 0, {}, t, -1
       for i = 1, #all, 2 do
-        local mt = tonumber(all[i])
-        if mt > t then after = after + tonumber(all[i + 1]) else old[#old + 1] = all[i] end
-        if mt > newest then newest = mt end
+        if all[i] == 'floor' then
+          floor = tonumber(all[i + 1])
+        else
+          local mt = tonumber(all[i])
+          if mt > t then after = after + tonumber(all[i + 1]) else old[#old + 1] = all[i] end
+          if mt > newest then newest = mt end
+        end
       end
-      if t < newest - MOVE_WINDOW then
+      if t < newest - MOVE_WINDOW or t < floor then
         stale_counts = stale_counts + 1  -- too late to tell which movements it includes
       else
         if #old > 0 then chunked('HDEL', mk, old, 2000) end
