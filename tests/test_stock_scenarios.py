@@ -398,3 +398,23 @@ def test_movement_records_stay_bounded_between_counts(
         assert a.shrinkage == {"store-1": 10}  # 350 expected at the count, 340 counted
     finally:
         part.close()
+
+
+def test_two_workers_evaluating_the_same_state_write_it_once(
+    kafka: LocalKafka, redis_server: LocalRedis
+) -> None:
+    s = stock_settings(kafka, redis_server)
+    rules = pipeline.stock_rules(s)
+    items = decoder(s)
+    batch = items([snapshot(0, "W", "store-1", 0)])
+    parts = [(f"{i.topic}:{i.partition}", -1, i.offset) for i in batch]
+    assert store_of(s).apply(parts, [], stock=plan_stock(batch, rules).to_payload()).ok
+    a = StockStore(connect(s.redis_url), s.redis_prefix)
+    b = StockStore(connect(s.redis_url), s.redis_prefix)
+    ((state_a, open_a),), ((state_b, open_b),) = a.read(["W"]), b.read(["W"])
+    first = a.reconcile([evaluate(state_a, open_a, rules)])
+    second = b.reconcile([evaluate(state_b, open_b, rules)])
+    assert first == ([], first[1]) and len(first[1]) == 2  # out of stock, low stock
+    assert second == (["W"], [])
+    assert a.alert_stats()["open"] == {"low_stock": 1, "out_of_stock": 1}
+    assert len(a.outbox()) == 2

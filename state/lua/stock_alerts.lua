@@ -6,7 +6,9 @@
 --                "risk": 0|1}, ...]   (operators/stock.py evaluate)
 --
 -- A SKU whose version moved since it was read (another batch changed its stock) is skipped:
--- the writer of the newer version evaluates it. Otherwise its open alerts
+-- the writer of the newer version evaluates it. So is a version already evaluated (field
+-- "ev": two workers evaluated the same state; the first one wrote it). Otherwise its open
+-- alerts
 -- (<p>alerts:<sku>, key -> record) are updated, its messages appended to the outbox stream
 -- (<p>alerts:outbox, field "m"), which the sender deletes once the broker has them, and it
 -- leaves the dirty set. Returns {{skipped sku, ...}, {outbox id, ...}}.
@@ -14,10 +16,13 @@ local prefix = ARGV[1]
 local entries = cjson.decode(ARGV[2])
 local skipped, ids = {}, {}
 for _, e in ipairs(entries) do
-  local v = tonumber(redis.call('HGET', prefix .. 'sku:' .. e.sku, 'ver') or '0')
-  if v ~= e.ver then
+  local sk = prefix .. 'sku:' .. e.sku
+  local cur = redis.call('HMGET', sk, 'ver', 'ev')
+  local v, done = tonumber(cur[1] or '0'), tonumber(cur[2] or '0')
+  if v ~= e.ver or done >= v then
     skipped[#skipped + 1] = e.sku
   else
+    redis.call('HSET', sk, 'ev', e.ver)
     local ak = prefix .. 'alerts:' .. e.sku
     local kv = {}
     for key, rec in pairs(e.set) do kv[#kv + 1] = key; kv[#kv + 1] = rec end
