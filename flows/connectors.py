@@ -3,8 +3,10 @@
 The source reads each topic-partition with ``assign()`` from an explicit start offset
 (resolved from Redis before the flow starts) and can stop at the end of the input.
 The sink applies a worker's whole batch: dead letters first (confirmed by the broker),
-then one fenced Redis call that resolves the batch's identities and applies the profile
-deltas with the offsets they cover (``operators/batch.py`` plans it).
+then one fenced Redis call that resolves the batch's identities, applies the profile
+deltas and moves stock with the offsets they cover (``operators/batch.py`` and
+``operators/stock.py`` plan it); then the SKUs whose stock moved are evaluated for stock
+alerts (:class:`StockAlerts`).
 """
 
 from __future__ import annotations
@@ -222,7 +224,9 @@ class StateSink(DynamicSink[Accepted | Rejected]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _StateSinkPart:
         store, stock = self._make_stores()
-        producer = CheckedProducer(self._kafka_config, what=f"step {step_id!r} (dead letters)")
+        producer = CheckedProducer(
+            self._kafka_config, what=f"step {step_id!r} (dead letters, stock alerts)"
+        )
         return _StateSinkPart(
             store,
             producer,
