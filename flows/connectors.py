@@ -492,7 +492,7 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
                 if suppressed:
                     _count_dropped(m.SUPPRESSED_EVENTS, accepted, kept)
                 self._alerts.count(stock, res.shrinkage, res.late_counts)
-                self._moved = sorted(stock.touched)
+                self._moved = list(res.to_evaluate)
                 return batch
             if res.stale is not None:
                 # Redis is ahead for some parts (another writer, or a reply lost in a

@@ -296,9 +296,6 @@ class Velocity:
         return units, hours
 
 
-_VELOCITY_FIELDS: Final = ("vu", "vn", "vt", "vf")
-
-
 @dataclass
 class SkuState:
     """One SKU as stored (``<prefix>sku:<sku>``), decoded."""
@@ -323,7 +320,6 @@ class SkuState:
         ({'s1': 4}, {'web': (5, 250, 'EUR')})
         """
         s = cls(sku)
-        vel: dict[str, list[float]] = {}
         for k, v in fields.items():
             kind, _, loc = k.partition(":")
             if kind == "q":
@@ -335,16 +331,15 @@ class SkuState:
             elif kind == "p":
                 t, p, cur = v.split(" ")
                 s.prices[loc] = (int(t), int(p), cur)
-            elif kind in _VELOCITY_FIELDS:
-                vel.setdefault(loc, [0.0, 0.0, 0.0, 0.0])[_VELOCITY_FIELDS.index(kind)] = float(v)
+            elif kind == "v":
+                u, n, ref, first = v.split(" ")
+                s.velocity[loc] = Velocity(float(u), float(n), int(float(ref)), int(float(first)))
             elif k == "ver":
                 s.version = int(v)
             elif k == "ts":
                 s.ts_ms = int(v)
             elif k == "cat":
                 s.category = v
-        for loc, (u, n, ref, first) in vel.items():
-            s.velocity[loc] = Velocity(u, n, int(ref), int(first))
         return s
 
     def counted(self) -> dict[str, int]:

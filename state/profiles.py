@@ -105,6 +105,8 @@ class ApplyResult:
     shrinkage: int = 0
     moves_in_count: int = 0
     late_counts: int = 0
+    #: SKUs whose alerts need an evaluation (counted somewhere or priced)
+    to_evaluate: tuple[str, ...] = ()
     #: partitions where Redis is ahead of what the caller assumed: part -> stored offset
     stale: dict[str, int] | None = None
     #: the erasure version changed: reload the tombstones (nothing was written)
@@ -242,7 +244,8 @@ class ProfileStore:
         status = _s(res[0])
         if status == "OK":
             new, merges, linked, refused, gap, in_count, late = (int(x) for x in res[1:8])
-            return ApplyResult(True, new, merges, linked, refused, gap, in_count, late)
+            skus = tuple(_s(x) for x in res[8])
+            return ApplyResult(True, new, merges, linked, refused, gap, in_count, late, skus)
         if status == "STALE":
             it = iter(res[1:])
             return ApplyResult(False, stale={_s(k): int(v) for k, v in zip(it, it, strict=True)})

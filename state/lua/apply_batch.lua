@@ -13,7 +13,7 @@
 --
 --          "st": stock section (state/lua/stock.lua, prepended to this script), optional
 -- Returns {"OK", new customers, merges, identifiers linked, refusals, shrinkage units,
---          movements already in a count, counts too late to apply}
+--          movements already in a count, counts too late to apply, SKUs to evaluate}
 --       | {"REGRESSED", part, stored, floor}       Redis lost writes: nothing written
 --       | {"STALE", part, stored, ...}              Redis is ahead: nothing written
 --       | {"ERASURES", version}                     erasures changed: nothing written
@@ -398,9 +398,9 @@ for _, r in ipairs(p.refusals) do
 end
 if #p.refusals > 0 then redis.call('INCRBY', prefix .. 'stats:refused', #p.refusals) end
 if p.suppressed > 0 then redis.call('INCRBY', prefix .. 'stats:suppressed', p.suppressed) end
-local gap, ignored, stale_counts = 0, 0, 0
-if p.st then gap, ignored, stale_counts = apply_stock(prefix, p.st, chunked) end
+local gap, ignored, stale_counts, to_evaluate = 0, 0, 0, {}
+if p.st then gap, ignored, stale_counts, to_evaluate = apply_stock(prefix, p.st, chunked) end
 for _, part in ipairs(p.parts) do
   redis.call('HSET', offsets_key, part[1], fmt(part[3]))
 end
-return {'OK', new_customers, merges, linked, #p.refusals, gap, ignored, stale_counts}
+return {'OK', new_customers, merges, linked, #p.refusals, gap, ignored, stale_counts, to_evaluate}

@@ -13,12 +13,15 @@
 --   hl  velocity half-life (ms)
 --
 -- Keys: <p>sku:<sku> hash   q:<loc> level, st:<loc> count time, sh:<loc> shrinkage units,
---                           p:<ch> "ms price currency", cat, vu/vn/vt/vf:<loc> velocity,
+--                           p:<ch> "ms price currency", cat, v:<loc> velocity
+--                           "units sales ref_ms first_ms",
 --                           ver (bumped per batch touching it), ts (newest event ms)
 --       <p>mv:<sku>|<loc>   hash event ms -> units: movements since the last count, so a
 --                           count that arrives late keeps the movements after it
 --       <p>season:<loc>     hash hour of week -> units sold; t0/t1 first/last sale ms
 --       <p>stock:dirty      set of SKUs whose alerts must be re-evaluated
+-- Returns shrinkage units, movements already in a count, counts too late, and the SKUs to
+-- evaluate (counted somewhere or priced).
 -- Events are ordered by event time, never by arrival: a movement at or before the count's
 -- time is in the count; a later one is added on top. Movement records older than
 -- MOVE_WINDOW before the newest are pruned, and at most MOVE_KEEP are kept when a location
@@ -29,7 +32,6 @@ local MOVE_PRUNE_AT, MOVE_KEEP = 512, 256
 
 local function apply_stock(prefix, st, chunked)
   local function sfmt(n) return string.format('%d', n) end
-  local function nfmt(x) return string.format('%.17g', x) end
   local gap_units, ignored, stale_counts = 0, 0, 0
 
   local function prune(mk, newest)
@@ -95,7 +97,7 @@ local function apply_stock(prefix, st, chunked)
             gap_units = gap_units + gap
           end
         end
-        redis.call('HSET', k, 'q:' .. loc, sfmt(q + after), 'st:' .. loc, sfmt(t))
+        redis.call('HSET', k, 'q:' .. loc, sfmt(q + after), 'st:' .. loc, sfmt(t), 'c', '1')
       end
     end
   end
@@ -106,7 +108,7 @@ local function apply_stock(prefix, st, chunked)
     local new = sfmt(pr[3]) .. ' ' .. sfmt(pr[4]) .. ' ' .. pr[5]
     local old = redis.call('HGET', k, f)
     local ot = old and tonumber(string.match(old, '^(%d+)')) or -1
-    if pr[3] > ot or (pr[3] == ot and new > old) then redis.call('HSET', k, f, new) end
+    if pr[3] > ot or (pr[3] == ot and new > old) then redis.call('HSET', k, f, new, 'c', '1') end
   end
 
   for _, c in ipairs(st.cat) do
@@ -119,15 +121,17 @@ local function apply_stock(prefix, st, chunked)
   for _, v in ipairs(st.vel) do
     local k, loc = prefix .. 'sku:' .. v[1], v[2]
     local bt, bu, bn, bf = v[3], v[4], v[5], v[6]
-    local o = redis.call('HMGET', k, 'vu:' .. loc, 'vn:' .. loc, 'vt:' .. loc, 'vf:' .. loc)
-    if o[1] then
-      local ou, on, ot, of = tonumber(o[1]), tonumber(o[2]), tonumber(o[3]), tonumber(o[4])
+    local f = 'v:' .. loc
+    local o = redis.call('HGET', k, f)
+    if o then
+      local ou, on, ot, of = string.match(o, '^(%S+) (%S+) (%S+) (%S+)$')
+      ou, on, ot, of = tonumber(ou), tonumber(on), tonumber(ot), tonumber(of)
       local t = math.max(ot, bt)
       local fo, fb = 2 ^ (-(t - ot) / hl), 2 ^ (-(t - bt) / hl)
       bu, bn, bt, bf = ou * fo + bu * fb, on * fo + bn * fb, t, math.min(of, bf)
     end
-    redis.call('HSET', k, 'vu:' .. loc, nfmt(bu), 'vn:' .. loc, nfmt(bn),
-      'vt:' .. loc, sfmt(bt), 'vf:' .. loc, sfmt(bf))
+    -- one field "units sales ref_ms first_ms": a single read and write per location
+    redis.call('HSET', k, f, table.concat({bu, bn, bt, bf}, ' '))
   end
 
   for _, s in ipairs(st.sea) do
@@ -140,14 +144,16 @@ local function apply_stock(prefix, st, chunked)
     if not t[2] or s[3] > tonumber(t[2]) then redis.call('HSET', k, 't1', sfmt(s[3])) end
   end
 
+  -- Only SKUs with something to alert on (a counted location or a price: field "c") need
+  -- an evaluation; sales of SKUs whose stock nobody feeds move levels and rates only.
   local dirty = {}
   for _, s in ipairs(st.sku) do
     local k = prefix .. 'sku:' .. s[1]
     redis.call('HINCRBY', k, 'ver', 1)
-    local ts = tonumber(redis.call('HGET', k, 'ts') or '-1')
-    if s[2] > ts then redis.call('HSET', k, 'ts', sfmt(s[2])) end
-    dirty[#dirty + 1] = s[1]
+    local cur = redis.call('HMGET', k, 'ts', 'c')
+    if s[2] > tonumber(cur[1] or '-1') then redis.call('HSET', k, 'ts', sfmt(s[2])) end
+    if cur[2] then dirty[#dirty + 1] = s[1] end
   end
   if #dirty > 0 then chunked('SADD', prefix .. 'stock:dirty', dirty, 2000) end
-  return gap_units, ignored, stale_counts
+  return gap_units, ignored, stale_counts, dirty
 end
