@@ -644,7 +644,8 @@ def topics_create(
         int | None, typer.Option(min=1, help="Replication (default OMNICANAL_REPLICATION_FACTOR).")
     ] = None,
 ) -> None:
-    """Create the input and dead-letter topics (existing ones are left as they are)."""
+    """Create the input, dead-letter and stock-alerts topics (existing ones are left as they
+    are)."""
     from omnicanal.kafka import create_topics
 
     settings = _settings(partitions=partitions, replication_factor=replication)

@@ -63,7 +63,6 @@ ALERT_TYPES: Final = (
     "channel_inconsistency",
     "back_in_stock",
 )
-INCONSISTENCIES: Final = ("no_stock_behind", "not_listed", "price_mismatch")
 
 
 @dataclass(frozen=True)
@@ -633,9 +632,6 @@ class Evaluation:
     #: open alerts of this SKU after the change, by type: +1 raised, -1 resolved
     opened: dict[str, int] = field(default_factory=dict)
     at_risk: bool = False
-
-    def __bool__(self) -> bool:
-        return bool(self.set or self.delete or self.messages)
 
 
 _RISK: Final = frozenset({"low_stock", "out_of_stock", "predicted_stockout"})
