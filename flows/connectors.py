@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 
@@ -98,11 +98,39 @@ def _count_dropped(counter: Any, before: list[Any], after: list[Any]) -> None:
             counter.labels(topic).inc(n)
 
 
-class _KafkaPartition(StatefulSourcePartition[Any, None]):
+def worker_share(parts: Iterable[str], worker_index: int, worker_count: int) -> list[str]:
+    """The input partitions one worker reads: every ``worker_count``-th of them, in topic
+    and partition order, so that each topic's partitions spread evenly over the workers.
+
+    >>> parts = [f"{t}:{p}" for t in ("clicks", "sales") for p in range(4)]
+    >>> worker_share(parts, 0, 2)
+    ['clicks:0', 'clicks:2', 'sales:0', 'sales:2']
+    >>> worker_share(parts, 1, 3)
+    ['clicks:1', 'sales:0', 'sales:3']
+    >>> worker_share(["t:10", "t:9", "t:2"], 0, 1)
+    ['t:2', 't:9', 't:10']
+    """
+    return sorted(parts, key=split_part)[worker_index::worker_count]
+
+
+class _KafkaWorkerPart(StatelessSourcePartition[Any]):
+    """One librdkafka consumer for all of a worker's partitions (``assign()``, never a
+    group join). A consumer per partition cost memory (threads, buffers and a prefetch
+    queue each) and a poll per partition per activation."""
+
     def __init__(
-        self, config: dict[str, Any], part: str, start: int, batch_size: int, until_eof: bool
+        self, config: dict[str, Any], starts: dict[str, int], batch_size: int, until_eof: bool
     ) -> None:
-        topic, partition = split_part(part)
+        self._until_eof = until_eof
+        #: partitions still open (with ``until_eof``, a partition closes at its end)
+        self._open = set(starts)
+        #: partitions closed at their end: what arrives after it is left for the next run
+        self._closed: set[str] = set()
+        self._batch_size = batch_size
+        self._idle_until: datetime | None = None
+        self._c: Consumer | None = None
+        if not starts:
+            return
         self._c = Consumer(
             {
                 # Latency defaults (overridable through OMNICANAL_KAFKA_OPTIONS): an empty
@@ -110,12 +138,11 @@ class _KafkaPartition(StatefulSourcePartition[Any, None]):
                 # dominates end-to-end latency on quiet partitions.
                 "fetch.wait.max.ms": 100,
                 "fetch.error.backoff.ms": 10,
-                # Bounded prefetch: librdkafka queues up to 64 MB per partition by default and
-                # fetches up to 50 MB at a time, so memory grew with the backlog (there is one
-                # consumer per partition here). 1 MB per partition keeps the pipeline fed.
-                "queued.max.messages.kbytes": 1024,
-                "queued.min.messages": 2000,
-                "fetch.max.bytes": 1048576,
+                # Bounded prefetch: librdkafka queues up to 64 MB and fetches up to 50 MB at
+                # a time by default, so memory grew with the backlog. This consumer has one
+                # queue for all its partitions; 4 MB keeps the worker fed.
+                "queued.max.messages.kbytes": 4096,
+                "fetch.max.bytes": 2 * 1048576,
                 **config,
                 "group.id": "omnicanal-reader",  # required by librdkafka; never joined
                 "enable.auto.commit": False,
@@ -123,34 +150,38 @@ class _KafkaPartition(StatefulSourcePartition[Any, None]):
                 "enable.partition.eof": until_eof,
             }
         )
-        self._c.assign([TopicPartition(topic, partition, start)])
-        self._batch_size = batch_size
-        self._eof = False
-        self._idle_until: datetime | None = None
-        self._part = part
+        self._c.assign([TopicPartition(*split_part(p), start) for p, start in starts.items()])
 
     def next_batch(self) -> list[Any]:
-        if self._eof or STOP.is_set():
+        if STOP.is_set() or (self._until_eof and not self._open):
             raise StopIteration
         if InFlight.count >= InFlight.limit:
             self._idle_until = datetime.now().astimezone() + _FULL
             return []
-        msgs = self._c.consume(self._batch_size, 0.0)
+        msgs = self._c.consume(self._batch_size, 0.0) if self._c is not None else []
         out = []
+        closed = self._closed
         for msg in msgs:
             err = msg.error()
             if err is None:
-                out.append(msg)
-            elif err.code() == KafkaError._PARTITION_EOF:
-                self._eof = True
+                if not closed or f"{msg.topic()}:{msg.partition()}" not in closed:
+                    out.append(msg)
+                continue
+            part = f"{msg.topic()}:{msg.partition()}"
+            if err.code() == KafkaError._PARTITION_EOF:
+                if part in self._open:
+                    self._open.discard(part)
+                    closed.add(part)
+                    assert self._c is not None
+                    self._c.pause([TopicPartition(*split_part(part))])
             elif err.fatal() or err.code() in (
                 KafkaError.UNKNOWN_TOPIC_OR_PART,
                 KafkaError.TOPIC_AUTHORIZATION_FAILED,
             ):
-                raise RuntimeError(f"step 'input', partition {self._part}: {err.str()}")
+                raise RuntimeError(f"step 'input', partition {part}: {err.str()}")
             else:
-                log.warning("step 'input', partition %s: %s", self._part, err.str())
-        # Back off briefly when idle instead of spinning on an empty partition.
+                log.warning("step 'input', partition %s: %s", part, err.str())
+        # Back off briefly when idle instead of spinning on empty partitions.
         self._idle_until = None if out else datetime.now().astimezone() + _IDLE
         if not out:
             IdleWork.run()
@@ -160,15 +191,14 @@ class _KafkaPartition(StatefulSourcePartition[Any, None]):
     def next_awake(self) -> datetime | None:
         return self._idle_until
 
-    def snapshot(self) -> None:
-        return None
-
     def close(self) -> None:
-        self._c.close()
+        if self._c is not None:
+            self._c.close()
 
 
-class KafkaPartitionsSource(FixedPartitionedSource[Any, None]):
-    """Reads the given ``topic:partition`` parts from explicit start offsets.
+class KafkaWorkerSource(DynamicSource[Any]):
+    """Reads the given ``topic:partition`` parts from explicit start offsets, each worker
+    its share (:func:`worker_share`) with one consumer.
 
     ``until_eof`` ends each partition at its end (demo, tests, batch replays); otherwise
     the source runs until :data:`STOP` is set.
@@ -179,7 +209,7 @@ class KafkaPartitionsSource(FixedPartitionedSource[Any, None]):
         config: dict[str, Any],
         starts: dict[str, int],
         *,
-        batch_size: int = 2000,
+        batch_size: int = 5000,
         until_eof: bool = False,
     ) -> None:
         self._config = config
@@ -187,12 +217,14 @@ class KafkaPartitionsSource(FixedPartitionedSource[Any, None]):
         self._batch_size = batch_size
         self._until_eof = until_eof
 
-    def list_parts(self) -> list[str]:
-        return list(self._starts)
-
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _KafkaPartition:
-        return _KafkaPartition(
-            self._config, for_part, self._starts[for_part], self._batch_size, self._until_eof
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaWorkerPart:
+        share = worker_share(self._starts, worker_index, worker_count)
+        log.info("step %r, worker %d of %d reads %s", step_id, worker_index, worker_count, share)
+        return _KafkaWorkerPart(
+            self._config,
+            {p: self._starts[p] for p in share},
+            self._batch_size,
+            self._until_eof,
         )
 
 

@@ -1,7 +1,8 @@
 """The omnicanal dataflow: Kafka inputs -> validate -> state sink (Redis, dead letters, stock
 alerts).
 
-    input (all topic-partitions, assign()) --flat_map_batch: validate--> state sink
+    input (a worker's share of the topic-partitions, one consumer, assign())
+        --flat_map_batch: validate--> state sink
 
 One ``flat_map_batch`` step decodes a worker's whole batch (cheaper than a chain of maps);
 the sink links the batch's identities and applies it with one Redis call (identity
@@ -20,7 +21,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from flows.connectors import KafkaPartitionsSource, StateSink
+from flows.connectors import KafkaWorkerSource, StateSink
 from omnicanal.config import ConfigError, Settings
 from operators.identity import IdentityRules, rules_from_config
 from operators.privacy import PiiHasher
@@ -123,7 +124,7 @@ def build_flow(
     raw = op.input(
         "input",
         flow,
-        KafkaPartitionsSource(kafka, starts, batch_size=settings.batch_size, until_eof=until_eof),
+        KafkaWorkerSource(kafka, starts, batch_size=settings.batch_size, until_eof=until_eof),
     )
     checked = op.flat_map_batch("validate", raw, validate)
     op.output("state", checked, state_sink(settings, rules, stock))

@@ -130,7 +130,9 @@ class Settings(BaseSettings):
     max_future_seconds: int = Field(
         86400, ge=0, description="event_time further ahead of now is rejected"
     )
-    batch_size: int = Field(2000, ge=1, le=100_000, description="max messages per source poll")
+    batch_size: int = Field(
+        5000, ge=1, le=100_000, description="max messages a worker takes per poll (its batch)"
+    )
     start_offset: Literal["earliest", "latest"] = Field(
         "earliest", description="where to start partitions Redis has never seen"
     )

@@ -1,0 +1,71 @@
+"""The pipeline's Kafka source against the real broker: each worker reads its share of the
+partitions with one consumer, from the given offsets, and together the workers read every
+message once."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from flows.connectors import EARLIEST, KafkaWorkerSource, worker_share
+from omnicanal.kafka import create_topics
+from omnicanal.services import LocalKafka
+
+pytestmark = pytest.mark.services
+
+
+def _drain(source: KafkaWorkerSource, index: int, count: int) -> list[tuple[str, int, int]]:
+    """Everything one worker reads until its partitions end."""
+    part = source.build("input", index, count)
+    seen: list[tuple[str, int, int]] = []
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            try:
+                batch: list[Any] = part.next_batch()
+            except StopIteration:
+                return seen
+            seen += [(m.topic(), m.partition(), m.offset()) for m in batch]
+            if not batch:
+                time.sleep(0.005)
+        raise AssertionError(f"worker {index} of {count} did not reach the end of its input")
+    finally:
+        part.close()
+
+
+def test_workers_read_disjoint_shares_that_cover_every_message(kafka: LocalKafka) -> None:
+    cfg = {"bootstrap.servers": kafka.bootstrap}
+    topics = ["src-a", "src-b"]
+    create_topics(cfg, topics, 3)
+    p = Producer(cfg | {"linger.ms": 5})
+    sizes = {("src-a", 0): 40, ("src-a", 1): 7, ("src-a", 2): 25, ("src-b", 0): 12, ("src-b", 1): 3}
+    for (topic, partition), n in sizes.items():  # src-b:2 stays empty
+        for i in range(n):
+            p.produce(topic, f"{topic}-{partition}-{i}".encode(), partition=partition)
+    assert p.flush(10) == 0
+    starts = {f"{t}:{i}": EARLIEST for t in topics for i in range(3)}
+    starts["src-a:0"] = 10  # resumes after what Redis has applied
+    expected = {
+        (t, i, o)
+        for (t, i), n in sizes.items()
+        for o in range(10 if (t, i) == ("src-a", 0) else 0, n)
+    }
+    source = KafkaWorkerSource(cfg, starts, batch_size=16, until_eof=True)
+
+    shares = [_drain(source, w, 2) for w in range(2)]
+
+    assert set(shares[0]).isdisjoint(shares[1])
+    assert sorted(shares[0] + shares[1]) == sorted(expected)  # each message exactly once
+    for w, read in enumerate(shares):
+        mine = set(worker_share(starts, w, 2))
+        assert {f"{t}:{i}" for t, i, _ in read} <= mine
+
+
+def test_a_worker_without_partitions_ends_at_once(kafka: LocalKafka) -> None:
+    source = KafkaWorkerSource(
+        {"bootstrap.servers": kafka.bootstrap}, {"src-x:0": EARLIEST}, until_eof=True
+    )
+    assert _drain(source, 1, 2) == []
