@@ -122,9 +122,9 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
         self, config: dict[str, Any], starts: dict[str, int], batch_size: int, until_eof: bool
     ) -> None:
         self._until_eof = until_eof
-        #: partitions still open (with ``until_eof``, a partition closes at its end)
-        self._open = set(starts)
-        #: partitions closed at their end: what arrives after it is left for the next run
+        self._parts = frozenset(starts)
+        #: with ``until_eof``, partitions closed at their end: what arrives after it is left
+        #: for the next run; the worker's input ends when all its partitions are closed
         self._closed: set[str] = set()
         self._batch_size = batch_size
         self._idle_until: datetime | None = None
@@ -138,7 +138,8 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
                 # dominates end-to-end latency on quiet partitions. A short fetch wait
                 # matters now that one fetch carries all of a worker's partitions: with the
                 # local broker, 100 ms gave batches every ~40 ms and an end-to-end p50 of
-                # 45-50 ms at 5,000 events/s, 25 ms halves it.
+                # 45-50 ms at 5,000 events/s, 25 ms halves it (it slows the draining of a
+                # deep backlog on that broker: README, Performance).
                 "fetch.wait.max.ms": 25,
                 "fetch.error.backoff.ms": 10,
                 # Bounded prefetch: librdkafka queues up to 64 MB and fetches up to 50 MB at
@@ -156,7 +157,7 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
         self._c.assign([TopicPartition(*split_part(p), start) for p, start in starts.items()])
 
     def next_batch(self) -> list[Any]:
-        if STOP.is_set() or (self._until_eof and not self._open):
+        if STOP.is_set() or (self._until_eof and len(self._closed) == len(self._parts)):
             raise StopIteration
         if InFlight.count >= InFlight.limit:
             self._idle_until = datetime.now().astimezone() + _FULL
@@ -172,8 +173,7 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
                 continue
             part = f"{msg.topic()}:{msg.partition()}"
             if err.code() == KafkaError._PARTITION_EOF:
-                if part in self._open:
-                    self._open.discard(part)
+                if part in self._parts and part not in closed:
                     closed.add(part)
                     assert self._c is not None
                     self._c.pause([TopicPartition(*split_part(part))])
