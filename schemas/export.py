@@ -1,5 +1,9 @@
 """JSON Schema files for channel teams, generated from the contracts (never by hand).
 
+A published schema changes only when a contract does: every ``description`` is written here
+from the class docstring (dedented with :func:`inspect.cleandoc`) or the field's ``Meta``, never
+left to how a msgspec release renders docstrings.
+
 >>> docs = schemas()
 >>> " ".join(sorted(docs))
 'clickstream customer dead_letter inventory offer_feedback stock_alert transaction'
@@ -9,6 +13,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +27,74 @@ from schemas.events import CONTRACTS, SCHEMA_VERSION
 JSON_DIR = Path(__file__).with_name("json")
 
 
+def _structs(tp: object) -> dict[str, type]:
+    """Every Struct class reachable from ``tp``, by the name its ``$defs`` entry gets."""
+    found: dict[str, type] = {}
+
+    def walk(info: msgspec.inspect.Type) -> None:
+        if isinstance(info, msgspec.inspect.StructType):
+            if info.cls.__name__ in found:
+                return
+            found[info.cls.__name__] = info.cls
+            for f in info.fields:
+                walk(f.type)
+        elif isinstance(info, msgspec.inspect.UnionType):
+            for t in info.types:
+                walk(t)
+        elif isinstance(info, msgspec.inspect.Metadata):
+            walk(info.type)
+        elif isinstance(info, msgspec.inspect.ListType | msgspec.inspect.SetType):
+            walk(info.item_type)
+        elif isinstance(info, msgspec.inspect.DictType):
+            walk(info.value_type)
+
+    walk(msgspec.inspect.type_info(tp))
+    return found
+
+
+def _clean(node: Any) -> None:
+    r"""Dedent every description in place (field descriptions come from ``Meta``).
+
+    >>> doc = {"a": [{"description": "First line.\n\n    Indented in the source."}]}
+    >>> _clean(doc)
+    >>> doc["a"][0]["description"]
+    'First line.\n\nIndented in the source.'
+    """
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "description" and isinstance(v, str):
+                node[k] = inspect.cleandoc(v)
+            else:
+                _clean(v)
+    elif isinstance(node, list):
+        for v in node:
+            _clean(v)
+
+
+def schema_of(tp: object) -> dict[str, Any]:
+    """msgspec's JSON Schema of ``tp`` with descriptions that do not depend on msgspec.
+
+    >>> schema_of(DeadLetter)["$defs"]["DeadLetter"]["description"]
+    'One dead-lettered input. Keyed on the Kafka topic by ``topic:partition:offset``.'
+    """
+    doc = msgspec.json.schema(tp)
+    _clean(doc)
+    for name, cls in _structs(tp).items():
+        entry = doc.get("$defs", {}).get(name)
+        if entry is None:
+            continue
+        if cls.__doc__:
+            entry["description"] = inspect.cleandoc(cls.__doc__)
+        else:
+            entry.pop("description", None)
+    return doc
+
+
 def schemas() -> dict[str, dict[str, Any]]:
     """Contract name -> JSON Schema document."""
     out: dict[str, dict[str, Any]] = {}
     for name, c in CONTRACTS.items():
-        doc = msgspec.json.schema(c.union)
+        doc = schema_of(c.union)
         doc = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": f"https://omnicanal.dev/schemas/{name}.v{SCHEMA_VERSION}.schema.json",
@@ -37,14 +105,14 @@ def schemas() -> dict[str, dict[str, Any]]:
             **doc,
         }
         out[name] = doc
-    dl = msgspec.json.schema(DeadLetter)
+    dl = schema_of(DeadLetter)
     out["dead_letter"] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"https://omnicanal.dev/schemas/dead_letter.v{SCHEMA_VERSION}.schema.json",
         "title": "omnicanal dead-letter record",
         **dl,
     }
-    sa = msgspec.json.schema(StockAlert)
+    sa = schema_of(StockAlert)
     out["stock_alert"] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"https://omnicanal.dev/schemas/stock_alert.v{SCHEMA_VERSION}.schema.json",

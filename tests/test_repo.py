@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -64,3 +68,102 @@ def test_compose_file_runs_the_pipeline_against_kafka_and_persistent_redis() -> 
     targets = prom["scrape_configs"][0]["static_configs"][0]["targets"]
     ports = {p.split(":")[0] for p in services["omnicanal"]["ports"]}
     assert {t.split(":")[1] for t in targets} == ports
+
+
+# ------------------------------------------------------------------ reproducible installs
+def _uv() -> str:
+    """The uv that ./quickstart installs (pyproject's required-version), else one on PATH."""
+    import shutil
+
+    for cand in (ROOT / ".tools" / "bin" / "uv", shutil.which("uv")):
+        if cand and Path(cand).exists():
+            return str(cand)
+    raise AssertionError("no uv: run ./quickstart test, which installs it into .tools/")
+
+
+def _run_uv(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
+    env.pop("VIRTUAL_ENV", None)
+    return subprocess.run(
+        [_uv(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def _pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_lock_matches_pyproject_and_a_changed_requirement_is_caught(tmp_path: Path) -> None:
+    res = _run_uv("lock", "--check", "--offline")
+    assert res.returncode == 0, f"uv.lock is stale, run ./quickstart lock:\n{res.stderr}"
+    # The same check on a copy whose requirement no longer admits the locked orjson.
+    text = (ROOT / "pyproject.toml").read_text()
+    assert '"orjson>=3.9"' in text
+    (tmp_path / "pyproject.toml").write_text(text.replace('"orjson>=3.9"', '"orjson<3.9"'))
+    (tmp_path / "uv.lock").write_bytes((ROOT / "uv.lock").read_bytes())
+    res = _run_uv("lock", "--check", "--offline", cwd=tmp_path)
+    assert res.returncode != 0
+
+
+def test_lock_pins_every_package_with_hashes() -> None:
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    registry = [p for p in lock["package"] if "registry" in p["source"]]
+    assert len(registry) > 40
+    for p in registry:
+        files = [*p.get("wheels", []), *([p["sdist"]] if "sdist" in p else [])]
+        assert files and all(f["hash"].startswith("sha256:") for f in files), p["name"]
+    uv_pin = _pyproject()["tool"]["uv"]["required-version"]
+    assert re.fullmatch(r"==\d+\.\d+\.\d+", uv_pin)
+    # The build backend is pinned too: the lock does not cover build requirements.
+    assert all("==" in r for r in _pyproject()["build-system"]["requires"])
+
+
+def test_installed_packages_are_exactly_the_lock() -> None:
+    """What runs the tests is what the lock says, no more, no less, version for version."""
+    from importlib import metadata
+
+    from packaging.markers import Marker
+    from packaging.utils import canonicalize_name
+
+    res = _run_uv(
+        "export", "--frozen", "--all-extras", "--no-emit-project", "--no-hashes", "--no-header"
+    )
+    assert res.returncode == 0, res.stderr
+    wanted: dict[str, str] = {}
+    for line in res.stdout.splitlines():
+        if not line or line.startswith((" ", "#")):
+            continue
+        req, _, marker = line.partition(" ; ")
+        if marker and not Marker(marker).evaluate():
+            continue
+        name, version = req.split("==")
+        wanted[canonicalize_name(name)] = version
+    installed = {
+        canonicalize_name(d.metadata["Name"]): d.version
+        for d in metadata.distributions()
+        if canonicalize_name(d.metadata["Name"]) != "omnicanal"
+    }
+    assert {n: v for n, v in installed.items() if wanted.get(n) != v} == {}
+    assert {n: v for n, v in wanted.items() if installed.get(n) != v} == {}
+
+
+def test_runtime_set_has_no_dev_tools_and_the_image_installs_only_it() -> None:
+    res = _run_uv("export", "--frozen", "--no-dev", "--no-emit-project", "--no-hashes")
+    assert res.returncode == 0, res.stderr
+    runtime = {ln.split("==")[0] for ln in res.stdout.splitlines() if "==" in ln}
+    assert {"bytewax", "confluent-kafka", "redis", "river", "msgspec"} <= runtime
+    dev = {re.split(r"[<>=\[]", r)[0].lower() for r in _pyproject()["dependency-groups"]["dev"]}
+    assert dev and not dev & runtime
+    assert not {"matplotlib", "pandas", "pyarrow"} & runtime  # extras stay out
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    runs = [ln for ln in dockerfile.splitlines() if ln.startswith("RUN")]
+    assert [ln for ln in runs if "uv sync" in ln] and all(
+        "--locked" in ln and "--no-dev" in ln for ln in runs if "uv sync" in ln
+    )
+    assert not [ln for ln in runs if re.search(r"pip install (?!\"uv==)", ln)]
+    uv_arg = re.search(r"^ARG UV_VERSION=(\S+)$", dockerfile, re.M)
+    assert uv_arg and "==" + uv_arg.group(1) == _pyproject()["tool"]["uv"]["required-version"]
+    quickstart = (ROOT / "quickstart").read_text()
+    syncs = re.findall(r'"\$UV" sync .*', quickstart)
+    assert syncs and all("--locked" in s for s in syncs)
+    assert "pip install -e" not in quickstart
