@@ -113,6 +113,34 @@ def worker_share(parts: Iterable[str], worker_index: int, worker_count: int) -> 
     return sorted(parts, key=split_part)[worker_index::worker_count]
 
 
+def describe_share(parts: Iterable[str]) -> str:
+    """A short description of a worker's partitions for its start-up log line.
+
+    >>> describe_share(["omnicanal.sales:2", "omnicanal.sales:0", "omnicanal.sales:1", "x:5"])
+    '4 partitions: omnicanal.sales 0-2, x 5'
+    >>> describe_share([])
+    'no partitions'
+    """
+    by_topic: dict[str, list[int]] = {}
+    for topic, partition in sorted(map(split_part, parts)):
+        by_topic.setdefault(topic, []).append(partition)
+    if not by_topic:
+        return "no partitions"
+    shown = []
+    for topic, ps in by_topic.items():
+        runs: list[list[int]] = []
+        for p in ps:
+            if runs and p == runs[-1][-1] + 1:
+                runs[-1].append(p)
+            else:
+                runs.append([p])
+        shown.append(
+            topic + " " + ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+        )
+    n = sum(map(len, by_topic.values()))
+    return f"{n} partition{'s' if n != 1 else ''}: " + ", ".join(shown)
+
+
 class _KafkaWorkerPart(StatelessSourcePartition[Any]):
     """One librdkafka consumer for all of a worker's partitions (``assign()``, never a
     group join). A consumer per partition cost memory (threads, buffers and a prefetch
@@ -222,7 +250,13 @@ class KafkaWorkerSource(DynamicSource[Any]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaWorkerPart:
         share = worker_share(self._starts, worker_index, worker_count)
-        log.info("step %r, worker %d of %d reads %s", step_id, worker_index, worker_count, share)
+        log.info(
+            "step %r, worker %d of %d reads %s",
+            step_id,
+            worker_index,
+            worker_count,
+            describe_share(share),
+        )
         return _KafkaWorkerPart(
             self._config,
             {p: self._starts[p] for p in share},
