@@ -17,19 +17,29 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+import redis
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 
 from monitoring import metrics as m
-from omnicanal.kafka import CheckedProducer, GroupOffsets, split_part
+from omnicanal.kafka import CheckedProducer, DeliveryError, Failure, GroupOffsets, split_part
 from operators.batch import plan_batch, suppress
+from operators.dedupe import event_key, first_copies
+from operators.privacy import PiiHasher
 from operators.stock import StockPlan, StockRules, evaluate, plan_stock, warm_up
-from operators.validate import Accepted, Rejected
-from state.profiles import ProfileStore
+from operators.validate import Accepted, Rejected, state_rejected, without_payload
+from state.profiles import (
+    ProfileStore,
+    RedisBusyError,
+    RedisOutOfMemoryError,
+    ScriptRejectedError,
+    StateUnavailableError,
+    redact_url,
+)
 from state.stock import StockStore
 
 log = logging.getLogger(__name__)
@@ -42,6 +52,10 @@ LATENCY_LOG_ENV = "OMNICANAL_LATENCY_LOG"
 
 #: Set by the SIGTERM/SIGINT handler: sources end their partitions and the flow drains.
 STOP = threading.Event()
+#: Calls of the batch script for one batch before giving up (stale offsets, new erasures,
+#: refused links and duplicates each cost one more; Redis waits do not count).
+MAX_ATTEMPTS = 10
+T = TypeVar("T")
 _IDLE = timedelta(milliseconds=5)
 _FULL = timedelta(milliseconds=1)
 
@@ -281,6 +295,9 @@ class StateSink(DynamicSink[Accepted | Rejected]):
         *,
         commit_interval: float = 1.0,
         alert_interval: float = 1.0,
+        starts: dict[str, int] | None = None,
+        hasher: PiiHasher | None = None,
+        redis_retry_seconds: float = 60.0,
     ) -> None:
         self._make_stores = make_stores
         self._stock_rules = stock_rules
@@ -290,6 +307,9 @@ class StateSink(DynamicSink[Accepted | Rejected]):
         self._group_id = group_id
         self._commit_interval = commit_interval
         self._alert_interval = alert_interval
+        self._starts = starts or {}
+        self._hasher = hasher
+        self._redis_retry_seconds = redis_retry_seconds
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _StateSinkPart:
         store, stock = self._make_stores()
@@ -303,9 +323,52 @@ class StateSink(DynamicSink[Accepted | Rejected]):
             GroupOffsets(self._kafka_config, self._group_id),
             self._commit_interval,
             StockAlerts(
-                stock, self._stock_rules, producer, self._alerts_topic, self._alert_interval
+                stock,
+                self._stock_rules,
+                producer,
+                self._alerts_topic,
+                self._alert_interval,
+                kafka_config=self._kafka_config,
             ),
+            floors=plan_floors(self._starts),
+            hasher=self._hasher,
+            redis_retry_seconds=self._redis_retry_seconds,
         )
+
+
+def plan_floors(starts: dict[str, int]) -> dict[str, int]:
+    """The last offset Redis had applied per partition when the run was planned: what the
+    sink's first batch of each partition is fenced against, so that Redis going back in
+    time between the plan and that batch is caught too. A start that is not an offset
+    (earliest or latest: a partition Redis never saw, or a full replay) is left out: the
+    sink reads Redis's position before the partition's first batch.
+
+    >>> plan_floors({"t:0": 42, "t:1": EARLIEST, "t:2": 0})
+    {'t:0': 41, 't:2': -1}
+    """
+    return {p: s - 1 for p, s in starts.items() if s >= 0}
+
+
+def unsent_alerts(
+    config: dict[str, Any], topic: str, sent: dict[int, int], message_ids: set[str]
+) -> set[str]:
+    """Which of ``message_ids`` are not on the alerts topic yet. Reads only what follows
+    the last acknowledged offset of each partition (``sent``): a message confirmed by the
+    broker but not yet acknowledged in Redis (a crash in between) is found there."""
+    from omnicanal.kafka import read_topic
+
+    if not message_ids:
+        return set()
+    seen: set[str] = set()
+    starts = {p: o + 1 for p, o in sent.items()}
+    for _, _, _, value in read_topic(config, topic, starts=starts):
+        try:
+            mid = orjson.loads(value or b"null").get("message_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            continue
+        if mid in message_ids:
+            seen.add(mid)
+    return message_ids - seen
 
 
 class StockAlerts:
@@ -318,13 +381,17 @@ class StockAlerts:
     Decisions and messages are written to Redis together (version-fenced, with an outbox);
     messages leave the outbox once the broker confirms them: confirmations are collected
     asynchronously and acknowledged with a later batch (or at close), so a batch never
-    waits for the broker because of alerts. At start, messages a crashed run left in the
-    outbox are sent and SKUs it left unevaluated are evaluated, so a crash loses no alert;
-    a message re-sent after a crash keeps its ``message_id``.
+    waits for the broker because of alerts. A message the broker did not confirm (down,
+    paused) stays in the outbox and is sent again once it answers, unless it turns out to
+    be on the topic already. :meth:`recover` (run once, before the workers start) sends
+    what a crashed run left in the outbox, except what the broker already has, and
+    evaluates the SKUs it left unevaluated: no alert is lost, none is sent twice.
     """
 
     #: SKUs evaluated per call: about 50 µs each (read, evaluate, write)
     SLICE = 128
+    #: seconds between attempts to send again what the broker did not confirm
+    RETRY_SECONDS = 5.0
 
     def __init__(
         self,
@@ -333,6 +400,8 @@ class StockAlerts:
         producer: CheckedProducer,
         topic: str,
         interval: float = 0.0,
+        *,
+        kafka_config: dict[str, Any] | None = None,
     ) -> None:
         self.store = store
         self.rules = rules
@@ -345,18 +414,44 @@ class StockAlerts:
         warm_up()  # the prediction's first use would otherwise stall a batch
         self._producer = producer
         self._topic = topic
+        self._kafka_config = kafka_config
         #: outbox ids the broker confirmed, not yet removed from the outbox
         self._confirmed: list[str] = []
-        leftover = store.outbox()
-        if leftover:
-            log.info(
-                "step 'state': sending %d stock alert(s) left by an earlier run", len(leftover)
+        #: highest offset confirmed per partition of the alerts topic, not yet recorded
+        self._sent: dict[int, int] = {}
+        #: messages the broker did not confirm: outbox id -> message, sent again later
+        self._failed: dict[str, dict[str, Any]] = {}
+        self._retry_at = 0.0
+
+    def recover(self) -> tuple[int, int, int]:
+        """After a crash: send what the outbox still holds (all of it, a page at a time)
+        unless the broker has it already, and evaluate every SKU left dirty. Returns
+        (messages sent, messages found already sent, SKUs evaluated)."""
+        sent = found = 0
+        for page in self.store.outbox():
+            msgs = {i: orjson.loads(m) for i, m in page}
+            ids = {m["message_id"]: i for i, m in msgs.items()}
+            missing = (
+                unsent_alerts(self._kafka_config, self._topic, self.store.sent_offsets(), set(ids))
+                if self._kafka_config is not None
+                else set(ids)
             )
-            self._send([i for i, _ in leftover], [orjson.loads(m) for _, m in leftover])
-            self.close()
-        dirty = store.dirty()
-        if dirty:
+            already = [i for mid, i in ids.items() if mid not in missing]
+            if already:
+                self.store.ack(already)
+                found += len(already)
+            todo = [i for i in msgs if i not in already]
+            self._send(todo, [msgs[i] for i in todo])
+            self._producer.flush()
+            self.ack()
+            sent += len(todo)
+        skus = 0
+        for dirty in self.store.dirty():
             self.evaluate(dirty)
+            skus += len(dirty)
+        self._producer.flush()
+        self.ack()
+        return sent, found, skus
 
     def moved(self, skus: Iterable[str]) -> None:
         """SKUs whose stock a batch moved: evaluated in the next round (:meth:`due`)."""
@@ -367,6 +462,8 @@ class StockAlerts:
         """Work on the current round, a slice at a time: a round starts once the interval
         has passed with SKUs pending, and evaluates at most :attr:`SLICE` SKUs per call
         (per batch, or per idle poll), so that it never stalls the pipeline for long."""
+        if self._failed and time.monotonic() >= self._retry_at:
+            self._send_again()
         if not self._round:
             if not self._pending or time.monotonic() - self._last < self._interval:
                 return
@@ -396,38 +493,80 @@ class StockAlerts:
             )
         if msgs:
             self._send(ids, msgs)
+            counts: dict[tuple[str, str, str], int] = {}
+            for msg in msgs:
+                k = (msg["type"], msg["severity"], msg["status"])
+                counts[k] = counts.get(k, 0) + 1
+            for k, n in counts.items():
+                m.STOCK_ALERTS.labels(*k).inc(n)
         stats = self.store.alert_stats()
         for t, n in stats["open"].items():
             m.OPEN_STOCK_ALERTS.labels(t).set(n)
         m.SKUS_AT_RISK.set(stats["skus_at_risk"])
 
     def _send(self, ids: list[str], msgs: list[dict[str, Any]]) -> None:
-        counts: dict[tuple[str, str, str], int] = {}
-        confirmed = self._confirmed
+        confirmed, sent, failed = self._confirmed, self._sent, self._failed
         for outbox_id, msg in zip(ids, msgs, strict=True):
+
+            def done(partition: int, offset: int, i: str = outbox_id) -> None:
+                confirmed.append(i)
+                if offset > sent.get(partition, -1):
+                    sent[partition] = offset
+
+            def lost(failure: Failure, i: str = outbox_id, msg: dict[str, Any] = msg) -> None:
+                failed[i] = msg
+
             self._producer.produce(
-                self._topic,
-                orjson.dumps(msg),
-                msg["sku"].encode(),
-                on_delivered=lambda i=outbox_id: confirmed.append(i),  # type: ignore[misc]
-            )
-            k = (msg["type"], msg["severity"], msg["status"])
-            counts[k] = counts.get(k, 0) + 1
-        for k, n in counts.items():
-            m.STOCK_ALERTS.labels(*k).inc(n)
+                self._topic, orjson.dumps(msg), msg["sku"].encode(), on_delivered=done,
+                on_failed=lost,
+            )  # fmt: skip
         self.ack()
 
+    def _send_again(self) -> None:
+        """Send what the broker did not confirm, on a fresh producer, except what turns out
+        to be on the topic already (a confirmation lost on the way)."""
+        todo, self._failed = self._failed, {}
+        m.BROKER_RETRIES.labels("stock_alerts").inc(len(todo))
+        self._producer.reset()
+        self._retry_at = time.monotonic() + self.RETRY_SECONDS
+        try:
+            missing = (
+                unsent_alerts(
+                    self._kafka_config,
+                    self._topic,
+                    self.store.sent_offsets(),
+                    {msg["message_id"] for msg in todo.values()},
+                )
+                if self._kafka_config is not None
+                else {msg["message_id"] for msg in todo.values()}
+            )
+        except Exception as e:  # the broker is still away: try later
+            log.warning("step 'state': stock alerts not confirmed, broker unreachable: %s", e)
+            self._failed.update(todo)
+            return
+        already = [i for i, msg in todo.items() if msg["message_id"] not in missing]
+        self._confirmed.extend(already)
+        again = [i for i in todo if i not in already]
+        log.warning(
+            "step 'state': sending %d stock alert(s) again that the broker did not confirm "
+            "(%d found on the topic already)",
+            len(again),
+            len(already),
+        )
+        self._send(again, [todo[i] for i in again])
+
     def ack(self) -> None:
-        """Serve delivery reports (raising on a failed one) and remove what the broker
-        confirmed from the outbox."""
+        """Serve delivery reports and remove what the broker confirmed from the outbox."""
         self._producer.poll()
         if self._confirmed:
             done = list(self._confirmed)
             self._confirmed.clear()
-            self.store.ack(done)
+            sent, self._sent = self._sent, {}
+            self.store.ack(done, sent)
 
     def close(self) -> None:
-        """Evaluate what is pending, wait for every message sent, and acknowledge them."""
+        """Evaluate what is pending, wait for every message sent, and acknowledge them.
+        What the broker still did not confirm stays in the outbox for the next start."""
         rest = sorted(set(self._round) | self._pending)
         self._round, self._pending = [], set()
         if rest:
@@ -446,6 +585,51 @@ class StockAlerts:
             m.STOCK_LATE_COUNTS.inc(late)
 
 
+class _RedisWait:
+    """How a batch waits for Redis: out of memory, it pauses (doubling up to 30 s) for as
+    long as it takes; busy or unreachable, for at most ``budget`` seconds in all, then the
+    run stops with the cause. Nothing was written meanwhile, so nothing is lost."""
+
+    def __init__(self, budget: float, where: str) -> None:
+        self.budget = budget
+        self.where = where
+        self._since: float | None = None
+        self._delay = 0.5
+
+    def __call__(self, cause: str, e: Exception) -> None:
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
+        waited = now - self._since
+        if STOP.is_set():
+            raise StateUnavailableError(
+                f"step 'state': stopped while waiting for Redis ({cause}: {e}); nothing of "
+                "the batch was written, it is read again at the next start"
+            ) from e
+        if cause != "out_of_memory" and waited > self.budget:
+            raise StateUnavailableError(
+                f"step 'state': Redis at {self.where} {cause} for {waited:.0f}s "
+                f"(OMNICANAL_REDIS_RETRY_SECONDS={self.budget:.0f}): {e}. Stopping; nothing "
+                "of the batch was written, so restarting once Redis is back loses nothing."
+            ) from e
+        m.REDIS_WAITS.labels(cause).inc()
+        m.REDIS_WAITING.set(1)
+        log.warning(
+            "step 'state': Redis %s (%s); waiting %.1fs before trying the batch again",
+            cause.replace("_", " "),
+            e,
+            self._delay,
+        )
+        time.sleep(self._delay)
+        self._delay = min(30.0, self._delay * 2)
+
+    def reset(self) -> None:
+        if self._since is not None:
+            m.REDIS_WAITING.set(0)
+        self._since = None
+        self._delay = 0.5
+
+
 class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
     def __init__(
         self,
@@ -455,30 +639,59 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
         group: GroupOffsets,
         commit_interval: float,
         alerts: StockAlerts,
+        *,
+        floors: dict[str, int] | None = None,
+        hasher: PiiHasher | None = None,
+        redis_retry_seconds: float = 60.0,
     ) -> None:
         self._store = store
         self._alerts = alerts
         IdleWork.register(alerts.due)
         #: SKUs whose stock the last applied batch moved
         self._moved: list[str] = []
-        #: erasure tombstones (identifier -> erasure ms) and the version they belong to
-        self._erasures, self._erased = store.erased()
         self._producer = producer
         self._dlq_topic = dlq_topic
         self._group = group
         self._commit_interval = commit_interval
         self._last_commit = 0.0
         self._pending_commit: dict[str, int] = {}
-        #: last offset known applied in Redis per part (-1: none); loaded on first sight
-        self._floors: dict[str, int] = {}
+        #: last offset known applied in Redis per part (-1: none): the plan's, else
+        #: loaded on first sight (partitions added since the plan)
+        self._floors: dict[str, int] = dict(floors or {})
+        self._hasher = hasher
+        self._wait = _RedisWait(redis_retry_seconds, redact_url(_client_url(store)))
+        #: erasure tombstones (identifier -> erasure ms) and the version they belong to
+        self._erasures, self._erased = self._with_redis(store.erased)
         log_path = os.environ.get(LATENCY_LOG_ENV)
         self._latency_log = open(f"{log_path}.{os.getpid()}", "a") if log_path else None  # noqa: SIM115
         self._latency_events = os.environ.get("OMNICANAL_LATENCY_LOG_EVENTS") == "1"
 
+    def _with_redis(self, call: Callable[[], T]) -> T:
+        """Run a Redis call, waiting out Redis being busy, full or briefly unreachable."""
+        while True:
+            try:
+                out = call()
+            except RedisOutOfMemoryError as e:
+                self._wait("out_of_memory", e)
+            except RedisBusyError as e:
+                self._wait("busy", e)
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                self._wait("unreachable", e)
+            except redis.ResponseError as e:
+                if str(e).startswith("OOM"):
+                    self._wait("out_of_memory", e)
+                elif str(e).startswith(("BUSY", "LOADING", "READONLY", "MASTERDOWN")):
+                    self._wait("busy", e)
+                else:
+                    raise
+            else:
+                self._wait.reset()
+                return out
+
     def _load_floors(self, parts: set[str]) -> None:
         unknown = [p for p in parts if p not in self._floors]
         if unknown:
-            stored = self._store.load_offsets(unknown)
+            stored = self._with_redis(lambda: self._store.load_offsets(unknown))
             for p in unknown:
                 self._floors[p] = stored.get(p, -1)
 
@@ -497,17 +710,14 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
         fresh = [i for i in items if i.offset > floors[f"{i.topic}:{i.partition}"]]
         if len(fresh) != len(items):
             self._count_replayed(items, fresh)
-        # 1. Dead letters, confirmed before the offsets that cover them are stored.
-        rejected = [i for i in fresh if type(i) is Rejected]
-        if rejected:
-            t0 = time.perf_counter()
-            for r in rejected:
-                self._producer.produce(self._dlq_topic, r.record, r.dlq_key)
-            self._producer.flush()
-            m.BATCH_SECONDS.labels("dead_letters").observe(time.perf_counter() - t0)
-        # 2. Profile deltas + offsets in one fenced Redis call.
+        # 1. Dead letters, confirmed by the broker before the offsets that cover them are
+        #    stored in Redis: once an offset is stored, its message is never read again, so
+        #    a dead letter not yet on the topic then would be lost.
+        self._send_dead_letters([i for i in fresh if type(i) is Rejected])
+        # 2. Profile deltas + stock + offsets in one fenced Redis call; a batch the script
+        #    refuses is split until the event behind it is found and dead-lettered.
         t0 = time.perf_counter()
-        applied = self._apply(fresh)
+        applied = self._apply_or_split(fresh)
         m.BATCH_SECONDS.labels("state").observe(time.perf_counter() - t0)
         if self._latency_log is not None:
             self._log_latency(applied)
@@ -522,35 +732,139 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
         self._alerts.ack()  # confirmations of earlier alerts
         self._commit_witness()
 
+    def _send_dead_letters(self, rejected: list[Rejected]) -> None:
+        """Produce and confirm dead letters; what the broker does not confirm is sent again
+        (on a fresh producer, with backoff) until it is, or until the run is stopped. A
+        record the broker refuses as too large is sent again without its payload."""
+        if not rejected:
+            return
+        t0 = time.perf_counter()
+        todo: list[tuple[Rejected, bytes]] = [(r, r.record) for r in rejected]
+        delay = 0.5
+        while todo:
+            failed: list[tuple[Rejected, bytes]] = []
+            for r, record in todo:
+
+                def lost(
+                    f: Failure,
+                    r: Rejected = r,
+                    record: bytes = record,
+                    failed: list[tuple[Rejected, bytes]] = failed,
+                ) -> None:
+                    code, text = f
+                    if code == KafkaError.MSG_SIZE_TOO_LARGE and b'"payload_b64":""' not in record:
+                        failed.append((r, without_payload(record, text)))
+                    else:
+                        failed.append((r, record))
+
+                self._producer.produce(self._dlq_topic, record, r.dlq_key, on_failed=lost)
+            self._producer.flush()
+            if not failed:
+                break
+            m.BROKER_RETRIES.labels("dead_letters").inc(len(failed))
+            if STOP.is_set():
+                raise DeliveryError(
+                    f"step 'state': stopped with {len(failed)} dead letter(s) the broker did "
+                    "not confirm; their offsets were not stored, they are read again at the "
+                    "next start"
+                )
+            log.warning(
+                "step 'state': the broker did not confirm %d dead letter(s); sending them "
+                "again in %.1fs",
+                len(failed),
+                delay,
+            )
+            time.sleep(delay)
+            delay = min(30.0, delay * 2)
+            self._producer.reset()
+            todo = failed
+        m.BATCH_SECONDS.labels("dead_letters").observe(time.perf_counter() - t0)
+
+    def _apply_or_split(self, batch: list[Accepted | Rejected]) -> list[Accepted | Rejected]:
+        """Apply ``batch``; if the script refuses it, apply each half (list order keeps every
+        partition's offsets in order), down to the one event that Redis refuses, which
+        becomes a ``state_rejected`` dead letter: one event never stops the pipeline."""
+        try:
+            return self._apply(batch)
+        except ScriptRejectedError as e:
+            accepted = [i for i in batch if type(i) is Accepted]
+            if len(accepted) <= 1 and len(batch) >= 1:
+                if not accepted:
+                    raise  # only offsets and dead letters: not an event's fault
+                a = accepted[0]
+                log.error(
+                    "step 'state': Redis refused event %s:%d:%d (%s); dead-lettered",
+                    a.topic,
+                    a.partition,
+                    a.offset,
+                    e,
+                )
+                dead = state_rejected(a, str(e), self._hasher)
+                self._send_dead_letters([dead])
+                return self._apply([dead if i is a else i for i in batch])
+            half = len(batch) // 2
+            return self._apply_or_split(batch[:half]) + self._apply_or_split(batch[half:])
+
     def _apply(self, batch: list[Accepted | Rejected]) -> list[Accepted | Rejected]:
         split: dict[str, str] = {}  # component key -> reason Redis refused its link
-        for _ in range(10):
-            ranges: dict[str, list[int]] = {}
+        dropped: set[int] = set()  # id() of duplicates: their offsets count, not effects
+        keys: dict[int, tuple[int, int]] = {}
+        window = self._store.dedupe_window_ms
+        retried = False  # a transport error may hide a call that went through
+        attempts = 0
+        while attempts < MAX_ATTEMPTS:
+            ranges: dict[str, Accepted | Rejected] = {}
             for i in batch:
                 name = f"{i.topic}:{i.partition}"
-                r = ranges.get(name)
-                if r is None:
-                    ranges[name] = [i.offset, i.offset]
-                elif i.offset > r[1]:
-                    r[1] = i.offset
+                top = ranges.get(name)
+                if top is None or i.offset > top.offset:
+                    ranges[name] = i
             if not ranges:
                 return []
-            parts = [(name, self._floors[name], r[1]) for name, r in ranges.items()]
-            accepted = [i for i in batch if type(i) is Accepted]
+            parts = [
+                (name, self._floors[name], i.offset, i.kafka_ts_ms) for name, i in ranges.items()
+            ]
+            accepted = [i for i in batch if type(i) is Accepted and id(i) not in dropped]
+            dedupe: list[tuple[int, int]] = []
+            if window:
+                for a in accepted:
+                    k = keys.get(id(a))
+                    if k is None:
+                        k = keys[id(a)] = event_key(a.contract, a.event_id, a.ts_ms)
+                    dedupe.append(k)
+                first, later = first_copies(dedupe)
+                if later:
+                    self._drop_duplicates([accepted[j] for j in later], dropped)
+                    accepted = [accepted[j] for j in first]
+                    dedupe = [dedupe[j] for j in first]
             kept, suppressed = suppress(accepted, self._erased)
             plan = plan_batch(kept, self._store.rules, split)
             # Stock counts every sale, an erased customer's too: the goods left the shelf.
             stock = plan_stock(accepted, self._alerts.rules)
-            res = self._store.apply(
-                parts,
-                plan.rows,
-                refusals=plan.refusals,
-                erasures=self._erasures,
-                suppressed=suppressed,
-                stock=stock.to_payload() if stock else None,
-            )
+            try:
+                res = self._store.apply(
+                    parts,
+                    plan.rows,
+                    refusals=plan.refusals,
+                    erasures=self._erasures,
+                    suppressed=suppressed,
+                    stock=stock.to_payload() if stock else None,
+                    dedupe=dedupe,
+                )
+            except RedisOutOfMemoryError as e:
+                self._wait("out_of_memory", e)
+                continue
+            except RedisBusyError as e:
+                self._wait("busy", e)
+                continue
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                self._wait("unreachable", e)
+                retried = True
+                continue
+            self._wait.reset()
+            attempts += 1
             if res.ok:
-                for name, _, hi in parts:
+                for name, _, hi, _ in parts:
                     self._floors[name] = hi
                     self._pending_commit[name] = hi + 1
                     topic, p = name.rsplit(":", 1)
@@ -562,8 +876,13 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
                     _count_dropped(m.SUPPRESSED_EVENTS, accepted, kept)
                 self._alerts.count(stock, res.shrinkage, res.late_counts)
                 self._moved = list(res.to_evaluate)
-                return batch
+                return [i for i in batch if id(i) not in dropped]
             if res.stale is not None:
+                if retried and all(res.stale.get(n, -1) >= hi for n, _, hi, _ in parts):
+                    # Our own call went through before its reply was lost: it is applied.
+                    self._floors.update(res.stale)
+                    self._moved = list(stock.touched)
+                    return [i for i in batch if id(i) not in dropped]
                 # Redis is ahead for some parts (another writer, or a reply lost in a
                 # reconnect after the script ran): drop what it already has and retry.
                 self._floors.update(res.stale)
@@ -574,15 +893,30 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
                 batch = kept_items
             elif res.erasures is not None:
                 # A customer was erased since the tombstones were loaded.
-                self._erasures, self._erased = self._store.erased()
+                self._erasures, self._erased = self._with_redis(self._store.erased)
             elif res.refused:
                 for row, reason in res.refused.items():
                     split[plan.keys[row]] = reason
+            elif res.duplicates:
+                self._drop_duplicates(
+                    [a for a, k in zip(accepted, dedupe, strict=True) if k[1] in res.duplicates],
+                    dropped,
+                )
         raise RuntimeError(
-            "step 'state': the batch could not be applied in 10 attempts: Redis kept "
-            "reporting newer offsets, new erasures or refused links. Is another omnicanal "
-            "pipeline with the same Redis prefix reading the same partitions?"
+            f"step 'state': the batch could not be applied in {MAX_ATTEMPTS} attempts: Redis "
+            "kept reporting newer offsets, new erasures, refused links or duplicates. Is "
+            "another omnicanal pipeline with the same Redis prefix reading the same "
+            "partitions?"
         )
+
+    @staticmethod
+    def _drop_duplicates(copies: list[Accepted], dropped: set[int]) -> None:
+        counts: dict[str, int] = {}
+        for a in copies:
+            dropped.add(id(a))
+            counts[a.topic] = counts.get(a.topic, 0) + 1
+        for topic, n in counts.items():
+            m.DUPLICATE_EVENTS.labels(topic).inc(n)
 
     @staticmethod
     def _count_identity(new: int, merges: int, linked: int, refusals: list[list[str]]) -> None:
@@ -649,3 +983,8 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
             self._commit_witness(force=True)
         finally:
             self._group.close()
+
+
+def _client_url(store: ProfileStore) -> str:
+    kw = store.r.connection_pool.connection_kwargs
+    return f"redis://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"

@@ -53,14 +53,27 @@ def stock_rules(settings: Settings) -> StockRules:
     )
 
 
-def state_sink(settings: Settings, rules: IdentityRules, stock: StockRules) -> StateSink:
-    """The sink of the flow: Redis state, dead letters and stock alerts."""
+def state_sink(
+    settings: Settings,
+    rules: IdentityRules,
+    stock: StockRules,
+    *,
+    starts: dict[str, int] | None = None,
+    hasher: PiiHasher | None = None,
+) -> StateSink:
+    """The sink of the flow: Redis state, dead letters and stock alerts. ``starts`` (the
+    plan's start offsets) fence each partition's first batch."""
 
     def stores() -> tuple[ProfileStore, StockStore]:
-        client = connect(settings.redis_url)
+        client = connect(settings.redis_url, socket_timeout=settings.redis_socket_timeout_seconds)
         return (
             ProfileStore(
-                client, settings.redis_prefix, rules, id_buckets=settings.identity_buckets
+                client,
+                settings.redis_prefix,
+                rules,
+                id_buckets=settings.identity_buckets,
+                dedupe_buckets=settings.dedupe_buckets,
+                dedupe_window_ms=settings.dedupe_window_hours * 3_600_000,
             ),
             StockStore(client, settings.redis_prefix),
         )
@@ -73,6 +86,9 @@ def state_sink(settings: Settings, rules: IdentityRules, stock: StockRules) -> S
         settings.topic_stock_alerts,
         settings.group_id,
         alert_interval=settings.stock_alert_interval_ms / 1000,
+        starts=starts,
+        hasher=hasher,
+        redis_retry_seconds=settings.redis_retry_seconds,
     )
 
 
@@ -101,6 +117,8 @@ def build_flow(
         max_bytes=settings.max_event_bytes,
         min_event_ms=settings.min_event_ms(),
         max_future_ms=settings.max_future_seconds * 1000,
+        max_skew_ms=settings.max_clock_skew_seconds * 1000,
+        max_dead_letter_payload=settings.dead_letter_max_payload_bytes,
     )
 
     def validate(msgs: list[Any]) -> list[Accepted | Rejected]:
@@ -127,5 +145,5 @@ def build_flow(
         KafkaWorkerSource(kafka, starts, batch_size=settings.batch_size, until_eof=until_eof),
     )
     checked = op.flat_map_batch("validate", raw, validate)
-    op.output("state", checked, state_sink(settings, rules, stock))
+    op.output("state", checked, state_sink(settings, rules, stock, starts=starts, hasher=hasher))
     return flow

@@ -108,6 +108,30 @@ SKUS_AT_RISK = Gauge(
     "SKUs with an open low-stock, out-of-stock or predicted stock-out alert (all workers).",
 )
 
+DUPLICATE_EVENTS = Counter(
+    "omnicanal_duplicate_events",
+    "Events dropped because an event with the same contract and event_id was applied "
+    "within the dedupe window (an upstream retry), by source topic.",
+    ["topic"],
+)
+REDIS_WAITS = Counter(
+    "omnicanal_redis_waits",
+    "Times a batch waited for Redis before trying again, by cause: out_of_memory (maxmemory "
+    "reached), busy (loading, a long script, a failover), unreachable (connection or "
+    "timeout).",
+    ["cause"],
+)
+REDIS_WAITING = Gauge(
+    "omnicanal_redis_waiting",
+    "1 while this worker's batch waits for Redis (out of memory, busy or unreachable).",
+)
+BROKER_RETRIES = Counter(
+    "omnicanal_broker_retries",
+    "Dead letters or stock alerts sent again because the broker did not confirm them in "
+    "time (down, paused, or refusing), by what was sent.",
+    ["what"],
+)
+
 CATALOG: tuple[MetricWrapperBase, ...] = (
     EVENTS,
     DEAD_LETTERS,
@@ -129,6 +153,10 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     STOCK_ALERTS,
     OPEN_STOCK_ALERTS,
     SKUS_AT_RISK,
+    DUPLICATE_EVENTS,
+    REDIS_WAITS,
+    REDIS_WAITING,
+    BROKER_RETRIES,
 )
 
 

@@ -329,7 +329,7 @@ def _open_customer(ident: str | None, email: str | None, phone: str | None) -> t
         except ConfigError as e:
             _fail(str(e))
         ident = f"email:{hasher.email(email)}" if email else f"phone:{hasher.phone(phone or '')}"
-    store = ProfileStore(connect(settings.redis_url, retry_seconds=2), settings.redis_prefix)
+    store = ProfileStore(connect(settings.redis_url, retries=1), settings.redis_prefix)
     try:
         cid = store.resolve(ident or "")
     except Exception as e:
@@ -389,7 +389,7 @@ def _stock_store() -> Any:
     from state.stock import StockStore
 
     settings = _settings()
-    store = StockStore(connect(settings.redis_url, retry_seconds=2), settings.redis_prefix)
+    store = StockStore(connect(settings.redis_url, retries=1), settings.redis_prefix)
     try:
         store.r.ping()
     except Exception as e:

@@ -27,7 +27,10 @@ class ConfigError(ValueError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="OMNICANAL_", extra="ignore")
+    # Errors never echo what was given: a URL or an option may carry a password.
+    model_config = SettingsConfigDict(
+        env_prefix="OMNICANAL_", extra="ignore", hide_input_in_errors=True
+    )
 
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
     kafka_options: dict[str, str] = Field(
@@ -39,6 +42,39 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (rediss:// for TLS)")
     redis_prefix: str = Field("oc:", description="prefix of every Redis key omnicanal writes")
+    redis_socket_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="a Redis call with no answer after this long fails (TCP keepalive also "
+        "detects a dead peer within ~25 s)",
+    )
+    redis_retry_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        description="how long a batch waits for an unreachable or busy Redis before the run "
+        "stops (a full Redis is waited for without limit)",
+    )
+    redis_allow_eviction: bool = Field(
+        False,
+        description="start even if Redis maxmemory-policy is not noeviction (experts only: "
+        "evicted keys corrupt identities and revive erased people)",
+    )
+    dedupe_window_hours: int = Field(
+        168,
+        ge=0,
+        le=24 * 90,
+        description="a second event with the same event_id within this many hours is dropped "
+        "and counted (0: no dedupe); Redis keeps ~8 bytes per event of the window",
+    )
+    dedupe_buckets: int = Field(
+        256,
+        ge=1,
+        le=1 << 20,
+        description="dedupe sets per event day in a new Redis (~events per day / 400 keeps "
+        "them compact); the first writer stores it in Redis and it is fixed from then on",
+    )
     pii_key: str = Field(
         "", description="secret key for HMAC of emails/phones (>= 16 bytes); required by run"
     )
@@ -123,12 +159,28 @@ class Settings(BaseSettings):
         description="SKUs whose stock moved are evaluated for alerts at most this often per "
         "worker (a hot SKU once, not once per batch); 0: after every batch",
     )
-    max_event_bytes: int = Field(65536, ge=256, description="larger payloads are dead-lettered")
+    max_event_bytes: int = Field(
+        262144, ge=256, description="larger payloads are dead-lettered (checked before parsing)"
+    )
+    dead_letter_max_payload_bytes: int = Field(
+        65536,
+        ge=0,
+        le=700_000,
+        description="bytes of a rejected payload kept in its dead letter (the rest is cut; "
+        "size and SHA-256 of the whole are kept)",
+    )
     min_event_time: str = Field(
         "2000-01-01T00:00:00Z", description="older event_time values are rejected"
     )
     max_future_seconds: int = Field(
         86400, ge=0, description="event_time further ahead of now is rejected"
+    )
+    max_clock_skew_seconds: int = Field(
+        300,
+        ge=0,
+        le=86400,
+        description="consents, the chosen home store and erasures trust an event_time at "
+        "most this far ahead of the message's Kafka timestamp",
     )
     batch_size: int = Field(
         5000, ge=1, le=100_000, description="max messages a worker takes per poll (its batch)"

@@ -546,7 +546,7 @@ class Generator:
         elif kind == "duplicate_key":
             v = good.value[:-1] + b',"event_id":"other"}'
         elif kind == "too_large":
-            v = good.value[:-1] + b',"pad":"' + b"x" * 70_000 + b'"}'
+            v = good.value[:-1] + b',"pad":"' + b"x" * 270_000 + b'"}'
         elif kind == "not_an_object":
             v = b"[" + good.value + b"]"
         else:  # wrong_topic: a valid event of another contract

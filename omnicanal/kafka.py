@@ -26,16 +26,24 @@ class DeliveryError(RuntimeError):
     """A message could not be delivered to Kafka; the run must stop."""
 
 
+#: A send that failed: the librdkafka error code (``KafkaError.code()``) and its text.
+Failure = tuple[int, str]
+
+
 class CheckedProducer:
     """Batches (linger) and checks every delivery report.
 
-    ``flush()`` raises :class:`DeliveryError` if any message produced since the last flush
-    failed or is still undelivered after the timeout: nothing vanishes silently, unlike
-    Bytewax's own ``KafkaSink``.
+    Each message either has an ``on_failed`` callback, which receives the failure
+    (the caller decides: send again, shrink, keep it for later), or none, in which case
+    ``flush()``/``poll()`` raise :class:`DeliveryError` for it: nothing vanishes silently,
+    unlike Bytewax's own ``KafkaSink``. ``flush()`` waits long enough for every message
+    to be delivered or to fail (``message.timeout.ms``), so a message is never both
+    pending and sent again. :meth:`reset` replaces the librdkafka producer after
+    failures (an idempotent producer can stay fenced after a timed-out request).
     """
 
     def __init__(self, config: dict[str, Any], *, what: str = "producer") -> None:
-        conf = {
+        self._conf = {
             "linger.ms": 5,
             "enable.idempotence": True,
             "acks": "all",
@@ -44,10 +52,13 @@ class CheckedProducer:
             "message.timeout.ms": 30_000,
             **config,
         }
-        self._p = Producer(conf)
+        #: seconds after which librdkafka has reported on every queued message
+        self.message_timeout = float(self._conf["message.timeout.ms"]) / 1000
+        self._p = Producer(self._conf)
         self._what = what
         self._lock = threading.Lock()
         self._errors: list[str] = []
+        self._failed: list[tuple[Callable[[Failure], None], Failure]] = []
         self.delivered = 0
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
@@ -62,18 +73,27 @@ class CheckedProducer:
         topic: str,
         value: bytes,
         key: bytes | None = None,
-        on_delivered: Callable[[], None] | None = None,
+        on_delivered: Callable[[int, int], None] | None = None,
+        on_failed: Callable[[Failure], None] | None = None,
     ) -> None:
-        """Queue a message; ``on_delivered`` runs once the broker confirms it (from
-        :meth:`poll` or :meth:`flush`)."""
-        cb = self._on_delivery
-        if on_delivered is not None:
-            done = on_delivered
+        """Queue a message; ``on_delivered(partition, offset)`` runs once the broker
+        confirms it and
+        ``on_failed`` once it cannot be delivered (both from :meth:`poll` or :meth:`flush`,
+        or at once when the message is refused locally, e.g. too large)."""
+        if on_delivered is None and on_failed is None:
+            cb = self._on_delivery
+        else:
 
             def cb(err: KafkaError | None, msg: Any) -> None:
-                self._on_delivery(err, msg)
                 if err is None:
-                    done()
+                    self.delivered += 1
+                    if on_delivered is not None:
+                        on_delivered(msg.partition(), msg.offset())
+                elif on_failed is not None:
+                    # run later, outside librdkafka's callback (the caller may produce)
+                    self._failed.append((on_failed, (err.code(), err.str())))
+                else:
+                    self._on_delivery(err, msg)
 
         while True:
             try:
@@ -82,19 +102,49 @@ class CheckedProducer:
             except BufferError:  # local queue full: serve delivery reports, then retry
                 self._p.poll(0.05)
                 self._raise_errors()
+            except KafkaException as e:
+                err = e.args[0]
+                if on_failed is None:
+                    raise DeliveryError(
+                        f"{self._what}: a message to {topic} was refused: {err.str()}"
+                    ) from None
+                on_failed((err.code(), err.str()))
+                return
 
     def poll(self) -> None:
         self._p.poll(0)
+        self._run_failed()
         self._raise_errors()
 
-    def flush(self, timeout: float = 30.0) -> None:
-        left = self._p.flush(timeout)
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait for every delivery report (by default as long as librdkafka may take to
+        give one: the message timeout) and run the callbacks. Raises
+        :class:`DeliveryError` for failures without ``on_failed`` and when messages are
+        still queued at the end. Returns 0."""
+        wait = self.message_timeout + 5 if timeout is None else timeout
+        left = int(self._p.flush(wait))
+        self._run_failed()
         self._raise_errors()
         if left:
             raise DeliveryError(
-                f"{self._what}: {left} message(s) not delivered within {timeout:.0f}s "
+                f"{self._what}: {left} message(s) not delivered within {wait:.0f}s "
                 "(is the broker reachable?)"
             )
+        return 0
+
+    def reset(self) -> None:
+        """A fresh librdkafka producer (after delivery failures). Messages still queued in
+        the old one are reported failed to their callbacks."""
+        old, self._p = self._p, Producer(self._conf)
+        old.flush(0)
+        old.purge()
+        old.flush(0)
+        self._run_failed()
+
+    def _run_failed(self) -> None:
+        while self._failed:
+            callback, failure = self._failed.pop(0)
+            callback(failure)
 
     def _raise_errors(self) -> None:
         if self._errors:
@@ -189,11 +239,17 @@ class GroupOffsets:
 
 
 def read_topic(
-    config: dict[str, Any], topic: str, *, idle_timeout: float = 5.0
+    config: dict[str, Any],
+    topic: str,
+    *,
+    idle_timeout: float = 5.0,
+    starts: dict[int, int] | None = None,
 ) -> list[tuple[int, int, bytes | None, bytes | None]]:
-    """Every message of a topic from the beginning to its current end:
-    (partition, offset, key, value). For tools and tests, not the hot path."""
+    """Every message of a topic from the beginning (or from ``starts``, partition -> first
+    offset) to its current end: (partition, offset, key, value). For tools, tests and
+    recoveries, not the hot path."""
     parts = partitions_of(config, [topic])[topic]
+    starts = starts or {}
     c = Consumer(
         {
             **config,
@@ -203,7 +259,7 @@ def read_topic(
         }
     )
     try:
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(parts)])
+        c.assign([TopicPartition(topic, p, starts.get(p, OFFSET_BEGINNING)) for p in range(parts)])
         out = []
         eof: set[int] = set()
         deadline = time.monotonic() + idle_timeout

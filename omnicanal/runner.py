@@ -1,5 +1,7 @@
-"""Runs the pipeline: decides where each partition starts, checks that Redis has not lost
-state, and executes the dataflow in one or more processes, stopping cleanly on SIGTERM."""
+"""Runs the pipeline: waits for Kafka and Redis, decides where each partition starts,
+checks that Redis has not lost state and that the topics are the ones it read, sends what a
+crashed run left unsent, and executes the dataflow in one or more processes, stopping
+cleanly on SIGTERM and stopping every worker when one fails."""
 
 from __future__ import annotations
 
@@ -8,19 +10,24 @@ import logging
 import multiprocessing
 import os
 import signal
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
+import redis
 from bytewax.run import cli_main
 from bytewax.testing import run_main
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from flows.connectors import EARLIEST, LATEST, STOP
-from flows.pipeline import build_flow
+from flows.connectors import EARLIEST, LATEST, STOP, StockAlerts
+from flows.pipeline import build_flow, stock_rules
 from monitoring import metrics
 from omnicanal.config import Settings
-from omnicanal.kafka import GroupOffsets, part_name, partitions_of
+from omnicanal.kafka import CheckedProducer, GroupOffsets, part_name, partitions_of, split_part
 from omnicanal.services import free_port
-from state.profiles import ProfileStore, StateError, connect
+from state.profiles import ProfileStore, StateError, connect, redact_url
+from state.stock import StockStore
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,34 @@ class StateBehindStreamError(StateError):
     pass
 
 
+class TopicChangedError(StateError):
+    """A partition no longer holds the events Redis says were applied from it."""
+
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, call: Callable[[], T], *, timeout: float = 0.0, every: float = 10.0) -> T:
+    """``call()`` until it answers: a service that is down at start is waited for (and
+    said so every ``every`` seconds), not a reason to exit. ``timeout`` 0 waits until a
+    stop signal; past ``timeout`` the last error is raised."""
+    start = time.monotonic()
+    said = 0.0
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except Exception as e:
+            waited = time.monotonic() - start
+            if STOP.is_set() or (timeout and waited > timeout):
+                raise
+            if waited - said >= every or said == 0.0:
+                log.warning("waiting for %s (%.0fs so far): %s", what, waited, e)
+                said = waited or 1e-9
+            time.sleep(delay)
+            delay = min(5.0, delay * 2)
+
+
 def plan(settings: Settings, resume_from: ResumeFrom = "auto") -> Plan:
     """Start offset per input partition: one past what Redis has applied.
 
@@ -48,14 +83,23 @@ def plan(settings: Settings, resume_from: ResumeFrom = "auto") -> Plan:
     (already applied offsets are skipped by the fencing, so this is safe too).
     """
     kafka = settings.kafka_config()
-    counts = partitions_of(kafka, list(settings.topic_contracts()))
+    where = f"Kafka at {settings.kafka_bootstrap}"
+    counts = wait_for(where, lambda: partitions_of(kafka, list(settings.topic_contracts())))
     parts = [part_name(t, p) for t, n in counts.items() for p in range(n)]
-    store = ProfileStore(connect(settings.redis_url), settings.redis_prefix)
+    store = ProfileStore(
+        connect(settings.redis_url, socket_timeout=settings.redis_socket_timeout_seconds),
+        settings.redis_prefix,
+    )
     try:
+        wait_for(f"Redis at {redact_url(settings.redis_url)}", store.ping)
+        store.check_eviction(allow=settings.redis_allow_eviction)
         stored = store.load_offsets(parts)
+        stamps = store.offset_stamps(list(stored))
         persistence = store.persistence()
     finally:
         store.close()
+    if resume_from != "earliest":
+        check_positions(kafka, stored, stamps)
     group = GroupOffsets(kafka, settings.group_id)
     try:
         committed = group.committed(parts)
@@ -87,6 +131,93 @@ def plan(settings: Settings, resume_from: ResumeFrom = "auto") -> Plan:
     return Plan(starts, behind, persistence)
 
 
+def check_positions(
+    config: dict[str, str], stored: dict[str, int], stamps: dict[str, int], timeout: float = 5.0
+) -> None:
+    """Each partition must still hold, at the last offset Redis applied, the message that
+    was applied there (same Kafka timestamp). A topic deleted and recreated, or truncated,
+    would otherwise have its new events at those offsets dropped as replays, silently."""
+    todo = {p: o for p, o in stored.items() if p in stamps}
+    if not todo:
+        return
+    c = Consumer(
+        {
+            **config,
+            "group.id": "omnicanal-reader",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "error",
+            "enable.partition.eof": True,
+        }
+    )
+    found: dict[str, int] = {}
+    gone: set[str] = set()
+    try:
+        c.assign([TopicPartition(*split_part(p), o) for p, o in todo.items()])
+        deadline = time.monotonic() + timeout
+        while len(found) + len(gone) < len(todo) and time.monotonic() < deadline:
+            for msg in c.consume(100, 0.2):
+                part = f"{msg.topic()}:{msg.partition()}"
+                if part not in todo or part in found or part in gone:
+                    continue
+                err = msg.error()
+                if err is None:
+                    if msg.offset() == todo[part]:
+                        found[part] = msg.timestamp()[1]
+                    else:
+                        gone.add(part)
+                elif err.code() in (KafkaError._PARTITION_EOF, KafkaError._AUTO_OFFSET_RESET):
+                    gone.add(part)
+    finally:
+        c.close()
+    gone |= set(todo) - set(found)  # no answer: the offset is past the partition's end
+    changed = sorted(p for p, ts in found.items() if ts != stamps[p]) + sorted(gone)
+    if changed:
+        lines = "\n".join(
+            f"  {p}: last applied offset {todo[p]} "
+            + ("holds another message" if p in found else "is not in the partition any more")
+            for p in changed
+        )
+        topics = " ".join(sorted({split_part(p)[0] for p in changed}))
+        raise TopicChangedError(
+            "Kafka no longer holds the events Redis says it applied:\n"
+            f"{lines}\n"
+            "The topic was deleted and recreated, truncated, or retention removed events "
+            "this pipeline never read. Starting here would drop the new events at those "
+            "offsets as replays. If the topic was recreated on purpose (its old events are "
+            "applied, the new ones are not), or you accept that the removed events are "
+            f"lost, run `omnicanal offsets forget {topics} --yes` and start again: those "
+            "partitions are then read from OMNICANAL_START_OFFSET."
+        )
+
+
+def recover_alerts(settings: Settings) -> tuple[int, int, int]:
+    """What a crashed run left: stock alerts in the outbox (sent unless the broker has them
+    already) and SKUs whose alerts were not evaluated. Runs once, before the workers, so
+    that every entry has one sender. Returns (sent, found already sent, SKUs evaluated)."""
+    client = connect(settings.redis_url, socket_timeout=settings.redis_socket_timeout_seconds)
+    producer = CheckedProducer(settings.kafka_config(), what="stock alert recovery")
+    try:
+        alerts = StockAlerts(
+            StockStore(client, settings.redis_prefix),
+            stock_rules(settings),
+            producer,
+            settings.topic_stock_alerts,
+            kafka_config=settings.kafka_config(),
+        )
+        sent, found, skus = alerts.recover()
+    finally:
+        client.close()
+    if sent or found or skus:
+        log.info(
+            "recovery: sent %d stock alert(s) a previous run left unsent (%d were on the "
+            "topic already); evaluated %d SKU(s) it left unevaluated",
+            sent,
+            found,
+            skus,
+        )
+    return sent, found, skus
+
+
 def warn_persistence(persistence: dict[str, str]) -> str | None:
     """A warning when the state Redis would lose everything on restart."""
     if persistence and persistence.get("appendonly") != "yes":
@@ -105,7 +236,7 @@ def known_cause(exc: BaseException) -> BaseException | None:
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
-        if isinstance(cur, StateError | DeliveryError):
+        if isinstance(cur, StateError | DeliveryError | redis.RedisError):
             return cur
         seen.add(id(cur))
         cur = cur.__cause__ or cur.__context__
@@ -134,6 +265,17 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+class WorkerFailedError(RuntimeError):
+    """A worker process failed; every other one was stopped."""
+
+    def __init__(self, name: str, exitcode: int) -> None:
+        super().__init__(
+            f"worker process {name} exited with code {exitcode}; the other workers were "
+            "stopped (see the log above for its error)"
+        )
+        self.exitcode = exitcode
+
+
 def run(
     settings: Settings,
     starts: dict[str, int],
@@ -142,8 +284,15 @@ def run(
     processes: int = 1,
     allow_demo_key: bool = False,
     serve_metrics: bool = True,
+    recover: bool = True,
 ) -> None:
-    """Execute the dataflow; blocks until the input ends or a stop signal arrives."""
+    """Execute the dataflow; blocks until the input ends or a stop signal arrives.
+
+    With several processes, the first one to fail stops all the others and its exit code
+    is raised as :class:`WorkerFailedError`: a half-running pipeline, with some partitions
+    silently unread, is worse than a stopped one."""
+    if recover:
+        recover_alerts(settings)
     if processes <= 1:
         if serve_metrics:
             metrics.serve(settings.metrics_port, settings.metrics_addr)
@@ -171,11 +320,34 @@ def run(
 
     signal.signal(signal.SIGTERM, _forward)
     signal.signal(signal.SIGINT, _forward)
+    failed: multiprocessing.process.BaseProcess | None = None
+    while any(p.is_alive() for p in procs):
+        for p in procs:
+            if failed is None and p.exitcode not in (0, None):
+                failed = p
+                log.error("%s exited with code %s: stopping the other workers", p.name, p.exitcode)
+                _stop_all(procs)
+        time.sleep(0.2)
     for p in procs:
         p.join()
-    failed = [p.name for p in procs if p.exitcode not in (0, None)]
-    if failed:
-        raise RuntimeError(f"worker process(es) failed: {', '.join(failed)} (see their logs)")
+    if failed is None:
+        failed = next((p for p in procs if p.exitcode not in (0, None)), None)
+    if failed is not None:
+        raise WorkerFailedError(failed.name, int(failed.exitcode or 1))
+
+
+def _stop_all(procs: Sequence[multiprocessing.process.BaseProcess], grace: float = 10.0) -> None:
+    """SIGTERM every live worker (each finishes its batch), SIGKILL what is left after
+    ``grace`` seconds (a worker stuck talking to the failed one's cluster)."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + grace
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
 
 
 def _process_main(

@@ -214,7 +214,7 @@ class LocalRedis(_Process):
         proc = self._spawn(argv)
         from state.profiles import connect
 
-        client = connect(self.url, retry_seconds=0)
+        client = connect(self.url, retries=0)
         try:
             _wait(
                 lambda: client.ping(), f"redis-server on port {self.port}", timeout, proc, self.log

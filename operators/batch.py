@@ -85,7 +85,9 @@ def plan_batch(
 
 def suppress(events: Sequence[Accepted], erased: Mapping[str, int]) -> tuple[list[Accepted], int]:
     """Drop events that carry an erased identifier and are not newer than its erasure, so
-    a replay cannot bring an erased customer back. Returns (kept, dropped count).
+    a replay cannot bring an erased customer back. Returns (kept, dropped count). "Newer"
+    is judged on the trusted event time (``eff_ms``): a clock running ahead cannot bring
+    an erased person back either.
 
     >>> from operators.validate import Accepted
     >>> def ev(ts, ids):
@@ -99,7 +101,7 @@ def suppress(events: Sequence[Accepted], erased: Mapping[str, int]) -> tuple[lis
         return list(events), 0
     kept = []
     for a in events:
-        ts = a.ts_ms
+        ts = a.eff_ms or a.ts_ms
         if any(erased.get(f"{k}:{v}", -1) >= ts for k, v in a.ids.items()):
             continue
         kept.append(a)

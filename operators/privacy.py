@@ -19,11 +19,47 @@ import hmac
 import re
 from typing import Any
 
-PII_FIELDS = frozenset({"email", "phone"})
+import orjson
+
+#: Field names (lower case, letters and digits only) whose values are personal data whatever
+#: their JSON type; a name that contains one of :data:`_PII_NAME_PARTS` counts too.
+_EMAIL_NAMES = frozenset({"email", "mail", "emailaddress", "mailaddress", "courriel"})
+_PHONE_NAMES = frozenset(
+    {"phone", "tel", "telephone", "mobile", "msisdn", "cell", "cellphone", "fax", "gsm"}
+)
+_PII_NAME_PARTS = (("email", "email"), ("phone", "phone"), ("mobile", "phone"), ("msisdn", "phone"))
+_NAME_CHARS = re.compile(r"[^a-z0-9]")
 _EMAIL_RE = re.compile(rb"[^\s\"'<>@,;:\\]{1,64}@[^\s\"'<>@,;:\\]{1,255}")
 _EMAIL_CHARS = frozenset(range(33, 127)) - frozenset(b"\"'<>@,;:\\[]{}()")
-_PHONE_FIELD_RE = re.compile(rb'("phone"\s*:\s*")([^"\\]{0,64})(")')
 _PHONE_DIGITS = re.compile(r"[^0-9+]")
+#: A phone number in free text: 9 to 15 digits, optionally a leading "+", single separators
+#: (space, dot, dash, slash, brackets) between them; not part of a longer word or number,
+#: nor of a "date time" such as 2024-05-01 10:00. Bounded repetition: linear, no blow-up.
+_PHONE_TEXT = re.compile(
+    rb"(?<![\w+/.-])\+?\(?\d(?:[ .()/-]{0,2}\d){8,14}(?![\w:])(?![.-]\d)", re.ASCII
+)
+#: Quick test: could these bytes hold anything to scrub? (Most dead letters hold none.)
+_MAYBE_PII = re.compile(rb"(?i)@|\\u|mail|phone|mobile|msisdn|tel|fax|cell|gsm|\d[\d .()/-]{7}")
+#: The next JSON token in a scan: punctuation, a string or a number.
+_TOKEN = re.compile(rb'[{}\[\]:,"]|-?\d[\d.eE+-]*')
+_STRING_END = re.compile(rb'["\\]')
+
+
+def pii_kind(name: str) -> str | None:
+    """``"email"`` or ``"phone"`` when a field of this name holds personal data.
+
+    >>> pii_kind("Customer_E-Mail"), pii_kind("mobileNumber"), pii_kind("Tel"), pii_kind("hotel")
+    ('email', 'phone', 'phone', None)
+    """
+    n = _NAME_CHARS.sub("", name.lower())
+    if n in _EMAIL_NAMES:
+        return "email"
+    if n in _PHONE_NAMES:
+        return "phone"
+    for part, kind in _PII_NAME_PARTS:
+        if part in n:
+            return kind
+    return None
 
 
 class PiiHasher:
@@ -47,35 +83,124 @@ class PiiHasher:
         """HMAC of a phone number reduced to digits (and a leading ``+``)."""
         return self._mac(b"phone", _PHONE_DIGITS.sub("", raw))
 
-    def scrub_value(self, key: str, value: Any) -> Any:
-        """Replace a raw email/phone value by ``hmac:<token>``; anything else is kept."""
-        if isinstance(value, str):
-            if key == "email":
-                return "hmac:" + self.email(value)
-            if key == "phone":
-                return "hmac:" + self.phone(value)
-        return value
+    def token(self, kind: str, raw: str) -> str:
+        """The replacement of a personal value in kept payloads: ``hmac:<token>``."""
+        return "hmac:" + (self.email(raw) if kind == "email" else self.phone(raw))
 
-    def scrub_json(self, obj: Any) -> Any:
-        """Return ``obj`` with every ``email``/``phone`` value and email-like string hashed.
+    def scrub_text(self, text: str) -> str:
+        """``text`` with every email address and phone number replaced by its token.
 
         >>> h = PiiHasher(b"k" * 32)
-        >>> out = h.scrub_json({"customer": {"email": "a@b.c"}, "note": ["x@y.z", 3]})
-        >>> out["customer"]["email"].startswith("hmac:"), out["note"][0].startswith("hmac:")
-        (True, True)
+        >>> out = h.scrub_text("call +44 7700 900123 or mail ana@example.com, order 12345")
+        >>> "7700" in out, "ana@" in out, out.endswith("order 12345")
+        (False, False, True)
         """
-        if isinstance(obj, dict):
-            return {
-                k: self.scrub_value(k, v) if k in PII_FIELDS else self.scrub_json(v)
-                for k, v in obj.items()
-            }
-        if isinstance(obj, list):
-            return [self.scrub_json(v) for v in obj]
-        if isinstance(obj, str) and "@" in obj:
-            if _EMAIL_RE.fullmatch(obj.encode()):
-                return "hmac:" + self.email(obj)
-            return self._scrub_emails(obj.encode()).decode("utf-8", "replace")
-        return obj
+        raw = text.encode("utf-8", "surrogatepass")
+        out = self.scrub_bytes(raw)
+        return text if out == raw else out.decode("utf-8", "replace")
+
+    def scrub_bytes(self, raw: bytes) -> bytes:
+        """Email-like runs and phone-like numbers in any bytes, parsed or not; linear.
+
+        >>> h = PiiHasher(b"k" * 32)
+        >>> b"ana@example.com" in h.scrub_bytes(b'{"email":"ana@example.com",')
+        False
+        >>> b"7946" in h.scrub_bytes(b'{"phone": "0207 946 0958", oops')
+        False
+        """
+        if b"@" in raw:
+            raw = self._scrub_emails(raw)
+        return _PHONE_TEXT.sub(lambda m: self.token("phone", m.group().decode()).encode(), raw)
+
+    def scrub_payload(self, raw: bytes) -> bytes:
+        """The bytes of a rejected payload with personal data replaced, for dead letters.
+
+        JSON-aware where the bytes are JSON, best effort where they are not, and linear in
+        the input whatever its nesting (no recursion, no parse tree): the value of a field
+        whose name says email or phone (:func:`pii_kind`) is replaced whatever its type
+        (string, number, or everything inside a list or object); emails and phone numbers
+        are replaced wherever they appear, in keys, values, escaped or not. Bytes without
+        personal data come back unchanged.
+
+        >>> h = PiiHasher(b"k" * 32)
+        >>> out = h.scrub_payload(b'{"Phone": 447700900123, "x": ["a@b.co", {"e-mail": [1]}]}')
+        >>> b"447700900123" in out, b"a@b.co" in out, out.count(b"hmac:")
+        (False, False, 3)
+        >>> h.scrub_payload(b'{"sku": "A1", "qty": 2}')
+        b'{"sku": "A1", "qty": 2}'
+        """
+        if not _MAYBE_PII.search(raw):
+            return raw
+        out = bytearray()
+        copied = 0  # raw[:copied] is in out
+        #: per open container: [is object, PII kind of the container, expecting a key,
+        #: PII kind of the current key]
+        stack: list[list[Any]] = []
+        pos, n = 0, len(raw)
+        while pos < n:
+            m = _TOKEN.search(raw, pos)
+            if m is None:
+                break
+            start, c = m.start(), raw[m.start()]
+            top = stack[-1] if stack else None
+            if c == 0x22:  # a string: find its end, skipping escapes
+                end = start + 1
+                while True:
+                    e = _STRING_END.search(raw, end)
+                    if e is None:
+                        end = n
+                        break
+                    if raw[e.start()] == 0x5C:  # backslash: skip the escaped byte
+                        end = e.start() + 2
+                        continue
+                    end = e.end()
+                    break
+                tok = raw[start:end]
+                if top is not None and top[0] and top[2]:  # an object key
+                    text = _json_string(tok)
+                    top[3] = pii_kind(text) if text is not None else None
+                    new = self._scrub_string(tok, text)
+                else:
+                    kind = _value_kind(top)
+                    text = _json_string(tok)
+                    if kind is not None and text is not None:
+                        new = _quoted(self.token(kind, text))
+                    else:
+                        new = self._scrub_string(tok, text)
+                if new is not tok:
+                    out += raw[copied:start]
+                    out += new
+                    copied = end
+                pos = end
+                continue
+            pos = m.end()
+            if c in b"{[":
+                stack.append([c == 0x7B, _value_kind(top), c == 0x7B, None])
+            elif c in b"}]":
+                if stack:
+                    stack.pop()
+            elif c == 0x3A:  # ':'
+                if top is not None:
+                    top[2] = False
+            elif c == 0x2C:  # ','
+                if top is not None and top[0]:
+                    top[2], top[3] = True, None
+            else:  # a number
+                kind = _value_kind(top)
+                if kind is not None:
+                    out += raw[copied:start]
+                    out += _quoted(self.token(kind, m.group().decode()))
+                    copied = pos
+        out += raw[copied:]
+        # Whatever the JSON scan could not see (broken JSON, bare text) gets the patterns.
+        return self.scrub_bytes(bytes(out))
+
+    def _scrub_string(self, tok: bytes, text: str | None) -> bytes:
+        """A JSON string token with emails/phones replaced; ``tok`` itself if none."""
+        if text is None:  # not a valid JSON string: patterns on the bytes
+            return tok
+        clean = self.scrub_text(text)
+        return tok if clean == text else _quoted(clean)
 
     def _scrub_emails(self, raw: bytes) -> bytes:
         """Replace every ``local@domain`` run; linear in the input (no regex backtracking)."""
@@ -101,22 +226,22 @@ class PiiHasher:
         out += raw[pos:]
         return bytes(out)
 
-    def scrub_bytes(self, raw: bytes) -> bytes:
-        """Best-effort scrub of bytes that did not parse: email-like runs and phone fields.
 
-        >>> h = PiiHasher(b"k" * 32)
-        >>> b"ana@example.com" in h.scrub_bytes(b'{"email":"ana@example.com",')
-        False
-        >>> b"0207" in h.scrub_bytes(b'{"phone": "0207 946 0958", oops')
-        False
-        """
-        out = self._scrub_emails(raw)
-        return _PHONE_FIELD_RE.sub(
-            lambda m: (
-                m.group(1)
-                + b"hmac:"
-                + self.phone(m.group(2).decode("utf-8", "replace")).encode()
-                + m.group(3)
-            ),
-            out,
-        )
+def _value_kind(top: list[Any] | None) -> str | None:
+    """PII kind of the next value: its key's in an object, else its container's."""
+    if top is None:
+        return None
+    return top[3] or top[1] if top[0] else top[1]
+
+
+def _json_string(tok: bytes) -> str | None:
+    """The text of a JSON string token, or None if it is not a valid one."""
+    try:
+        v = orjson.loads(tok)
+    except orjson.JSONDecodeError:
+        return None
+    return v if isinstance(v, str) else None
+
+
+def _quoted(text: str) -> bytes:
+    return orjson.dumps(text)

@@ -172,13 +172,15 @@ def fold(events: Iterable[Accepted], into: CustomerDelta | None = None) -> Custo
             f = f_red if et == "offer_redeemed" else f_rsp
             sums[f] = sums.get(f, 0) + 1
         elif et == "consent_changed":
+            # A clock running ahead must not outrank later choices (validate.trusted_time).
+            eff = a.eff_ms or ts
             c = ev.consents
             for purpose in CONSENT_PURPOSES:
                 v = getattr(c, purpose)
                 if v is not UNSET:
-                    _latest(d, "cs:" + purpose, ts, "1" if v else "0")
+                    _latest(d, "cs:" + purpose, eff, "1" if v else "0")
         elif et == "home_store_chosen":
-            _latest(d, "hs", ts, ev.location_id)
+            _latest(d, "hs", a.eff_ms or ts, ev.location_id)
     return d
 
 
@@ -200,22 +202,40 @@ def to_row(d: CustomerDelta) -> list[Any]:
     """Compact form of a delta for the Redis script (``state/lua/apply_batch.lua``):
     ``[sums, mins, maxs, logs, lww, views, bought, cart, cart_clear_ms]``, each a flat list.
 
+    Recently viewed and bought SKUs and cart entries are capped to what Redis keeps anyway
+    (the most recent :data:`RECENT_VIEWS`, :data:`RECENT_BOUGHT`, :data:`CART_CAP`, in the
+    order Redis trims them), so a bot viewing thousands of SKUs in one batch costs no more
+    than a person, and the profile is the same as without the cap.
+
     >>> d = CustomerDelta(); d.sums["web:e"] = 2; d.lww["cs:sms"] = (5, "0")
     >>> to_row(d)
     [['web:e', 2], [], [], [], ['cs:sms', 5, '0'], [], [], [], 0]
+    >>> d.views = {f"S{i}": i for i in range(4500)}
+    >>> row = to_row(d); len(row[5]) // 2, row[5][:2]
+    (20, ['S4499', 4499])
     """
     clear = d.cart_clear_ms
+    cart = [(sku, ts, q) for (sku, ts), q in d.cart.items() if ts > clear and q != 0]
+    if len(cart) > CART_CAP:  # Redis keeps the greatest (time, "sku|time") entries
+        cart = sorted(cart, key=lambda e: (e[1], f"{e[0]}|{e[1]}"), reverse=True)[:CART_CAP]
     return [
         [x for kv in d.sums.items() if kv[1] for x in kv],
         [x for kv in d.mins.items() for x in kv],
         [x for kv in d.maxs.items() for x in kv],
         [x for kv in d.logs.items() for x in kv],
         [x for f, (ts, v) in d.lww.items() for x in (f, ts, v)],
-        [x for kv in d.views.items() for x in kv],
-        [x for kv in d.bought.items() for x in kv],
-        [x for (sku, ts), q in d.cart.items() if ts > clear and q != 0 for x in (sku, ts, q)],
+        [x for kv in _most_recent(d.views, RECENT_VIEWS) for x in kv],
+        [x for kv in _most_recent(d.bought, RECENT_BOUGHT) for x in kv],
+        [x for e in cart for x in e],
         clear,
     ]
+
+
+def _most_recent(latest: dict[str, int], keep: int) -> Iterable[tuple[str, int]]:
+    """The ``keep`` entries a Redis sorted set trimmed by rank keeps: greatest (time, sku)."""
+    if len(latest) <= keep:
+        return latest.items()
+    return sorted(latest.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:keep]
 
 
 def cart_lines(entries: Iterable[tuple[str, int, int]], clear_ms: int) -> dict[str, int]:

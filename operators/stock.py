@@ -117,8 +117,10 @@ class StockPlan:
 
     #: (sku, location, event ms) -> units (+ in, - out); one entry per event time
     moves: dict[tuple[str, str, int], int] = field(default_factory=dict)
-    #: (sku, location) -> (event ms, on hand): the newest count in the batch
-    snaps: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    #: (sku, location, event ms, on hand): every count of the batch, in arrival order (each
+    #: one closes a shrinkage interval, so keeping only the newest would make the
+    #: shrinkage depend on where batches end)
+    snaps: list[tuple[str, str, int, int]] = field(default_factory=list)
     #: (sku, channel or "store@<location>") -> (event ms, price minor, currency)
     prices: dict[tuple[str, str], tuple[int, int, str]] = field(default_factory=dict)
     #: sku -> category (the smallest name seen, so that any batching gives the same)
@@ -142,7 +144,7 @@ class StockPlan:
     def to_payload(self) -> dict[str, Any]:
         return {
             "mv": [[s, loc, t, d] for (s, loc, t), d in self.moves.items() if d],
-            "sn": [[s, loc, t, q] for (s, loc), (t, q) in self.snaps.items()],
+            "sn": [list(s) for s in self.snaps],
             "pr": [[s, ch, t, p, c] for (s, ch), (t, p, c) in self.prices.items()],
             "cat": [[s, c] for s, c in self.categories.items()],
             "vel": [[s, loc, *v] for (s, loc), v in self.velocity.items()],
@@ -221,10 +223,7 @@ def plan_stock(events: Iterable[Accepted], rules: StockRules) -> StockPlan:
             counts[et] = counts.get(et, 0) + 1
             sku = ev.sku
             if et == "stock_snapshot":
-                sk2 = (sku, ev.location_id)
-                old = plan.snaps.get(sk2)
-                if old is None or (ts, ev.on_hand) > old:
-                    plan.snaps[sk2] = (ts, ev.on_hand)
+                plan.snaps.append((sku, ev.location_id, ts, ev.on_hand))
             elif et == "stock_adjustment":
                 key = (sku, ev.location_id, ts)
                 plan.moves[key] = plan.moves.get(key, 0) + ev.delta

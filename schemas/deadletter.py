@@ -25,6 +25,8 @@ Reason = Literal[
     "invalid_value",
     "timestamp_out_of_range",
     "wrong_topic",
+    "internal_error",
+    "state_rejected",
 ]
 
 #: Every reason code with the sentence ops read in dashboards and the README.
@@ -41,6 +43,8 @@ REASONS: Final[dict[str, str]] = {
     "invalid_value": "a value outside its allowed range, pattern or enumeration",
     "timestamp_out_of_range": "event_time before the configured minimum or too far in the future",
     "wrong_topic": "a valid event of another contract on this topic",
+    "internal_error": "omnicanal failed on this message (the message names the exception type)",
+    "state_rejected": "Redis refused to apply this event; the rest of its batch was applied",
 }
 
 
@@ -65,3 +69,9 @@ class DeadLetter(Struct, frozen=True, omit_defaults=True):
     processor: str
     step: str
     event_type: str | UnsetType = UNSET
+    #: SHA-256 (hex) of the whole payload as kept before truncation, that is after
+    #: scrubbing: the original's own SHA-256 when ``payload_scrubbed`` is false. Absent when
+    #: the payload could not be kept at all.
+    payload_sha256: str | UnsetType = UNSET
+    #: ``payload_b64`` holds only the first bytes (OMNICANAL_DEAD_LETTER_MAX_PAYLOAD_BYTES)
+    payload_truncated: bool = False

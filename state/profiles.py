@@ -28,6 +28,11 @@ Layout (``oc:`` is the configurable prefix)::
     oc:refusals            stream  links refused by the guard rails (capped)
     oc:erased              hash  identifier -> erasure ms (tombstones), oc:erased:version
     oc:erasures            stream  erasure records (customer id, count, time)
+    oc:dd:<day>:<bucket>   set   63-bit hashes of the event ids applied, per event day (days
+                                 since 1970) and bucket (hash mod oc:dd:buckets); expire
+                                 after the dedupe window (operators/dedupe.py)
+    oc:dd:buckets          int   dedupe bucket count, set by the first writer and then fixed
+    oc:applying            str   present only while a batch script writes (see the script)
 
 Each batch is applied by one Lua call that also advances the offsets, so a batch's
 effects and its position are stored together or not at all.
@@ -36,6 +41,7 @@ effects and its position are stored together or not at all.
 from __future__ import annotations
 
 import importlib.resources
+import socket
 import time
 import zlib
 from collections.abc import Iterable, Sequence
@@ -79,6 +85,11 @@ def id_bucket(identifier: str, buckets: int) -> str:
     return format(zlib.crc32(identifier.encode()) % buckets, "x")
 
 
+#: Event-id dedupe sets per event day: each stays a compact intset (8 bytes per event) up
+#: to 512 events, so ~130k events a day at 256 buckets; more only costs memory.
+DEFAULT_DEDUPE_BUCKETS = 256
+DEFAULT_DEDUPE_WINDOW_MS = 7 * 86_400_000
+
 #: Favourite categories shown in a profile.
 TOP_CATEGORIES = 5
 STATS = ("customers", "identifiers", "merges", "refused", "suppressed", "erased")
@@ -90,6 +101,36 @@ class StateError(RuntimeError):
 
 class StateRegressedError(StateError):
     """Redis holds less than this process already applied: Redis lost writes."""
+
+
+class TornBatchError(StateError):
+    """A batch script failed half-way through its writes: Redis holds part of a batch."""
+
+
+class RedisOutOfMemoryError(StateError):
+    """Redis refused the batch for lack of memory (maxmemory with noeviction): nothing was
+    written; the caller pauses and tries again."""
+
+
+class RedisBusyError(StateError):
+    """Redis cannot serve now (loading its data, running a long script, read-only during a
+    failover): nothing was written; the caller tries again."""
+
+
+class ScriptRejectedError(StateError):
+    """The batch script refused the batch, or failed before its first write: nothing was
+    written. The caller splits the batch to find the event that causes it."""
+
+
+class StateUnavailableError(StateError):
+    """Redis stayed unreachable or busy longer than the pipeline waits for it."""
+
+
+class EvictionPolicyError(StateError):
+    """Redis may evict keys: state would silently lose customers, ids or tombstones."""
+
+
+_BUSY_PREFIXES = ("BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
 
 
 @dataclass(frozen=True)
@@ -113,6 +154,8 @@ class ApplyResult:
     erasures: int | None = None
     #: rows the guard rails refused: row index -> reason (nothing was written)
     refused: dict[int, str] | None = None
+    #: hashes of events Redis has already applied (nothing was written)
+    duplicates: frozenset[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,16 +169,43 @@ class _Stored:
     members: list[str]
 
 
-def connect(url: str, *, retry_seconds: float = 20.0) -> redis.Redis:
-    """A client that rides out short Redis restarts and raises after ``retry_seconds``."""
-    attempts = max(1, int(retry_seconds / 2))
+def connect(
+    url: str, *, socket_timeout: float = 30.0, retries: int = 3, connect_timeout: float = 5.0
+) -> redis.Redis:
+    """A client that never hangs: every call times out after ``socket_timeout`` seconds,
+    TCP keepalive notices a dead peer within about 25 s, and a failed connection is retried
+    ``retries`` times with a short backoff before it raises. Longer outages are the
+    caller's to ride out (the pipeline waits up to ``OMNICANAL_REDIS_RETRY_SECONDS``)."""
+    keepalive: dict[int, int] = {}
+    for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):
+            keepalive[getattr(socket, name)] = value
     return redis.Redis.from_url(
         url,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), attempts),
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), max(0, retries)),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        socket_connect_timeout=5,
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=socket_timeout,
+        socket_keepalive=True,
+        socket_keepalive_options=keepalive,
         health_check_interval=30,
     )
+
+
+def redact_url(url: str) -> str:
+    """A Redis or broker URL without its password, for messages and logs.
+
+    >>> redact_url("rediss://user:s3cret@redis:6380/0")
+    'rediss://user:***@redis:6380/0'
+    >>> redact_url("redis://:s3cret@redis/0"), redact_url("redis://redis:6379/0")
+    ('redis://:***@redis/0', 'redis://redis:6379/0')
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user, colon, _ = creds.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
 
 
 def _iso(ms: int | None) -> str | None:
@@ -152,12 +222,18 @@ class ProfileStore:
         rules: IdentityRules | None = None,
         *,
         id_buckets: int = DEFAULT_ID_BUCKETS,
+        dedupe_buckets: int = DEFAULT_DEDUPE_BUCKETS,
+        dedupe_window_ms: int = DEFAULT_DEDUPE_WINDOW_MS,
     ) -> None:
         self.r = client
         self.prefix = prefix
         self.rules = rules or IdentityRules()
         self._new_buckets = id_buckets
         self._buckets: int | None = None
+        self._new_dd_buckets = dedupe_buckets
+        self._dd_buckets: int | None = None
+        #: how long a copy of an event is recognised (0: no dedupe)
+        self.dedupe_window_ms = dedupe_window_ms
         self.offsets_key = prefix + "offsets"
         self._apply = client.register_script(_APPLY_LUA)
         self._erase = client.register_script(_ERASE_LUA)
@@ -175,6 +251,20 @@ class ProfileStore:
         except redis.ResponseError:
             return {}
         return {_s(k or ""): _s(v or "") for k, v in cfg.items()}
+
+    def check_eviction(self, *, allow: bool = False) -> str:
+        """The ``maxmemory-policy``; raises :class:`EvictionPolicyError` unless it is
+        ``noeviction`` (or ``allow``). Read from INFO, which managed Redis also serves."""
+        policy = _s(str(self.r.info("memory").get("maxmemory_policy", "")))
+        if policy and policy != "noeviction" and not allow:
+            raise EvictionPolicyError(
+                f"Redis maxmemory-policy is {policy!r}: Redis may evict keys when it is full, "
+                "and an evicted id sequence, identity link or erasure tombstone silently "
+                "corrupts customers or brings erased people back. Set `maxmemory-policy "
+                "noeviction` (omnicanal pauses when Redis is full instead), or, if you know "
+                "what you are doing, OMNICANAL_REDIS_ALLOW_EVICTION=true."
+            )
+        return policy
 
     def close(self) -> None:
         self.r.close()
@@ -204,43 +294,70 @@ class ProfileStore:
         if offsets:
             self.r.hset(self.offsets_key, mapping={k: str(v) for k, v in offsets.items()})
 
+    def offset_stamps(self, parts: Sequence[str]) -> dict[str, int]:
+        """Kafka timestamp of the last applied message per part (where known)."""
+        if not parts:
+            return {}
+        vals = self.r.hmget(self.offsets_key + ":ts", list(parts))
+        return {p: int(v) for p, v in zip(parts, vals, strict=True) if v is not None}
+
+    def forget_offsets(self, parts: Sequence[str]) -> None:
+        """Delete the applied offsets of ``parts`` (operator tool, after a topic was
+        recreated or retention removed unread events): they start afresh."""
+        if parts:
+            self.r.hdel(self.offsets_key, *parts)
+            self.r.hdel(self.offsets_key + ":ts", *parts)
+
     # ------------------------------------------------------------------ batch apply
     def apply(
         self,
-        parts: Iterable[tuple[str, int, int]],
+        parts: Iterable[tuple[str, int, int] | tuple[str, int, int, int]],
         rows: list[list[Any]],
         *,
         refusals: Sequence[Sequence[str]] = (),
         erasures: int = 0,
         suppressed: int = 0,
         stock: dict[str, Any] | None = None,
+        dedupe: Sequence[tuple[int, int]] = (),
     ) -> ApplyResult:
         """Resolve and apply a batch plan (``operators/batch.py``) and advance ``parts``
-        (name, floor, max offset), atomically.
+        (name, floor, max offset[, Kafka timestamp of the message at max]), atomically.
 
-        Raises :class:`StateRegressedError` if Redis holds an offset below ``floor``.
-        Returns ``ok=False``, having written nothing, where Redis is already ahead of
-        ``floor`` (a replay or a second writer: drop what is covered and call again), where
-        the erasure version is not ``erasures`` (reload :meth:`erased` and call again), or
-        where the guard rails refuse rows' links (apply those rows unlinked).
+        Raises :class:`StateRegressedError` if Redis holds an offset below ``floor``,
+        :class:`TornBatchError` if an earlier call died half-way through its writes,
+        :class:`RedisOutOfMemoryError` / :class:`RedisBusyError` when Redis cannot take it
+        now, and :class:`ScriptRejectedError` when the script refuses the plan or fails
+        before writing (split the batch). Returns ``ok=False``, having written nothing,
+        where Redis is already ahead of ``floor`` (a replay or a second writer: drop what is
+        covered and call again), where the erasure version is not ``erasures`` (reload
+        :meth:`erased` and call again), where the guard rails refuse rows' links (apply
+        those rows unlinked), or where events of ``dedupe`` ((event day, hash) per event,
+        :func:`operators.dedupe.event_key`) were applied before (drop them, call again).
         ``stock`` is the batch's stock plan (``operators/stock.py``), applied in the same
         transaction.
         """
+        parts = list(parts)
+        now = int(time.time() * 1000)
         payload = orjson.dumps(
             {
-                "parts": list(parts),
+                "parts": parts,
                 "c": rows,
                 "refusals": list(refusals),
                 "erasures": erasures,
                 "suppressed": suppressed,
                 "limits": dict(self.rules.limits),
                 "max": self.rules.max_component,
-                "now": int(time.time() * 1000),
+                "now": now,
                 "bk": {i: id_bucket(i, self.buckets()) for row in rows for i in row[0]},
+                "id": f"{parts[0][0]}:{parts[0][1] + 1}-{parts[0][2]}" if parts else "",
                 **({"st": stock} if stock else {}),
+                **({"dd": self._dedupe_groups(dedupe, now)} if dedupe else {}),
             }
         )
-        res = self._apply(args=[self.prefix, payload, RECENT_VIEWS, CART_CAP, RECENT_BOUGHT])
+        try:
+            res = self._apply(args=[self.prefix, payload, RECENT_VIEWS, CART_CAP, RECENT_BOUGHT])
+        except redis.ResponseError as e:
+            raise self._script_error(e) from e
         status = _s(res[0])
         if status == "OK":
             new, merges, linked, refused, gap, in_count, late = (int(x) for x in res[1:8])
@@ -254,12 +371,63 @@ class ProfileStore:
         if status == "REFUSED":
             it = iter(res[1:])
             return ApplyResult(False, refused={int(i): _s(r) for i, r in zip(it, it, strict=True)})
+        if status == "DUPLICATE":
+            return ApplyResult(False, duplicates=frozenset(int(x) for x in res[1:]))
+        if status == "INVALID":
+            raise ScriptRejectedError(
+                f"the batch script refused row {_s(res[1])} ({_s(res[2])} over the limit)"
+            )
+        if status == "TORN":
+            raise TornBatchError(self._torn_message(_s(res[1])))
         part, stored, floor = _s(res[1]), int(res[2]), int(res[3])
         raise StateRegressedError(
             f"Redis state went back in time for {part}: Redis says offset {stored} is the "
             f"last applied, but this worker already applied up to {floor}. Redis lost writes "
             "(restarted without persistence, failed over, or was flushed). Stopping rather "
             "than building wrong profiles; see README 'Recovering from Redis data loss'."
+        )
+
+    def _dedupe_groups(self, keys: Sequence[tuple[int, int]], now_ms: int) -> list[list[Any]]:
+        """The script's ``dd`` argument: per set key, its expiry (s) and the hashes."""
+        buckets = self.dedupe_buckets()
+        groups: dict[str, list[Any]] = {}
+        for day, h in keys:
+            key = f"{self.prefix}dd:{day}:{h % buckets:x}"
+            g = groups.get(key)
+            if g is None:
+                end_of_day = (day + 1) * 86_400_000
+                g = groups[key] = [key, (max(end_of_day, now_ms) + self.dedupe_window_ms) // 1000]
+            g.append(str(h))  # as text: Lua numbers are doubles, 63 bits would round
+        return list(groups.values())
+
+    def dedupe_buckets(self) -> int:
+        """Dedupe set buckets per day: stored in Redis by the first writer, fixed after."""
+        if self._dd_buckets is None:
+            key = self.prefix + "dd:buckets"
+            self.r.set(key, self._new_dd_buckets, nx=True)
+            self._dd_buckets = int(self.r.get(key) or self._new_dd_buckets)
+        return self._dd_buckets
+
+    def _script_error(self, e: redis.ResponseError) -> StateError:
+        """What a failed script call means: busy, full, torn, or refused before writing."""
+        msg = str(e)
+        if msg.startswith("OOM"):
+            return RedisOutOfMemoryError(f"Redis is out of memory: {msg}")
+        if msg.startswith(_BUSY_PREFIXES):
+            return RedisBusyError(f"Redis cannot take writes now: {msg}")
+        marker = self.r.get(self.prefix + "applying")
+        if marker is not None:
+            return TornBatchError(self._torn_message(_s(marker), msg))
+        return ScriptRejectedError(f"the batch script failed before writing: {msg[:300]}")
+
+    def _torn_message(self, batch: str, cause: str = "") -> str:
+        return (
+            f"a batch script died half-way through its writes (batch {batch}"
+            f"{': ' + cause[:300] if cause else ''}): Redis holds part of that batch, and "
+            "applying anything more would count some events twice. This is a bug or a key "
+            f"changed by something else; please report it. Recovery: restore Redis from a "
+            f"backup taken before, or rebuild (README 'Recovering from Redis data loss'); "
+            f"`DEL {self.prefix}applying` only once you have decided what Redis should hold."
         )
 
     # ------------------------------------------------------------------ identity
@@ -526,4 +694,16 @@ def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
-__all__ = ["ApplyResult", "ProfileStore", "StateError", "connect"]
+__all__ = [
+    "ApplyResult",
+    "EvictionPolicyError",
+    "ProfileStore",
+    "RedisBusyError",
+    "RedisOutOfMemoryError",
+    "ScriptRejectedError",
+    "StateError",
+    "StateUnavailableError",
+    "TornBatchError",
+    "connect",
+    "redact_url",
+]

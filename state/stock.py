@@ -9,7 +9,7 @@ with an outbox) and serves the ``alerts`` and ``stock`` commands.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,10 @@ import redis
 from operators.stock import Evaluation, SkuState, seasonal_index
 
 _ALERTS_LUA = (Path(__file__).with_name("lua") / "stock_alerts.lua").read_text()
+_SENT_MAX_LUA = """
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+"""
 #: Seconds a location's hour-of-week profile is cached per worker (it moves slowly).
 SEASON_TTL = 300.0
 
@@ -34,6 +38,7 @@ class StockStore:
         self.r = client
         self.prefix = prefix
         self._reconcile = client.register_script(_ALERTS_LUA)
+        self._sent_max = client.register_script(_SENT_MAX_LUA)
         self._seasons: dict[str, tuple[float, list[float]]] = {}
 
     # ------------------------------------------------------------------ reads
@@ -82,11 +87,18 @@ class StockStore:
                 self._seasons[loc] = (now, seasonal_index(counts, span["t1"] - span["t0"]))
         return {loc: self._seasons[loc][1] for loc in locations if loc in self._seasons}
 
-    def dirty(self, count: int = 10_000) -> list[str]:
+    def dirty(self, page: int = 1000) -> Iterator[list[str]]:
         """SKUs whose stock changed and whose alerts were not re-evaluated (a crash between
-        the batch and its evaluation, or another worker's newer version)."""
-        raw: Any = self.r.srandmember(f"{self.prefix}stock:dirty", count)
-        return sorted(_s(x) for x in raw)
+        the batch and its evaluation, or another worker's newer version), a page at a
+        time, all of them (SSCAN: a SKU added meanwhile may come twice, which is harmless:
+        its version says whether it still needs work)."""
+        cursor = 0
+        while True:
+            cursor, raw = self.r.sscan(f"{self.prefix}stock:dirty", cursor, count=page)
+            if raw:
+                yield sorted(_s(x) for x in raw)
+            if cursor == 0:
+                return
 
     # ------------------------------------------------------------------ alert writes
     def reconcile(self, evaluations: Sequence[Evaluation]) -> tuple[list[str], list[str]]:
@@ -115,15 +127,37 @@ class StockStore:
         skipped, ids = self._reconcile(args=[self.prefix, orjson.dumps(entries)])
         return [_s(x) for x in skipped], [_s(x) for x in ids]
 
-    def outbox(self, count: int = 10_000) -> list[tuple[str, bytes]]:
-        """Messages written but not yet confirmed sent, oldest first."""
-        rows: Any = self.r.xrange(f"{self.prefix}alerts:outbox", count=count)
-        return [(_s(i), bytes(fields[b"m"])) for i, fields in rows]
+    def outbox(self, page: int = 1000) -> Iterator[list[tuple[str, bytes]]]:
+        """Messages written but not yet confirmed sent, oldest first, a page at a time,
+        all of them."""
+        key = f"{self.prefix}alerts:outbox"
+        start = "-"
+        while True:
+            rows: Any = self.r.xrange(key, min=start, count=page)
+            if not rows:
+                return
+            yield [(_s(i), bytes(fields[b"m"])) for i, fields in rows]
+            if len(rows) < page:
+                return
+            start = "(" + _s(rows[-1][0])
 
-    def ack(self, ids: Sequence[str]) -> None:
-        """Remove sent messages from the outbox."""
+    def ack(self, ids: Sequence[str], sent: dict[int, int] | None = None) -> None:
+        """Remove sent messages from the outbox, and record the highest offset the broker
+        confirmed per partition of the alerts topic (where a recovery starts looking for
+        messages sent but not acknowledged)."""
+        pipe = self.r.pipeline(transaction=True)
         for i in range(0, len(ids), 1000):
-            self.r.xdel(f"{self.prefix}alerts:outbox", *ids[i : i + 1000])
+            pipe.xdel(f"{self.prefix}alerts:outbox", *ids[i : i + 1000])
+        for partition, offset in (sent or {}).items():
+            self._sent_max(
+                keys=[f"{self.prefix}alerts:sent"], args=[str(partition), offset], client=pipe
+            )
+        pipe.execute()
+
+    def sent_offsets(self) -> dict[int, int]:
+        """Highest alerts-topic offset acknowledged per partition (see :meth:`ack`)."""
+        raw = self.r.hgetall(f"{self.prefix}alerts:sent")
+        return {int(k): int(v) for k, v in raw.items()}
 
     # ------------------------------------------------------------------ listing
     def open_alerts(

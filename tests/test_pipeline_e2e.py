@@ -5,6 +5,7 @@ dead-letter topic with its reason, and replays and restarts must change nothing.
 from __future__ import annotations
 
 import base64
+import hashlib
 from typing import Any
 
 import orjson
@@ -120,8 +121,10 @@ def test_profiles_match_reference_and_bad_events_are_dead_lettered(settings: Set
         assert original in bad, pos
         assert r["reason"] == bad[original]
         kept = base64.b64decode(r["payload_b64"])
-        if not r["payload_scrubbed"]:
-            assert kept == original
+        if not r["payload_scrubbed"]:  # the original, cut at the configured size
+            assert kept == original[: settings.dead_letter_max_payload_bytes]
+            assert r.get("payload_truncated", False) == (len(original) > len(kept))
+            assert r["payload_sha256"] == hashlib.sha256(original).hexdigest()
         assert b"@example.com" not in kept and b"@example.com" not in orjson.dumps(r)
 
     # Counting: processed + dead-lettered = produced.

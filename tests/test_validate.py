@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from typing import Any
 
 import msgspec
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from operators.privacy import PiiHasher
 from operators.validate import Accepted, Rejected, Validator
@@ -93,7 +96,11 @@ def test_email_is_the_key_when_no_loyalty_or_account() -> None:
         (orjson.dumps(sale(order_id=None)), "wrong_type"),
         (orjson.dumps(sale(lines=[[[[[[]]]]]])), "wrong_type"),
         (
-            orjson.dumps(sale())[:-1] + b',"coupon_codes":' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+            orjson.dumps(sale())[:-1]
+            + b',"coupon_codes":'
+            + b"[" * 150_000
+            + b"]" * 150_000
+            + b"}",
             "too_large",
         ),
         (
@@ -142,7 +149,7 @@ def test_email_is_the_key_when_no_loyalty_or_account() -> None:
         (orjson.dumps(sale(event_time="2999-01-01T00:00:00Z")), "timestamp_out_of_range"),
         (b"[1,2,3]", "not_an_object"),
         (b'"just a string"', "not_an_object"),
-        (b"x" * 70_000, "too_large"),
+        (b"x" * 270_000, "too_large"),
     ],
 )
 def test_bad_input_gets_its_reason(raw: bytes, expected: str) -> None:
@@ -244,7 +251,7 @@ def test_dead_letter_keeps_original_bytes_when_there_is_no_pii() -> None:
     [
         orjson.dumps(sale())[:-20],  # truncated JSON with an email inside
         orjson.dumps(sale()).replace(b'"e-1"', b'"e-\xff"'),  # invalid UTF-8
-        orjson.dumps(sale())[:-1] + b',"pad":"' + b"x" * 70_000 + b'"}',  # too large
+        orjson.dumps(sale())[:-1] + b',"pad":"' + b"x" * 270_000 + b'"}',  # too large
         orjson.dumps(sale(note="write to ana.lopez@example.com")),  # email in free text
         orjson.dumps(sale(event_time="1990-01-01T00:00:00Z")),
     ],
@@ -287,3 +294,178 @@ def test_consent_change_must_set_a_purpose_and_names_the_customer() -> None:
     assert reason(orjson.dumps(no_customer), "cust") == "missing_field"
     # A valid customer event on another topic is a wrong-topic dead letter.
     assert reason(orjson.dumps(base | {"consents": {"sms": True}}), "click") == "wrong_topic"
+
+
+# ------------------------------------------------------------------ hostile input (issue 12)
+EMAIL = "ana.lopez@example.com"
+PHONE_DIGITS = "447700900123"
+
+
+def record_and_payload(r: Accepted | Rejected) -> tuple[dict[str, Any], bytes]:
+    assert isinstance(r, Rejected), r
+    rec = orjson.loads(r.record)
+    return rec, base64.b64decode(rec["payload_b64"])
+
+
+def assert_no_pii(r: Accepted | Rejected, *secrets: str) -> None:
+    rec, payload = record_and_payload(r)
+    key = base64.b64decode(rec["source"].get("key_b64") or "")
+    for blob in (r.record, payload, key):
+        low = blob.lower()
+        for s in secrets:
+            assert s.lower().encode() not in low, (s, blob[:300])
+
+
+@pytest.mark.parametrize("depth", [400, 500, 700, 950, 2000, 10_000])
+def test_deeply_nested_payloads_are_dead_lettered_not_raised(depth: int) -> None:
+    # 500-950 levels once escaped the parse guard through recursive scrubbing.
+    raw = orjson.dumps(sale())[:-1] + b',"x":' + b"[" * depth + b"1" + b"]" * depth + b"}"
+    r = decode(raw)
+    assert isinstance(r, Rejected) and r.reason in ("wrong_type", "unknown_field")
+    assert_no_pii(r, "Ana.Lopez@Example.com", "600 123 456")
+
+
+@pytest.mark.parametrize("size", [800_000, 1_000_000])
+def test_huge_payloads_make_dead_letters_that_fit_the_broker(size: int) -> None:
+    raw = orjson.dumps(sale())[:-1] + b',"pad":"' + b"x" * size + b'"}'
+    r = decode(raw)
+    rec, payload = record_and_payload(r)
+    assert rec["reason"] == "too_large" and rec["payload_size"] == len(raw)
+    assert rec["payload_truncated"] is True and len(payload) == 64 * 1024
+    assert len(r.record) < 100_000  # librdkafka's default message.max.bytes is 1,000,000
+    assert_no_pii(r, "Ana.Lopez@Example.com", "600 123 456")
+    # The hash covers the whole scrubbed payload, not the kept part.
+    assert len(rec["payload_sha256"]) == 64
+    assert rec["payload_sha256"] == hashlib.sha256(HASHER.scrub_payload(raw)).hexdigest()
+
+
+def test_payload_hash_is_the_originals_when_nothing_was_scrubbed() -> None:
+    raw = orjson.dumps(sale(customer={"loyalty_id": "L1"}, colour="red"))
+    rec, payload = record_and_payload(decode(raw))
+    assert payload == raw and rec["payload_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert "payload_truncated" not in rec  # false: left out, like every default
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # a phone given as a JSON number, in a field named for it
+        orjson.dumps(sale(customer={"loyalty_id": "L1", "phone": int(PHONE_DIGITS)})),
+        # emails inside lists, and as an object key
+        orjson.dumps(sale(note=["x", [EMAIL]], tags={EMAIL: 1})),
+        # a phone with spaces in free text
+        orjson.dumps(sale(note="call me on +44 7700 900123 after 6")),
+        # an email hidden behind a JSON escape
+        orjson.dumps(sale(colour="red"))[:-1] + b',"n":"ana.lopez\\u0040example.com"}',
+        # odd field names, nested, any type
+        orjson.dumps(sale(contact={"mobileNumber": [447700900123], "E-Mail": {"a": EMAIL}})),
+        # personal data as the event type (it is echoed in the error message otherwise)
+        orjson.dumps(sale(event_type=EMAIL)),
+        orjson.dumps(sale(event_type="+44 7700 900123")),
+        # broken JSON around both
+        b'{"event_type":"sale","phone":447700900123,"note":"' + EMAIL.encode() + b'"',
+    ],
+)
+def test_personal_data_in_odd_places_never_reaches_the_dead_letter(raw: bytes) -> None:
+    r = V.decode("tx", 0, 1, EMAIL.encode(), raw, NOW, 1714550400000)
+    assert_no_pii(r, EMAIL, "7700 900123", PHONE_DIGITS, "ana.lopez\\u0040example.com")
+
+
+def test_a_kafka_key_that_is_a_phone_or_holds_an_email_is_scrubbed() -> None:
+    raw = orjson.dumps(sale(colour="red"))
+    for key in (b"+44 7700 900123", b"customer:ana.lopez@example.com", b"x" * 5000):
+        r = V.decode("tx", 0, 1, key, raw, NOW, None)
+        rec, _ = record_and_payload(r)
+        kept = base64.b64decode(rec["source"]["key_b64"])
+        assert b"7700" not in kept and b"ana.lopez" not in kept and len(kept) <= 1024
+
+
+def test_an_exception_on_one_message_makes_it_a_dead_letter(monkeypatch: Any) -> None:
+    class Boom(PiiHasher):
+        def email(self, raw: str) -> str:
+            raise ZeroDivisionError("boom with ana@example.com inside")
+
+    v = Validator(TOPICS, Boom(b"unit-test-key-0123456789"))
+    r = v.decode("tx", 0, 7, None, orjson.dumps(sale()), NOW, None)
+    assert isinstance(r, Rejected) and r.reason == "internal_error"
+    rec = orjson.loads(r.record)
+    assert "ZeroDivisionError" in rec["message"] and "ana@" not in rec["message"]
+    assert (rec["source"]["offset"], rec["payload_size"]) == (7, len(orjson.dumps(sale())))
+
+
+def test_a_failure_while_scrubbing_keeps_the_position_and_drops_the_bytes(
+    monkeypatch: Any,
+) -> None:
+    def broken(self: PiiHasher, raw: bytes) -> bytes:
+        raise MemoryError
+
+    monkeypatch.setattr(PiiHasher, "scrub_payload", broken)
+    raw = orjson.dumps(sale(colour="red"))
+    r = decode(raw)
+    assert isinstance(r, Rejected) and r.reason == "unknown_field"
+    rec = orjson.loads(r.record)
+    assert rec["payload_b64"] == "" and rec["payload_size"] == len(raw)
+    assert "MemoryError" in rec["message"] and rec["source"]["key_b64"] is None
+    assert rec["source"]["offset"] == 41
+
+
+def test_consents_and_erasures_trust_no_clock_far_ahead_of_the_broker() -> None:
+    ahead = "2024-05-01T22:00:00+00:00"  # 12 h after the Kafka timestamp below
+    kafka_ts = 1714557600000  # 2024-05-01T10:00:00Z
+    ev = {
+        "event_type": "consent_changed",
+        "event_id": "k1",
+        "event_time": ahead,
+        "channel": "app",
+        "customer": {"loyalty_id": "L1"},
+        "consents": {"email": True},
+    }
+    a = V.decode("cust", 0, 1, None, orjson.dumps(ev), kafka_ts + 1000, kafka_ts)
+    assert isinstance(a, Accepted)
+    assert a.ts_ms == kafka_ts + 12 * 3600_000  # the event keeps its own time
+    assert a.eff_ms == kafka_ts + 5 * 60_000  # decisions trust at most 5 minutes ahead
+    on_time = V.decode(
+        "cust",
+        0,
+        2,
+        None,
+        orjson.dumps(ev | {"event_time": "2024-05-01T10:01:00Z"}),
+        kafka_ts,
+        kafka_ts,
+    )
+    assert isinstance(on_time, Accepted) and on_time.eff_ms == on_time.ts_ms
+
+
+_json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**15), 10**15),
+    st.text(max_size=12),
+    st.sampled_from([EMAIL, "+44 7700 900123", "ping " + EMAIL + " now", "tel 07700 900123"]),
+)
+_json = st.recursive(
+    _json_leaf,
+    lambda kids: (
+        st.lists(kids, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["a", "note", "email", "Phone", "mobile_no", EMAIL, "tags"]),
+            kids,
+            max_size=4,
+        )
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(extra=_json, cut=st.integers(0, 400), depth=st.integers(0, 1200))
+def test_no_input_raises_or_leaks(extra: Any, cut: int, depth: int) -> None:
+    """Whatever shape the JSON has, cut anywhere or nested deep: a dead letter comes back,
+    and the email and phone are not in it in clear."""
+    body = orjson.dumps(sale(customer={"loyalty_id": "L1", "phone": "+44 7700 900123"}, x=extra))
+    raw = body[:-1] + b',"d":' + b"[" * depth + b"0" + b"]" * depth + b"}"
+    if cut:
+        raw = raw[: len(raw) - cut]
+    r = V.decode("tx", 0, 1, None, raw, NOW, None)  # "x" is not in the contract
+    assert isinstance(r, Rejected)
+    assert_no_pii(r, EMAIL, "7700 900123")

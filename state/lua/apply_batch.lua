@@ -3,17 +3,27 @@
 -- advance the source offsets. Offset fencing makes replays no-ops and detects lost state.
 --
 -- ARGV[1]  key prefix (e.g. "oc:")
--- ARGV[2]  JSON {"parts": [[name, floor, max], ...], "c": [row, ...], "erasures": version,
+-- ARGV[2]  JSON {"parts": [[name, floor, max, ts], ...], "c": [row, ...], "erasures": version,
 --                "refusals": [[reason, identifiers, why], ...], "suppressed": n,
 --                "limits": {type: n}, "max": n, "now": ms, "bk": {identifier: bucket}}
---          floor = the last offset this worker knows was applied (-1: none)
+--          floor = the last offset this worker knows was applied (-1: none), ts = the Kafka
+--          timestamp of the message at max (0: unknown), kept in <p>offsets:ts so that a
+--          restart can tell a recreated topic from the one it read
 --          row   = [identifiers, link 0|1, why, sums, mins, maxs, logs, lww, views, bought,
 --                   cart, cart_clear_ms]   (operators/batch.py, operators/profile.py)
 -- ARGV[3]  recent views kept, ARGV[4] cart entries kept, ARGV[5] recently bought kept
 --
 --          "st": stock section (state/lua/stock.lua, prepended to this script), optional
+--          "dd": [[key, expire at (s), event id hash, ...], ...]: the batch's events, for
+--                the event_id dedupe (sets of 63-bit hashes per event day and bucket)
+--          "id": batch id, written to <p>applying while the writes run
 -- Returns {"OK", new customers, merges, identifiers linked, refusals, shrinkage units,
 --          movements already in a count, counts too late to apply, SKUs to evaluate}
+--       | {"TORN", batch id}                       an earlier call failed half-way through
+--                                                   its writes: nothing written
+--       | {"INVALID", row, why}                    the plan breaks a limit: nothing written
+--       | {"DUPLICATE", hash, ...}                 events already applied (same event_id
+--                                                   within the window): nothing written
 --       | {"REGRESSED", part, stored, floor}       Redis lost writes: nothing written
 --       | {"STALE", part, stored, ...}              Redis is ahead: nothing written
 --       | {"ERASURES", version}                     erasures changed: nothing written
@@ -22,12 +32,21 @@
 --                                                   rows unlinked and records the refusals
 -- Canonical ids are "C" + 12 digits from a counter, so the smallest is the oldest: the
 -- survivor of a merge is always the oldest customer (same inputs, same survivor).
+--
+-- A Lua script is not rolled back when it fails: whatever it wrote stays. So everything
+-- that can fail is checked before the first write (fences, the plan's limits, every list
+-- given to a variadic command is chunked, numbers read back are converted safely), and the
+-- writes run between SET <p>applying and DEL <p>applying: if a call ever dies half-way
+-- (a bug, a key of the wrong type written by something else), the next call finds the
+-- marker and refuses to write, rather than counting the same events twice.
 local prefix = ARGV[1]
 local p = cjson.decode(ARGV[2])
 local max_views, max_cart, max_bought = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local offsets_key = prefix .. 'offsets'
 
 local function fmt(n) return string.format('%d', n) end
+-- a stored number, or 0 for anything that is not one (never an error in the write phase)
+local function num(v) return tonumber(v) or 0 end
 -- integers from JSON arrive as Lua numbers (doubles); from Redis as exact strings
 local function int(v) if type(v) == 'number' then return fmt(v) end return v end
 -- redis.call(cmd, [key,] unpack(args)) in chunks (Lua's unpack is limited to a few thousand
@@ -50,6 +69,23 @@ local function chunked(cmd, key, args, step)
   return out
 end
 
+-- 0. A call that died half-way through its writes: refuse to add anything to it.
+local torn = redis.call('GET', prefix .. 'applying')
+if torn then return {'TORN', torn} end
+
+-- 0b. The plan's limits (operators/batch.py keeps within them): a row beyond one is
+-- refused whole, before any write, and the caller sets its event aside.
+for ri, row in ipairs(p.c) do
+  local why = nil
+  if type(row) ~= 'table' or #row ~= 12 then why = 'row shape'
+  elseif #row[1] < 1 or #row[1] > 4096 then why = 'identifiers'
+  elseif #row[9] > 2 * max_views then why = 'recently viewed'
+  elseif #row[10] > 2 * max_bought then why = 'recently bought'
+  elseif #row[11] > 3 * max_cart then why = 'cart entries'
+  end
+  if why then return {'INVALID', tostring(ri - 1), why} end
+end
+
 -- 1. Fences: offsets, then erasures. Nothing is written before both pass.
 local stale = {}
 for _, part in ipairs(p.parts) do
@@ -69,6 +105,26 @@ if #stale > 0 then
 end
 local erasures = tonumber(redis.call('GET', prefix .. 'erased:version') or '0')
 if erasures ~= p.erasures then return {'ERASURES', tostring(erasures)} end
+
+-- 1b. Events already applied: the same event_id (hashed) in the set of its event day.
+local dd = p.dd or {}
+local dd_members = {}
+do
+  local dups = {}
+  for gi, g in ipairs(dd) do
+    local members = {}
+    for i = 3, #g do members[#members + 1] = g[i] end
+    dd_members[gi] = members
+    local found = chunked('SMISMEMBER', g[1], members, 1000)
+    for i, f in ipairs(found) do
+      if f == 1 then dups[#dups + 1] = members[i] end
+    end
+  end
+  if #dups > 0 then
+    table.insert(dups, 1, 'DUPLICATE')
+    return dups
+  end
+end
 
 -- 2. Plan the identity changes on an overlay (still no writes), checking guard rails.
 local idmap, mem = {}, {}
@@ -192,7 +248,8 @@ if #refused > 0 then
   return refused
 end
 
--- 3. Writes.
+-- 3. Writes, between the marker and its removal.
+redis.call('SET', prefix .. 'applying', p.id or '?')
 local LN2 = math.log(2)
 -- (sums are exact up to 2^53: 9e15 minor units per field)
 
@@ -214,19 +271,19 @@ local function update_fields(pk, sums, mins, maxs, logs, lww)
     local flat = groups[g]
     for i = 1, #flat, 2 do
       n = n + 1
-      local v, c = tonumber(flat[i + 1]), cur[n]
+      local v, c = num(flat[i + 1]), cur[n]
       local new = nil
       -- numbers go to Redis as they are: it formats them with %.17g, exact for integers
       -- (string.format per field would cost more than the HSET itself)
       if g == 1 then
-        new = (c and tonumber(c) or 0) + v
+        new = (c and num(c) or 0) + v
       elseif g == 2 then
-        if not c or v < tonumber(c) then new = v end
+        if not c or v < num(c) then new = v end
       elseif g == 3 then
-        if not c or v > tonumber(c) then new = v end
+        if not c or v > num(c) then new = v end
       else
         if c then
-          local a = tonumber(c)
+          local a = num(c)
           local hi, lo = math.max(a, v), math.min(a, v)
           v = hi + math.log(1 + 2 ^ (lo - hi)) / LN2
         end
@@ -241,29 +298,30 @@ local function update_fields(pk, sums, mins, maxs, logs, lww)
     local keep = false
     if c then
       local cts, cv = string.match(c, '^(%d+):(.*)$')
-      cts = tonumber(cts)
-      keep = ts < cts or (ts == cts and v >= cv)
+      cts = num(cts)
+      keep = cv ~= nil and (ts < cts or (ts == cts and v >= cv))
     end
     if not keep then out[#out + 1] = lww[i]; out[#out + 1] = fmt(ts) .. ':' .. v end
   end
   if #out > 0 then chunked('HSET', pk, out, 2000) end
 end
 
+-- (at most 2 x keep values: checked in 0b, so one call)
 local function zset_max(key, flat, keep)
-  local args = {'ZADD', key, 'GT'}
+  local args = {'GT'}
   for i = 1, #flat, 2 do
     args[#args + 1] = flat[i + 1]
     args[#args + 1] = flat[i]
   end
-  if redis.call(unpack(args)) > 0 then  -- new members: trim to the most recent
+  if redis.call('ZADD', key, unpack(args)) > 0 then  -- new members: trim to the most recent
     redis.call('ZREMRANGEBYRANK', key, 0, -(keep + 1))
   end
 end
 
-local function cart_ts(f) return tonumber(string.match(f, '|(%d+)$')) end
+local function cart_ts(f) return num(string.match(f, '|(%d+)$')) end
 
 local function cart_add(ck, flat, clear)
-  local old = tonumber(redis.call('HGET', ck, '_clr') or '0')
+  local old = num(redis.call('HGET', ck, '_clr') or '0')
   if clear > old then
     redis.call('HSET', ck, '_clr', fmt(clear))
     for _, f in ipairs(redis.call('HKEYS', ck)) do
@@ -308,14 +366,14 @@ local function merge_profile(survivor, loser)
     local head = string.match(f, '^([^:]*):')
     local tail = string.match(f, ':([^:]*)$')
     if head == 'cat' then
-      logs[#logs + 1] = f; logs[#logs + 1] = tonumber(v)
+      logs[#logs + 1] = f; logs[#logs + 1] = num(v)
     elseif head == 'cs' or f == 'hs' then
       local ts, cv = string.match(v, '^(%d+):(.*)$')
-      lww[#lww + 1] = f; lww[#lww + 1] = tonumber(ts); lww[#lww + 1] = cv
+      lww[#lww + 1] = f; lww[#lww + 1] = num(ts); lww[#lww + 1] = cv or ''
     elseif head ~= 'loc' and tail == 'f' then
-      mins[#mins + 1] = f; mins[#mins + 1] = tonumber(v)
+      mins[#mins + 1] = f; mins[#mins + 1] = num(v)
     elseif head ~= 'loc' and (tail == 'l' or tail == 'lo') then
-      maxs[#maxs + 1] = f; maxs[#maxs + 1] = tonumber(v)
+      maxs[#maxs + 1] = f; maxs[#maxs + 1] = num(v)
     else
       sums[#sums + 1] = f; sums[#sums + 1] = v
     end
@@ -325,7 +383,7 @@ local function merge_profile(survivor, loser)
   local ch = redis.call('HGETALL', lc)
   for i = 1, #ch, 2 do
     if ch[i] == '_clr' then
-      clear = tonumber(ch[i + 1])
+      clear = num(ch[i + 1])
     else
       cart[#cart + 1] = string.match(ch[i], '^(.*)|%d+$')
       cart[#cart + 1] = cart_ts(ch[i])
@@ -400,7 +458,15 @@ if #p.refusals > 0 then redis.call('INCRBY', prefix .. 'stats:refused', #p.refus
 if p.suppressed > 0 then redis.call('INCRBY', prefix .. 'stats:suppressed', p.suppressed) end
 local gap, ignored, stale_counts, to_evaluate = 0, 0, 0, {}
 if p.st then gap, ignored, stale_counts, to_evaluate = apply_stock(prefix, p.st, chunked) end
+for gi, g in ipairs(dd) do
+  chunked('SADD', g[1], dd_members[gi], 2000)
+  redis.call('EXPIREAT', g[1], g[2])
+end
 for _, part in ipairs(p.parts) do
   redis.call('HSET', offsets_key, part[1], fmt(part[3]))
+  if part[4] and part[4] > 0 then
+    redis.call('HSET', offsets_key .. ':ts', part[1], fmt(part[4]))
+  end
 end
+redis.call('DEL', prefix .. 'applying')
 return {'OK', new_customers, merges, linked, #p.refusals, gap, ignored, stale_counts, to_evaluate}

@@ -12,7 +12,8 @@
 --   sku [[sku, newest event ms], ...]
 --   hl  velocity half-life (ms)
 --
--- Keys: <p>sku:<sku> hash   q:<loc> level, st:<loc> count time, sh:<loc> shrinkage units,
+-- Keys: <p>sku:<sku> hash   q:<loc> level, st:<loc> count time, sf:<loc> first count time,
+--                           sh:<loc> shrinkage units,
 --                           p:<ch> "ms price currency", cat, v:<loc> velocity
 --                           "units sales ref_ms first_ms",
 --                           ver (bumped per batch touching it), ts (newest event ms)
@@ -27,11 +28,21 @@
 -- MOVE_WINDOW before the newest are pruned, and at most MOVE_KEEP are kept when a location
 -- moves more than MOVE_PRUNE_AT times between counts (field "floor": the newest pruned
 -- time); a count older than what is kept is ignored (too late to tell what it includes).
+--
+-- Shrinkage is the same whatever the batch boundaries: every count of a batch is applied,
+-- in arrival order (not only the newest), and a movement that arrives after a count that
+-- already includes it (event time at or before the count) still counts in the shrinkage
+-- when it falls after the location's first count: summed over all counts, the shrinkage
+-- is first count + movements since - last count, however the events were batched.
 local MOVE_WINDOW = 2 * 86400000
 local MOVE_PRUNE_AT, MOVE_KEEP = 512, 256
 
+local lua_tonumber = tonumber
+
 local function apply_stock(prefix, st, chunked)
   local function sfmt(n) return string.format('%d', n) end
+  -- stored numbers, read safely (never an error once writes have started)
+  local function tonumber(v) return lua_tonumber(v) or 0 end
   local gap_units, ignored, stale_counts = 0, 0, 0
 
   local function prune(mk, newest)
@@ -57,9 +68,15 @@ local function apply_stock(prefix, st, chunked)
   for _, m in ipairs(st.mv) do
     local sku, loc, t, d = m[1], m[2], m[3], m[4]
     local k = prefix .. 'sku:' .. sku
-    local snap = redis.call('HGET', k, 'st:' .. loc)
+    local cur = redis.call('HMGET', k, 'st:' .. loc, 'sf:' .. loc)
+    local snap, first = cur[1], cur[2]
     if snap and t <= tonumber(snap) then
-      ignored = ignored + 1  -- already in the count
+      ignored = ignored + 1  -- already in the count's level
+      if first and t > tonumber(first) and d ~= 0 then
+        -- but the counts since the first one expected it: it is part of the gap
+        redis.call('HINCRBY', k, 'sh:' .. loc, d)
+        gap_units = gap_units + d
+      end
     else
       redis.call('HINCRBY', k, 'q:' .. loc, d)
       local mk = prefix .. 'mv:' .. sku .. '|' .. loc
@@ -98,6 +115,7 @@ local function apply_stock(prefix, st, chunked)
           end
         end
         redis.call('HSET', k, 'q:' .. loc, sfmt(q + after), 'st:' .. loc, sfmt(t), 'c', '1')
+        if not snap then redis.call('HSET', k, 'sf:' .. loc, sfmt(t)) end
       end
     end
   end

@@ -26,8 +26,13 @@ for _, e in ipairs(entries) do
     local ak = prefix .. 'alerts:' .. e.sku
     local kv = {}
     for key, rec in pairs(e.set) do kv[#kv + 1] = key; kv[#kv + 1] = rec end
-    if #kv > 0 then redis.call('HSET', ak, unpack(kv)) end
-    if #e.del > 0 then redis.call('HDEL', ak, unpack(e.del)) end
+    -- in chunks: Lua's unpack() fails past a few thousand values
+    for i = 1, #kv, 2000 do
+      redis.call('HSET', ak, unpack(kv, i, math.min(i + 1999, #kv)))
+    end
+    for i = 1, #e.del, 2000 do
+      redis.call('HDEL', ak, unpack(e.del, i, math.min(i + 1999, #e.del)))
+    end
     if redis.call('EXISTS', ak) == 1 then
       redis.call('SADD', prefix .. 'alerts:skus', e.sku)
     else
