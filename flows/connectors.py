@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -23,7 +24,14 @@ import orjson
 import redis
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 
 from monitoring import metrics as m
 from omnicanal.kafka import CheckedProducer, DeliveryError, Failure, GroupOffsets, split_part
@@ -112,19 +120,28 @@ def _count_dropped(counter: Any, before: list[Any], after: list[Any]) -> None:
             counter.labels(topic).inc(n)
 
 
+def owner(part: str, worker_count: int) -> int:
+    """The worker that reads a ``topic:partition``: a topic's partitions go round the
+    workers from a start of the topic's own, so that each topic spreads evenly and a
+    partition added later never moves an existing one to another worker.
+
+    >>> [owner(f"clicks:{p}", 3) for p in range(6)]
+    [0, 1, 2, 0, 1, 2]
+    """
+    topic, partition = split_part(part)
+    return (zlib.crc32(topic.encode()) + partition) % worker_count
+
+
 def worker_share(parts: Iterable[str], worker_index: int, worker_count: int) -> list[str]:
-    """The input partitions one worker reads: every ``worker_count``-th of them, in topic
-    and partition order, so that each topic's partitions spread evenly over the workers.
+    """The input partitions one worker reads (:func:`owner`), in topic and partition order.
 
     >>> parts = [f"{t}:{p}" for t in ("clicks", "sales") for p in range(4)]
-    >>> worker_share(parts, 0, 2)
-    ['clicks:0', 'clicks:2', 'sales:0', 'sales:2']
-    >>> worker_share(parts, 1, 3)
-    ['clicks:1', 'sales:0', 'sales:3']
+    >>> worker_share(parts, 0, 2), worker_share(parts, 1, 2)
+    (['clicks:1', 'clicks:3', 'sales:0', 'sales:2'], ['clicks:0', 'clicks:2', 'sales:1', 'sales:3'])
     >>> worker_share(["t:10", "t:9", "t:2"], 0, 1)
     ['t:2', 't:9', 't:10']
     """
-    return sorted(parts, key=split_part)[worker_index::worker_count]
+    return sorted((p for p in parts if owner(p, worker_count) == worker_index), key=split_part)
 
 
 def describe_share(parts: Iterable[str]) -> str:
@@ -155,23 +172,46 @@ def describe_share(parts: Iterable[str]) -> str:
     return f"{n} partition{'s' if n != 1 else ''}: " + ", ".join(shown)
 
 
+class InputError(RuntimeError):
+    """An input partition cannot be read on from where the pipeline is: stop, say why."""
+
+
 class _KafkaWorkerPart(StatelessSourcePartition[Any]):
     """One librdkafka consumer for all of a worker's partitions (``assign()``, never a
     group join). A consumer per partition cost memory (threads, buffers and a prefetch
-    queue each) and a poll per partition per activation."""
+    queue each) and a poll per partition per activation.
+
+    Every ``check_every`` seconds it looks for partitions added to its topics and reads
+    those in its share from ``new_start``. A position that Kafka no longer holds (retention
+    passed, topic recreated) and a topic that disappears stop the run with the cause: the
+    consumer never jumps to another offset by itself (``auto.offset.reset=error``)."""
 
     def __init__(
-        self, config: dict[str, Any], starts: dict[str, int], batch_size: int, until_eof: bool
+        self,
+        config: dict[str, Any],
+        starts: dict[str, int],
+        batch_size: int,
+        until_eof: bool,
+        *,
+        share: Callable[[Iterable[str]], list[str]] | None = None,
+        topics: Iterable[str] = (),
+        new_start: int = EARLIEST,
+        check_every: float = 30.0,
     ) -> None:
         self._until_eof = until_eof
-        self._parts = frozenset(starts)
+        self._parts = set(starts)
         #: with ``until_eof``, partitions closed at their end: what arrives after it is left
         #: for the next run; the worker's input ends when all its partitions are closed
         self._closed: set[str] = set()
         self._batch_size = batch_size
         self._idle_until: datetime | None = None
+        self._share = share
+        self._topics = sorted(set(topics))
+        self._new_start = new_start
+        self._check_every = check_every
+        self._next_check = time.monotonic() + check_every
         self._c: Consumer | None = None
-        if not starts:
+        if not starts and not (share and self._topics):
             return
         self._c = Consumer(
             {
@@ -194,17 +234,28 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "enable.partition.eof": until_eof,
+                # Never jump silently: an offset Kafka no longer holds is an error.
+                "auto.offset.reset": "error",
             }
         )
-        self._c.assign([TopicPartition(*split_part(p), start) for p, start in starts.items()])
+        if starts:
+            self._c.assign([TopicPartition(*split_part(p), s) for p, s in starts.items()])
 
     def next_batch(self) -> list[Any]:
-        if STOP.is_set() or (self._until_eof and len(self._closed) == len(self._parts)):
+        if STOP.is_set() or (
+            self._until_eof and self._parts and len(self._closed) == len(self._parts)
+        ):
+            raise StopIteration
+        if self._c is None:
             raise StopIteration
         if InFlight.count >= InFlight.limit:
             self._idle_until = datetime.now().astimezone() + _FULL
             return []
-        msgs = self._c.consume(self._batch_size, 0.0) if self._c is not None else []
+        if self._share is not None and time.monotonic() >= self._next_check:
+            self._add_new_partitions()
+        if self._until_eof and not self._parts:
+            raise StopIteration
+        msgs = self._c.consume(self._batch_size, 0.0)
         out = []
         closed = self._closed
         for msg in msgs:
@@ -214,16 +265,28 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
                     out.append(msg)
                 continue
             part = f"{msg.topic()}:{msg.partition()}"
-            if err.code() == KafkaError._PARTITION_EOF:
+            code = err.code()
+            if code == KafkaError._PARTITION_EOF:
                 if part in self._parts and part not in closed:
                     closed.add(part)
-                    assert self._c is not None
                     self._c.pause([TopicPartition(*split_part(part))])
-            elif err.fatal() or err.code() in (
-                KafkaError.UNKNOWN_TOPIC_OR_PART,
-                KafkaError.TOPIC_AUTHORIZATION_FAILED,
-            ):
-                raise RuntimeError(f"step 'input', partition {part}: {err.str()}")
+            elif code in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
+                raise InputError(
+                    f"step 'input', partition {part}: the next offset to read is not in Kafka "
+                    f"({err.str()}). Retention removed events this pipeline had not read, or "
+                    "the topic was deleted and recreated. Nothing was skipped: the run stops. "
+                    "If you accept the loss (or the topic was recreated on purpose), run "
+                    f"`omnicanal offsets forget {split_part(part)[0]} --yes` and start again."
+                )
+            elif code in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION):
+                raise InputError(
+                    f"step 'input', partition {part}: {err.str()}. The topic was deleted (or "
+                    "the partition is gone) while the pipeline read it. If it is recreated, "
+                    "its new events start again at offset 0: run `omnicanal offsets forget "
+                    f"{split_part(part)[0]} --yes` before starting again."
+                )
+            elif err.fatal() or code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                raise InputError(f"step 'input', partition {part}: {err.str()}")
             else:
                 log.warning("step 'input', partition %s: %s", part, err.str())
         # Back off briefly when idle instead of spinning on empty partitions.
@@ -232,6 +295,33 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
             IdleWork.run()
         InFlight.count += len(out)
         return out
+
+    def _add_new_partitions(self) -> None:
+        """Read partitions added to the topics since the start (those of this worker)."""
+        assert self._c is not None and self._share is not None
+        self._next_check = time.monotonic() + self._check_every
+        try:
+            md = self._c.list_topics(timeout=5)
+        except KafkaException as e:
+            log.warning("step 'input': could not look for new partitions: %s", e)
+            return
+        seen = [
+            f"{t}:{p}"
+            for t in self._topics
+            if t in md.topics and md.topics[t].error is None
+            for p in md.topics[t].partitions
+        ]
+        new = [p for p in self._share(seen) if p not in self._parts]
+        if new:
+            log.info(
+                "step 'input': reading %s added since the start (%s)",
+                describe_share(new),
+                "from the beginning" if self._new_start == EARLIEST else "from the end",
+            )
+            self._c.incremental_assign(
+                [TopicPartition(*split_part(p), self._new_start) for p in new]
+            )
+            self._parts.update(new)
 
     def next_awake(self) -> datetime | None:
         return self._idle_until
@@ -243,7 +333,8 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
 
 class KafkaWorkerSource(DynamicSource[Any]):
     """Reads the given ``topic:partition`` parts from explicit start offsets, each worker
-    its share (:func:`worker_share`) with one consumer.
+    its share (:func:`worker_share`) with one consumer, and the partitions added to those
+    topics while it runs (from ``new_start``, checked every ``check_every`` seconds).
 
     ``until_eof`` ends each partition at its end (demo, tests, batch replays); otherwise
     the source runs until :data:`STOP` is set.
@@ -256,11 +347,15 @@ class KafkaWorkerSource(DynamicSource[Any]):
         *,
         batch_size: int = 5000,
         until_eof: bool = False,
+        new_start: int = EARLIEST,
+        check_every: float = 30.0,
     ) -> None:
         self._config = config
         self._starts = starts
         self._batch_size = batch_size
         self._until_eof = until_eof
+        self._new_start = new_start
+        self._check_every = check_every
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaWorkerPart:
         share = worker_share(self._starts, worker_index, worker_count)
@@ -276,6 +371,10 @@ class KafkaWorkerSource(DynamicSource[Any]):
             {p: self._starts[p] for p in share},
             self._batch_size,
             self._until_eof,
+            share=lambda parts: worker_share(parts, worker_index, worker_count),
+            topics={split_part(p)[0] for p in self._starts},
+            new_start=self._new_start,
+            check_every=self._check_every,
         )
 
 

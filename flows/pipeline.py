@@ -21,7 +21,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from flows.connectors import KafkaWorkerSource, StateSink
+from flows.connectors import EARLIEST, LATEST, KafkaWorkerSource, StateSink
 from omnicanal.config import ConfigError, Settings
 from operators.identity import IdentityRules, rules_from_config
 from operators.privacy import PiiHasher
@@ -142,7 +142,14 @@ def build_flow(
     raw = op.input(
         "input",
         flow,
-        KafkaWorkerSource(kafka, starts, batch_size=settings.batch_size, until_eof=until_eof),
+        KafkaWorkerSource(
+            kafka,
+            starts,
+            batch_size=settings.batch_size,
+            until_eof=until_eof,
+            new_start=EARLIEST if settings.start_offset == "earliest" else LATEST,
+            check_every=settings.partition_check_seconds,
+        ),
     )
     checked = op.flat_map_batch("validate", raw, validate)
     op.output("state", checked, state_sink(settings, rules, stock, starts=starts, hasher=hasher))

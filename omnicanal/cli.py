@@ -42,6 +42,11 @@ privacy_app = typer.Typer(
 app.add_typer(privacy_app, name="privacy")
 evaluate_app = typer.Typer(help="Measure the models on replayed real data.", no_args_is_help=True)
 app.add_typer(evaluate_app, name="evaluate")
+offsets_app = typer.Typer(
+    help="The source positions Redis holds (what has been applied), for recoveries.",
+    no_args_is_help=True,
+)
+app.add_typer(offsets_app, name="offsets")
 
 err = Console(stderr=True, soft_wrap=True)  # log lines stay whole in files and journals
 out = Console()
@@ -250,12 +255,82 @@ def run(
     runner.install_stop_handlers()
     try:
         runner.run(settings, plan.starts, until_eof=until_eof, processes=processes)
+    except runner.WorkerFailedError as e:
+        _fail(f"pipeline stopped: {e}", e.exitcode)
     except Exception as e:
         cause = runner.known_cause(e)
         if cause is None:
             raise
         _fail(f"pipeline stopped: {cause}", 3 if isinstance(cause, StateError) else 1)
     err.print("stopped cleanly")
+
+
+@offsets_app.command("show")
+def offsets_show(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The last applied offset of every partition, as Redis holds it."""
+    from state.profiles import ProfileStore, connect, redact_url
+
+    settings = _settings()
+    store = ProfileStore(connect(settings.redis_url, retries=1), settings.redis_prefix)
+    try:
+        offsets = dict(sorted(store.load_offsets().items()))
+    except Exception as e:
+        _fail(f"cannot read Redis at {redact_url(settings.redis_url)}: {e}", 1)
+    if as_json:
+        _json(offsets)
+        return
+    t = Table("partition", "last applied offset")
+    for part, off in offsets.items():
+        t.add_row(part, str(off))
+    out.print(t)
+
+
+@offsets_app.command("forget")
+def offsets_forget(
+    topics: Annotated[list[str], typer.Argument(help="Input topics whose positions to forget.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do it without asking.")] = False,
+) -> None:
+    """Forget where Redis says the pipeline is in TOPICS, so that the next run reads them
+    from OMNICANAL_START_OFFSET (earliest by default).
+
+    For a topic that was deleted and recreated (its new events start again at offset 0), or
+    when retention removed events the pipeline never read and you accept that they are lost.
+    The profiles and stock built so far stay; the consumer group's witness offsets for those
+    topics are reset too. Stop the pipeline first."""
+    from omnicanal.kafka import GroupOffsets, part_name, partitions_of
+    from state.profiles import ProfileStore, connect, redact_url
+
+    settings = _settings()
+    unknown = sorted(set(topics) - set(settings.topic_contracts()))
+    if unknown:
+        _fail(f"not input topics of this configuration: {', '.join(unknown)}")
+    store = ProfileStore(connect(settings.redis_url, retries=1), settings.redis_prefix)
+    try:
+        stored = store.load_offsets()
+    except Exception as e:
+        _fail(f"cannot read Redis at {redact_url(settings.redis_url)}: {e}", 1)
+    parts = sorted(p for p in stored if p.rpartition(":")[0] in topics)
+    if not parts:
+        err.print("nothing to forget: Redis holds no position for those topics")
+        return
+    if not yes:
+        typer.confirm(f"Forget the applied positions of {len(parts)} partition(s)?", abort=True)
+    store.forget_offsets(parts)
+    try:
+        counts = partitions_of(settings.kafka_config(), topics)
+        group = GroupOffsets(settings.kafka_config(), settings.group_id)
+        try:
+            group.commit(
+                {part_name(t, p): 0 for t, n in counts.items() for p in range(n)},
+                asynchronous=False,
+            )
+        finally:
+            group.close()
+    except Exception as e:  # the witness only: Redis decides where a run starts
+        err.print(f"[yellow]consumer group offsets not reset ({e}); Redis positions are[/]")
+    err.print(f"forgot {len(parts)} partition position(s): {', '.join(parts)}")
 
 
 # ---------------------------------------------------------------------------- produce
@@ -314,7 +389,7 @@ PhoneOpt = Annotated[str | None, typer.Option(help="Look up by phone (hashed her
 def _open_customer(ident: str | None, email: str | None, phone: str | None) -> tuple[Any, str]:
     """(store, canonical id) for any way of naming a customer; exits 1 if unknown."""
     from operators.privacy import PiiHasher
-    from state.profiles import ProfileStore, connect
+    from state.profiles import ProfileStore, connect, redact_url
 
     settings = _settings()
     given = [x for x in (ident, email, phone) if x]
@@ -333,7 +408,7 @@ def _open_customer(ident: str | None, email: str | None, phone: str | None) -> t
     try:
         cid = store.resolve(ident or "")
     except Exception as e:
-        _fail(f"cannot read Redis at {settings.redis_url}: {e}", 1)
+        _fail(f"cannot read Redis at {redact_url(settings.redis_url)}: {e}", 1)
     if cid is None:
         shown = "that email" if email else "that phone" if phone else repr(ident)
         _fail(f"no customer known by {shown}", 1)
@@ -385,7 +460,7 @@ def profile(
 
 # ---------------------------------------------------------------------------- stock
 def _stock_store() -> Any:
-    from state.profiles import connect
+    from state.profiles import connect, redact_url
     from state.stock import StockStore
 
     settings = _settings()
@@ -393,7 +468,7 @@ def _stock_store() -> Any:
     try:
         store.r.ping()
     except Exception as e:
-        _fail(f"cannot read Redis at {settings.redis_url}: {e}", 1)
+        _fail(f"cannot read Redis at {redact_url(settings.redis_url)}: {e}", 1)
     return store
 
 

@@ -186,7 +186,12 @@ class Settings(BaseSettings):
         5000, ge=1, le=100_000, description="max messages a worker takes per poll (its batch)"
     )
     start_offset: Literal["earliest", "latest"] = Field(
-        "earliest", description="where to start partitions Redis has never seen"
+        "earliest",
+        description="where to start partitions Redis has never seen (partitions added while "
+        "running included)",
+    )
+    partition_check_seconds: float = Field(
+        30.0, gt=0, le=3600, description="how often a running pipeline looks for new partitions"
     )
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus port (0: off)")
     metrics_addr: str = Field("127.0.0.1", description="address the metrics server binds")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from flows.connectors import EARLIEST, KafkaWorkerSource, worker_share
+from flows.connectors import EARLIEST, KafkaWorkerSource, owner, worker_share
 from omnicanal.kafka import create_topics
 from omnicanal.services import LocalKafka
 
@@ -65,7 +65,18 @@ def test_workers_read_disjoint_shares_that_cover_every_message(kafka: LocalKafka
 
 
 def test_a_worker_without_partitions_ends_at_once(kafka: LocalKafka) -> None:
+    create_topics({"bootstrap.servers": kafka.bootstrap}, ["src-x"], 1)
     source = KafkaWorkerSource(
         {"bootstrap.servers": kafka.bootstrap}, {"src-x:0": EARLIEST}, until_eof=True
     )
-    assert _drain(source, 1, 2) == []
+    assert _drain(source, 1 - owner("src-x:0", 2), 2) == []
+
+
+def test_a_partition_added_later_keeps_every_other_on_its_worker() -> None:
+    before = [f"t{t}:{p}" for t in range(3) for p in range(4)]
+    after = before + [f"t{t}:{p}" for t in range(3) for p in range(4, 7)]
+    for n in (2, 3, 5):
+        assert {p: owner(p, n) for p in before} == {p: owner(p, n) for p in after if p in before}
+        shares = [worker_share(after, w, n) for w in range(n)]
+        assert sorted(sum(shares, [])) == sorted(after)  # every partition, once
+        assert max(map(len, shares)) - min(map(len, shares)) <= 3  # about even
