@@ -6,6 +6,7 @@ plain-Python reference of tests/reference.py, or a clean run over the same topic
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import random
 import signal
@@ -66,10 +67,8 @@ def start(settings: Settings, log: Path, *args: str, **env: str) -> subprocess.P
 
 def kill9(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL the pipeline and every worker process it started."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(30)
 
 
@@ -218,32 +217,10 @@ def test_hostile_messages_never_stop_the_pipeline_nor_leak(
         "customer": {"loyalty_id": "CONSENT"},
     }
     now = time.time()
-    producer.produce(
-        topics["customer"],
-        orjson.dumps(
-            consent
-            | {
-                "event_id": "c-ahead",
-                "consents": {"email": True},
-                "event_time": time.strftime(
-                    "%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(now + 12 * 3600)
-                ),
-            }
-        ),  # fmt: skip
-        b"CONSENT",
-    )
-    producer.produce(
-        topics["customer"],
-        orjson.dumps(
-            consent
-            | {
-                "event_id": "c-now",
-                "consents": {"email": False},
-                "event_time": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(now + 60)),
-            }
-        ),  # fmt: skip
-        b"CONSENT",
-    )
+    for event_id, granted, when in (("c-ahead", True, now + 12 * 3600), ("c-now", False, now)):
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(when))
+        ev = consent | {"event_id": event_id, "consents": {"email": granted}, "event_time": stamp}
+        producer.produce(topics["customer"], orjson.dumps(ev), b"CONSENT")
     send_good(50)
     producer.flush()
     total = n + len(hostile) + 2 + 2
@@ -305,6 +282,11 @@ def semantic_state(settings: Settings) -> dict[str, Any]:
     return {"profiles": profiles(settings), "stock": stock, "alerts": alerts}
 
 
+def progressed(settings: Settings, before: int, proc: subprocess.Popen[bytes]) -> Any:
+    """A condition: the run applied more than ``before`` offsets, or it ended."""
+    return lambda: applied(settings) > before or proc.poll() is not None
+
+
 def rounded(profile: dict[str, Any]) -> dict[str, Any]:
     """A profile without its canonical id, decayed scores to 9 digits (float sums in
     another order differ in the last bits)."""
@@ -353,9 +335,7 @@ def test_kill_9_at_random_points_then_resume_equals_a_clean_run(
             before = applied(crashed)
             proc = start(crashed, log, "--until-eof", "--processes", str(processes), **env)
             # Kill once it has applied something new, at a random moment after that.
-            wait_until(
-                lambda b=before: applied(crashed) > b or proc.poll() is not None, 90, "progress"
-            )  # type: ignore[misc]
+            wait_until(progressed(crashed, before, proc), 90, "progress")
             time.sleep(rng.uniform(0.0, 0.6))
             if proc.poll() is not None:
                 break  # it finished first: fine, the data set is too small for more kills

@@ -78,5 +78,7 @@ def test_a_partition_added_later_keeps_every_other_on_its_worker() -> None:
     for n in (2, 3, 5):
         assert {p: owner(p, n) for p in before} == {p: owner(p, n) for p in after if p in before}
         shares = [worker_share(after, w, n) for w in range(n)]
-        assert sorted(sum(shares, [])) == sorted(after)  # every partition, once
+        assert sorted(p for share in shares for p in share) == sorted(
+            after
+        )  # every partition, once
         assert max(map(len, shares)) - min(map(len, shares)) <= 3  # about even

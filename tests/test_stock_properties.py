@@ -7,6 +7,7 @@ only batch boundaries, so this is what makes a resumed run equal a clean one."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,22 +42,20 @@ def event(draw: st.DrawFn) -> dict[str, object]:
     t = (T0 + timedelta(minutes=draw(st.integers(0, 8)))).isoformat()
     sku, loc = draw(st.sampled_from(["A", "A", "B"])), draw(st.sampled_from(["s1", "s2"]))
     kind = draw(st.sampled_from(["stock_snapshot", "stock_adjustment", "sale", "sale"]))
+    base = {"event_type": kind, "event_id": "e", "event_time": t, "location_id": loc}
     if kind == "stock_snapshot":
-        return {"event_type": kind, "event_id": "e", "event_time": t, "sku": sku,
-                "location_id": loc, "on_hand": draw(st.integers(0, 20))}  # fmt: skip
+        return base | {"sku": sku, "on_hand": draw(st.integers(0, 20))}
     if kind == "stock_adjustment":
-        return {"event_type": kind, "event_id": "e", "event_time": t, "sku": sku,
-                "location_id": loc, "delta": draw(st.integers(-3, 5)), "reason": "delivery"}  # fmt: skip
-    return {"event_type": "sale", "event_id": "e", "event_time": t, "channel": "store",
-            "location_id": loc, "currency": "EUR",
-            "lines": [{"sku": sku, "quantity": draw(st.integers(1, 3)), "unit_price_minor": 100}]}  # fmt: skip
+        return base | {"sku": sku, "delta": draw(st.integers(-3, 5)), "reason": "delivery"}
+    line = {"sku": sku, "quantity": draw(st.integers(1, 3)), "unit_price_minor": 100}
+    return base | {"channel": "store", "currency": "EUR", "lines": [line]}
 
 
 def apply_in_batches(store: ProfileStore, items: list[Accepted], cuts: list[int]) -> None:
     store.r.flushdb()
     floor = -1
     bounds = [0, *sorted(set(cuts)), len(items)]
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in itertools.pairwise(bounds):
         batch = items[lo:hi]
         if not batch:
             continue
