@@ -42,11 +42,11 @@ from operators.stock import StockPlan, StockRules, evaluate, plan_stock, warm_up
 from operators.validate import Accepted, Rejected, state_rejected, without_payload
 from state.profiles import (
     ProfileStore,
-    RedisBusyError,
-    RedisOutOfMemoryError,
     ScriptRejectedError,
+    StateError,
     StateUnavailableError,
     redact_url,
+    transient,
 )
 from state.stock import StockStore
 
@@ -252,7 +252,7 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
             self._idle_until = datetime.now().astimezone() + _FULL
             return []
         if self._share is not None and time.monotonic() >= self._next_check:
-            self._add_new_partitions()
+            self._check_partitions()
         if self._until_eof and not self._parts:
             raise StopIteration
         msgs = self._c.consume(self._batch_size, 0.0)
@@ -296,8 +296,10 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
         InFlight.count += len(out)
         return out
 
-    def _add_new_partitions(self) -> None:
-        """Read partitions added to the topics since the start (those of this worker)."""
+    def _check_partitions(self) -> None:
+        """Read partitions added to the topics since the start (those of this worker), and
+        stop if a topic or partition this worker reads has disappeared (a deleted topic:
+        some brokers report nothing to the consumer itself)."""
         assert self._c is not None and self._share is not None
         self._next_check = time.monotonic() + self._check_every
         try:
@@ -305,13 +307,25 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
         except KafkaException as e:
             log.warning("step 'input': could not look for new partitions: %s", e)
             return
-        seen = [
-            f"{t}:{p}"
-            for t in self._topics
-            if t in md.topics and md.topics[t].error is None
-            for p in md.topics[t].partitions
-        ]
-        new = [p for p in self._share(seen) if p not in self._parts]
+        present: set[str] = set()
+        for t in self._topics:
+            tm = md.topics.get(t)
+            if tm is None:
+                continue  # deleted
+            if tm.error is not None:
+                if tm.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    continue  # deleted
+                present.update(p for p in self._parts if split_part(p)[0] == t)  # unsure
+            present.update(f"{t}:{p}" for p in tm.partitions)
+        gone = sorted(p for p in self._parts if p not in present)
+        if gone:
+            topics = " ".join(sorted({split_part(p)[0] for p in gone}))
+            raise InputError(
+                f"step 'input': {describe_share(gone)} no longer exist: the topic was deleted "
+                "while the pipeline read it. If it is recreated, its new events start again at "
+                f"offset 0: run `omnicanal offsets forget {topics} --yes` before starting again."
+            )
+        new = [p for p in self._share(present) if p not in self._parts]
         if new:
             log.info(
                 "step 'input': reading %s added since the start (%s)",
@@ -521,6 +535,7 @@ class StockAlerts:
         #: messages the broker did not confirm: outbox id -> message, sent again later
         self._failed: dict[str, dict[str, Any]] = {}
         self._retry_at = 0.0
+        self._warned = 0.0
 
     def recover(self) -> tuple[int, int, int]:
         """After a crash: send what the outbox still holds (all of it, a page at a time)
@@ -571,8 +586,28 @@ class StockAlerts:
             self._last = time.monotonic()
         t0 = time.perf_counter()
         batch = [self._round.pop() for _ in range(min(self.SLICE, len(self._round)))]
-        self._evaluate(batch)
+        if not self._try(self._evaluate, batch):
+            self._pending.update(batch)  # Redis full or away: evaluated in a later round
+            self._pending.update(self._round)
+            self._round = []
         m.BATCH_SECONDS.labels("stock_alerts").observe(time.perf_counter() - t0)
+
+    def _try(self, call: Callable[..., None], *args: Any) -> bool:
+        """Run a Redis step of the alerts; False (logged, counted) when Redis is full, busy
+        or away: alerts wait, batches go on (the pipeline's own writes wait for Redis)."""
+        try:
+            call(*args)
+            return True
+        except (StateError, redis.RedisError) as e:
+            why = transient(e)
+            if why is None:
+                raise
+            m.REDIS_WAITS.labels(why).inc()
+            now = time.monotonic()
+            if now - self._warned > 10:
+                self._warned = now
+                log.warning("step 'state': stock alerts wait, Redis %s: %s", why, e)
+            return False
 
     def evaluate(self, skus: list[str]) -> None:
         """Evaluate ``skus`` now, all of them."""
@@ -655,13 +690,17 @@ class StockAlerts:
         self._send(again, [todo[i] for i in again])
 
     def ack(self) -> None:
-        """Serve delivery reports and remove what the broker confirmed from the outbox."""
+        """Serve delivery reports and remove what the broker confirmed from the outbox
+        (kept for a later call while Redis cannot take it)."""
         self._producer.poll()
         if self._confirmed:
             done = list(self._confirmed)
-            self._confirmed.clear()
-            sent, self._sent = self._sent, {}
-            self.store.ack(done, sent)
+            sent = dict(self._sent)
+            if self._try(self.store.ack, done, sent):
+                del self._confirmed[: len(done)]
+                for p, o in sent.items():
+                    if self._sent.get(p) == o:
+                        del self._sent[p]
 
     def close(self) -> None:
         """Evaluate what is pending, wait for every message sent, and acknowledge them.
@@ -770,19 +809,11 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
         while True:
             try:
                 out = call()
-            except RedisOutOfMemoryError as e:
-                self._wait("out_of_memory", e)
-            except RedisBusyError as e:
-                self._wait("busy", e)
-            except (redis.ConnectionError, redis.TimeoutError) as e:
-                self._wait("unreachable", e)
-            except redis.ResponseError as e:
-                if str(e).startswith("OOM"):
-                    self._wait("out_of_memory", e)
-                elif str(e).startswith(("BUSY", "LOADING", "READONLY", "MASTERDOWN")):
-                    self._wait("busy", e)
-                else:
+            except (StateError, redis.RedisError) as e:
+                why = transient(e)
+                if why is None:
                     raise
+                self._wait(why, e)
             else:
                 self._wait.reset()
                 return out
@@ -950,15 +981,12 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
                     stock=stock.to_payload() if stock else None,
                     dedupe=dedupe,
                 )
-            except RedisOutOfMemoryError as e:
-                self._wait("out_of_memory", e)
-                continue
-            except RedisBusyError as e:
-                self._wait("busy", e)
-                continue
-            except (redis.ConnectionError, redis.TimeoutError) as e:
-                self._wait("unreachable", e)
-                retried = True
+            except (StateError, redis.RedisError) as e:
+                why = transient(e)
+                if why is None:
+                    raise
+                self._wait(why, e)
+                retried = retried or why == "unreachable"
                 continue
             self._wait.reset()
             attempts += 1
@@ -1074,14 +1102,21 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
             self._last_commit = now
 
     def close(self) -> None:
+        """Finish the alerts and the witness commit. Never raises: Bytewax calls it while
+        unwinding an error too, and an exception here would abort the process before the
+        first error is reported (what is left undone is picked up at the next start)."""
         if self._latency_log is not None:
             self._latency_log.close()
         IdleWork.unregister(self._alerts.due)
-        try:
-            self._alerts.close()
-            self._commit_witness(force=True)
-        finally:
-            self._group.close()
+        for what, step in (
+            ("stock alerts", self._alerts.close),
+            ("consumer group commit", lambda: self._commit_witness(force=True)),
+            ("consumer group", self._group.close),
+        ):
+            try:
+                step()
+            except Exception as e:
+                log.warning("step 'state': %s not finished at close (%s): next start", what, e)
 
 
 def _client_url(store: ProfileStore) -> str:

@@ -234,7 +234,7 @@ def run(
     Needs OMNICANAL_PII_KEY. Exposes Prometheus metrics on OMNICANAL_METRICS_PORT (one port
     per process, counting up)."""
     from omnicanal import runner
-    from state.profiles import StateError
+    from state.profiles import StateError, redact_url
 
     if resume_from not in ("auto", "redis", "earliest"):
         _fail("--resume-from must be auto, redis or earliest")
@@ -244,7 +244,12 @@ def run(
         plan = runner.plan(settings, resume_from)  # type: ignore[arg-type]
     except (ConfigError, StateError, RuntimeError) as e:
         _fail(str(e))
-        return
+    except Exception as e:  # Kafka or Redis still unreachable after OMNICANAL_STARTUP_WAIT
+        _fail(
+            f"Kafka at {settings.kafka_bootstrap} or Redis at {redact_url(settings.redis_url)} "
+            f"did not answer: {e}",
+            1,
+        )
     warning = runner.warn_persistence(plan.persistence)
     if warning:
         err.print(f"[yellow]{warning}[/]")

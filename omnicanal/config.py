@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         description="how long a batch waits for an unreachable or busy Redis before the run "
         "stops (a full Redis is waited for without limit)",
     )
+    startup_wait_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="how long `run` waits for Kafka and Redis at start, saying so every 10 s "
+        "(0: until they answer or the run is stopped)",
+    )
     redis_allow_eviction: bool = Field(
         False,
         description="start even if Redis maxmemory-policy is not noeviction (experts only: "

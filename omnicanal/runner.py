@@ -84,14 +84,19 @@ def plan(settings: Settings, resume_from: ResumeFrom = "auto") -> Plan:
     """
     kafka = settings.kafka_config()
     where = f"Kafka at {settings.kafka_bootstrap}"
-    counts = wait_for(where, lambda: partitions_of(kafka, list(settings.topic_contracts())))
+    patience = settings.startup_wait_seconds
+    counts = wait_for(
+        where,
+        lambda: partitions_of(kafka, list(settings.topic_contracts()), timeout=5),
+        timeout=patience,
+    )
     parts = [part_name(t, p) for t, n in counts.items() for p in range(n)]
     store = ProfileStore(
         connect(settings.redis_url, socket_timeout=settings.redis_socket_timeout_seconds),
         settings.redis_prefix,
     )
     try:
-        wait_for(f"Redis at {redact_url(settings.redis_url)}", store.ping)
+        wait_for(f"Redis at {redact_url(settings.redis_url)}", store.ping, timeout=patience)
         store.check_eviction(allow=settings.redis_allow_eviction)
         stored = store.load_offsets(parts)
         stamps = store.offset_stamps(list(stored))
@@ -266,14 +271,18 @@ def tune_gc() -> None:
 
 
 class WorkerFailedError(RuntimeError):
-    """A worker process failed; every other one was stopped."""
+    """A worker process failed; every other one was stopped. ``exitcode`` is the worker's
+    (128 + the signal number when a signal killed it, as shells report it)."""
 
     def __init__(self, name: str, exitcode: int) -> None:
-        super().__init__(
-            f"worker process {name} exited with code {exitcode}; the other workers were "
-            "stopped (see the log above for its error)"
+        how = (
+            f"was killed by signal {-exitcode}" if exitcode < 0 else f"exited with code {exitcode}"
         )
-        self.exitcode = exitcode
+        super().__init__(
+            f"worker process {name} {how}; the other workers were stopped (see the log above "
+            "for its error)"
+        )
+        self.exitcode = 128 - exitcode if exitcode < 0 else exitcode
 
 
 def run(

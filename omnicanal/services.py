@@ -171,11 +171,18 @@ class LocalRedis(_Process):
     name = "redis"
 
     def __init__(
-        self, workdir: Path, port: int | None = None, *, appendfsync: str = "everysec"
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        appendfsync: str = "everysec",
+        extra_args: list[str] | None = None,
     ) -> None:
         super().__init__(workdir)
         self.port = port or free_port()
         self.appendfsync = appendfsync
+        #: more redis-server options, e.g. ["--maxmemory", "4mb"] (they win over the above)
+        self.extra_args = list(extra_args or [])
 
     @property
     def url(self) -> str:
@@ -211,6 +218,7 @@ class LocalRedis(_Process):
             argv += ["--appendonly", "yes", "--appendfsync", self.appendfsync]
         else:
             argv += ["--appendonly", "no"]
+        argv += self.extra_args
         proc = self._spawn(argv)
         from state.profiles import connect
 

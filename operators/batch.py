@@ -96,6 +96,12 @@ def suppress(events: Sequence[Accepted], erased: Mapping[str, int]) -> tuple[lis
     ...                    {"cookie:x": 10})
     >>> [a.ts_ms for a in kept], n
     ([50, 5], 1)
+
+    A clock far ahead does not make an event newer than the erasure:
+
+    >>> ahead = ev(10**12, {"cookie": "x"}); ahead.eff_ms = 8
+    >>> suppress([ahead], {"cookie:x": 10})
+    ([], 1)
     """
     if not erased:
         return list(events), 0

@@ -133,6 +133,40 @@ class EvictionPolicyError(StateError):
 _BUSY_PREFIXES = ("BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
 
 
+def transient(e: BaseException) -> str | None:
+    """Why Redis could not take a call now, when it is worth waiting for: "out_of_memory"
+    (maxmemory with noeviction), "busy" (loading, a long script, read-only in a failover)
+    or "unreachable" (connection or timeout); None for a real error. Inside a script the
+    error keeps its code (redis-py turns "OOM ..." into OutOfMemoryError).
+
+    >>> transient(redis.exceptions.OutOfMemoryError("command not allowed")), transient(
+    ...     redis.ResponseError("BUSY Redis is busy running a script")), transient(
+    ...     redis.ResponseError("ERR wrong number of arguments"))
+    ('out_of_memory', 'busy', None)
+    """
+    if isinstance(e, RedisOutOfMemoryError | redis.exceptions.OutOfMemoryError):
+        return "out_of_memory"
+    if isinstance(e, RedisBusyError | redis.exceptions.BusyLoadingError):
+        return "busy"
+    if isinstance(e, redis.ConnectionError | redis.TimeoutError):
+        return "unreachable"
+    if isinstance(
+        e,
+        redis.exceptions.ReadOnlyError
+        | redis.exceptions.MasterDownError
+        | redis.exceptions.TryAgainError
+        | redis.exceptions.ClusterDownError,
+    ):
+        return "busy"
+    if isinstance(e, redis.ResponseError):
+        msg = str(e)
+        if msg.startswith("OOM") or "used memory > 'maxmemory'" in msg:
+            return "out_of_memory"
+        if msg.startswith(_BUSY_PREFIXES):
+            return "busy"
+    return None
+
+
 @dataclass(frozen=True)
 class ApplyResult:
     ok: bool
@@ -411,9 +445,10 @@ class ProfileStore:
     def _script_error(self, e: redis.ResponseError) -> StateError:
         """What a failed script call means: busy, full, torn, or refused before writing."""
         msg = str(e)
-        if msg.startswith("OOM"):
+        why = transient(e)
+        if why == "out_of_memory":
             return RedisOutOfMemoryError(f"Redis is out of memory: {msg}")
-        if msg.startswith(_BUSY_PREFIXES):
+        if why == "busy":
             return RedisBusyError(f"Redis cannot take writes now: {msg}")
         marker = self.r.get(self.prefix + "applying")
         if marker is not None:
@@ -706,4 +741,5 @@ __all__ = [
     "TornBatchError",
     "connect",
     "redact_url",
+    "transient",
 ]
