@@ -90,8 +90,8 @@ STOCK_SHRINKAGE_UNITS = Counter(
 )
 STOCK_LATE_COUNTS = Counter(
     "omnicanal_stock_late_counts",
-    "Stock counts ignored: older than the movements kept since the last count (2 days, "
-    "at most 512).",
+    "Stock counts ignored: older than the movement records kept since the last count (all "
+    "of them up to 4,096; then the latest 2,048 within 2 days).",
 )
 STOCK_ALERTS = Counter(
     "omnicanal_stock_alerts",

@@ -391,26 +391,30 @@ def test_a_hot_sku_is_evaluated_once_per_interval_and_when_input_goes_idle(
 def test_movement_records_stay_bounded_between_counts(
     kafka: LocalKafka, redis_server: LocalRedis
 ) -> None:
-    """A best-seller sold 700 times with no count: at most 512 movement records are kept,
-    a count that falls before them is refused as too late, a later one applies exactly."""
+    """A best-seller sold 5,000 times with no count: at most 4,096 movement records are
+    kept, a count that falls before them is refused as too late, a later one applies
+    exactly."""
     s = stock_settings(kafka, redis_server)
     part, items = feed(s)
     r = connect(s.redis_url)
     late0 = m.counter_total(m.STOCK_LATE_COUNTS)
+    records = f"{s.redis_prefix}mv:HOT|store-1"
     try:
-        part.write_batch(items([snapshot(0, "HOT", "store-1", 1000)]))
-        for k in range(7):
-            part.write_batch(items([sale(1 + k * 100 + i, "HOT", 1) for i in range(100)]))
-        assert r.hlen(f"{s.redis_prefix}mv:HOT|store-1") <= 513  # records + "floor"
-        # Counted at minute 100: 99 sales after it were pruned, so it cannot be applied.
-        part.write_batch(items([snapshot(100, "HOT", "store-1", 900)]))
+        part.write_batch(items([snapshot(0, "HOT", "store-1", 6000)]))
+        for k in range(10):
+            part.write_batch(items([sale(1 + k * 500 + i, "HOT", 1) for i in range(500)]))
+        assert r.hlen(records) <= 4097  # records + "floor"
+        floor_minute = (int(r.hget(records, "floor") or 0) - int(T0.timestamp() * 1000)) / 60_000
+        assert 100 < floor_minute < 4950
+        # Counted at minute 100: sales after it were pruned, so it cannot be applied.
+        part.write_batch(items([snapshot(100, "HOT", "store-1", 5800)]))
         assert m.counter_total(m.STOCK_LATE_COUNTS) - late0 == 1
-        assert StockStore(r, s.redis_prefix).sku("HOT").levels == {"store-1": 300}  # type: ignore[union-attr]
-        # Counted at minute 650 (sales 1..650 before it): 50 sales after it are kept.
-        part.write_batch(items([snapshot(650.5, "HOT", "store-1", 340)]))
+        assert StockStore(r, s.redis_prefix).sku("HOT").levels == {"store-1": 1000}  # type: ignore[union-attr]
+        # Counted at minute 4950.5 (sales 1..4950 before it): the 50 after it are kept.
+        part.write_batch(items([snapshot(4950.5, "HOT", "store-1", 1040)]))
         a = StockStore(r, s.redis_prefix).sku("HOT")
-        assert a is not None and a.levels == {"store-1": 290}
-        assert a.shrinkage == {"store-1": 10}  # 350 expected at the count, 340 counted
+        assert a is not None and a.levels == {"store-1": 990}
+        assert a.shrinkage == {"store-1": 10}  # 1,050 expected at the count, 1,040 counted
     finally:
         part.close()
 

@@ -24,10 +24,11 @@
 -- Returns shrinkage units, movements already in a count, counts too late, and the SKUs to
 -- evaluate (counted somewhere or priced).
 -- Events are ordered by event time, never by arrival: a movement at or before the count's
--- time is in the count; a later one is added on top. Movement records older than
--- MOVE_WINDOW before the newest are pruned, and at most MOVE_KEEP are kept when a location
--- moves more than MOVE_PRUNE_AT times between counts (field "floor": the newest pruned
--- time); a count older than what is kept is ignored (too late to tell what it includes).
+-- time is in the count; a later one is added on top. Only when a location moves more than
+-- MOVE_PRUNE_AT times between counts are its records pruned, to the MOVE_KEEP newest and
+-- those within MOVE_WINDOW of the newest (field "floor": the newest pruned time); a count
+-- older than the floor is ignored (too late to tell what it includes). Below that bound
+-- the result does not depend on how far the inventory feed lags the sales feeds.
 --
 -- Shrinkage is the same whatever the batch boundaries: every count of a batch is applied,
 -- in arrival order (not only the newest), and a movement that arrives after a count that
@@ -35,7 +36,7 @@
 -- when it falls after the location's first count: summed over all counts, the shrinkage
 -- is first count + movements since - last count, however the events were batched.
 local MOVE_WINDOW = 2 * 86400000
-local MOVE_PRUNE_AT, MOVE_KEEP = 512, 256
+local MOVE_PRUNE_AT, MOVE_KEEP = 4096, 2048
 
 local lua_tonumber = tonumber
 
@@ -102,8 +103,10 @@ local function apply_stock(prefix, st, chunked)
           if mt > newest then newest = mt end
         end
       end
-      if t < newest - MOVE_WINDOW or t < floor then
-        stale_counts = stale_counts + 1  -- too late to tell which movements it includes
+      if t < floor then
+        -- movements after it were pruned: too late to tell which ones it includes (with
+        -- every record since the last count kept, any count applies exactly, however late)
+        stale_counts = stale_counts + 1
       else
         if #old > 0 then chunked('HDEL', mk, old, 2000) end
         if snap then
