@@ -767,13 +767,17 @@ def import_online_retail(
     """Convert a UCI Online Retail CSV (original or "II" layout) into JSON-lines events.
 
     Data: Chen, Sain & Guo (2012), UCI Machine Learning Repository, CC BY 4.0.
-    A report of what each kind of row became goes to stderr."""
+    A report goes to stderr: what each kind of row became, and what became of every invoice
+    (sale, return, warehouse stock adjustments only, or why it was not imported: no usable
+    line, a negative total, or larger than OMNICANAL_MAX_EVENT_BYTES / 1,000 lines)."""
     from omnicanal.online_retail import ImportError_, ImportReport, read_events
 
+    settings = _settings()
     report = ImportReport()
     try:
         with open(file, encoding="utf-8", errors="replace", newline="") as f:
-            _write_jsonl(read_events(f, report, timezone=timezone), output)
+            events = read_events(f, report, timezone=timezone, max_bytes=settings.max_event_bytes)
+            _write_jsonl(events, output)
     except ImportError_ as e:
         _fail(f"{file}: {e}")
     err.print_json(orjson.dumps(report.as_dict()).decode())

@@ -95,6 +95,11 @@ def test_import_online_retail_both_layouts(tmp_path: Path) -> None:
     report = json.loads(res.stderr[res.stderr.index("{") :])
     assert report["rows"] == 2000
     assert report["sales"] + report["returns"] + report["stock_adjustments"] == len(events)
+    # ... and every invoice: its outcome, once.
+    invoices = {row.split(",")[0] for row in SAMPLE.read_text().splitlines()[1:]}
+    assert sum(report["invoices"].values()) == len(invoices)
+    assert report["invoices"]["sale"] == report["sales"]
+    assert report["invoices"]["return"] == report["returns"]
     from operators.privacy import PiiHasher
     from operators.validate import Accepted, Validator
     from schemas.events import CONTRACT_OF_TYPE
@@ -112,6 +117,34 @@ def test_import_online_retail_both_layouts(tmp_path: Path) -> None:
             now_ms=2_000_000_000_000,
         )
         assert isinstance(r, Accepted), (e, r)
+
+
+def test_a_real_675_line_invoice_goes_through_the_pipeline_limits(tmp_path: Path) -> None:
+    """The largest invoice of the first 50k rows (675 lines, 65 KB; the full data set has
+    749-line ones): imported as one sale that the default validator accepts; with a lower
+    size limit the importer says it left it out."""
+    from operators.privacy import PiiHasher
+    from operators.validate import Accepted, Validator
+
+    big = ROOT / "tests" / "data" / "online_retail_large_invoice.csv"
+    out = tmp_path / "big.jsonl"
+    res = runner.invoke(app, ["import", "online-retail", str(big), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    (event,) = out.read_bytes().splitlines()
+    report = json.loads(res.stderr[res.stderr.index("{") :])
+    assert report["invoices"] == {"sale": 1}
+    assert report["largest_invoice"] == {"lines": 675, "bytes": len(event)}
+    v = Validator({"t": "transaction"}, PiiHasher(b"k" * 16))  # the default limits
+    assert isinstance(v.decode("t", 0, 0, None, event, 1.9e12), Accepted)
+
+    res = runner.invoke(
+        app,
+        ["import", "online-retail", str(big), "-o", str(out)],
+        env={"OMNICANAL_MAX_EVENT_BYTES": "60000"},
+    )
+    report = json.loads(res.stderr[res.stderr.index("{") :])
+    assert report["invoices"] == {"too_large": 1} and report["invoices_too_large"] == ["537434"]
+    assert out.read_bytes() == b""
 
 
 def test_import_rejects_a_file_that_is_not_online_retail(tmp_path: Path) -> None:
