@@ -47,6 +47,12 @@ class BenchPlan:
     memory_events: list[int] = field(default_factory=list)
     complete_journey_baskets: int = 0
     seed: int = 42
+    #: events applied with and without the event_id dedupe (0: off)
+    dedupe_events: int = 100_000
+    #: a burst of ``burst_factor`` x ``burst_rate`` events/s for this long (0: off)
+    burst_seconds: float = 60.0
+    burst_rate: int = 1_500
+    burst_factor: int = 10
 
     @classmethod
     def quick(cls) -> BenchPlan:
@@ -57,6 +63,8 @@ class BenchPlan:
             rates=[1_000, 5_000],
             rate_seconds=5.0,
             profile_events=20_000,
+            dedupe_events=20_000,
+            burst_seconds=0,
         )
 
 
@@ -82,7 +90,8 @@ _scenario = iter(range(1, 10**9))
 
 
 def scenario_settings(base: Settings, partitions: int) -> Settings:
-    """Own topics, consumer group and Redis prefix: scenarios never see each other."""
+    """Own topics, consumer group and Redis prefix: scenarios never see each other, and the
+    bench never touches a topic or a key it did not create (``--external`` included)."""
     n = next(_scenario)
     s = base.model_copy(
         update={
@@ -94,6 +103,7 @@ def scenario_settings(base: Settings, partitions: int) -> Settings:
             "topic_offer_feedback": f"bench{n}.offer-feedback",
             "topic_customers": f"bench{n}.customers",
             "topic_dead_letters": f"bench{n}.dead-letters",
+            "topic_stock_alerts": f"bench{n}.stock-alerts",
             "partitions": partitions,
             "pii_key": base.pii_key or BENCH_PII_KEY,
             "metrics_port": 0,
@@ -262,7 +272,7 @@ def bare_loop(s: Settings, total: int, out_topic: str) -> dict[str, Any]:
                 key = str(ev.get("event_id", "x"))[:32] if isinstance(ev, dict) else "bad"
             except orjson.JSONDecodeError:
                 key = "bad"
-            h = "bare:" + key[-6:]
+            h = s.redis_prefix + "bare:" + key[-6:]
             pipe.hincrby(h, "events", 1)
             pipe.hincrby(h, "last", 1)
             producer.produce(out_topic, msg.value() or b"", msg.key())
@@ -457,7 +467,7 @@ def run_bench(
                         bare = bare_loop(s, plan.events, f"{s.topic_transactions}.bare-out")
                         result["bare_loop"] = bare
                     scenarios.append(row)
-                    state.flush_all()
+                    forget(s)
             result["throughput"] = scenarios
             best_1p = next(r for r in scenarios if r["processes"] == 1)
             result["events_per_s"] = {
@@ -485,7 +495,7 @@ def run_bench(
                     ).messages(n),
                 )
                 mem.append(pipeline_throughput(s, n, 1, workdir / f"memory-{n}"))
-                state.flush_all()
+                forget(s)
             if mem:
                 result["memory_growth"] = mem
             if plan.complete_journey_baskets:
@@ -493,9 +503,152 @@ def run_bench(
             say(f"profiler: {plan.profile_events:,} events in-process")
             s = scenario_settings(base, plan.partitions)
             result["profile"] = profile_stages(s, plan.profile_events, plan.customers[0])
+            forget(s)
+            if plan.dedupe_events:
+                say(f"event_id dedupe: {plan.dedupe_events:,} events applied with and without")
+                result["dedupe"] = dedupe_cost(base, plan.dedupe_events, plan.customers[0])
+            if plan.burst_seconds:
+                say(
+                    f"burst: {plan.burst_rate * plan.burst_factor:,} events/s for "
+                    f"{plan.burst_seconds:.0f}s between {plan.burst_rate:,} events/s"
+                )
+                s = scenario_settings(base, plan.partitions)
+                result["burst"] = burst(s, plan, workdir)
+                forget(s)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return result
+
+
+def forget(s: Settings) -> int:
+    """Delete a scenario's Redis keys (its own prefix: nothing else is touched)."""
+    r = connect(s.redis_url)
+    n = 0
+    batch: list[bytes] = []
+    for k in r.scan_iter(match=s.redis_prefix + "*", count=1000):
+        batch.append(k)
+        if len(batch) >= 1000:
+            n += int(r.unlink(*batch))
+            batch = []
+    if batch:
+        n += int(r.unlink(*batch))
+    r.close()
+    return n
+
+
+def dedupe_cost(base: Settings, events: int, customers: int) -> dict[str, Any]:
+    """What the event_id dedupe costs: the same validated batches applied to Redis with the
+    dedupe and without it (µs per event, apply calls only), and the bytes its sets take per
+    event (MEMORY USAGE of the sets over the events)."""
+    from operators.batch import plan_batch
+    from operators.dedupe import event_key
+    from operators.identity import IdentityRules
+    from operators.privacy import PiiHasher
+    from operators.validate import Accepted, Validator
+
+    gen = Generator(seed=11, customers=customers, bad_share=0.0)
+    topics = base.topic_contracts()
+    by_contract = {c: t for t, c in topics.items()}
+    v = Validator(topics, PiiHasher(BENCH_PII_KEY.encode()))
+    items = []
+    for i, m in enumerate(gen.messages(events)):
+        a = v.decode(by_contract[m.contract], 0, i, None, m.value, 2e12)
+        if isinstance(a, Accepted):
+            items.append(a)
+    batches = [items[i : i + 5000] for i in range(0, len(items), 5000)]
+    plans = [plan_batch(b, IdentityRules()) for b in batches]
+    keys = [[event_key(a.contract, a.event_id, a.ts_ms) for a in b] for b in batches]
+    out: dict[str, Any] = {"events": len(items)}
+    for label, window in (("without", 0), ("with", 7 * 86_400_000)):
+        s = scenario_settings(base, 1)
+        store = ProfileStore(connect(s.redis_url), s.redis_prefix, dedupe_window_ms=window)
+        spent, floor = 0.0, -1
+        for b, plan, k in zip(batches, plans, keys, strict=True):
+            hi = b[-1].offset
+            t0 = time.perf_counter()
+            res = store.apply([("p:0", floor, hi)], plan.rows, dedupe=k if window else ())
+            spent += time.perf_counter() - t0
+            assert res.ok, res
+            floor = hi
+        out[f"apply_us_per_event_{label}"] = round(spent / len(items) * 1e6, 2)
+        if window:
+            r = store.r
+            dd = list(r.scan_iter(match=s.redis_prefix + "dd:*", count=1000))
+            size = sum(int(r.memory_usage(x) or 0) for x in dd)
+            out["sets"] = len(dd)
+            out["redis_bytes_per_event"] = round(size / len(items), 2)
+        forget(s)
+    out["us_per_event"] = round(
+        out["apply_us_per_event_with"] - out["apply_us_per_event_without"], 2
+    )
+    return out
+
+
+def burst(s: Settings, plan: BenchPlan, log_dir: Path) -> dict[str, Any]:
+    """Open loop: a sustained rate, then ``burst_factor`` times it for ``burst_seconds``,
+    then the sustained rate again. Reports the peak lag and RSS and how long after the
+    burst the lag came back to zero: the pipeline must take it without crashing and with
+    bounded memory (the sources pause above 20,000 events in flight)."""
+    proc = _start_pipeline(s, 1, until_eof=False)
+    watch = _Watch(s, proc)
+    topics = s.contract_topics()
+    gen = Generator(seed=5, customers=plan.customers[0], bad_share=plan.bad_share, start=None)
+    p = CheckedProducer(s.kafka_config(), what="burst producer")
+    phases = [
+        ("before", plan.burst_rate, 10.0),
+        ("burst", plan.burst_rate * plan.burst_factor, plan.burst_seconds),
+        ("after", plan.burst_rate, 30.0),
+    ]
+    sent = 0
+    peak_lag = 0
+    lag_zero_at: float | None = None
+    burst_end = 0.0
+    rss: list[float] = []
+    try:
+        for name, rate, seconds in phases:
+            n = int(rate * seconds)
+            start = time.perf_counter()
+            next_sample = start
+            for i, m in enumerate(gen.messages(n)):
+                due = start + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0.0005:
+                    time.sleep(delay)
+                p.produce(topics[m.contract], m.value, m.key)
+                sent += 1
+                if i % 500 == 0:
+                    p.poll()
+                    if time.perf_counter() >= next_sample:
+                        next_sample += 0.5
+                        lag = sent - watch.applied()
+                        peak_lag = max(peak_lag, lag)
+                        watch.sample_memory()
+                        rss.append(watch.last_rss / 2**20)
+                        if name == "after" and lag_zero_at is None and lag <= rate:
+                            lag_zero_at = time.perf_counter() - burst_end
+                        if proc.poll() is not None:
+                            raise RuntimeError(f"pipeline died: {_stop(proc)[-2000:]}")
+            if name == "burst":
+                burst_end = time.perf_counter()
+        p.flush(60)
+        deadline = time.monotonic() + 120
+        while watch.applied() < sent and time.monotonic() < deadline:
+            time.sleep(0.1)
+        drained = watch.applied() >= sent
+    finally:
+        err = _stop(proc)
+    return {
+        "sustained_per_s": plan.burst_rate,
+        "burst_per_s": plan.burst_rate * plan.burst_factor,
+        "burst_seconds": plan.burst_seconds,
+        "events": sent,
+        "all_applied": drained,
+        "crashed": "Traceback" in err,
+        "peak_lag_events": peak_lag,
+        "lag_back_to_zero_seconds_after_burst": round(lag_zero_at, 1) if lag_zero_at else None,
+        "peak_rss_mb": round(max(rss), 1) if rss else None,
+        "rss_mb_end": round(rss[-1], 1) if rss else None,
+    }
 
 
 class _services:

@@ -867,9 +867,20 @@ def bench(
     external: Annotated[
         bool,
         typer.Option(
-            help="Use the configured Kafka and Redis (OMNICANAL_*) instead of local ones."
+            help="Use the configured Kafka and Redis (OMNICANAL_*) instead of local ones: "
+            "needs --confirm-external."
         ),
     ] = False,
+    confirm_external: Annotated[
+        bool,
+        typer.Option(
+            help="Yes, create bench<N>.* topics and ocb<N>:* keys there (and delete those keys "
+            "afterwards); nothing else is read or written."
+        ),
+    ] = False,
+    burst_seconds: Annotated[
+        float | None, typer.Option(min=0, help="Seconds of the 10x burst [60; 0: off].")
+    ] = None,
     as_json: Annotated[
         Path | None, typer.Option("--json", help="Write the results as JSON to this file.")
     ] = None,
@@ -900,6 +911,15 @@ def bench(
         plan.memory_events = _ints(memory_events)
     if complete_journey:
         plan.complete_journey_baskets = complete_journey
+    if burst_seconds is not None:
+        plan.burst_seconds = burst_seconds
+    if external and not confirm_external:
+        _fail(
+            "--external runs the benchmark on the configured Kafka and Redis: it creates "
+            "topics bench<N>.* and Redis keys ocb<N>:* there, and produces millions of events "
+            "to those topics. Production topics and keys are never touched. Add "
+            "--confirm-external to go ahead."
+        )
     settings = _settings() if external else None
     t0 = time.perf_counter()
 

@@ -307,11 +307,6 @@ class ProfileStore:
         """Bytes Redis uses in all (INFO memory)."""
         return int(self.r.info("memory")["used_memory"])
 
-    def flush_all(self) -> None:
-        """Empty the whole Redis database (tools and benchmarks only, never the pipeline)."""
-        self.r.flushdb()
-        self._buckets = None
-
     # ------------------------------------------------------------------ offsets
     def load_offsets(self, parts: Sequence[str] | None = None) -> dict[str, int]:
         """Last applied offset per ``topic:partition`` (absent: never applied)."""

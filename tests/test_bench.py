@@ -38,3 +38,35 @@ def test_quick_bench_reports_pipeline_bare_latency_memory_and_stages(tmp_path: P
     stages = r["profile"]["us_per_event"]
     assert stages["validate (decode, contract, HMAC)"] > 0 and stages["Redis batch apply (Lua)"] > 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    d = r["dedupe"]
+    assert d["events"] > 15_000 and d["sets"] > 0 and 4 <= d["redis_bytes_per_event"] < 200
+    assert d["us_per_event"] == pytest.approx(
+        d["apply_us_per_event_with"] - d["apply_us_per_event_without"], abs=0.02
+    )
+
+
+def test_bench_on_the_configured_services_needs_a_confirmation() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "omnicanal.cli", "bench", "--quick", "--external"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 2 and "--confirm-external" in res.stderr
+
+
+def test_bench_scenarios_touch_only_their_own_topics_and_keys(
+    kafka: object, redis_server: object
+) -> None:
+    from omnicanal.bench import forget, scenario_settings
+    from omnicanal.config import Settings
+    from state.profiles import connect
+
+    base = Settings(kafka_bootstrap=kafka.bootstrap, redis_url=redis_server.url)  # type: ignore[attr-defined]
+    s = scenario_settings(base, 1)
+    ours = [s.group_id, s.redis_prefix, *s.all_topics()]
+    theirs = [base.group_id, base.redis_prefix, *base.all_topics()]
+    assert not set(ours) & set(theirs)
+    r = connect(base.redis_url)
+    r.set(base.redis_prefix + "precious", "1")
+    r.set(s.redis_prefix + "scratch", "1")
+    assert forget(s) == 1
+    assert r.get(base.redis_prefix + "precious") == b"1"
