@@ -137,7 +137,7 @@ def plan(settings: Settings, resume_from: ResumeFrom = "auto") -> Plan:
 
 
 def check_positions(
-    config: dict[str, str], stored: dict[str, int], stamps: dict[str, int], timeout: float = 5.0
+    config: dict[str, str], stored: dict[str, int], stamps: dict[str, int], timeout: float = 10.0
 ) -> None:
     """Each partition must still hold, at the last offset Redis applied, the message that
     was applied there (same Kafka timestamp). A topic deleted and recreated, or truncated,
@@ -170,8 +170,18 @@ def check_positions(
                         found[part] = msg.timestamp()[1]
                     else:
                         gone.add(part)
-                elif err.code() in (KafkaError._PARTITION_EOF, KafkaError._AUTO_OFFSET_RESET):
+                elif err.code() == KafkaError._PARTITION_EOF:
                     gone.add(part)
+                elif err.code() == KafkaError._AUTO_OFFSET_RESET:
+                    # Out of range: recreated or truncated, unless retention removed exactly
+                    # up to the last applied message (nothing unread is missing then).
+                    low, _ = c.get_watermark_offsets(
+                        TopicPartition(*split_part(part)), timeout=timeout
+                    )
+                    if low == todo[part] + 1:
+                        found[part] = stamps[part]
+                    else:
+                        gone.add(part)
     finally:
         c.close()
     gone |= set(todo) - set(found)  # no answer: the offset is past the partition's end

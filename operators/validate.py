@@ -232,14 +232,7 @@ class Validator:
                 step=self.step,
                 event_type=event_type if event_type is not None else UNSET,
             )
-            return Rejected(
-                topic,
-                partition,
-                offset,
-                reason,
-                _DEAD_LETTER_ENCODER.encode(record),
-                timestamp_ms or 0,
-            )
+            return _rejected(record)
 
     # ------------------------------------------------------------------ internals
     def _accept(
@@ -380,14 +373,7 @@ class Validator:
             payload_sha256=hashlib.sha256(clean).hexdigest(),
             payload_truncated=len(kept) < len(clean),
         )
-        return Rejected(
-            topic,
-            partition,
-            offset,
-            reason,
-            _DEAD_LETTER_ENCODER.encode(record),
-            timestamp_ms or 0,
-        )
+        return _rejected(record)
 
     def _scrub_key(self, key: bytes) -> bytes:
         """A Kafka key as kept in a dead letter: an email or phone number (the whole key or
@@ -495,11 +481,17 @@ def state_rejected(a: Accepted, why: str, hasher: PiiHasher | None) -> Rejected:
         payload_sha256=hashlib.sha256(payload).hexdigest() if payload else UNSET,
         payload_truncated=len(payload) > DEFAULT_DEAD_LETTER_PAYLOAD,
     )
+    return _rejected(record)
+
+
+def _rejected(record: DeadLetter) -> Rejected:
+    """The dead letter of one input, encoded, with its source position."""
+    src = record.source
     return Rejected(
-        a.topic,
-        a.partition,
-        a.offset,
-        "state_rejected",
+        src.topic,
+        src.partition,
+        src.offset,
+        record.reason,
         _DEAD_LETTER_ENCODER.encode(record),
-        a.kafka_ts_ms,
+        src.timestamp_ms or 0,
     )

@@ -425,8 +425,9 @@ class ProfileStore:
             g = groups.get(key)
             if g is None:
                 end_of_day = (day + 1) * 86_400_000
-                g = groups[key] = [key, (max(end_of_day, now_ms) + self.dedupe_window_ms) // 1000]
-            g.append(str(h))  # as text: Lua numbers are doubles, 63 bits would round
+                expire = (max(end_of_day, now_ms) + self.dedupe_window_ms) // 1000
+                g = groups[key] = [key, expire, []]
+            g[2].append(str(h))  # as text: Lua numbers are doubles, 63 bits would round
         return list(groups.values())
 
     def dedupe_buckets(self) -> int:

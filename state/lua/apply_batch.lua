@@ -14,7 +14,7 @@
 -- ARGV[3]  recent views kept, ARGV[4] cart entries kept, ARGV[5] recently bought kept
 --
 --          "st": stock section (state/lua/stock.lua, prepended to this script), optional
---          "dd": [[key, expire at (s), event id hash, ...], ...]: the batch's events, for
+--          "dd": [[key, expire at (s), [event id hash, ...]], ...]: the batch's events, for
 --                the event_id dedupe (sets of 63-bit hashes per event day and bucket)
 --          "id": batch id, written to <p>applying while the writes run
 -- Returns {"OK", new customers, merges, identifiers linked, refusals, shrinkage units,
@@ -108,14 +108,11 @@ if erasures ~= p.erasures then return {'ERASURES', tostring(erasures)} end
 
 -- 1b. Events already applied: the same event_id (hashed) in the set of its event day.
 local dd = p.dd or {}
-local dd_members = {}
 do
   local dups = {}
-  for gi, g in ipairs(dd) do
-    local members = {}
-    for i = 3, #g do members[#members + 1] = g[i] end
-    dd_members[gi] = members
-    local found = chunked('SMISMEMBER', g[1], members, 1000)
+  for _, g in ipairs(dd) do
+    local members = g[3]
+    local found = chunked('SMISMEMBER', g[1], members, 4000)
     for i, f in ipairs(found) do
       if f == 1 then dups[#dups + 1] = members[i] end
     end
@@ -458,8 +455,8 @@ if #p.refusals > 0 then redis.call('INCRBY', prefix .. 'stats:refused', #p.refus
 if p.suppressed > 0 then redis.call('INCRBY', prefix .. 'stats:suppressed', p.suppressed) end
 local gap, ignored, stale_counts, to_evaluate = 0, 0, 0, {}
 if p.st then gap, ignored, stale_counts, to_evaluate = apply_stock(prefix, p.st, chunked) end
-for gi, g in ipairs(dd) do
-  chunked('SADD', g[1], dd_members[gi], 2000)
+for _, g in ipairs(dd) do
+  chunked('SADD', g[1], g[3], 4000)
   redis.call('EXPIREAT', g[1], g[2])
 end
 for _, part in ipairs(p.parts) do
