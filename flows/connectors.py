@@ -60,6 +60,9 @@ LATENCY_LOG_ENV = "OMNICANAL_LATENCY_LOG"
 
 #: Set by the SIGTERM/SIGINT handler: sources end their partitions and the flow drains.
 STOP = threading.Event()
+#: Events of one batch that Redis may refuse one by one before the run stops: more is not a
+#: bad event but a Redis or omnicanal problem, and would dead-letter good events.
+MAX_REJECTED_PER_BATCH = 3
 #: Calls of the batch script for one batch before giving up (stale offsets, new erasures,
 #: refused links and duplicates each cost one more; Redis waits do not count).
 MAX_ATTEMPTS = 10
@@ -797,6 +800,8 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
         #: loaded on first sight (partitions added since the plan)
         self._floors: dict[str, int] = dict(floors or {})
         self._hasher = hasher
+        #: events of the current batch Redis refused one by one (see _apply_or_split)
+        self._rejected_in_batch = 0
         self._wait = _RedisWait(redis_retry_seconds, redact_url(_client_url(store)))
         #: erasure tombstones (identifier -> erasure ms) and the version they belong to
         self._erasures, self._erased = self._with_redis(store.erased)
@@ -835,6 +840,7 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
 
     def _write(self, items: list[Accepted | Rejected]) -> None:
         m.BATCH_EVENTS.observe(len(items))
+        self._rejected_in_batch = 0
         self._load_floors({f"{i.topic}:{i.partition}" for i in items})
         floors = self._floors
         fresh = [i for i in items if i.offset > floors[f"{i.topic}:{i.partition}"]]
@@ -921,6 +927,14 @@ class _StateSinkPart(StatelessSinkPartition[Accepted | Rejected]):
             if len(accepted) <= 1 and len(batch) >= 1:
                 if not accepted:
                     raise  # only offsets and dead letters: not an event's fault
+                self._rejected_in_batch += 1
+                if self._rejected_in_batch > MAX_REJECTED_PER_BATCH:
+                    raise ScriptRejectedError(
+                        f"step 'state': Redis refused {self._rejected_in_batch} events of one "
+                        f"batch one by one ({e}). That is not a bad event but Redis or "
+                        "omnicanal (a Redis older than 6.2? a script error?): stopping rather "
+                        "than dead-lettering good events."
+                    ) from e
                 a = accepted[0]
                 log.error(
                     "step 'state': Redis refused event %s:%d:%d (%s); dead-lettered",

@@ -97,6 +97,7 @@ def plan(settings: Settings, resume_from: ResumeFrom = "auto") -> Plan:
     )
     try:
         wait_for(f"Redis at {redact_url(settings.redis_url)}", store.ping, timeout=patience)
+        store.check_version()
         store.check_eviction(allow=settings.redis_allow_eviction)
         stored = store.load_offsets(parts)
         stamps = store.offset_stamps(list(stored))

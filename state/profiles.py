@@ -286,6 +286,15 @@ class ProfileStore:
             return {}
         return {_s(k or ""): _s(v or "") for k, v in cfg.items()}
 
+    def check_version(self) -> str:
+        """The Redis version; raises :class:`StateError` below 6.2 (the batch script uses
+        SMISMEMBER and ZADD GT)."""
+        version = _s(str(self.r.info("server").get("redis_version", "0")))
+        parts = tuple(int(x) for x in version.split(".")[:2] if x.isdigit())
+        if parts < (6, 2):
+            raise StateError(f"Redis {version} is too old: omnicanal needs Redis 6.2 or newer")
+        return version
+
     def check_eviction(self, *, allow: bool = False) -> str:
         """The ``maxmemory-policy``; raises :class:`EvictionPolicyError` unless it is
         ``noeviction`` (or ``allow``). Read from INFO, which managed Redis also serves."""
