@@ -537,7 +537,9 @@ def forget(s: Settings) -> int:
     return n
 
 
-def dedupe_cost(base: Settings, events: int, customers: int, rounds: int = 4) -> dict[str, Any]:
+def dedupe_cost(
+    base: Settings, events: int, customers: int, rounds: int = 4, buckets: int | None = None
+) -> dict[str, Any]:
     """What the event_id dedupe costs: the same validated batches applied to Redis with the
     dedupe and without it (µs per event, apply calls only), and the bytes its sets take per
     event (MEMORY USAGE of the sets over the events)."""
@@ -559,7 +561,7 @@ def dedupe_cost(base: Settings, events: int, customers: int, rounds: int = 4) ->
     batches = [items[i : i + 5000] for i in range(0, len(items), 5000)]
     plans = [plan_batch(b, IdentityRules()) for b in batches]
     keys = [[event_key(a.contract, a.event_id, a.ts_ms) for a in b] for b in batches]
-    out: dict[str, Any] = {"events": len(items)}
+    out: dict[str, Any] = {"events": len(items), "buckets": buckets or base.dedupe_buckets}
     spent: dict[str, list[float]] = {"without": [], "with": []}
     # Alternating rounds (with, without, without, with, ...): the machine's drift and the
     # warm-up weigh on both sides alike; the medians are reported.
@@ -567,7 +569,12 @@ def dedupe_cost(base: Settings, events: int, customers: int, rounds: int = 4) ->
         order = [("with", 7 * 86_400_000), ("without", 0)]
         for label, window in order if rnd % 2 == 0 else order[::-1]:
             s = scenario_settings(base, 1)
-            store = ProfileStore(connect(s.redis_url), s.redis_prefix, dedupe_window_ms=window)
+            store = ProfileStore(
+                connect(s.redis_url),
+                s.redis_prefix,
+                dedupe_window_ms=window,
+                dedupe_buckets=buckets or base.dedupe_buckets,
+            )
             total, floor = 0.0, -1
             for b, plan, k in zip(batches, plans, keys, strict=True):
                 hi = b[-1].offset

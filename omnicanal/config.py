@@ -75,11 +75,12 @@ class Settings(BaseSettings):
         "and counted (0: no dedupe); Redis keeps ~8 bytes per event of the window",
     )
     dedupe_buckets: int = Field(
-        256,
+        1024,
         ge=1,
         le=1 << 20,
-        description="dedupe sets per event day in a new Redis (~events per day / 400 keeps "
-        "them compact); the first writer stores it in Redis and it is fixed from then on",
+        description="dedupe sets per event day in a new Redis: about events per day / 400 keeps "
+        "them compact (~9 bytes per event, ~64 past that); the first writer stores it in Redis "
+        "and it is fixed from then on",
     )
     pii_key: str = Field(
         "", description="secret key for HMAC of emails/phones (>= 16 bytes); required by run"

@@ -20,7 +20,7 @@ from bytewax.run import cli_main
 from bytewax.testing import run_main
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from flows.connectors import EARLIEST, LATEST, STOP, StockAlerts
+from flows.connectors import EARLIEST, LATEST, STOP, InputError, StockAlerts
 from flows.pipeline import build_flow, stock_rules
 from monitoring import metrics
 from omnicanal.config import Settings
@@ -252,7 +252,7 @@ def known_cause(exc: BaseException) -> BaseException | None:
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
-        if isinstance(cur, StateError | DeliveryError | redis.RedisError):
+        if isinstance(cur, StateError | DeliveryError | InputError | redis.RedisError):
             return cur
         seen.add(id(cur))
         cur = cur.__cause__ or cur.__context__

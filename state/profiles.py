@@ -85,9 +85,10 @@ def id_bucket(identifier: str, buckets: int) -> str:
     return format(zlib.crc32(identifier.encode()) % buckets, "x")
 
 
-#: Event-id dedupe sets per event day: each stays a compact intset (8 bytes per event) up
-#: to 512 events, so ~130k events a day at 256 buckets; more only costs memory.
-DEFAULT_DEDUPE_BUCKETS = 256
+#: Event-id dedupe sets per event day: each stays a compact intset (about 9 bytes per event)
+#: up to 512 events, so up to ~400k events a day at 1,024 buckets; past that a set becomes a
+#: hash table (about 64 bytes per event): size it at about events per day / 400.
+DEFAULT_DEDUPE_BUCKETS = 1024
 DEFAULT_DEDUPE_WINDOW_MS = 7 * 86_400_000
 
 #: Favourite categories shown in a profile.
