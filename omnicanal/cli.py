@@ -881,6 +881,10 @@ def bench(
     burst_seconds: Annotated[
         float | None, typer.Option(min=0, help="Seconds of the 10x burst [60; 0: off].")
     ] = None,
+    ratio_rounds: Annotated[
+        int | None,
+        typer.Option(min=1, help="Pipeline/bare-loop pairs for the ratio, alternating [3]."),
+    ] = None,
     as_json: Annotated[
         Path | None, typer.Option("--json", help="Write the results as JSON to this file.")
     ] = None,
@@ -913,6 +917,8 @@ def bench(
         plan.complete_journey_baskets = complete_journey
     if burst_seconds is not None:
         plan.burst_seconds = burst_seconds
+    if ratio_rounds:
+        plan.ratio_rounds = ratio_rounds
     if external and not confirm_external:
         _fail(
             "--external runs the benchmark on the configured Kafka and Redis: it creates "

@@ -313,6 +313,25 @@ class ProfileStore:
     def close(self) -> None:
         self.r.close()
 
+    def delete_all(self) -> int:
+        """Delete every key under this store's prefix and nothing else (benchmarks and
+        tools that work under a prefix of their own; never the pipeline)."""
+        n = 0
+        batch: list[bytes] = []
+        for k in self.r.scan_iter(match=self.prefix + "*", count=1000):
+            batch.append(k)
+            if len(batch) >= 1000:
+                n += int(self.r.unlink(*batch))
+                batch = []
+        if batch:
+            n += int(self.r.unlink(*batch))
+        return n
+
+    def dedupe_memory(self) -> tuple[int, int]:
+        """(sets, bytes) of the event-id dedupe sets (MEMORY USAGE), for the benchmark."""
+        sets = list(self.r.scan_iter(match=self.prefix + "dd:*:*", count=1000))
+        return len(sets), sum(int(self.r.memory_usage(k) or 0) for k in sets)
+
     def used_memory(self) -> int:
         """Bytes Redis uses in all (INFO memory)."""
         return int(self.r.info("memory")["used_memory"])

@@ -28,6 +28,8 @@ def test_quick_bench_reports_pipeline_bare_latency_memory_and_stages(tmp_path: P
     assert row["events_per_s"] > 0 and row["peak_rss_mb"] > 20
     assert 0 < row["redis"]["used_memory_per_customer_bytes"] < 100_000
     assert r["bare_loop"]["events"] == r["plan"]["events"]
+    (pair,) = r["ratio_rounds"]
+    assert pair["pipeline_per_s"] == row["events_per_s"]
     assert r["ratio"] == pytest.approx(
         row["events_per_s"] / r["bare_loop"]["events_per_s"], rel=1e-2
     )
