@@ -143,7 +143,9 @@ class StockPlan:
 
     def to_payload(self) -> dict[str, Any]:
         return {
-            "mv": [[s, loc, t, d] for (s, loc, t), d in self.moves.items() if d],
+            # zero nets too: one event at a time, +1 then -1 at the same time leaves a level
+            # of 0 (and a record) just as this does
+            "mv": [[s, loc, t, d] for (s, loc, t), d in self.moves.items()],
             "sn": [list(s) for s in self.snaps],
             "pr": [[s, ch, t, p, c] for (s, ch), (t, p, c) in self.prices.items()],
             "cat": [[s, c] for s, c in self.categories.items()],

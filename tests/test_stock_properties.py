@@ -92,3 +92,28 @@ def test_shrinkage_does_not_depend_on_batch_boundaries(
     cuts = data.draw(st.lists(st.integers(1, len(items) - 1), max_size=6))
     apply_in_batches(store, items, cuts)
     assert stock_state(store) == one_by_one
+
+
+def test_movements_that_cancel_out_leave_the_same_level_in_any_batching(
+    store: ProfileStore,
+) -> None:
+    """Found by the property above on a fresh machine: a delivery and a sale of one unit at
+    the same time net to zero in one batch; applied one by one they leave a level of 0."""
+    t = T0.isoformat()
+    events = [
+        {"event_type": "stock_adjustment", "event_id": "e", "event_time": t, "location_id": "s1",
+         "sku": "A", "delta": 1, "reason": "delivery"},
+        {"event_type": "sale", "event_id": "e", "event_time": t, "location_id": "s1",
+         "channel": "store", "currency": "EUR",
+         "lines": [{"sku": "A", "quantity": 1, "unit_price_minor": 100}]},
+    ]  # fmt: skip
+    items = []
+    for i, ev in enumerate(events):
+        topic = "tx" if ev["event_type"] == "sale" else "inv"
+        a = V.decode(topic, 0, i, None, orjson.dumps(ev), 2_000_000_000_000)
+        assert isinstance(a, Accepted)
+        items.append(a)
+    apply_in_batches(store, items, [1])
+    one_by_one = stock_state(store)
+    apply_in_batches(store, items, [])
+    assert stock_state(store) == one_by_one == {"oc:sku:A": {"q:s1": "0"}}

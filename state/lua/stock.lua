@@ -46,6 +46,13 @@ local function apply_stock(prefix, st, chunked)
   local function tonumber(v) return lua_tonumber(v) or 0 end
   local gap_units, ignored, stale_counts = 0, 0, 0
 
+  -- a shrinkage that sums back to zero leaves no field, whatever the order of its parts
+  local function add_shrinkage(k, loc, units)
+    if redis.call('HINCRBY', k, 'sh:' .. loc, units) == 0 then
+      redis.call('HDEL', k, 'sh:' .. loc)
+    end
+  end
+
   local function prune(mk, newest)
     local all = redis.call('HGETALL', mk)
     local times, floor = {}, tonumber(redis.call('HGET', mk, 'floor') or '-1')
@@ -75,7 +82,7 @@ local function apply_stock(prefix, st, chunked)
       ignored = ignored + 1  -- already in the count's level
       if first and t > tonumber(first) and d ~= 0 then
         -- but the counts since the first one expected it: it is part of the gap
-        redis.call('HINCRBY', k, 'sh:' .. loc, d)
+        add_shrinkage(k, loc, d)
         gap_units = gap_units + d
       end
     else
@@ -113,7 +120,7 @@ local function apply_stock(prefix, st, chunked)
           local cur = tonumber(redis.call('HGET', k, 'q:' .. loc) or '0')
           local gap = (cur - after) - q  -- expected at the count minus counted
           if gap ~= 0 then
-            redis.call('HINCRBY', k, 'sh:' .. loc, gap)
+            add_shrinkage(k, loc, gap)
             gap_units = gap_units + gap
           end
         end
