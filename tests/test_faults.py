@@ -29,6 +29,7 @@ from state.profiles import ProfileStore, connect
 from tests import reference
 from tests.conftest import TEST_PII_KEY, make_settings
 from tests.test_pipeline_e2e import profiles
+from tests.test_run_command import env_for, wait_for
 
 pytestmark = pytest.mark.services
 
@@ -37,10 +38,6 @@ PHONE = "+44 7700 900123"
 PHONE_DIGITS = "447700900123"
 #: raw personal data that must never be found in a dead letter or a log line
 SECRETS = (EMAIL, PHONE, PHONE_DIGITS, "7700 900123")
-
-
-def env_for(settings: Settings, **extra: str) -> dict[str, str]:
-    return {**os.environ, **settings.to_env(), **extra}
 
 
 def cli(settings: Settings, *args: str, timeout: float = 240, **env: str) -> Any:
@@ -70,15 +67,6 @@ def kill9(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(30)
-
-
-def wait_until(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def applied(settings: Settings) -> int:
@@ -339,7 +327,7 @@ def test_kill_9_at_random_points_then_resume_equals_a_clean_run(
             before = applied(crashed)
             proc = start(crashed, log, "--until-eof", "--processes", str(processes), **env)
             # Kill once it has applied something new, at a random moment after that.
-            wait_until(progressed(crashed, before, proc), 90, "progress")
+            wait_for(progressed(crashed, before, proc), 90, "progress")
             time.sleep(rng.uniform(0.0, 0.6))
             if proc.poll() is not None:
                 break  # it finished first: fine, the data set is too small for more kills
@@ -403,7 +391,7 @@ def test_broker_down_at_start_is_waited_for(redis_server: LocalRedis, tmp_path: 
         log = tmp_path / "run.log"
         proc = start(s, log, "--until-eof")
         try:
-            wait_until(lambda: b"waiting for Kafka" in log.read_bytes(), 60, "the wait message")
+            wait_for(lambda: b"waiting for Kafka" in log.read_bytes(), 60, "the wait message")
             time.sleep(2)
             assert proc.poll() is None, "the pipeline gave up (or ended) while Kafka was down"
         finally:
@@ -428,7 +416,7 @@ def test_broker_paused_mid_run(redis_server: LocalRedis, tmp_path: Path, pause: 
             OMNICANAL_KAFKA_OPTIONS='{"message.timeout.ms": "2500"}',
             OMNICANAL_BATCH_SIZE="200",
         )
-        wait_until(lambda: applied(s) > 2000, 60, "the run to be under way")
+        wait_for(lambda: applied(s) > 2000, 60, "the run to be under way")
         broker.pause()
         time.sleep(pause)
         broker.resume()
@@ -448,7 +436,7 @@ def test_redis_restarted_mid_run(kafka: LocalKafka, tmp_path: Path) -> None:
         msgs = generated(s, 30_000, seed=53)
         log = tmp_path / "run.log"
         proc = start(s, log, "--until-eof", OMNICANAL_BATCH_SIZE="500")
-        wait_until(lambda: applied(s) > 3000, 60, "the run to be under way")
+        wait_for(lambda: applied(s) > 3000, 60, "the run to be under way")
         redis_srv.stop()  # a clean restart: AOF keeps everything
         time.sleep(2)
         redis_srv.start()
@@ -466,7 +454,7 @@ def test_redis_down_at_start_is_waited_for(kafka: LocalKafka, tmp_path: Path) ->
     log = tmp_path / "run.log"
     proc = start(s, log, "--until-eof")
     try:
-        wait_until(lambda: b"waiting for Redis" in log.read_bytes(), 60, "the wait message")
+        wait_for(lambda: b"waiting for Redis" in log.read_bytes(), 60, "the wait message")
         assert proc.poll() is None
         redis_srv.start()
         assert proc.wait(120) == 0, log.read_text()[-3000:]
@@ -491,11 +479,11 @@ def test_redis_paused_past_the_socket_timeout(kafka: LocalKafka, tmp_path: Path)
         }
         log = tmp_path / "run.log"
         proc = start(s, log, "--until-eof", **env)
-        wait_until(lambda: applied(s) > 2000, 60, "the run to be under way")
+        wait_for(lambda: applied(s) > 2000, 60, "the run to be under way")
         redis_srv.pause()
         time.sleep(4)  # past the socket timeout, within the retry budget
         redis_srv.resume()
-        wait_until(lambda: applied(s) > 8000 or proc.poll() is not None, 60, "progress again")
+        wait_for(lambda: applied(s) > 8000 or proc.poll() is not None, 60, "progress again")
         assert proc.poll() is None, log.read_text()[-3000:]
         redis_srv.pause()
         try:
@@ -520,7 +508,7 @@ def test_redis_out_of_memory_pauses_then_resumes(kafka: LocalKafka, tmp_path: Pa
         r.config_set("maxmemory", int(r.info("memory")["used_memory"]) + 400_000)
         log = tmp_path / "run.log"
         proc = start(s, log, "--until-eof", OMNICANAL_BATCH_SIZE="500")
-        wait_until(lambda: b"Redis out of memory" in log.read_bytes(), 90, "the pause")
+        wait_for(lambda: b"Redis out of memory" in log.read_bytes(), 90, "the pause")
         time.sleep(2)
         assert proc.poll() is None  # paused, not crashed
         paused_at = applied(s)
@@ -558,7 +546,7 @@ def test_a_topic_deleted_and_recreated_stops_the_run_until_an_operator_decides(
         produce(s, events_from_jsonl(orjson.dumps(e) for e in first))
         log = tmp_path / "run.log"
         proc = start(s, log, OMNICANAL_PARTITION_CHECK_SECONDS="1")
-        wait_until(lambda: applied(s) == 300, 60, "the first events")
+        wait_for(lambda: applied(s) == 300, 60, "the first events")
         from confluent_kafka.admin import AdminClient
 
         admin = AdminClient(s.kafka_config())
@@ -600,7 +588,7 @@ def test_a_failed_worker_stops_the_others_and_sets_the_exit_code(
     log = tmp_path / "run.log"
     proc = start(s, log, "--processes", "2")  # runs until stopped
     try:
-        wait_until(lambda: applied(s) == 2000, 60, "the events")
+        wait_for(lambda: applied(s) == 2000, 60, "the events")
         workers = [
             c
             for c in psutil.Process(proc.pid).children()
