@@ -29,6 +29,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Markdown: docstring paragraphs reflow to the terminal's width (blank lines separate them).
+    rich_markup_mode="markdown",
 )
 topics_app = typer.Typer(help="Kafka topic administration.", no_args_is_help=True)
 schemas_app = typer.Typer(help="Event contracts as JSON Schema.", no_args_is_help=True)
@@ -231,8 +233,14 @@ def run(
 ) -> None:
     """Run the pipeline against the configured Kafka and Redis until SIGTERM/SIGINT.
 
-    Needs OMNICANAL_PII_KEY. Exposes Prometheus metrics on OMNICANAL_METRICS_PORT (one port
-    per process, counting up)."""
+    Needs OMNICANAL_PII_KEY. Waits for Kafka and Redis at start, saying so. Exposes
+    Prometheus metrics on OMNICANAL_METRICS_PORT (one port per process, counting up).
+
+    Exit codes: 0 stopped cleanly; 2 refused to start (configuration, Redis behind the
+    stream, a topic that changed, an evicting Redis); 3 stopped on a state problem (Redis
+    lost data, unreachable past OMNICANAL_REDIS_RETRY_SECONDS, a torn batch); 1 another
+    failure (the input, the broker); a worker's own code (128 + signal when killed) when
+    one of several worker processes failed. Each says why and what to do (README)."""
     from omnicanal import runner
     from state.profiles import StateError, redact_url
 
@@ -874,7 +882,7 @@ def bench(
     confirm_external: Annotated[
         bool,
         typer.Option(
-            help="Yes, create bench<N>.* topics and ocb<N>:* keys there (and delete those keys "
+            help="Yes, create benchN.* topics and ocbN:* keys there (N: a run number) (and delete those keys "
             "afterwards); nothing else is read or written."
         ),
     ] = False,
@@ -922,7 +930,7 @@ def bench(
     if external and not confirm_external:
         _fail(
             "--external runs the benchmark on the configured Kafka and Redis: it creates "
-            "topics bench<N>.* and Redis keys ocb<N>:* there, and produces millions of events "
+            "topics benchN.* and Redis keys ocbN:* there, and produces millions of events "
             "to those topics. Production topics and keys are never touched. Add "
             "--confirm-external to go ahead."
         )
