@@ -882,8 +882,8 @@ def bench(
     confirm_external: Annotated[
         bool,
         typer.Option(
-            help="Yes, create benchN.* topics and ocbN:* keys there (N: a run number) (and delete those keys "
-            "afterwards); nothing else is read or written."
+            help="Yes, create topics benchN.* and keys ocbN:* there (N: a run number), and "
+            "delete those keys afterwards; nothing else is read or written."
         ),
     ] = False,
     burst_seconds: Annotated[
