@@ -1,129 +1,194 @@
-"""The omnicanal dataflow: Kafka inputs -> validate -> state sink (Redis, dead letters, stock
-alerts).
+"""The omnicanal pipeline, every stage in order.
 
-    input (a worker's share of the topic-partitions, one consumer, assign())
-        --flat_map_batch: validate--> state sink
+    Bytewax dataflow (per worker: its share of the topic-partitions, no exchange)
 
-One ``flat_map_batch`` step decodes a worker's whole batch (cheaper than a chain of maps);
-the sink links the batch's identities and applies it with one Redis call (identity
-resolution, merges, profile deltas and offsets together). State lives in Redis, not in
-Bytewax, so no exchange between workers is needed: profile updates are commutative, merges
-deterministic, and everything is fenced by offsets (see ``state/lua/apply_batch.lua``).
-Stock moves in the same call; the SKUs it touched are then evaluated for alerts
-(``operators/stock.py``), written with an outbox and sent to the stock-alerts topic.
+    input      Kafka, assign() from the plan's start offsets          flows/source.py
+    validate   bytes -> Accepted | Rejected (dead letter)             operators/validate.py
+    state      the worker's stages, per batch (WorkerPipeline):
+      1 fence          drop what Redis applied already (offset floors)    flows/stages.py
+      2 dead letters   send the batch's rejects, wait for the broker     flows/stages.py
+      3 plan + apply   duplicates, erasures, identities, profile deltas,  flows/stages.py
+                       stock moves and offsets: one fenced Redis call     operators/, state/
+      4 metrics        events, dead letters, lag                         flows/stages.py
+      5 stock alerts   evaluate the SKUs that moved, outbox, send        flows/alerts.py
+      6 commit         copy the applied offsets to the consumer group    flows/stages.py
+
+State lives in Redis, not in Bytewax, so no exchange between workers is needed: profile
+updates are commutative, merges deterministic, and everything is fenced by offsets (see
+``state/lua/apply_batch.lua``). One ``flat_map_batch`` step validates a worker's whole
+batch (cheaper than a chain of maps); the Bytewax sink only hands batches to the stages
+(``flows/sink.py``). What each stage needs (rules, stores, topics) is given by the
+application as a :class:`PipelineSetup`; this module only wires.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from flows.connectors import EARLIEST, LATEST, KafkaWorkerSource, StateSink
-from omnicanal.config import ConfigError, Settings
-from operators.identity import IdentityRules, rules_from_config
+from flows.alerts import StockAlerts
+from flows.kafka import CheckedProducer, GroupOffsets
+from flows.sink import StagesSink
+from flows.source import EARLIEST, KafkaWorkerSource
+from flows.stages import (
+    DeadLetters,
+    Fence,
+    FencedApply,
+    LatencyLog,
+    RedisWait,
+    WitnessCommit,
+    count_applied,
+)
+from monitoring import metrics as m
 from operators.privacy import PiiHasher
-from operators.stock import StockRules, parse_thresholds
-from operators.validate import Accepted, Rejected, Validator
-from state.profiles import ProfileStore, connect
+from operators.stock import StockRules
+from operators.validate import Validator
+from schemas.envelope import Accepted, Rejected
+from state.profiles import ProfileStore
 from state.stock import StockStore
 
+log = logging.getLogger(__name__)
 
-def stock_rules(settings: Settings) -> StockRules:
-    """The stock and alert rules of ``OMNICANAL_STOCK_*``."""
-    try:
-        skus, cats = parse_thresholds(settings.stock_thresholds)
-    except ValueError as e:
-        raise ConfigError(f"OMNICANAL_STOCK_THRESHOLDS: {e}") from None
-    online = settings.stock_online_locations
-    if not online:
-        raise ConfigError("OMNICANAL_STOCK_ONLINE_LOCATIONS: give at least one location")
-    return StockRules(
-        online_locations=frozenset(online),
-        online_fulfilment=settings.stock_online_fulfilment or online[0],
-        online_store_share=settings.stock_online_store_share,
-        low_stock=settings.stock_low_threshold,
-        low_stock_sku=skus,
-        low_stock_category=cats,
-        price_tolerance=settings.stock_price_tolerance,
-        horizon_hours=settings.stock_horizon_hours,
-        min_confidence=settings.stock_min_confidence,
+
+@dataclass(frozen=True)
+class PipelineSetup:
+    """Everything the stages need, built by the application from its settings."""
+
+    kafka: dict[str, Any]
+    validator: Validator
+    stock_rules: StockRules
+    #: a worker's Redis stores (one client each); ``where`` names Redis in errors
+    stores: Callable[[], tuple[ProfileStore, StockStore]]
+    redis_where: str
+    dead_letter_topic: str
+    alerts_topic: str
+    #: the consumer group the applied offsets are copied to (a witness for lag tools)
+    group_id: str
+    hasher: PiiHasher | None = None
+    batch_size: int = 5000
+    #: where partitions added while running are read from
+    new_start: int = EARLIEST
+    partition_check_seconds: float = 30.0
+    alert_interval_seconds: float = 1.0
+    commit_interval_seconds: float = 1.0
+    redis_retry_seconds: float = 60.0
+
+
+class WorkerPipeline:
+    """One worker's stages after validation, run in order on each batch.
+
+    Why dead letters come before apply: the apply stores the batch's offsets in Redis, and
+    a stored offset is never read again. A dead letter not yet confirmed by the broker at
+    that point would be lost if the process died, so the stage waits for the broker first;
+    a crash before the apply reads the batch again and re-sends its dead letters (same
+    key: ``topic:partition:offset``, so consumers can recognise the copy).
+    """
+
+    def __init__(
+        self,
+        fence: Fence,
+        dead_letters: DeadLetters,
+        apply: FencedApply,
+        alerts: StockAlerts,
+        commit: WitnessCommit,
+        latency: LatencyLog | None = None,
+    ) -> None:
+        self.fence = fence
+        self.dead_letters = dead_letters
+        self.apply = apply
+        self.alerts = alerts
+        self.commit = commit
+        self._latency = latency
+
+    def write(self, items: list[Accepted | Rejected]) -> None:
+        m.BATCH_EVENTS.observe(len(items))
+        fresh = self.fence.fresh(items)  # 1
+        self.dead_letters.send([i for i in fresh if type(i) is Rejected])  # 2
+        done = self.apply(fresh)  # 3
+        if self._latency is not None:
+            self._latency.write(done.items)
+        count_applied(done.items)  # 4
+        if done.moved:  # 5: at most one round of evaluations per interval
+            self.alerts.moved(done.moved)
+        else:
+            self.alerts.due()
+        self.alerts.ack()  # confirmations of earlier alerts
+        self.commit.after(done.offsets)  # 6
+
+    def idle(self) -> None:
+        """Input is idle: evaluate the alerts that wait for their interval."""
+        self.alerts.due()
+
+    def close(self) -> None:
+        """Finish the alerts and the witness commit. Never raises: Bytewax calls it while
+        unwinding an error too, and an exception here would abort the process before the
+        first error is reported (what is left undone is picked up at the next start)."""
+        if self._latency is not None:
+            self._latency.close()
+        for what, step in (("stock alerts", self.alerts.close), ("commit", self.commit.close)):
+            try:
+                step()
+            except Exception as e:
+                log.warning("step 'state': %s not finished at close (%s): next start", what, e)
+
+
+def plan_floors(starts: dict[str, int]) -> dict[str, int]:
+    """The last offset Redis had applied per partition when the run was planned: what the
+    first batch of each partition is fenced against, so that Redis going back in time
+    between the plan and that batch is caught too. A start that is not an offset (earliest
+    or latest: a partition Redis never saw, or a full replay) is left out: the fence reads
+    Redis's position before the partition's first batch.
+
+    >>> plan_floors({"t:0": 42, "t:1": EARLIEST, "t:2": 0})
+    {'t:0': 41, 't:2': -1}
+    """
+    return {p: s - 1 for p, s in starts.items() if s >= 0}
+
+
+def worker_pipeline(setup: PipelineSetup, starts: dict[str, int]) -> WorkerPipeline:
+    """Build one worker's stages: its own Redis client, producer and consumer group."""
+    store, stock = setup.stores()
+    producer = CheckedProducer(setup.kafka, what="step 'state' (dead letters, stock alerts)")
+    wait = RedisWait(setup.redis_retry_seconds, setup.redis_where)
+    fence = Fence(store, wait, plan_floors(starts))
+    dead_letters = DeadLetters(producer, setup.dead_letter_topic)
+    return WorkerPipeline(
+        fence,
+        dead_letters,
+        FencedApply(store, fence, dead_letters, wait, setup.stock_rules, setup.hasher),
+        StockAlerts(
+            stock,
+            setup.stock_rules,
+            producer,
+            setup.alerts_topic,
+            setup.alert_interval_seconds,
+            kafka_config=setup.kafka,
+        ),
+        WitnessCommit(GroupOffsets(setup.kafka, setup.group_id), setup.commit_interval_seconds),
+        LatencyLog.from_env(),
     )
 
 
-def state_sink(
-    settings: Settings,
-    rules: IdentityRules,
-    stock: StockRules,
-    *,
-    starts: dict[str, int] | None = None,
-    hasher: PiiHasher | None = None,
-) -> StateSink:
-    """The sink of the flow: Redis state, dead letters and stock alerts. ``starts`` (the
-    plan's start offsets) fence each partition's first batch."""
-
-    def stores() -> tuple[ProfileStore, StockStore]:
-        client = connect(settings.redis_url, socket_timeout=settings.redis_socket_timeout_seconds)
-        return (
-            ProfileStore(
-                client,
-                settings.redis_prefix,
-                rules,
-                id_buckets=settings.identity_buckets,
-                dedupe_buckets=settings.dedupe_buckets,
-                dedupe_window_ms=settings.dedupe_window_hours * 3_600_000,
-            ),
-            StockStore(client, settings.redis_prefix),
-        )
-
-    return StateSink(
-        stores,
-        stock,
-        settings.kafka_config(),
-        settings.topic_dead_letters,
-        settings.topic_stock_alerts,
-        settings.group_id,
-        alert_interval=settings.stock_alert_interval_ms / 1000,
-        starts=starts,
-        hasher=hasher,
-        redis_retry_seconds=settings.redis_retry_seconds,
-    )
+def state_sink(setup: PipelineSetup, starts: dict[str, int] | None = None) -> StagesSink:
+    """The sink of the flow; ``starts`` (the plan's start offsets) fence each partition's
+    first batch."""
+    return StagesSink(lambda worker: worker_pipeline(setup, starts or {}))
 
 
 def build_flow(
-    settings: Settings,
-    starts: dict[str, int],
-    *,
-    until_eof: bool = False,
-    allow_demo_key: bool = False,
+    setup: PipelineSetup, starts: dict[str, int], *, until_eof: bool = False
 ) -> Dataflow:
     """Wire the pipeline for the given start offsets (``topic:partition`` -> offset)."""
-    hasher = PiiHasher(settings.pii_key_bytes(allow_demo=allow_demo_key))
-    try:
-        rules = rules_from_config(
-            settings.identity_blocked,
-            settings.identity_limits,
-            settings.identity_max_component,
-            hasher,
-        )
-    except ValueError as e:
-        raise ConfigError(f"OMNICANAL_IDENTITY_BLOCKED / OMNICANAL_IDENTITY_LIMITS: {e}") from None
-    stock = stock_rules(settings)
-    validator = Validator(
-        settings.topic_contracts(),
-        hasher,
-        max_bytes=settings.max_event_bytes,
-        min_event_ms=settings.min_event_ms(),
-        max_future_ms=settings.max_future_seconds * 1000,
-        max_skew_ms=settings.max_clock_skew_seconds * 1000,
-        max_dead_letter_payload=settings.dead_letter_max_payload_bytes,
-    )
+    decode = setup.validator.decode
 
     def validate(msgs: list[Any]) -> list[Accepted | Rejected]:
         now_ms = time.time() * 1000
-        decode = validator.decode
         return [
             decode(
                 msg.topic(),
@@ -137,20 +202,19 @@ def build_flow(
             for msg in msgs
         ]
 
-    kafka = settings.kafka_config()
     flow = Dataflow("omnicanal")
     raw = op.input(
         "input",
         flow,
         KafkaWorkerSource(
-            kafka,
+            setup.kafka,
             starts,
-            batch_size=settings.batch_size,
+            batch_size=setup.batch_size,
             until_eof=until_eof,
-            new_start=EARLIEST if settings.start_offset == "earliest" else LATEST,
-            check_every=settings.partition_check_seconds,
+            new_start=setup.new_start,
+            check_every=setup.partition_check_seconds,
         ),
     )
     checked = op.flat_map_batch("validate", raw, validate)
-    op.output("state", checked, state_sink(settings, rules, stock, starts=starts, hasher=hasher))
+    op.output("state", checked, state_sink(setup, starts))
     return flow

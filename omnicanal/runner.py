@@ -10,6 +10,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,12 +21,13 @@ from bytewax.run import cli_main
 from bytewax.testing import run_main
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from flows.connectors import EARLIEST, LATEST, STOP, InputError, StockAlerts
-from flows.pipeline import build_flow, stock_rules
+from flows.alerts import StockAlerts
+from flows.kafka import CheckedProducer, GroupOffsets, part_name, partitions_of, split_part
+from flows.pipeline import build_flow
+from flows.source import EARLIEST, LATEST, STOP, InputError
 from monitoring import metrics
 from omnicanal.config import Settings
-from omnicanal.kafka import CheckedProducer, GroupOffsets, part_name, partitions_of, split_part
-from omnicanal.services import free_port
+from omnicanal.wiring import pipeline_setup, stock_rules
 from state.profiles import ProfileStore, StateError, connect, redact_url
 from state.stock import StockStore
 
@@ -51,6 +53,13 @@ class TopicChangedError(StateError):
 
 
 T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for the workers' exchange addresses)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_for(what: str, call: Callable[[], T], *, timeout: float = 0.0, every: float = 10.0) -> T:
@@ -247,7 +256,7 @@ def warn_persistence(persistence: dict[str, str]) -> str | None:
 
 def known_cause(exc: BaseException) -> BaseException | None:
     """The omnicanal error behind an exception Bytewax wrapped (BytewaxRuntimeError)."""
-    from omnicanal.kafka import DeliveryError
+    from flows.kafka import DeliveryError
 
     seen: set[int] = set()
     cur: BaseException | None = exc
@@ -316,7 +325,9 @@ def run(
     if processes <= 1:
         if serve_metrics:
             metrics.serve(settings.metrics_port, settings.metrics_addr)
-        flow = build_flow(settings, starts, until_eof=until_eof, allow_demo_key=allow_demo_key)
+        flow = build_flow(
+            pipeline_setup(settings, allow_demo_key=allow_demo_key), starts, until_eof=until_eof
+        )
         tune_gc()
         run_main(flow)
         return
@@ -382,6 +393,8 @@ def _process_main(
     install_stop_handlers()
     if serve_metrics and settings.metrics_port:
         metrics.serve(settings.metrics_port + index, settings.metrics_addr)
-    flow = build_flow(settings, starts, until_eof=until_eof, allow_demo_key=allow_demo_key)
+    flow = build_flow(
+        pipeline_setup(settings, allow_demo_key=allow_demo_key), starts, until_eof=until_eof
+    )
     tune_gc()
     cli_main(flow, workers_per_process=1, process_id=index, addresses=addresses)

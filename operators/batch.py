@@ -11,7 +11,7 @@ advances the offsets atomically. Everything here is pure:
   identifier, and the refusal is recorded with the batch.
 
 >>> from operators.identity import IdentityRules
->>> from operators.validate import Accepted
+>>> from schemas.envelope import Accepted
 >>> from schemas.events import Login
 >>> def login(off, ids):
 ...     return Accepted("t", 0, off, "clickstream", "login", f"e{off}", 1000, "web", None,
@@ -31,7 +31,7 @@ from typing import Any
 
 from operators.identity import Component, IdentityRules, link_batch, strength
 from operators.profile import CustomerDelta, fold, to_row
-from operators.validate import Accepted
+from schemas.envelope import Accepted
 
 #: Identifiers quoted in one refusal record (a runaway component can hold thousands).
 REFUSAL_IDENTIFIERS = 20
@@ -89,7 +89,7 @@ def suppress(events: Sequence[Accepted], erased: Mapping[str, int]) -> tuple[lis
     is judged on the trusted event time (``eff_ms``): a clock running ahead cannot bring
     an erased person back either.
 
-    >>> from operators.validate import Accepted
+    >>> from schemas.envelope import Accepted
     >>> def ev(ts, ids):
     ...     return Accepted("t", 0, 0, "c", "login", "e", ts, "web", None, ids, None)
     >>> kept, n = suppress([ev(5, {"cookie": "x"}), ev(50, {"cookie": "x"}), ev(5, {})],

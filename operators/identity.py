@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from operators.privacy import PiiHasher
-from operators.validate import ID_PRIORITY
+from schemas.envelope import ID_PRIORITY
 
 #: How many identifiers of each type one customer may have (guard rail for linking).
 DEFAULT_LIMITS: Final[Mapping[str, int]] = {

@@ -21,7 +21,7 @@ documented in ``state/profiles.py``):
   the sum of add (+q) and remove (-q) events per SKU whose event time is after the
   customer's last online (web/app) purchase; lines that sum to <= 0 are not shown.
 
->>> from operators.validate import Accepted
+>>> from schemas.envelope import Accepted
 >>> from schemas.events import AddToCart
 >>> ev = Accepted("t", 0, 1, "clickstream", "add_to_cart", "e1", 1000, "web",
 ...               "cookie:c1", {"cookie": "c1"}, AddToCart(
@@ -36,11 +36,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from msgspec import UNSET
 
-from operators.validate import Accepted, line_amount
+from operators.profile_fields import COUNTERS, rule_of
+from schemas.envelope import Accepted
+from schemas.events import line_amount
 
 RECENT_VIEWS: Final = 20
 RECENT_BOUGHT: Final = 20
@@ -57,15 +60,22 @@ CATEGORY_WEIGHTS: Final = {"product_view": 1.0, "add_to_cart": 2.0, "sale": 4.0}
 _LOG_WEIGHTS: Final = {k: math.log2(w) for k, w in CATEGORY_WEIGHTS.items()}
 CONSENT_PURPOSES: Final = ("email", "sms", "push", "in_store")
 
+#: The per-channel fields the fold writes, in the order :func:`fold` unpacks them, with
+#: the group it puts each in; the registry (``operators/profile_fields.py``) must agree.
+_FOLD_FIELDS: Final = (
+    ("e", "sum"), ("f", "min"), ("l", "max"), ("o", "sum"), ("i", "sum"), ("lo", "max"),
+    ("r", "sum"), ("ir", "sum"), ("rsp", "sum"), ("red", "sum"),
+)  # fmt: skip
+for _code, _how in _FOLD_FIELDS:
+    if rule_of(f"web:{_code}").combine != _how:  # a registry change the fold does not follow
+        raise RuntimeError(f"operators/profile.py folds {_code!r} as {_how}: see profile_fields")
 _CHANNEL_FIELDS: dict[str, tuple[str, ...]] = {}
 
 
 def _fields(ch: str) -> tuple[str, ...]:
     names = _CHANNEL_FIELDS.get(ch)
     if names is None:
-        names = _CHANNEL_FIELDS[ch] = tuple(
-            f"{ch}:{x}" for x in ("e", "f", "l", "o", "i", "lo", "r", "ir", "rsp", "red")
-        )
+        names = _CHANNEL_FIELDS[ch] = tuple(f"{ch}:{code}" for code, _ in _FOLD_FIELDS)
     return names
 
 
@@ -289,3 +299,130 @@ def rfm(last_order_ms: int | None, orders: int, spend_minor: int, as_of_ms: int)
     else:
         segment = "promising"
     return {"recency": r, "frequency": f, "monetary": m, "score": f"{r}{f}{m}", "segment": segment}
+
+
+#: Favourite categories shown in a profile.
+TOP_CATEGORIES: Final = 5
+
+
+def build_profile(
+    customer_id: str,
+    fields: dict[str, str],
+    views: list[tuple[str, int]],
+    bought: list[tuple[str, int]],
+    cart: dict[str, int],
+    identifiers: list[str],
+    as_of_ms: int,
+) -> dict[str, Any]:
+    """Assemble the stored pieces into the profile document.
+
+    >>> p = build_profile("C000000000007", {"store:o": "2", "store:s:GBP": "1250",
+    ...     "store:f": "0", "store:l": "60000", "store:lo": "60000", "store:e": "2",
+    ...     "loc:S1": "2", "cs:sms": "5:0"}, [("SKU9", 1000)], [], {}, ["loyalty:7"], 60000)
+    >>> p["channels"]["store"]["orders"], p["spend_minor"], p["home_store"], p["segment"]
+    (2, {'GBP': 1250}, 'S1', 'new')
+    >>> p["consents"]["sms"]
+    {'granted': False, 'at': '1970-01-01T00:00:00.005000+00:00'}
+    """
+    channels: dict[str, dict[str, Any]] = {}
+    locations: dict[str, int] = {}
+    categories: dict[str, float] = {}
+    consents: dict[str, dict[str, Any]] = {}
+    chosen_store = None
+    for field, raw in fields.items():
+        if field == "hs":
+            chosen_store = raw.partition(":")[2]
+            continue
+        head, _, rest = field.partition(":")
+        if head == "loc":
+            locations[rest] = int(raw)
+            continue
+        if head == "cat":
+            categories[rest] = float(raw)
+            continue
+        if head == "cs":
+            ts, _, v = raw.partition(":")
+            consents[rest] = {"granted": v == "1", "at": _iso(int(ts))}
+            continue
+        value = int(raw)
+        c = channels.setdefault(
+            head,
+            {
+                **dict.fromkeys(COUNTERS.values(), 0),
+                "spend_minor": {},
+                "refund_minor": {},
+                "first_seen": None,
+                "last_seen": None,
+                "last_order": None,
+            },
+        )
+        if rest in COUNTERS:
+            c[COUNTERS[rest]] = value
+        elif rest == "f":
+            c["first_seen"] = value
+        elif rest == "l":
+            c["last_seen"] = value
+        elif rest == "lo":
+            c["last_order"] = value
+        elif rest.startswith("s:"):
+            c["spend_minor"][rest[2:]] = value
+        elif rest.startswith("rf:"):
+            c["refund_minor"][rest[3:]] = value
+    firsts = [c["first_seen"] for c in channels.values() if c["first_seen"] is not None]
+    lasts = [c["last_seen"] for c in channels.values() if c["last_seen"] is not None]
+    last_orders = [c["last_order"] for c in channels.values() if c["last_order"] is not None]
+    preferred = max(
+        channels,
+        key=lambda n: (
+            channels[n]["orders"] + channels[n]["offers_redeemed"] + channels[n]["offer_responses"],
+            channels[n]["events"],
+            channels[n]["last_seen"] or 0,
+            n,
+        ),
+        default=None,
+    )
+    for c in channels.values():
+        for k in ("first_seen", "last_seen", "last_order"):
+            c[k] = _iso(c[k])
+    clear = cart.pop("_clr", 0)
+    entries = []
+    for f, q in cart.items():
+        sku, _, ts = f.rpartition("|")
+        entries.append((sku, int(ts), q))
+    spend: dict[str, int] = {}
+    for c in channels.values():
+        for cur, v in c["spend_minor"].items():
+            spend[cur] = spend.get(cur, 0) + v
+    orders = sum(c["orders"] for c in channels.values())
+    main_currency = max(spend, key=lambda k: (spend[k], k), default=None)
+    main_spend = spend[main_currency] if main_currency else 0
+    scores = rfm(max(last_orders, default=None), orders, main_spend, as_of_ms)
+    top = sorted(categories.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_CATEGORIES]
+    return {
+        "customer_id": customer_id,
+        "identifiers": identifiers,
+        "first_seen": _iso(min(firsts)) if firsts else None,
+        "last_seen": _iso(max(lasts)) if lasts else None,
+        "orders": orders,
+        "spend_minor": spend,
+        "average_basket_minor": {k: round(v / orders) for k, v in spend.items()} if orders else {},
+        "rfm": {k: scores[k] for k in ("recency", "frequency", "monetary", "score")},
+        "segment": scores["segment"],
+        "preferred_channel": preferred,
+        "home_store": chosen_store
+        or (min(locations, key=lambda k: (-locations[k], k)) if locations else None),
+        "home_store_source": "chosen" if chosen_store else "purchases" if locations else None,
+        "favourite_categories": [
+            {"category": k, "score": round(decayed(v, as_of_ms), 4)} for k, v in top
+        ],
+        "consents": {p: consents.get(p, {"granted": False, "at": None}) for p in CONSENT_PURPOSES},
+        "channels": dict(sorted(channels.items())),
+        "recently_viewed": [{"sku": s, "at": _iso(ts)} for s, ts in views],
+        "recently_bought": [{"sku": s, "at": _iso(ts)} for s, ts in bought],
+        "cart": cart_lines(entries, clear),
+        "cart_cleared_at": _iso(clear) if clear else None,
+    }
+
+
+def _iso(ms: int | None) -> str | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat()

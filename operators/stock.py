@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from operators.validate import Accepted
+from schemas.envelope import Accepted
 
 #: Half-life of the sales velocity: a week, so a day-of-week pattern averages out.
 VELOCITY_HALF_LIFE_MS: Final = 7 * 86_400_000

@@ -31,7 +31,8 @@ from msgspec import UNSET
 
 from operators.privacy import PiiHasher
 from schemas.deadletter import DeadLetter, SourcePosition
-from schemas.events import CONTRACT_OF_TYPE, CONTRACTS, CustomerIds
+from schemas.envelope import ID_PRIORITY, Accepted, Rejected
+from schemas.events import CONTRACT_OF_TYPE, CONTRACTS, CustomerIds, line_amount
 
 PROCESSOR: Final = "omnicanal/0.1.0"
 #: Largest accepted payload: a 1,000-line receipt with descriptions (real Online Retail
@@ -51,54 +52,12 @@ DEFAULT_MAX_FUTURE_MS: Final = 24 * 3600 * 1000
 #: Largest transaction total accepted (10 billion in major units).
 MAX_TRANSACTION_MINOR: Final = 10**12
 
-#: Identifier kinds in the order that picks the profile key of an event.
-ID_PRIORITY: Final = ("loyalty", "account", "email", "phone", "card", "device", "cookie")
-
 _DEAD_LETTER_ENCODER = msgspec.json.Encoder()
 _TAGS: dict[type, str] = {
     cls: cls.__struct_config__.tag
     for c in CONTRACTS.values()
     for cls in c.union.__args__  # type: ignore[attr-defined]
 }
-
-
-class Accepted(msgspec.Struct, gc=False):
-    """A valid event, with its source position and hashed identifiers."""
-
-    topic: str
-    partition: int
-    offset: int
-    contract: str
-    event_type: str
-    event_id: str
-    ts_ms: int
-    channel: str | None
-    customer: str | None
-    ids: dict[str, str]
-    event: Any
-    #: wall-clock ms when the pipeline validated it, and the Kafka message timestamp
-    received_ms: float = 0.0
-    kafka_ts_ms: int = 0
-    #: the event time consents, the chosen home store and erasures trust: ``ts_ms``, but
-    #: never further ahead of the message's broker timestamp than the allowed skew
-    eff_ms: int = 0
-
-
-class Rejected(msgspec.Struct, gc=False):
-    """An input that goes to the dead-letter topic; ``record`` is the encoded DeadLetter."""
-
-    topic: str
-    partition: int
-    offset: int
-    reason: str
-    record: bytes
-    #: the Kafka timestamp of the message (0: none)
-    kafka_ts_ms: int = 0
-
-    @property
-    def dlq_key(self) -> bytes:
-        """Deterministic key, so a re-sent dead letter can be recognised downstream."""
-        return f"{self.topic}:{self.partition}:{self.offset}".encode()
 
 
 class _Reject(Exception):
@@ -396,7 +355,7 @@ def _check_transaction(ev: Any, event_type: str) -> None:
                 f"lines[{i}].discount_minor {discount} exceeds quantity x unit price {gross}",
                 event_type,
             )
-        total += -(gross - discount) if line.kind == "discount" else gross - discount
+        total += line_amount(line)
     if total < 0:
         raise _Reject("invalid_value", f"transaction total is negative ({total})", event_type)
     if total > MAX_TRANSACTION_MINOR:
@@ -406,21 +365,6 @@ def _check_transaction(ev: Any, event_type: str) -> None:
             f"transaction total {total} exceeds {MAX_TRANSACTION_MINOR} minor units",
             event_type,
         )
-
-
-def line_amount(line: Any) -> int:
-    """Signed amount of one transaction line in minor units (discount lines subtract).
-
-    >>> from schemas.events import TransactionLine
-    >>> line_amount(TransactionLine(sku="A", quantity=3, unit_price_minor=250, discount_minor=50))
-    700
-    >>> line_amount(TransactionLine(sku="D", quantity=1, unit_price_minor=100, kind="discount"))
-    -100
-    """
-    gross: int = line.quantity * line.unit_price_minor
-    if line.discount_minor is not UNSET:
-        gross -= line.discount_minor
-    return -gross if line.kind == "discount" else gross
 
 
 def trusted_time(ts_ms: int, kafka_ts_ms: int | None, now_ms: float, skew_ms: int) -> int:

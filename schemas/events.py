@@ -115,6 +115,20 @@ class TransactionLine(_Strict, kw_only=True):
     category: Category | UnsetType = UNSET
 
 
+def line_amount(line: TransactionLine) -> int:
+    """Signed amount of one transaction line in minor units (discount lines subtract).
+
+    >>> line_amount(TransactionLine(sku="A", quantity=3, unit_price_minor=250, discount_minor=50))
+    700
+    >>> line_amount(TransactionLine(sku="D", quantity=1, unit_price_minor=100, kind="discount"))
+    -100
+    """
+    gross: int = line.quantity * line.unit_price_minor
+    if line.discount_minor is not UNSET:
+        gross -= line.discount_minor
+    return -gross if line.kind == "discount" else gross
+
+
 class _Transaction(_Event, kw_only=True):
     channel: SalesChannel
     lines: Annotated[list[TransactionLine], Meta(min_length=1, max_length=1000)]

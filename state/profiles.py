@@ -55,19 +55,17 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from operators.identity import IdentityRules
-from operators.profile import (
-    CART_CAP,
-    CONSENT_PURPOSES,
-    RECENT_BOUGHT,
-    RECENT_VIEWS,
-    cart_lines,
-    decayed,
-    rfm,
-)
+from operators.profile import CART_CAP, RECENT_BOUGHT, RECENT_VIEWS, build_profile
+from operators.profile_fields import lua_rules
 
 _LUA = importlib.resources.files("state") / "lua"
 #: The batch script: the stock section (a function) first, then the batch itself.
-_APPLY_LUA = (_LUA / "stock.lua").read_text() + (_LUA / "apply_batch.lua").read_text()
+#: The profile field rules go to the script as a table: declared once, in Python.
+_APPLY_LUA = (
+    f"local FIELD_RULES = {lua_rules()}\n"
+    + (_LUA / "stock.lua").read_text()
+    + (_LUA / "apply_batch.lua").read_text()
+)
 _ERASE_LUA = (_LUA / "erase.lua").read_text()
 
 
@@ -92,7 +90,6 @@ DEFAULT_DEDUPE_BUCKETS = 1024
 DEFAULT_DEDUPE_WINDOW_MS = 7 * 86_400_000
 
 #: Favourite categories shown in a profile.
-TOP_CATEGORIES = 5
 STATS = ("customers", "identifiers", "merges", "refused", "suppressed", "erased")
 
 
@@ -618,136 +615,6 @@ class ProfileStore:
             bucket = pre + "ids:" + id_bucket(m, self.buckets())
             total += int(self.r.memory_usage(bucket) or 0) // max(1, int(self.r.hlen(bucket)))
         return total
-
-
-_COUNTERS = {
-    "o": "orders",
-    "r": "returns",
-    "i": "items",
-    "ir": "items_returned",
-    "e": "events",
-    "rsp": "offer_responses",
-    "red": "offers_redeemed",
-}
-
-
-def build_profile(
-    customer_id: str,
-    fields: dict[str, str],
-    views: list[tuple[str, int]],
-    bought: list[tuple[str, int]],
-    cart: dict[str, int],
-    identifiers: list[str],
-    as_of_ms: int,
-) -> dict[str, Any]:
-    """Assemble the stored pieces into the profile document.
-
-    >>> p = build_profile("C000000000007", {"store:o": "2", "store:s:GBP": "1250",
-    ...     "store:f": "0", "store:l": "60000", "store:lo": "60000", "store:e": "2",
-    ...     "loc:S1": "2", "cs:sms": "5:0"}, [("SKU9", 1000)], [], {}, ["loyalty:7"], 60000)
-    >>> p["channels"]["store"]["orders"], p["spend_minor"], p["home_store"], p["segment"]
-    (2, {'GBP': 1250}, 'S1', 'new')
-    >>> p["consents"]["sms"]
-    {'granted': False, 'at': '1970-01-01T00:00:00.005000+00:00'}
-    """
-    channels: dict[str, dict[str, Any]] = {}
-    locations: dict[str, int] = {}
-    categories: dict[str, float] = {}
-    consents: dict[str, dict[str, Any]] = {}
-    chosen_store = None
-    for field, raw in fields.items():
-        if field == "hs":
-            chosen_store = raw.partition(":")[2]
-            continue
-        head, _, rest = field.partition(":")
-        if head == "loc":
-            locations[rest] = int(raw)
-            continue
-        if head == "cat":
-            categories[rest] = float(raw)
-            continue
-        if head == "cs":
-            ts, _, v = raw.partition(":")
-            consents[rest] = {"granted": v == "1", "at": _iso(int(ts))}
-            continue
-        value = int(raw)
-        c = channels.setdefault(
-            head,
-            {
-                **dict.fromkeys(_COUNTERS.values(), 0),
-                "spend_minor": {},
-                "refund_minor": {},
-                "first_seen": None,
-                "last_seen": None,
-                "last_order": None,
-            },
-        )
-        if rest in _COUNTERS:
-            c[_COUNTERS[rest]] = value
-        elif rest == "f":
-            c["first_seen"] = value
-        elif rest == "l":
-            c["last_seen"] = value
-        elif rest == "lo":
-            c["last_order"] = value
-        elif rest.startswith("s:"):
-            c["spend_minor"][rest[2:]] = value
-        elif rest.startswith("rf:"):
-            c["refund_minor"][rest[3:]] = value
-    firsts = [c["first_seen"] for c in channels.values() if c["first_seen"] is not None]
-    lasts = [c["last_seen"] for c in channels.values() if c["last_seen"] is not None]
-    last_orders = [c["last_order"] for c in channels.values() if c["last_order"] is not None]
-    preferred = max(
-        channels,
-        key=lambda n: (
-            channels[n]["orders"] + channels[n]["offers_redeemed"] + channels[n]["offer_responses"],
-            channels[n]["events"],
-            channels[n]["last_seen"] or 0,
-            n,
-        ),
-        default=None,
-    )
-    for c in channels.values():
-        for k in ("first_seen", "last_seen", "last_order"):
-            c[k] = _iso(c[k])
-    clear = cart.pop("_clr", 0)
-    entries = []
-    for f, q in cart.items():
-        sku, _, ts = f.rpartition("|")
-        entries.append((sku, int(ts), q))
-    spend: dict[str, int] = {}
-    for c in channels.values():
-        for cur, v in c["spend_minor"].items():
-            spend[cur] = spend.get(cur, 0) + v
-    orders = sum(c["orders"] for c in channels.values())
-    main_currency = max(spend, key=lambda k: (spend[k], k), default=None)
-    main_spend = spend[main_currency] if main_currency else 0
-    scores = rfm(max(last_orders, default=None), orders, main_spend, as_of_ms)
-    top = sorted(categories.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_CATEGORIES]
-    return {
-        "customer_id": customer_id,
-        "identifiers": identifiers,
-        "first_seen": _iso(min(firsts)) if firsts else None,
-        "last_seen": _iso(max(lasts)) if lasts else None,
-        "orders": orders,
-        "spend_minor": spend,
-        "average_basket_minor": {k: round(v / orders) for k, v in spend.items()} if orders else {},
-        "rfm": {k: scores[k] for k in ("recency", "frequency", "monetary", "score")},
-        "segment": scores["segment"],
-        "preferred_channel": preferred,
-        "home_store": chosen_store
-        or (min(locations, key=lambda k: (-locations[k], k)) if locations else None),
-        "home_store_source": "chosen" if chosen_store else "purchases" if locations else None,
-        "favourite_categories": [
-            {"category": k, "score": round(decayed(v, as_of_ms), 4)} for k, v in top
-        ],
-        "consents": {p: consents.get(p, {"granted": False, "at": None}) for p in CONSENT_PURPOSES},
-        "channels": dict(sorted(channels.items())),
-        "recently_viewed": [{"sku": s, "at": _iso(ts)} for s, ts in views],
-        "recently_bought": [{"sku": s, "at": _iso(ts)} for s, ts in bought],
-        "cart": cart_lines(entries, clear),
-        "cart_cleared_at": _iso(clear) if clear else None,
-    }
 
 
 def _s(v: bytes | str) -> str:

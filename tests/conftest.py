@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from flows.kafka import create_topics
 from omnicanal.config import Settings
-from omnicanal.kafka import create_topics
-from omnicanal.services import LocalKafka, LocalRedis
+from omnicanal.tools.services import LocalKafka, LocalRedis
 
 os.environ.pop("OMNICANAL_PII_KEY", None)
 TEST_PII_KEY = "test-pii-key-0123456789abcdef"

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.services
 def test_quick_bench_reports_pipeline_bare_latency_memory_and_stages(tmp_path: Path) -> None:
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     res = subprocess.run(
-        [sys.executable, "-m", "omnicanal.cli", "bench", "--quick", "--processes", "1",
+        [sys.executable, "-m", "omnicanal", "bench", "--quick", "--processes", "1",
          "--rates", "2000", "--rate-seconds", "3", "--json", str(out), "--chart", str(png)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -49,7 +49,7 @@ def test_quick_bench_reports_pipeline_bare_latency_memory_and_stages(tmp_path: P
 
 def test_bench_on_the_configured_services_needs_a_confirmation() -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "omnicanal.cli", "bench", "--quick", "--external"],
+        [sys.executable, "-m", "omnicanal", "bench", "--quick", "--external"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert res.returncode == 2 and "--confirm-external" in res.stderr
@@ -58,8 +58,8 @@ def test_bench_on_the_configured_services_needs_a_confirmation() -> None:
 def test_bench_scenarios_touch_only_their_own_topics_and_keys(
     kafka: object, redis_server: object
 ) -> None:
-    from omnicanal.bench import forget, scenario_settings
     from omnicanal.config import Settings
+    from omnicanal.tools.bench import forget, scenario_settings
     from state.profiles import connect
 
     base = Settings(kafka_bootstrap=kafka.bootstrap, redis_url=redis_server.url)  # type: ignore[attr-defined]

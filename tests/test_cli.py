@@ -13,9 +13,9 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from omnicanal.cli import app
+from omnicanal.__main__ import app
 from omnicanal.config import Settings
-from omnicanal.demo import events_from_jsonl, produce
+from omnicanal.tools.demo import events_from_jsonl, produce
 from schemas.export import JSON_DIR, filename, render, schemas
 from tests.test_run_command import env_for
 
@@ -61,7 +61,7 @@ def test_generated_events_validate_against_the_exported_json_schema() -> None:
     bad events the generator makes, where JSON Schema can express the rule)."""
     import jsonschema
 
-    from omnicanal.datagen import Generator
+    from omnicanal.tools.datagen import Generator
 
     validators = {n: jsonschema.Draft202012Validator(d) for n, d in schemas().items()}
     for msg in Generator(seed=3, customers=100, bad_share=0.0).messages(1500):
@@ -101,7 +101,8 @@ def test_import_online_retail_both_layouts(tmp_path: Path) -> None:
     assert report["invoices"]["sale"] == report["sales"]
     assert report["invoices"]["return"] == report["returns"]
     from operators.privacy import PiiHasher
-    from operators.validate import Accepted, Validator
+    from operators.validate import Validator
+    from schemas.envelope import Accepted
     from schemas.events import CONTRACT_OF_TYPE
 
     s = Settings()
@@ -124,7 +125,8 @@ def test_a_real_675_line_invoice_goes_through_the_pipeline_limits(tmp_path: Path
     749-line ones): imported as one sale that the default validator accepts; with a lower
     size limit the importer says it left it out."""
     from operators.privacy import PiiHasher
-    from operators.validate import Accepted, Validator
+    from operators.validate import Validator
+    from schemas.envelope import Accepted
 
     big = ROOT / "tests" / "data" / "online_retail_large_invoice.csv"
     out = tmp_path / "big.jsonl"
@@ -157,7 +159,7 @@ def test_import_rejects_a_file_that_is_not_online_retail(tmp_path: Path) -> None
 
 def omnicanal_demo(*args: str) -> dict[str, Any]:
     res = subprocess.run(
-        [sys.executable, "-m", "omnicanal.cli", "demo", *args, "--json"],
+        [sys.executable, "-m", "omnicanal", "demo", *args, "--json"],
         capture_output=True,
         text=True,
         timeout=180,
@@ -221,7 +223,7 @@ def test_produce_then_profile_lookup_by_id_and_by_email(settings: Settings, tmp_
     f.write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\nnot json\n")
     env = env_for(settings)
     res = subprocess.run(
-        [sys.executable, "-m", "omnicanal.cli", "produce", str(f)],
+        [sys.executable, "-m", "omnicanal", "produce", str(f)],
         env=env,
         capture_output=True,
         text=True,
@@ -234,7 +236,7 @@ def test_produce_then_profile_lookup_by_id_and_by_email(settings: Settings, tmp_
 
     def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "omnicanal.cli", *args],
+            [sys.executable, "-m", "omnicanal", *args],
             env=env,
             input=stdin,
             capture_output=True,
@@ -321,7 +323,7 @@ def test_alerts_and_stock_commands(settings: Settings, tmp_path: Path) -> None:
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "omnicanal.cli", *args],
+            [sys.executable, "-m", "omnicanal", *args],
             env=env,
             capture_output=True,
             text=True,

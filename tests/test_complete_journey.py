@@ -9,9 +9,11 @@ import pytest
 
 from omnicanal.config import Settings
 from operators.privacy import PiiHasher
-from operators.validate import Accepted, Validator, line_amount
+from operators.validate import Validator
+from schemas.envelope import Accepted
+from schemas.events import line_amount
 
-cj = pytest.importorskip("omnicanal.complete_journey")
+cj = pytest.importorskip("omnicanal.tools.complete_journey")
 
 
 def test_baskets_become_valid_sales_with_the_paid_amounts() -> None:

@@ -20,11 +20,11 @@ from typing import Any
 import orjson
 import pytest
 
+from flows.kafka import CheckedProducer, create_topics, read_topic
 from omnicanal.config import Settings
-from omnicanal.datagen import Generator
-from omnicanal.demo import events_from_jsonl, produce
-from omnicanal.kafka import CheckedProducer, create_topics, read_topic
-from omnicanal.services import LocalKafka, LocalRedis
+from omnicanal.tools.datagen import Generator
+from omnicanal.tools.demo import events_from_jsonl, produce
+from omnicanal.tools.services import LocalKafka, LocalRedis
 from state.profiles import ProfileStore, connect
 from tests import reference
 from tests.conftest import TEST_PII_KEY, make_settings
@@ -42,7 +42,7 @@ SECRETS = (EMAIL, PHONE, PHONE_DIGITS, "7700 900123")
 
 def cli(settings: Settings, *args: str, timeout: float = 240, **env: str) -> Any:
     return subprocess.run(
-        [sys.executable, "-m", "omnicanal.cli", *args],
+        [sys.executable, "-m", "omnicanal", *args],
         env=env_for(settings, **env),
         capture_output=True,
         text=True,
@@ -54,7 +54,7 @@ def start(settings: Settings, log: Path, *args: str, **env: str) -> subprocess.P
     """`omnicanal run ARGS` in a process group of its own, stderr and stdout to ``log``."""
     f = open(log, "ab")  # noqa: SIM115  (kept open by the child)
     return subprocess.Popen(
-        [sys.executable, "-m", "omnicanal.cli", "run", *args],
+        [sys.executable, "-m", "omnicanal", "run", *args],
         env=env_for(settings, **env),
         stdout=f,
         stderr=subprocess.STDOUT,

@@ -16,11 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from omnicanal.services import LocalRedis
+from omnicanal.tools.services import LocalRedis
 from operators.batch import plan_batch, suppress
 from operators.identity import IdentityRules, components_of
 from operators.privacy import PiiHasher
-from operators.validate import Accepted, Validator
+from operators.validate import Validator
+from schemas.envelope import Accepted
 from state.profiles import ProfileStore, connect
 from tests import reference
 

@@ -11,8 +11,8 @@ import pytest
 
 from monitoring import metrics as m
 from omnicanal.config import Settings
-from omnicanal.demo import events_from_jsonl, produce
-from omnicanal.services import LocalKafka, LocalRedis
+from omnicanal.tools.demo import events_from_jsonl, produce
+from omnicanal.tools.services import LocalKafka, LocalRedis
 from operators.privacy import PiiHasher
 from state.profiles import ProfileStore
 from tests import reference

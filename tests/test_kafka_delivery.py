@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from omnicanal.kafka import CheckedProducer, DeliveryError, create_topics, read_topic
-from omnicanal.services import LocalKafka
+from flows.kafka import CheckedProducer, DeliveryError, create_topics, read_topic
+from omnicanal.tools.services import LocalKafka
 
 pytestmark = pytest.mark.services
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from flows.connectors import EARLIEST, KafkaWorkerSource, owner, worker_share
-from omnicanal.kafka import create_topics
-from omnicanal.services import LocalKafka
+from flows.kafka import create_topics
+from flows.source import EARLIEST, KafkaWorkerSource, owner, worker_share
+from omnicanal.tools.services import LocalKafka
 
 pytestmark = pytest.mark.services
 

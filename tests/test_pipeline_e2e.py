@@ -12,14 +12,15 @@ import orjson
 import pytest
 
 from flows import pipeline
-from flows.connectors import StateSink
+from flows.kafka import read_topic
+from flows.sink import StagesSink
 from monitoring import metrics as m
 from omnicanal import runner
 from omnicanal.config import Settings
-from omnicanal.datagen import Generator, Message
-from omnicanal.demo import produce
-from omnicanal.kafka import read_topic
-from omnicanal.services import LocalKafka, LocalRedis
+from omnicanal.tools.datagen import Generator, Message
+from omnicanal.tools.demo import produce
+from omnicanal.tools.services import LocalKafka, LocalRedis
+from omnicanal.wiring import pipeline_setup
 from operators.identity import IdentityRules
 from operators.privacy import PiiHasher
 from operators.validate import Validator
@@ -227,8 +228,8 @@ def clickstream_items(settings: Settings, n: int, seed: int) -> tuple[list[Messa
     return raw, items
 
 
-def state_sink(settings: Settings) -> StateSink:
-    return pipeline.state_sink(settings, IdentityRules(), pipeline.stock_rules(settings))
+def state_sink(settings: Settings) -> StagesSink:
+    return pipeline.state_sink(pipeline_setup(settings, identity=IdentityRules()))
 
 
 def test_sink_detects_redis_losing_state_mid_run(settings: Settings) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -167,3 +169,38 @@ def test_runtime_set_has_no_dev_tools_and_the_image_installs_only_it() -> None:
     syncs = re.findall(r'"\$UV" sync .*', quickstart)
     assert syncs and all("--locked" in s for s in syncs)
     assert "pip install -e" not in quickstart
+
+
+# ------------------------------------------------------------------ layers
+def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("lint-imports")), "--no-cache"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_layers_import_one_way_and_a_wrong_way_import_is_caught(tmp_path: Path) -> None:
+    ok = _lint_imports(ROOT)
+    assert ok.returncode == 0, ok.stdout[-3000:]
+    assert "0 broken" in ok.stdout
+    # The same code with one import the wrong way (an operator reaching for the CLI, the
+    # runner for a tool) fails: the contracts cover what they claim.
+    for module, wrong in (
+        ("operators/batch.py", "import omnicanal.cli"),
+        ("omnicanal/runner.py", "import omnicanal.tools.demo"),
+        ("flows/source.py", "import flows.pipeline"),
+    ):
+        copy = tmp_path / module.replace("/", "_")
+        copy.mkdir()
+        for pkg in ("omnicanal", "flows", "operators", "state", "schemas", "monitoring"):
+            shutil.copytree(ROOT / pkg, copy / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+        target = copy / module
+        target.write_text(target.read_text() + f"\n{wrong}  # noqa\n")
+        bad = _lint_imports(copy)
+        importer = module.removesuffix(".py").replace("/", ".")
+        assert bad.returncode == 1, bad.stdout[-2000:]
+        assert f"{importer} -> {wrong.split()[1]}" in bad.stdout, bad.stdout[-3000:]

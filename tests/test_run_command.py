@@ -14,11 +14,11 @@ from collections.abc import Callable
 import orjson
 import pytest
 
+from flows.kafka import partitions_of
 from omnicanal.config import Settings
-from omnicanal.datagen import Generator
-from omnicanal.demo import produce
-from omnicanal.kafka import partitions_of
-from omnicanal.services import LocalKafka, LocalRedis, free_port
+from omnicanal.tools.datagen import Generator
+from omnicanal.tools.demo import produce
+from omnicanal.tools.services import LocalKafka, LocalRedis, free_port
 from state.profiles import ProfileStore, connect
 from tests import reference
 from tests.conftest import TEST_PII_KEY, make_settings
@@ -46,7 +46,7 @@ def test_run_serves_metrics_and_stops_cleanly_on_sigterm(settings: Settings) -> 
     bad = sum(1 for x in msgs if x.expected_reason)
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "omnicanal.cli", "run"],
+        [sys.executable, "-m", "omnicanal", "run"],
         env=env_for(settings, OMNICANAL_METRICS_PORT=str(port)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -91,7 +91,7 @@ def test_run_refuses_to_start_without_a_pii_key(settings: Settings) -> None:
     env = env_for(settings)
     env["OMNICANAL_PII_KEY"] = ""
     res = subprocess.run(
-        [sys.executable, "-m", "omnicanal.cli", "run"],
+        [sys.executable, "-m", "omnicanal", "run"],
         env=env,
         capture_output=True,
         text=True,
@@ -102,14 +102,14 @@ def test_run_refuses_to_start_without_a_pii_key(settings: Settings) -> None:
 
 
 def test_run_refuses_when_redis_lost_state(settings: Settings) -> None:
-    from omnicanal.kafka import GroupOffsets
+    from flows.kafka import GroupOffsets
 
     parts = [f"{settings.topic_transactions}:0"]
     g = GroupOffsets(settings.kafka_config(), settings.group_id)
     g.commit({parts[0]: 10}, asynchronous=False)
     g.close()
     res = subprocess.run(
-        [sys.executable, "-m", "omnicanal.cli", "run"],
+        [sys.executable, "-m", "omnicanal", "run"],
         env=env_for(settings),
         capture_output=True,
         text=True,
@@ -129,7 +129,7 @@ def test_two_worker_processes_give_the_same_profiles(
     msgs = list(Generator(seed=12, customers=300, bad_share=0.02).messages(5000))
     produce(settings, msgs)
     res = subprocess.run(
-        [sys.executable, "-m", "omnicanal.cli", "run", "--processes", "2", "--until-eof"],
+        [sys.executable, "-m", "omnicanal", "run", "--processes", "2", "--until-eof"],
         env=env_for(settings),
         capture_output=True,
         text=True,
@@ -144,7 +144,7 @@ def test_two_worker_processes_give_the_same_profiles(
 
 def test_topics_create_is_idempotent(settings: Settings) -> None:
     env = env_for(settings, OMNICANAL_TOPIC_INVENTORY=settings.topic_inventory + ".new")
-    args = [sys.executable, "-m", "omnicanal.cli", "topics", "create", "--partitions", "2"]
+    args = [sys.executable, "-m", "omnicanal", "topics", "create", "--partitions", "2"]
     first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
     assert f"{settings.topic_inventory}.new: created" in first.stdout
@@ -160,7 +160,7 @@ def test_run_stops_with_a_clear_error_when_redis_loses_state_mid_run(settings: S
     first = list(Generator(seed=21, customers=200, bad_share=0.0).messages(1000))
     produce(settings, first)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "omnicanal.cli", "run"],
+        [sys.executable, "-m", "omnicanal", "run"],
         env=env_for(settings),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -22,7 +22,8 @@ from operators.stock import (
     predict_stockout,
     seasonal_index,
 )
-from operators.validate import Accepted, Validator
+from operators.validate import Validator
+from schemas.envelope import Accepted
 from schemas.events import CONTRACTS
 
 T0 = datetime(2024, 3, 4, 9, tzinfo=UTC)  # a Monday

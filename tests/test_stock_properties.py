@@ -17,10 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from omnicanal.services import LocalRedis
+from omnicanal.tools.services import LocalRedis
 from operators.privacy import PiiHasher
 from operators.stock import StockRules, plan_stock
-from operators.validate import Accepted, Validator
+from operators.validate import Validator
+from schemas.envelope import Accepted
 from state.profiles import ProfileStore, connect
 
 pytestmark = pytest.mark.services

@@ -14,16 +14,18 @@ import orjson
 import pytest
 
 from flows import pipeline
+from flows.kafka import CheckedProducer, read_topic
 from monitoring import metrics as m
 from omnicanal import runner
 from omnicanal.config import Settings
-from omnicanal.kafka import CheckedProducer, read_topic
-from omnicanal.services import LocalKafka, LocalRedis
+from omnicanal.tools.services import LocalKafka, LocalRedis
+from omnicanal.wiring import pipeline_setup, stock_rules
 from operators.identity import IdentityRules
 from operators.privacy import PiiHasher
 from operators.stock import evaluate, plan_stock
-from operators.validate import Accepted, Validator
+from operators.validate import Validator
 from schemas.alerts import StockAlert
+from schemas.envelope import Accepted
 from state.profiles import connect
 from state.stock import StockStore
 from tests.conftest import TEST_PII_KEY, make_settings
@@ -177,7 +179,7 @@ def decoder(settings: Settings) -> Any:
 
 def sink_part(settings: Settings) -> Any:
     """One worker's state sink, as the flow builds it (a restart builds a new one)."""
-    sink = pipeline.state_sink(settings, IdentityRules(), pipeline.stock_rules(settings))
+    sink = pipeline.state_sink(pipeline_setup(settings, identity=IdentityRules()))
     return sink.build("state", 0, 1)
 
 
@@ -270,7 +272,7 @@ def test_a_crash_loses_no_alert_and_sends_none_twice(
     kafka: LocalKafka, redis_server: LocalRedis
 ) -> None:
     s = stock_settings(kafka, redis_server)
-    rules = pipeline.stock_rules(s)
+    rules = stock_rules(s)
     profiles = store_of(s)
     stock = StockStore(connect(s.redis_url), s.redis_prefix)
     items = decoder(s)
@@ -365,7 +367,7 @@ def test_thousands_of_skus_across_dozens_of_locations(
 def test_a_hot_sku_is_evaluated_once_per_interval_and_when_input_goes_idle(
     kafka: LocalKafka, redis_server: LocalRedis
 ) -> None:
-    from flows.connectors import IdleWork
+    from flows.source import IdleWork
 
     interval = 5.0
     s = stock_settings(kafka, redis_server, stock_alert_interval_ms=int(interval * 1000))
@@ -423,7 +425,7 @@ def test_two_workers_evaluating_the_same_state_write_it_once(
     kafka: LocalKafka, redis_server: LocalRedis
 ) -> None:
     s = stock_settings(kafka, redis_server)
-    rules = pipeline.stock_rules(s)
+    rules = stock_rules(s)
     items = decoder(s)
     batch = items([snapshot(0, "W", "store-1", 0)])
     parts = [(f"{i.topic}:{i.partition}", -1, i.offset) for i in batch]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from omnicanal import stockout_eval as ev
+from omnicanal.tools import stockout_eval as ev
 from operators.stock import HOUR_MS, WEEK_HOURS, StockRules
 
 DAY = 24 * HOUR_MS

@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators.privacy import PiiHasher
-from operators.validate import Accepted, Rejected, Validator
+from operators.validate import Validator
 from schemas.deadletter import REASONS, DeadLetter
+from schemas.envelope import Accepted, Rejected
 
 TOPICS = {
     "tx": "transaction",

@@ -360,19 +360,22 @@ local function merge_profile(survivor, loser)
   local sums, mins, maxs, logs, lww = {}, {}, {}, {}, {}
   for i = 1, #h, 2 do
     local f, v = h[i], h[i + 1]
-    local head = string.match(f, '^([^:]*):')
-    local tail = string.match(f, ':([^:]*)$')
-    if head == 'cat' then
+    -- FIELD_RULES comes from operators/profile_fields.py (prepended to this script)
+    local head, code = string.match(f, '^([^:]*):?([^:]*)')
+    local rule = FIELD_RULES.head[head] or FIELD_RULES.code[code]
+    if rule == 'sum' then
+      sums[#sums + 1] = f; sums[#sums + 1] = v
+    elseif rule == 'min' then
+      mins[#mins + 1] = f; mins[#mins + 1] = num(v)
+    elseif rule == 'max' then
+      maxs[#maxs + 1] = f; maxs[#maxs + 1] = num(v)
+    elseif rule == 'log_add' then
       logs[#logs + 1] = f; logs[#logs + 1] = num(v)
-    elseif head == 'cs' or f == 'hs' then
+    elseif rule == 'latest' then
       local ts, cv = string.match(v, '^(%d+):(.*)$')
       lww[#lww + 1] = f; lww[#lww + 1] = num(ts); lww[#lww + 1] = cv or ''
-    elseif head ~= 'loc' and tail == 'f' then
-      mins[#mins + 1] = f; mins[#mins + 1] = num(v)
-    elseif head ~= 'loc' and (tail == 'l' or tail == 'lo') then
-      maxs[#maxs + 1] = f; maxs[#maxs + 1] = num(v)
     else
-      sums[#sums + 1] = f; sums[#sums + 1] = v
+      error('profile field ' .. f .. ' of ' .. loser .. ' has no rule in operators/profile_fields.py')
     end
   end
   local cart, clear = {}, 0

@@ -16,12 +16,12 @@ from typing import Any
 
 import orjson
 
+from flows.kafka import CheckedProducer, create_topics, read_topic
 from monitoring import metrics as m
 from omnicanal import runner
 from omnicanal.config import Settings
-from omnicanal.datagen import Generator, Message
-from omnicanal.kafka import CheckedProducer, create_topics, read_topic
-from omnicanal.services import LocalKafka, LocalRedis
+from omnicanal.tools.datagen import Generator, Message
+from omnicanal.tools.services import LocalKafka, LocalRedis
 from state.profiles import ProfileStore, connect
 from state.stock import StockStore
 
@@ -145,7 +145,7 @@ def run_demo(
         create_topics(settings.kafka_config(), settings.all_topics(), partitions)
 
         if import_file is not None:
-            from omnicanal.online_retail import ImportReport, read_events
+            from omnicanal.tools.online_retail import ImportReport, read_events
 
             report = ImportReport()
             with open(import_file, encoding="utf-8", errors="strict") as f:

@@ -24,11 +24,11 @@ from typing import Any
 
 import orjson
 
+from flows.kafka import CheckedProducer, create_topics, part_name, partitions_of
 from omnicanal.config import Settings
-from omnicanal.datagen import Generator
-from omnicanal.demo import produce
-from omnicanal.kafka import CheckedProducer, create_topics, part_name, partitions_of
-from omnicanal.services import LocalKafka, LocalRedis
+from omnicanal.tools.datagen import Generator
+from omnicanal.tools.demo import produce
+from omnicanal.tools.services import LocalKafka, LocalRedis
 from state.profiles import ProfileStore, connect
 
 Progress = Callable[[str], None]
@@ -158,7 +158,7 @@ class _Watch:
 def _start_pipeline(
     s: Settings, processes: int, until_eof: bool, **env: str
 ) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "omnicanal.cli", "run", "--processes", str(processes)]
+    args = [sys.executable, "-m", "omnicanal", "run", "--processes", str(processes)]
     if until_eof:
         args.append("--until-eof")
     return subprocess.Popen(
@@ -388,22 +388,17 @@ def profile_stages(s: Settings, events: int, customers: int) -> dict[str, Any]:
     for (file, _, func), (_, _, _, ct, _) in st.stats.items():  # type: ignore[attr-defined]
         cum[f"{Path(file).name}:{func}"] = cum.get(f"{Path(file).name}:{func}", 0.0) + ct
     stages = {
-        "consume (source next_batch)": cum.get("connectors.py:next_batch", 0.0),
+        "consume (source next_batch)": cum.get("source.py:next_batch", 0.0),
         "validate (decode, contract, HMAC)": cum.get("pipeline.py:validate", 0.0),
         "identity linking (operators/identity)": cum.get("identity.py:link_batch", 0.0),
         "fold deltas (operators/profile)": cum.get("profile.py:fold", 0.0)
         + cum.get("profile.py:to_row", 0.0),
         "stock movements (operators/stock)": cum.get("stock.py:plan_stock", 0.0),
         "Redis batch apply (Lua)": cum.get("profiles.py:apply", 0.0),
-        "stock alerts (read, evaluate, write, send)": cum.get("connectors.py:_evaluate", 0.0),
+        "stock alerts (read, evaluate, write, send)": cum.get("alerts.py:_evaluate", 0.0),
         # the alerts' sends are in the stage above
-        "dead letters (produce+confirm)": max(
-            cum.get("kafka.py:flush", 0.0)
-            + cum.get("kafka.py:produce", 0.0)
-            - cum.get("connectors.py:_send", 0.0),
-            0.0,
-        ),
-        "metrics": cum.get("connectors.py:_count", 0.0),
+        "dead letters (produce+confirm)": cum.get("stages.py:send", 0.0),
+        "metrics": cum.get("stages.py:count_applied", 0.0),
     }
     accounted = sum(stages.values())
     stages["Bytewax runtime and other"] = max(wall - accounted, 0.0)
@@ -420,8 +415,8 @@ def complete_journey_replay(
     """Throughput on real grocery baskets (about 9 lines each) instead of generated traffic."""
     from collections import Counter
 
-    from omnicanal.complete_journey import read_events
-    from omnicanal.demo import events_from_jsonl
+    from omnicanal.tools.complete_journey import read_events
+    from omnicanal.tools.demo import events_from_jsonl
 
     say(f"replay: {plan.complete_journey_baskets:,} Complete Journey baskets")
     report: Counter[str] = Counter()
@@ -586,7 +581,8 @@ def dedupe_cost(
     from operators.dedupe import event_key
     from operators.identity import IdentityRules
     from operators.privacy import PiiHasher
-    from operators.validate import Accepted, Validator
+    from operators.validate import Validator
+    from schemas.envelope import Accepted
 
     gen = Generator(seed=11, customers=customers, bad_share=0.0)
     topics = base.topic_contracts()

@@ -118,7 +118,7 @@ class Score:
 
 def load_pairs(top: int, progress: Callable[[str], None] | None = None) -> list[Pair]:
     """The ``top`` store x product pairs by number of sale lines, with their sales."""
-    from omnicanal.complete_journey import load_transactions
+    from omnicanal.tools.complete_journey import load_transactions
 
     t = load_transactions()
     t = t[t["quantity"] > 0]

@@ -13,15 +13,11 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from omnicanal.runner import free_port
+
 
 class ServiceError(RuntimeError):
     """A local service could not be started; the message says how to fix it."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(

@@ -47,7 +47,10 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import msgspec
 import orjson
+
+from schemas.events import TransactionLine, line_amount
 
 SPECIAL_CODES = {
     "POST": "shipping",
@@ -276,10 +279,7 @@ def _invoice(
             "stock_adjustments" if report.stock_adjustments > adjustments else "no_lines"
         ] += 1
         return
-    total = sum(
-        (-1 if ln.get("kind") == "discount" else 1) * ln["quantity"] * ln["unit_price_minor"]
-        for ln in lines
-    )
+    total = sum(line_amount(msgspec.convert(ln, TransactionLine)) for ln in lines)
     if total < 0:
         report.skipped["negative_total_invoice"] += 1
         report.invoices["negative_total"] += 1

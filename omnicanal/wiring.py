@@ -1,0 +1,101 @@
+"""From settings to the pipeline's parts: the rules, validator and stores each stage needs
+(:class:`flows.pipeline.PipelineSetup`). The flows never read settings themselves."""
+
+from __future__ import annotations
+
+from flows.pipeline import PipelineSetup
+from flows.source import EARLIEST, LATEST
+from omnicanal.config import ConfigError, Settings
+from operators.identity import IdentityRules, rules_from_config
+from operators.privacy import PiiHasher
+from operators.stock import StockRules, parse_thresholds
+from operators.validate import Validator
+from state.profiles import ProfileStore, connect, redact_url
+from state.stock import StockStore
+
+
+def stock_rules(settings: Settings) -> StockRules:
+    """The stock and alert rules of ``OMNICANAL_STOCK_*``."""
+    try:
+        skus, cats = parse_thresholds(settings.stock_thresholds)
+    except ValueError as e:
+        raise ConfigError(f"OMNICANAL_STOCK_THRESHOLDS: {e}") from None
+    online = settings.stock_online_locations
+    if not online:
+        raise ConfigError("OMNICANAL_STOCK_ONLINE_LOCATIONS: give at least one location")
+    return StockRules(
+        online_locations=frozenset(online),
+        online_fulfilment=settings.stock_online_fulfilment or online[0],
+        online_store_share=settings.stock_online_store_share,
+        low_stock=settings.stock_low_threshold,
+        low_stock_sku=skus,
+        low_stock_category=cats,
+        price_tolerance=settings.stock_price_tolerance,
+        horizon_hours=settings.stock_horizon_hours,
+        min_confidence=settings.stock_min_confidence,
+    )
+
+
+def identity_rules(settings: Settings, hasher: PiiHasher) -> IdentityRules:
+    """The identity rules of ``OMNICANAL_IDENTITY_*``."""
+    try:
+        return rules_from_config(
+            settings.identity_blocked,
+            settings.identity_limits,
+            settings.identity_max_component,
+            hasher,
+        )
+    except ValueError as e:
+        raise ConfigError(f"OMNICANAL_IDENTITY_BLOCKED / OMNICANAL_IDENTITY_LIMITS: {e}") from None
+
+
+def pipeline_setup(
+    settings: Settings,
+    *,
+    allow_demo_key: bool = False,
+    identity: IdentityRules | None = None,
+    hasher: PiiHasher | None = None,
+) -> PipelineSetup:
+    """The pipeline's parts for ``settings`` (``identity`` and ``hasher`` override the
+    configured ones: tests)."""
+    hasher = hasher or PiiHasher(settings.pii_key_bytes(allow_demo=allow_demo_key))
+    rules = identity if identity is not None else identity_rules(settings, hasher)
+
+    def stores() -> tuple[ProfileStore, StockStore]:
+        client = connect(settings.redis_url, socket_timeout=settings.redis_socket_timeout_seconds)
+        return (
+            ProfileStore(
+                client,
+                settings.redis_prefix,
+                rules,
+                id_buckets=settings.identity_buckets,
+                dedupe_buckets=settings.dedupe_buckets,
+                dedupe_window_ms=settings.dedupe_window_hours * 3_600_000,
+            ),
+            StockStore(client, settings.redis_prefix),
+        )
+
+    return PipelineSetup(
+        kafka=settings.kafka_config(),
+        validator=Validator(
+            settings.topic_contracts(),
+            hasher,
+            max_bytes=settings.max_event_bytes,
+            min_event_ms=settings.min_event_ms(),
+            max_future_ms=settings.max_future_seconds * 1000,
+            max_skew_ms=settings.max_clock_skew_seconds * 1000,
+            max_dead_letter_payload=settings.dead_letter_max_payload_bytes,
+        ),
+        stock_rules=stock_rules(settings),
+        stores=stores,
+        redis_where=redact_url(settings.redis_url),
+        dead_letter_topic=settings.topic_dead_letters,
+        alerts_topic=settings.topic_stock_alerts,
+        group_id=settings.group_id,
+        hasher=hasher,
+        batch_size=settings.batch_size,
+        new_start=EARLIEST if settings.start_offset == "earliest" else LATEST,
+        partition_check_seconds=settings.partition_check_seconds,
+        alert_interval_seconds=settings.stock_alert_interval_ms / 1000,
+        redis_retry_seconds=settings.redis_retry_seconds,
+    )
