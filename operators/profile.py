@@ -35,12 +35,14 @@ documented in ``state/profiles.py``):
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from msgspec import UNSET
 
+from operators.learners import Learner, Stream
 from operators.profile_fields import COUNTERS, rule_of
 from schemas.envelope import Accepted
 from schemas.events import line_amount
@@ -98,9 +100,65 @@ def decayed(log_score: float, as_of_ms: int) -> float:
     return float(2.0 ** (log_score - (as_of_ms - DECAY_EPOCH_MS) / _HALF_LIFE_MS))
 
 
+def interest_log(event_type: str, ts_ms: int) -> float:
+    """The stored log2 score one event adds to its category's interest."""
+    return _LOG_WEIGHTS[event_type] + (ts_ms - DECAY_EPOCH_MS) / _HALF_LIFE_MS
+
+
 def _log_at(weight: float, ts_ms: int) -> float:
     """Stored log2 score of ``weight`` at event time ``ts_ms`` (relative to the epoch)."""
     return math.log2(weight) + (ts_ms - DECAY_EPOCH_MS) / _HALF_LIFE_MS
+
+
+class CategoryInterests(Learner):
+    """A customer's interest per category: each view, cart add and purchase adds its
+    :data:`CATEGORY_WEIGHTS` weight, and every score halves every
+    :data:`CATEGORY_HALF_LIFE_DAYS` without new activity. Scores are kept as ``log2`` relative
+    to :data:`DECAY_EPOCH_MS`, so that adding two is a log-add-exp that never overflows and a
+    merge is exact; the batch fold and the Redis merge combine the stored ``cat:<category>``
+    fields the same way (``operators/profile_fields.py``).
+
+    >>> c = CategoryInterests(); c.learn_one("toys", "sale", 0); c.learn_one("toys", "sale", 0)
+    >>> round(c.predict_one(0)["toys"], 6)
+    8.0
+    """
+
+    def __init__(self) -> None:
+        self.scores: dict[str, float] = {}
+
+    def learn_one(self, category: str, event_type: str, ts_ms: int) -> None:
+        x = interest_log(event_type, ts_ms)
+        old = self.scores.get(category)
+        self.scores[category] = x if old is None else log2_add(old, x)
+
+    def merge(self, other: CategoryInterests) -> None:
+        for k, x in other.scores.items():
+            old = self.scores.get(k)
+            self.scores[k] = x if old is None else log2_add(old, x)
+
+    def predict_one(self, as_of_ms: int) -> dict[str, float]:
+        """Every category's decayed score at ``as_of_ms``."""
+        return {k: decayed(x, as_of_ms) for k, x in self.scores.items()}
+
+    def to_state(self) -> dict[str, float]:
+        """The stored form: ``cat:<category>`` fields of the profile hash, without prefix."""
+        return dict(self.scores)
+
+    @classmethod
+    def from_state(cls, state: dict[str, float]) -> CategoryInterests:
+        c = cls()
+        c.scores = {k: float(v) for k, v in state.items()}
+        return c
+
+    @classmethod
+    def check_stream(cls, rng: random.Random) -> Stream:
+        t0 = 1_700_000_000_000
+        kinds = list(CATEGORY_WEIGHTS)
+        obs = [
+            (rng.choice("abcde"), rng.choice(kinds), t0 + rng.randrange(90 * 86_400_000))
+            for _ in range(300)
+        ]
+        return obs, [(t0 + 91 * 86_400_000,), (t0 + 400 * 86_400_000,)]
 
 
 class CustomerDelta:
@@ -195,8 +253,9 @@ def fold(events: Iterable[Accepted], into: CustomerDelta | None = None) -> Custo
 
 
 def _interest(d: CustomerDelta, category: str, event_type: str, ts: int) -> None:
+    """:meth:`CategoryInterests.learn_one` on the delta's ``cat:`` fields."""
     k = "cat:" + category
-    x = _LOG_WEIGHTS[event_type] + (ts - DECAY_EPOCH_MS) / _HALF_LIFE_MS
+    x = interest_log(event_type, ts)
     old = d.logs.get(k)
     d.logs[k] = x if old is None else log2_add(old, x)
 

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from operators.learners import Learner
 from schemas.envelope import Accepted
 
 #: Half-life of the sales velocity: a week, so a day-of-week pattern averages out.
@@ -125,8 +127,8 @@ class StockPlan:
     prices: dict[tuple[str, str], tuple[int, int, str]] = field(default_factory=dict)
     #: sku -> category (the smallest name seen, so that any batching gives the same)
     categories: dict[str, str] = field(default_factory=dict)
-    #: (sku, location) -> [reference ms, decayed units, decayed sales, first sale ms]
-    velocity: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    #: (sku, location) -> the batch's sales rate learner
+    velocity: dict[tuple[str, str], Velocity] = field(default_factory=dict)
     #: (location, hour of the week) -> units sold
     season: dict[tuple[str, int], int] = field(default_factory=dict)
     #: location -> [first, last] sale time seen (how much of a week the profile covers)
@@ -149,7 +151,10 @@ class StockPlan:
             "sn": [list(s) for s in self.snaps],
             "pr": [[s, ch, t, p, c] for (s, ch), (t, p, c) in self.prices.items()],
             "cat": [[s, c] for s, c in self.categories.items()],
-            "vel": [[s, loc, *v] for (s, loc), v in self.velocity.items()],
+            "vel": [
+                [s, loc, v.ref_ms, v.units, v.sales, v.first_ms]
+                for (s, loc), v in self.velocity.items()
+            ],
             "sea": [[loc, h, n] for (loc, h), n in self.season.items()],
             "ssp": [[loc, lo, hi] for loc, (lo, hi) in self.season_span.items()],
             "sku": [[s, t] for s, t in self.touched.items()],
@@ -180,7 +185,6 @@ def plan_stock(events: Iterable[Accepted], rules: StockRules) -> StockPlan:
     {('A', 'online', 1000): -2}
     """
     plan = StockPlan()
-    hl = VELOCITY_HALF_LIFE_MS
     counts = plan.counts
     for a in events:
         c = a.contract
@@ -209,7 +213,10 @@ def plan_stock(events: Iterable[Accepted], rules: StockRules) -> StockPlan:
                 ):
                     plan.categories[sku] = cat
                 if sign < 0:
-                    _add_sale(plan.velocity, (sku, loc), ts, q, hl)
+                    v = plan.velocity.get((sku, loc))
+                    if v is None:
+                        v = plan.velocity[(sku, loc)] = Velocity()
+                    v.learn_one(ts, q)
                     sk = (loc, hour_of_week(ts))
                     plan.season[sk] = plan.season.get(sk, 0) + q
                     span = plan.season_span.get(loc)
@@ -248,36 +255,50 @@ def _touch(touched: dict[str, int], sku: str, ts: int) -> None:
         touched[sku] = ts
 
 
-def _add_sale(
-    vel: dict[tuple[str, str], list[float]], key: tuple[str, str], ts: int, q: int, hl: int
-) -> None:
-    """Fold a sale into the batch's decayed sums, referenced to the newest sale time."""
-    v = vel.get(key)
-    if v is None:
-        vel[key] = [ts, float(q), 1.0, ts]
-        return
-    ref = v[0]
-    if ts > ref:
-        f = 2.0 ** (-(ts - ref) / hl)
-        v[0], v[1], v[2] = ts, v[1] * f + q, v[2] * f + 1.0
-    else:
-        f = 2.0 ** (-(ref - ts) / hl)
-        v[1] += q * f
-        v[2] += f
-    if ts < v[3]:
-        v[3] = ts
-
-
 # ---------------------------------------------------------------- stored state
 @dataclass
-class Velocity:
-    """Decayed units sold at ``ref_ms`` (half-life :data:`VELOCITY_HALF_LIFE_MS`), decayed
-    number of sales, and the first sale time."""
+class Velocity(Learner):
+    """The sales rate of a SKU at a location: decayed units sold at ``ref_ms`` (half-life
+    :data:`VELOCITY_HALF_LIFE_MS`), decayed number of sales, and the first sale time. The
+    one implementation of the rate: the batch plan learns with it, the batch script merges
+    a batch's learner into the stored one the same way (``state/lua/stock.lua``), and the
+    stock-out evaluation replays with it.
 
-    units: float
-    sales: float
-    ref_ms: int
-    first_ms: int
+    >>> v = Velocity(); v.learn_one(0, 4); v.learn_one(-VELOCITY_HALF_LIFE_MS, 4)
+    >>> v.units, v.sales, v.ref_ms
+    (6.0, 1.5, 0)
+    """
+
+    units: float = 0.0
+    sales: float = 0.0
+    ref_ms: int = 0
+    first_ms: int = 0
+
+    def learn_one(self, ts_ms: int, units: float) -> None:
+        """One sale of ``units`` at ``ts_ms`` (in any order)."""
+        self.merge(Velocity(float(units), 1.0, ts_ms, ts_ms))
+
+    def merge(self, other: Velocity) -> None:
+        """Both histories, referenced to the newer of the two reference times."""
+        if other.sales == 0:
+            return
+        if self.sales == 0:
+            self.units, self.sales, self.ref_ms, self.first_ms = (
+                other.units, other.sales, other.ref_ms, other.first_ms
+            )  # fmt: skip
+            return
+        hl = VELOCITY_HALF_LIFE_MS
+        t = max(self.ref_ms, other.ref_ms)
+        fa, fb = 2.0 ** (-(t - self.ref_ms) / hl), 2.0 ** (-(t - other.ref_ms) / hl)
+        self.units = self.units * fa + other.units * fb
+        self.sales = self.sales * fa + other.sales * fb
+        self.ref_ms = t
+        self.first_ms = min(self.first_ms, other.first_ms)
+
+    def predict_one(self, ms: int) -> float:
+        """Units per hour at ``ms``."""
+        units, hours = self.at(ms)
+        return units / hours
 
     def at(self, ms: int) -> tuple[float, float]:
         """(decayed units, effective hours observed) at ``ms``.
@@ -294,6 +315,71 @@ class Velocity:
         age = max(HOUR_MS, ms - self.first_ms)
         hours = (hl / math.log(2) / HOUR_MS) * (1.0 - 2.0 ** (-age / hl))
         return units, hours
+
+    def to_state(self) -> str:
+        """The stored form (``v:<location>`` of ``<prefix>sku:<sku>``)."""
+        return f"{self.units!r} {self.sales!r} {self.ref_ms} {self.first_ms}"
+
+    @classmethod
+    def from_state(cls, state: str) -> Velocity:
+        u, n, ref, first = state.split()
+        return cls(float(u), float(n), int(float(ref)), int(float(first)))
+
+    @classmethod
+    def check_stream(
+        cls, rng: random.Random
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        t0 = 1_700_000_000_000
+        sales = [(t0 + rng.randrange(60 * 86_400_000), rng.randint(1, 5)) for _ in range(200)]
+        return sales, [(t0 + 61 * 86_400_000,), (t0 + 90 * 86_400_000,)]
+
+
+class HourOfWeekProfile(Learner):
+    """A location's units sold per hour of the week and the span of its history: the
+    seasonal profile the stock-out prediction scales its rate with (:func:`seasonal_index`;
+    the batch script keeps the same counts in ``<prefix>season:<location>``)."""
+
+    def __init__(self) -> None:
+        self.counts = [0.0] * WEEK_HOURS
+        self.t0: int | None = None
+        self.t1: int | None = None
+
+    def learn_one(self, ts_ms: int, units: float) -> None:
+        self.counts[hour_of_week(ts_ms)] += units
+        self.t0 = ts_ms if self.t0 is None else min(self.t0, ts_ms)
+        self.t1 = ts_ms if self.t1 is None else max(self.t1, ts_ms)
+
+    def merge(self, other: HourOfWeekProfile) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        for t in (other.t0, other.t1):
+            if t is not None:
+                self.t0 = t if self.t0 is None else min(self.t0, t)
+                self.t1 = t if self.t1 is None else max(self.t1, t)
+
+    def index(self) -> SeasonIndex:
+        span = 0 if self.t0 is None or self.t1 is None else self.t1 - self.t0
+        return seasonal_index(self.counts, span)
+
+    def predict_one(self, ts_ms: int) -> float:
+        """The relative sales rate (mean 1) at the hour of the week of ``ts_ms``."""
+        return self.index()[hour_of_week(ts_ms)]
+
+    def to_state(self) -> dict[str, Any]:
+        return {"counts": self.counts, "t0": self.t0, "t1": self.t1}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> HourOfWeekProfile:
+        p = cls()
+        p.counts, p.t0, p.t1 = [float(x) for x in state["counts"]], state["t0"], state["t1"]
+        return p
+
+    @classmethod
+    def check_stream(
+        cls, rng: random.Random
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        t0 = 1_700_000_000_000
+        obs = [(t0 + rng.randrange(21 * 86_400_000), rng.randint(1, 9)) for _ in range(400)]
+        return obs, [(t0 + h * HOUR_MS,) for h in range(0, 168, 7)]
 
 
 @dataclass

@@ -116,7 +116,7 @@ def test_movements_by_location_kind_and_channel() -> None:
     assert plan.touched == {"A": T0_MS + 360_000}
     # Velocity counts sales only (not returns), per location.
     assert set(plan.velocity) == {("A", "s1"), ("A", "wh")}
-    assert plan.velocity[("A", "s1")][1] == pytest.approx(2.0)
+    assert plan.velocity[("A", "s1")].units == pytest.approx(2.0)
     assert plan.counts == {
         "sale": 2,
         "return": 1,
@@ -133,8 +133,8 @@ def test_velocity_fold_does_not_depend_on_order() -> None:
     a = plan_stock(evs, rules).velocity[("A", "s1")]
     rng.shuffle(evs)
     b = plan_stock(evs, rules).velocity[("A", "s1")]
-    assert a[0] == b[0] and a[3] == b[3]
-    assert a[1] == pytest.approx(b[1]) and a[2] == pytest.approx(b[2])
+    assert a.ref_ms == b.ref_ms and a.first_ms == b.first_ms
+    assert a.units == pytest.approx(b.units) and a.sales == pytest.approx(b.sales)
 
 
 def test_thresholds_per_sku_then_category_then_default() -> None:

@@ -12,10 +12,11 @@ Method (the README's "Stock-out prediction accuracy" explains it for users):
    average run out. A sale larger than the shelf sells what is
    left; sales while empty are lost (the model never sees them, as in a real store). The
    first four weeks only teach the model (no stock, no scoring).
-3. The model is omnicanal's own code: each sale updates the SKU's velocity and the store's
-   hour-of-week profile as the pipeline does, and after every sale and delivery the SKU is
-   evaluated by :func:`operators.stock.evaluate` with the configured horizon and confidence,
-   hysteresis included.
+3. The model is omnicanal's own code: each sale updates the SKU's sales rate
+   (:class:`operators.stock.Velocity`) and the store's hour-of-week profile
+   (:class:`operators.stock.HourOfWeekProfile`), the learners the pipeline uses, and after
+   every sale and delivery the SKU is evaluated by :func:`operators.stock.evaluate` with the
+   configured horizon and confidence, hysteresis included.
 4. Scoring: a stock-out is *caught* if a predicted stock-out alert was open when the shelf
    went empty; its lead time is how long before it was raised. An alert *came true* if it
    ended with the stock-out; it was *pre-empted* if a delivery ended it (whether it would
@@ -35,14 +36,13 @@ from typing import Any
 
 from operators.stock import (
     HOUR_MS,
-    VELOCITY_HALF_LIFE_MS,
     WEEK_HOURS,
+    HourOfWeekProfile,
     SkuState,
     StockRules,
     Velocity,
     evaluate,
     hour_of_week,
-    seasonal_index,
 )
 
 DAY_MS = 24 * HOUR_MS
@@ -183,12 +183,9 @@ class Shelf:
             self.score.sold_units += sold
         if sold <= 0:
             return 0
-        vel = self.vel
-        if vel is None:
-            self.vel = Velocity(float(sold), 1.0, ts, ts)
-        else:
-            f = 2.0 ** (-(ts - vel.ref_ms) / VELOCITY_HALF_LIFE_MS)
-            self.vel = Velocity(vel.units * f + sold, vel.sales * f + 1.0, ts, vel.first_ms)
+        if self.vel is None:
+            self.vel = Velocity()
+        self.vel.learn_one(ts, sold)  # the pipeline's own rate learner
         if level is not None:
             self.level = level - sold
             if self.level == 0:
@@ -240,25 +237,25 @@ class Shelf:
 
 
 class Seasons:
-    """Each store's hour-of-week profile, learnt from the replayed sales as they happen."""
+    """Each store's hour-of-week profile (the pipeline's own learner), learnt from the
+    replayed sales as they happen."""
 
     def __init__(self) -> None:
-        self.counts: dict[str, list[float]] = {}
-        self.span: dict[str, list[int]] = {}
+        self.profiles: dict[str, HourOfWeekProfile] = {}
         self.cache: dict[str, tuple[int, list[float]]] = {}
 
     def learn(self, store: str, ts: int, q: int) -> None:
-        self.counts.setdefault(store, [0.0] * WEEK_HOURS)[hour_of_week(ts)] += q
-        s = self.span.setdefault(store, [ts, ts])
-        s[0], s[1] = min(s[0], ts), max(s[1], ts)
+        p = self.profiles.get(store)
+        if p is None:
+            p = self.profiles[store] = HourOfWeekProfile()
+        p.learn_one(ts, q)
 
     def index(self, store: str, now: int) -> list[float]:
         # The pipeline caches a store's profile for minutes; a day here.
         hit = self.cache.get(store)
         if hit is None or now - hit[0] > DAY_MS:
-            s = self.span.get(store, [0, 0])
-            counts = self.counts.get(store, [0.0] * WEEK_HOURS)
-            hit = (now, seasonal_index(counts, s[1] - s[0]))
+            p = self.profiles.get(store) or HourOfWeekProfile()
+            hit = (now, p.index())
             self.cache[store] = hit
         return hit[1]
 
