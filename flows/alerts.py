@@ -15,7 +15,8 @@ import redis
 
 from flows.kafka import CheckedProducer, Failure, read_topic
 from monitoring import metrics as m
-from operators.stock import StockRules, evaluate, warm_up
+from operators.stock import StockRules
+from operators.stock_alerts import evaluate, warm_up
 from state.profiles import StateError, transient
 from state.stock import StockStore
 

@@ -333,7 +333,7 @@ def alerts(
 
     Every alert was also sent to the stock-alerts topic when it was raised, updated and
     resolved; ``back_in_stock`` is a one-off message and never open."""
-    from operators.stock import ALERT_TYPES
+    from operators.stock_alerts import ALERT_TYPES
 
     if type_ is not None and type_ not in ALERT_TYPES:
         fail(f"--type must be one of {', '.join(ALERT_TYPES)}")

@@ -18,6 +18,9 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from operators.stock_alerts import CONFIDENCE_HYSTERESIS
+from schemas.events import CONTRACTS
+
 #: Used only by ``omnicanal demo`` and the tests when OMNICANAL_PII_KEY is not set.
 DEMO_PII_KEY = "omnicanal-demo-key-NOT-SECRET-do-not-use-in-production"
 
@@ -86,14 +89,21 @@ class Settings(BaseSettings):
         "", description="secret key for HMAC of emails/phones (>= 16 bytes); required by run"
     )
 
-    topic_transactions: str = Field("omnicanal.transactions", description="transactions topic")
-    topic_clickstream: str = Field("omnicanal.clickstream", description="clickstream topic")
-    topic_inventory: str = Field("omnicanal.inventory", description="inventory topic")
+    topic_transactions: str = Field(
+        CONTRACTS["transaction"].default_topic, description="transactions topic"
+    )
+    topic_clickstream: str = Field(
+        CONTRACTS["clickstream"].default_topic, description="clickstream topic"
+    )
+    topic_inventory: str = Field(
+        CONTRACTS["inventory"].default_topic, description="inventory topic"
+    )
     topic_offer_feedback: str = Field(
-        "omnicanal.offer-feedback", description="offer feedback topic"
+        CONTRACTS["offer_feedback"].default_topic, description="offer feedback topic"
     )
     topic_customers: str = Field(
-        "omnicanal.customers", description="customer events topic (consents, chosen home store)"
+        CONTRACTS["customer"].default_topic,
+        description="customer events topic (consents, chosen home store)",
     )
     topic_dead_letters: str = Field("omnicanal.dead-letters", description="dead-letter topic")
     topic_stock_alerts: str = Field(
@@ -154,10 +164,10 @@ class Settings(BaseSettings):
     )
     stock_min_confidence: float = Field(
         0.7,
-        gt=0.2,
+        gt=CONFIDENCE_HYSTERESIS,
         le=1.0,
         description="probability of a stock-out within the horizon that raises "
-        "an alert (it resolves 0.2 below)",
+        f"an alert (it resolves {CONFIDENCE_HYSTERESIS} below)",
     )
     stock_alert_interval_ms: int = Field(
         1000,

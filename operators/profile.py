@@ -45,13 +45,12 @@ from msgspec import UNSET
 from operators.learners import Learner, Stream
 from operators.profile_fields import COUNTERS, rule_of
 from schemas.envelope import Accepted
-from schemas.events import line_amount
+from schemas.events import CART_CHANNELS, line_amount
 
 RECENT_VIEWS: Final = 20
 RECENT_BOUGHT: Final = 20
 #: Cart entries kept per customer; past this the oldest are dropped (a bot's cart).
 CART_CAP: Final = 200
-ONLINE_CHANNELS: Final = frozenset({"web", "app"})
 #: A category interest halves every 30 days without new activity.
 CATEGORY_HALF_LIFE_DAYS: Final = 30.0
 #: Reference time of the stored decayed scores (2000-01-01T00:00:00Z).
@@ -215,7 +214,7 @@ def fold(events: Iterable[Accepted], into: CustomerDelta | None = None) -> Custo
                 sums[k] = sums.get(k, 0) + amount
                 if ts > maxs.get(f_lo, -1):
                     maxs[f_lo] = ts
-                if ch in ONLINE_CHANNELS and ts > d.cart_clear_ms:
+                if ch in CART_CHANNELS and ts > d.cart_clear_ms:
                     d.cart_clear_ms = ts
                 if ch == "store" and ev.location_id is not UNSET:
                     k = "loc:" + ev.location_id

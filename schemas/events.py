@@ -25,7 +25,7 @@ Conventions, chosen for strictness and speed:
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, get_args
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -49,6 +49,10 @@ Phone = Annotated[str, Meta(min_length=6, max_length=32, pattern=r"^\+?[0-9 ()./
 SalesChannel = Literal["store", "web", "app", "marketplace", "call_centre"]
 DigitalChannel = Literal["web", "app"]
 OfferChannel = Literal["store", "web", "app", "email", "sms", "push", "call_centre"]
+#: Sales channels served from the online stock pool: every sales channel but the store.
+ONLINE_SALES_CHANNELS: Final = frozenset(get_args(SalesChannel)) - {"store"}
+#: Channels with an online cart: a purchase there clears the customer's cart.
+CART_CHANNELS: Final = frozenset(get_args(DigitalChannel))
 LineKind = Literal["product", "shipping", "fee", "discount", "voucher", "sample", "adjustment"]
 Category = Annotated[
     str, Meta(min_length=1, max_length=64, description="product category, e.g. 'shoes'")

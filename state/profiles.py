@@ -11,16 +11,8 @@ Layout (``oc:`` is the configurable prefix)::
     oc:members:<cid>       hash  the customer's identifiers (emails/phones as keyed HMACs)
                                  -> their bucket
     oc:mg:<cid>            list  merge records (JSON: survivor, merged, via, why, at)
-    oc:p:<cid>             hash  profile fields, by kind (how two values combine):
-        sum   <ch>:o|r|i|ir|e|rsp|red  orders, returns, items, items returned, events,
-                                       offer responses, redemptions
-              <ch>:s:<CUR>, <ch>:rf:<CUR>  spend / refunds in minor units
-              loc:<location>           store purchases at a location
-        min   <ch>:f                   first seen (ms)
-        max   <ch>:l, <ch>:lo          last seen, last order (ms)
-        log   cat:<category>           decayed interest, log2 (operators/profile.py)
-        last  cs:<purpose>             consent "<event ms>:<1|0>", latest event time wins
-              hs                       home store chosen "<event ms>:<location>"
+    oc:p:<cid>             hash  profile fields (operators/profile_fields.py: every field
+                                 with the rule that combines two of its values)
     oc:v:<cid>, oc:b:<cid> zset  sku -> last viewed / bought ms (most recent N)
     oc:cart:<cid>          hash  "<sku>|<ts ms>" -> quantity delta, "_clr" -> last checkout ms
     oc:seq                 int   last canonical id number
@@ -41,7 +33,6 @@ effects and its position are stored together or not at all.
 from __future__ import annotations
 
 import importlib.resources
-import socket
 import time
 import zlib
 from collections.abc import Iterable, Sequence
@@ -51,12 +42,23 @@ from typing import Any
 
 import orjson
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from operators.identity import IdentityRules
 from operators.profile import CART_CAP, RECENT_BOUGHT, RECENT_VIEWS, build_profile
 from operators.profile_fields import lua_rules
+from state.connection import (
+    EvictionPolicyError,
+    RedisBusyError,
+    RedisOutOfMemoryError,
+    ScriptRejectedError,
+    StateError,
+    StateRegressedError,
+    StateUnavailableError,
+    TornBatchError,
+    connect,
+    redact_url,
+    transient,
+)
 
 _LUA = importlib.resources.files("state") / "lua"
 #: The batch script: the stock section (a function) first, then the batch itself.
@@ -93,78 +95,6 @@ DEFAULT_DEDUPE_WINDOW_MS = 7 * 86_400_000
 STATS = ("customers", "identifiers", "merges", "refused", "suppressed", "erased")
 
 
-class StateError(RuntimeError):
-    """Redis state cannot be trusted; the message says why and what to do."""
-
-
-class StateRegressedError(StateError):
-    """Redis holds less than this process already applied: Redis lost writes."""
-
-
-class TornBatchError(StateError):
-    """A batch script failed half-way through its writes: Redis holds part of a batch."""
-
-
-class RedisOutOfMemoryError(StateError):
-    """Redis refused the batch for lack of memory (maxmemory with noeviction): nothing was
-    written; the caller pauses and tries again."""
-
-
-class RedisBusyError(StateError):
-    """Redis cannot serve now (loading its data, running a long script, read-only during a
-    failover): nothing was written; the caller tries again."""
-
-
-class ScriptRejectedError(StateError):
-    """The batch script refused the batch, or failed before its first write: nothing was
-    written. The caller splits the batch to find the event that causes it."""
-
-
-class StateUnavailableError(StateError):
-    """Redis stayed unreachable or busy longer than the pipeline waits for it."""
-
-
-class EvictionPolicyError(StateError):
-    """Redis may evict keys: state would silently lose customers, ids or tombstones."""
-
-
-_BUSY_PREFIXES = ("BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
-
-
-def transient(e: BaseException) -> str | None:
-    """Why Redis could not take a call now, when it is worth waiting for: "out_of_memory"
-    (maxmemory with noeviction), "busy" (loading, a long script, read-only in a failover)
-    or "unreachable" (connection or timeout); None for a real error. Inside a script the
-    error keeps its code (redis-py turns "OOM ..." into OutOfMemoryError).
-
-    >>> transient(redis.exceptions.OutOfMemoryError("command not allowed")), transient(
-    ...     redis.ResponseError("BUSY Redis is busy running a script")), transient(
-    ...     redis.ResponseError("ERR wrong number of arguments"))
-    ('out_of_memory', 'busy', None)
-    """
-    if isinstance(e, RedisOutOfMemoryError | redis.exceptions.OutOfMemoryError):
-        return "out_of_memory"
-    if isinstance(e, RedisBusyError | redis.exceptions.BusyLoadingError):
-        return "busy"
-    if isinstance(e, redis.ConnectionError | redis.TimeoutError):
-        return "unreachable"
-    if isinstance(
-        e,
-        redis.exceptions.ReadOnlyError
-        | redis.exceptions.MasterDownError
-        | redis.exceptions.TryAgainError
-        | redis.exceptions.ClusterDownError,
-    ):
-        return "busy"
-    if isinstance(e, redis.ResponseError):
-        msg = str(e)
-        if msg.startswith("OOM") or "used memory > 'maxmemory'" in msg:
-            return "out_of_memory"
-        if msg.startswith(_BUSY_PREFIXES):
-            return "busy"
-    return None
-
-
 @dataclass(frozen=True)
 class ApplyResult:
     ok: bool
@@ -199,45 +129,6 @@ class _Stored:
     bought: list[tuple[str, int]]
     cart: dict[str, int]
     members: list[str]
-
-
-def connect(
-    url: str, *, socket_timeout: float = 30.0, retries: int = 3, connect_timeout: float = 5.0
-) -> redis.Redis:
-    """A client that never hangs: every call times out after ``socket_timeout`` seconds,
-    TCP keepalive notices a dead peer within about 25 s, and a failed connection is retried
-    ``retries`` times with a short backoff before it raises. Longer outages are the
-    caller's to ride out (the pipeline waits up to ``OMNICANAL_REDIS_RETRY_SECONDS``)."""
-    keepalive: dict[int, int] = {}
-    for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
-        if hasattr(socket, name):
-            keepalive[getattr(socket, name)] = value
-    return redis.Redis.from_url(
-        url,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), max(0, retries)),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        socket_connect_timeout=connect_timeout,
-        socket_timeout=socket_timeout,
-        socket_keepalive=True,
-        socket_keepalive_options=keepalive,
-        health_check_interval=30,
-    )
-
-
-def redact_url(url: str) -> str:
-    """A Redis or broker URL without its password, for messages and logs.
-
-    >>> redact_url("rediss://user:s3cret@redis:6380/0")
-    'rediss://user:***@redis:6380/0'
-    >>> redact_url("redis://:s3cret@redis/0"), redact_url("redis://redis:6379/0")
-    ('redis://:***@redis/0', 'redis://redis:6379/0')
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user, colon, _ = creds.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
 
 
 def _iso(ms: int | None) -> str | None:

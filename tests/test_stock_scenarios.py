@@ -22,7 +22,8 @@ from omnicanal.tools.services import LocalKafka, LocalRedis
 from omnicanal.wiring import pipeline_setup, stock_rules
 from operators.identity import IdentityRules
 from operators.privacy import PiiHasher
-from operators.stock import evaluate, plan_stock
+from operators.stock import plan_stock
+from operators.stock_alerts import evaluate
 from operators.validate import Validator
 from schemas.alerts import StockAlert
 from schemas.envelope import Accepted

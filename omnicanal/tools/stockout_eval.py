@@ -15,7 +15,7 @@ Method (the README's "Stock-out prediction accuracy" explains it for users):
 3. The model is omnicanal's own code: each sale updates the SKU's sales rate
    (:class:`operators.stock.Velocity`) and the store's hour-of-week profile
    (:class:`operators.stock.HourOfWeekProfile`), the learners the pipeline uses, and after
-   every sale and delivery the SKU is evaluated by :func:`operators.stock.evaluate` with the
+   every sale and delivery the SKU is evaluated by :func:`operators.stock_alerts.evaluate` with the
    configured horizon and confidence, hysteresis included.
 4. Scoring: a stock-out is *caught* if a predicted stock-out alert was open when the shelf
    went empty; its lead time is how long before it was raised. An alert *came true* if it
@@ -41,9 +41,9 @@ from operators.stock import (
     SkuState,
     StockRules,
     Velocity,
-    evaluate,
     hour_of_week,
 )
+from operators.stock_alerts import evaluate
 
 DAY_MS = 24 * HOUR_MS
 WARM_UP_MS = 28 * DAY_MS
