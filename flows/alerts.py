@@ -6,6 +6,7 @@ and the messages sent to the stock-alerts topic; nothing lost, nothing sent twic
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -82,7 +83,7 @@ class StockAlerts:
         self._pending: set[str] = set()
         self._round: list[str] = []
         self._interval = interval
-        self._last = 0.0
+        self._last = -math.inf  # the first round starts at once, whatever the uptime
         warm_up()  # the prediction's first use would otherwise stall a batch
         self._producer = producer
         self._topic = topic

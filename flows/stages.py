@@ -16,6 +16,7 @@ Stock alerts, the stage between apply and commit, are in ``flows/alerts.py``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -468,7 +469,7 @@ class WitnessCommit:
     def __init__(self, group: GroupOffsets, interval: float = 1.0) -> None:
         self._group = group
         self._interval = interval
-        self._last = 0.0
+        self._last = -math.inf  # the first commit goes at once, whatever the uptime
         self._pending: dict[str, int] = {}
 
     def after(self, offsets: dict[str, int], *, force: bool = False) -> None:

@@ -1,0 +1,131 @@
+"""Each stage of ``flows/stages.py`` on its own, against the real broker and Redis, and the
+order ``flows/pipeline.py`` runs them in: no offset moves before its dead letters are
+confirmed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from flows import pipeline
+from flows.kafka import CheckedProducer, DeliveryError, GroupOffsets, read_topic
+from flows.source import STOP
+from flows.stages import DeadLetters, Fence, RedisWait, WitnessCommit, count_applied
+from monitoring import metrics as m
+from omnicanal.config import Settings
+from omnicanal.tools.services import LocalKafka
+from omnicanal.wiring import pipeline_setup
+from operators.identity import IdentityRules
+from operators.privacy import PiiHasher
+from operators.validate import Validator
+from schemas.envelope import Accepted, Rejected
+from state.profiles import ProfileStore, connect
+from tests.conftest import TEST_PII_KEY, make_settings
+
+pytestmark = pytest.mark.services
+HASH = PiiHasher(TEST_PII_KEY.encode())
+
+
+def _items(
+    settings: Settings, n: int, *, bad: frozenset[int] = frozenset()
+) -> list[Accepted | Rejected]:
+    v = Validator(settings.topic_contracts(), HASH)
+    out = []
+    for i in range(n):
+        ev = {"event_type": "login", "event_id": f"e{i}", "event_time": "2024-05-01T10:00:00Z",
+              "channel": "web", "session_id": "s", "customer": {"loyalty_id": f"L{i}"}}  # fmt: skip
+        raw = b"{not json" if i in bad else orjson.dumps(ev)
+        out.append(v.decode(settings.topic_clickstream, 0, i, None, raw, 2e12))
+    return out
+
+
+def test_fence_drops_what_redis_applied_and_loads_unknown_floors(settings: Settings) -> None:
+    store = ProfileStore(connect(settings.redis_url), settings.redis_prefix)
+    part = f"{settings.topic_clickstream}:0"
+    store.r.hset(f"{settings.redis_prefix}offsets", part, 4)  # as if 0..4 were applied
+    fence = Fence(store, RedisWait(5, "test"), floors={})
+    before = m.counter_total(m.REPLAYED, topic=settings.topic_clickstream)
+    fresh = fence.fresh(_items(settings, 8))
+    assert [i.offset for i in fresh] == [5, 6, 7]
+    assert fence.floors == {part: 4}
+    assert m.counter_total(m.REPLAYED, topic=settings.topic_clickstream) - before == 5
+    # A floor from the plan wins over Redis (Redis going back in time is caught later)
+    planned = Fence(store, RedisWait(5, "test"), floors={part: 6})
+    assert [i.offset for i in planned.fresh(_items(settings, 8))] == [7]
+
+
+def test_dead_letters_are_confirmed_with_their_source_key(settings: Settings) -> None:
+    items = _items(settings, 6, bad=frozenset({1, 4}))
+    rejected = [i for i in items if isinstance(i, Rejected)]
+    producer = CheckedProducer(settings.kafka_config(), what="test")
+    DeadLetters(producer, settings.topic_dead_letters).send(rejected)
+    got = read_topic(settings.kafka_config(), settings.topic_dead_letters)
+    keys = sorted(k for _, _, k, _ in got)
+    assert keys == sorted(r.dlq_key for r in rejected)
+    assert {orjson.loads(v or b"")["reason"] for *_, v in got} == {"malformed_json"}
+
+
+def test_witness_commit_copies_offsets_at_most_once_per_interval(settings: Settings) -> None:
+    part = f"{settings.topic_clickstream}:0"
+    group = GroupOffsets(settings.kafka_config(), settings.group_id)
+    commit = WitnessCommit(group, interval=3600)
+    commit.after({part: 10})  # the first: committed at once
+    commit.after({part: 20})  # within the interval: kept for later
+    reader = GroupOffsets(settings.kafka_config(), settings.group_id)
+    try:
+        deadline = time.monotonic() + 15  # the interval's commits are asynchronous
+        while reader.committed([part]) != {part: 10} and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert reader.committed([part]) == {part: 10}
+        commit.close()  # a clean stop commits what is pending
+        assert reader.committed([part]) == {part: 20}
+    finally:
+        reader.close()
+
+
+def test_count_applied_counts_events_and_dead_letters(settings: Settings) -> None:
+    items = _items(settings, 5, bad=frozenset({2}))
+    topic = settings.topic_clickstream
+    ev0 = m.counter_total(m.EVENTS, topic=topic)
+    dl0 = m.counter_total(m.DEAD_LETTERS, topic=topic, reason="malformed_json")
+    count_applied(items)
+    assert m.counter_total(m.EVENTS, topic=topic) - ev0 == 4
+    assert m.counter_total(m.DEAD_LETTERS, topic=topic, reason="malformed_json") - dl0 == 1
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[LocalKafka]:
+    k = LocalKafka(tmp_path / "kafka").start()
+    yield k
+    k.resume()
+    k.stop()
+
+
+def test_no_offset_moves_before_its_dead_letters_are_confirmed(
+    own_broker: LocalKafka, redis_server: object
+) -> None:
+    url = redis_server.url  # type: ignore[attr-defined]
+    s = make_settings(own_broker, url, kafka_options={"message.timeout.ms": "1500"})
+    worker = pipeline.worker_pipeline(
+        pipeline_setup(s, identity=IdentityRules(), hasher=HASH), starts={}
+    )
+    store = ProfileStore(connect(url), s.redis_prefix)
+    try:
+        worker.write(_items(s, 3))  # all good: applied
+        assert store.load_offsets() == {f"{s.topic_clickstream}:0": 2}
+        own_broker.pause()  # the dead letters of the next batch cannot be confirmed
+        STOP.set()  # (a stopping run gives up instead of retrying forever)
+        batch = _items(s, 6, bad=frozenset({4}))[3:]
+        with pytest.raises(DeliveryError, match="dead letter"):
+            worker.write(batch)
+        # Nothing of that batch reached Redis: it is read again at the next start.
+        assert store.load_offsets() == {f"{s.topic_clickstream}:0": 2}
+        assert store.stats()["customers"] == 3
+    finally:
+        STOP.clear()
+        own_broker.resume()
+        worker.close()
