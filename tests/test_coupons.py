@@ -1,0 +1,170 @@
+"""Coupon codes (``operators/coupons.py``): typing errors caught, forgeries refused, replays
+stable; and the ledger in the real Redis (``state/coupons.py``): issued once, redeemed once,
+from any channel, with a reason for every refusal."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from omnicanal.tools.services import LocalRedis
+from operators.coupons import BODY_SYMBOLS, EPOCH, CouponCodec, Refused, Verified, day_of, serial_of
+from state.coupons import CouponLedger, Issue, Redemption
+from state.profiles import connect
+
+KEY = b"coupon-test-key-0123456789"
+CODEC = CouponCodec(KEY)
+SYMBOLS = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def _chars(code: str) -> list[str]:
+    return list(code.replace("-", ""))
+
+
+@settings(max_examples=200, deadline=None)
+@given(offer=st.text(min_size=1, max_size=40), day=st.integers(0, 65_535), pos=st.integers(0, 20))
+def test_any_single_mistyped_symbol_is_caught(offer: str, day: int, pos: int) -> None:
+    code = CODEC.issue(offer, day)
+    assert CODEC.verify(code, today=day) == Verified(code, serial_of(offer), day)
+    chars = _chars(code)
+    for other in SYMBOLS:
+        if other != chars[pos]:
+            typo = [*chars[:pos], other, *chars[pos + 1 :]]
+            assert CODEC.verify("".join(typo), today=0) == Refused("mistyped")
+
+
+@settings(max_examples=200, deadline=None)
+@given(offer=st.text(min_size=1, max_size=40), pos=st.integers(0, BODY_SYMBOLS - 2))
+def test_swapped_neighbours_are_caught_by_the_check_symbol(offer: str, pos: int) -> None:
+    chars = _chars(CODEC.issue(offer, 9000))
+    if chars[pos] != chars[pos + 1]:
+        chars[pos], chars[pos + 1] = chars[pos + 1], chars[pos]
+        assert CODEC.verify("".join(chars), today=0) == Refused("mistyped")
+
+
+def test_codes_read_aloud_or_typed_loosely_still_verify() -> None:
+    code = CODEC.issue("o-1", 9000)
+    loose = code.lower().replace("-", " ").replace("0", "o").replace("1", "l")
+    assert isinstance(CODEC.verify(loose.replace(" ", ""), today=9000), Verified)
+
+
+def test_a_code_made_without_the_key_is_refused() -> None:
+    forged = CouponCodec(b"another-key-0123456789").issue("o-1", 9000)
+    assert CODEC.verify(forged, today=0) == Refused("bad_signature")
+    rng = random.Random(1)
+    passed = 0
+    for _ in range(20_000):  # random bodies with a correct check symbol
+        body = "".join(rng.choice(SYMBOLS) for _ in range(BODY_SYMBOLS))
+        n = int.from_bytes(b"", "big")
+        for c in body:
+            n = n * 32 + SYMBOLS.index(c)
+        check = (SYMBOLS + "*~$=U")[n % 37]
+        passed += isinstance(CODEC.verify(body + check, today=0), Verified)
+    assert passed == 0
+
+
+@pytest.mark.parametrize(
+    "typed", ["", "-", "ABC", "5GPRS-JDRM8-S8Q9E-22M21-C-X", "É" * 21, "U" * 21]
+)
+def test_malformed_input_is_refused_not_raised(typed: str) -> None:
+    assert CODEC.verify(typed, today=0) in (Refused("malformed"), Refused("mistyped"))
+
+
+def test_a_replay_issues_the_same_code_and_offers_get_distinct_codes() -> None:
+    assert CODEC.issue("o-7", 9000) == CODEC.issue("o-7", 9000)
+    assert CODEC.issue("o-7", 9000, salt=1) != CODEC.issue("o-7", 9000)
+    codes = {CODEC.issue(f"offer-{i}", 9000) for i in range(20_000)}
+    assert len(codes) == 20_000
+
+
+def test_expiry_and_key_are_checked() -> None:
+    code = CODEC.issue("o-1", 100)
+    assert isinstance(CODEC.verify(code, today=100), Verified)  # valid through its day
+    assert CODEC.verify(code, today=101) == Refused("expired")
+    with pytest.raises(ValueError, match="16 bytes"):
+        CouponCodec(b"short")
+    with pytest.raises(ValueError, match="outside"):
+        CODEC.issue("o", 1 << 16)
+
+
+# ------------------------------------------------------------------ the ledger, in Redis
+DAY_MS = 86_400_000
+
+
+@pytest.fixture
+def ledger(redis_server: LocalRedis) -> CouponLedger:
+    return CouponLedger(connect(redis_server.url), "oc:", CODEC)
+
+
+def _at(day: int) -> int:
+    return day * DAY_MS + int(EPOCH.timestamp() * 1000)
+
+
+#: the ledger keeps codes until 90 days past their expiry in Redis's own time: tests use days
+#: around the real today
+TODAY = day_of(int(time.time() * 1000))
+
+
+@pytest.mark.services
+def test_a_code_redeemed_in_store_is_refused_online_and_a_resend_is_idempotent(
+    ledger: CouponLedger,
+) -> None:
+    (code,) = ledger.issue([Issue("offer-1", "C1", "cart-10", TODAY + 10)], _at(TODAY))
+    assert ledger.issue([Issue("offer-1", "C1", "cart-10", TODAY + 10)], _at(TODAY)) == [code]
+    store = Redemption(code.lower(), "", "pos-order-7", "store", _at(TODAY + 5), "t:0:1")
+    web = Redemption(code, "C1", "web-order-9", "web", _at(TODAY + 5), "t:0:2")
+    assert ledger.redeem([store]) == ["redeemed"]
+    assert ledger.redeem([store, web]) == ["duplicate", "already_redeemed"]
+    rec = ledger.lookup(code)
+    assert (
+        rec is not None and rec["s"] == "r" and rec["ord"] == "pos-order-7" and rec["ch"] == "store"
+    )
+    refusals = ledger.r.xrange("oc:cp:refusals")
+    assert [(f[b"why"], f[b"source"]) for _, f in refusals] == [(b"already_redeemed", b"t:0:2")]
+    assert int(ledger.r.get("oc:stats:coupons_redeemed") or 0) == 1
+
+
+@pytest.mark.services
+def test_every_refusal_has_its_reason(ledger: CouponLedger) -> None:
+    a, b, c = ledger.issue(
+        [
+            Issue("o-a", "C1", "k", TODAY + 9),
+            Issue("o-b", "C2", "k", TODAY + 9),
+            Issue("o-c", "C3", "k", TODAY - 1),
+        ],
+        _at(TODAY - 5),
+    )
+    unissued = CODEC.issue("never-issued", TODAY + 9)
+    forged = CouponCodec(b"x" * 32).issue("o-a", TODAY + 9)
+    typo = a[:-1] + ("2" if a[-1] != "2" else "3")
+    got = ledger.redeem(
+        [
+            Redemption(b, "C9", "o1", "web", _at(TODAY)),  # someone else's code
+            Redemption(c, "C3", "o2", "app", _at(TODAY)),  # expired the day before
+            Redemption(unissued, "C1", "o3", "web", _at(TODAY)),
+            Redemption(forged, "C1", "o4", "web", _at(TODAY)),
+            Redemption(typo, "C1", "o5", "web", _at(TODAY)),
+            Redemption("hello", "C1", "o6", "web", _at(TODAY)),
+            Redemption(a, "C1", "o7", "app", _at(TODAY)),
+            Redemption(a, "C1", "o8", "store", _at(TODAY)),  # the same batch, second use
+        ]
+    )
+    assert got == [
+        "wrong_customer", "expired", "unknown", "bad_signature", "mistyped", "malformed",
+        "redeemed", "already_redeemed",
+    ]  # fmt: skip
+    # refusals of codes that reached Redis are recorded; nothing else was redeemed
+    assert int(ledger.r.get("oc:stats:coupons_redeemed") or 0) == 1
+    assert len(ledger.r.xrange("oc:cp:refusals")) == 4
+
+
+@pytest.mark.services
+def test_codes_expire_from_redis_after_their_retention(ledger: CouponLedger) -> None:
+    expiry = TODAY + 10
+    (code,) = ledger.issue([Issue("o-x", "C1", "k", expiry_day=expiry)], _at(expiry - 10))
+    end = int(EPOCH.timestamp()) + (expiry + 1 + 90) * 86_400  # kept 90 days past expiry
+    assert ledger.r.expiretime(f"oc:cp:{code}") == end
