@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import omnicanal.cli_offers
 import omnicanal.tools.cli  # noqa: F401  (registers the tools' commands)
 from omnicanal.cli import app
 

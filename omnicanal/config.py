@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     pii_key: str = Field(
         "", description="secret key for HMAC of emails/phones (>= 16 bytes); required by run"
     )
+    coupon_key: str = Field(
+        "",
+        description="secret key that signs coupon codes (>= 16 bytes); tills that verify "
+        "codes offline hold the same key",
+    )
+    campaigns_file: str = Field(
+        "", description="campaign catalogue (YAML or JSON) of the offers; empty: none"
+    )
 
     topic_transactions: str = Field(
         CONTRACTS["transaction"].default_topic, description="transactions topic"
@@ -253,6 +261,15 @@ class Settings(BaseSettings):
         if len(key.encode()) < 16:
             raise ConfigError("OMNICANAL_PII_KEY must be at least 16 bytes long")
         return key.encode()
+
+    def coupon_key_bytes(self) -> bytes:
+        key = self.coupon_key.encode()
+        if len(key) < 16:
+            raise ConfigError(
+                "OMNICANAL_COUPON_KEY must be set to a secret of 16+ bytes: it signs coupon "
+                "codes, and whoever holds it can make valid ones"
+            )
+        return key
 
     def to_env(self) -> dict[str, str]:
         """These settings as OMNICANAL_* environment variables (for child processes).

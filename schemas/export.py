@@ -5,8 +5,9 @@ from the class docstring (dedented with :func:`inspect.cleandoc`) or the field's
 left to how a msgspec release renders docstrings.
 
 >>> docs = schemas()
->>> " ".join(sorted(docs))
-'clickstream customer dead_letter inventory offer_feedback stock_alert transaction'
+>>> sorted(docs)  # doctest: +NORMALIZE_WHITESPACE
+['campaign_catalogue', 'clickstream', 'customer', 'dead_letter', 'inventory',
+ 'offer_feedback', 'stock_alert', 'transaction']
 >>> docs["transaction"]["$defs"]["Sale"]["properties"]["event_type"]["enum"]
 ['sale']
 """
@@ -21,6 +22,7 @@ import msgspec
 import orjson
 
 from schemas.alerts import StockAlert
+from schemas.campaigns import CampaignCatalogue
 from schemas.deadletter import DeadLetter
 from schemas.events import CONTRACTS, SCHEMA_VERSION
 
@@ -120,6 +122,13 @@ def schemas() -> dict[str, dict[str, Any]]:
         "description": "Messages on the stock-alerts topic, keyed by SKU. Deduplicate on "
         "message_id; follow one alert's lifecycle by alert_id.",
         **sa,
+    }
+    cc = schema_of(CampaignCatalogue)
+    out["campaign_catalogue"] = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://omnicanal.dev/schemas/campaign_catalogue.v{SCHEMA_VERSION}.schema.json",
+        "title": "omnicanal campaign catalogue (OMNICANAL_CAMPAIGNS_FILE, YAML or JSON)",
+        **cc,
     }
     return out
 
