@@ -68,6 +68,14 @@ def _check(c: Campaign, where: str) -> None:
     if b.kind == "points" and b.value < 1:
         raise CatalogueError(f"{where}: points needs value >= 1")
     unknown = set(re.findall(r"{(\w*)}", c.reason)) - REASON_FIELDS
+    try:
+        c.reason.format(items=1, sku="", category="")
+    except (ValueError, IndexError, KeyError):
+        if not unknown:
+            raise CatalogueError(
+                f"{where}: reason {c.reason!r} has a brace that opens no field "
+                "(write {{ and }} for literal braces)"
+            ) from None
     if unknown:
         raise CatalogueError(
             f"{where}: reason mentions {{{', '.join(sorted(unknown))}}}; it may use "

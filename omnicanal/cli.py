@@ -515,8 +515,8 @@ def topics_create(
 def schemas_export(
     directory: Annotated[Path, typer.Argument(help="Where to write the *.schema.json files.")],
 ) -> None:
-    """Write one JSON Schema per event contract (and the dead-letter record, stock alert
-    and campaign catalogue) to DIRECTORY."""
+    """Write one JSON Schema per event contract (and the dead-letter record, stock alert,
+    offer and campaign catalogue) to DIRECTORY."""
     from schemas.export import write_all
 
     for path in write_all(directory):

@@ -14,6 +14,7 @@ True
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, Literal
@@ -61,7 +62,7 @@ def consent_purpose(channel: str) -> str | None:
     return _PURPOSE[channel]
 
 
-def consented(consents: dict[str, dict[str, object]], channel: str) -> bool:
+def consented(consents: Mapping[str, Mapping[str, object]], channel: str) -> bool:
     """Whether a profile's consents allow an offer through ``channel`` (absent: not given).
 
     >>> consented({"email": {"granted": True}}, "email"), consented({}, "sms")

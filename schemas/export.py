@@ -6,7 +6,7 @@ left to how a msgspec release renders docstrings.
 
 >>> docs = schemas()
 >>> sorted(docs)  # doctest: +NORMALIZE_WHITESPACE
-['campaign_catalogue', 'clickstream', 'customer', 'dead_letter', 'inventory',
+['campaign_catalogue', 'clickstream', 'customer', 'dead_letter', 'inventory', 'offer',
  'offer_feedback', 'stock_alert', 'transaction']
 >>> docs["transaction"]["$defs"]["Sale"]["properties"]["event_type"]["enum"]
 ['sale']
@@ -25,6 +25,7 @@ from schemas.alerts import StockAlert
 from schemas.campaigns import CampaignCatalogue
 from schemas.deadletter import DeadLetter
 from schemas.events import CONTRACTS, SCHEMA_VERSION
+from schemas.offers import Offer
 
 JSON_DIR = Path(__file__).with_name("json")
 
@@ -122,6 +123,15 @@ def schemas() -> dict[str, dict[str, Any]]:
         "description": "Messages on the stock-alerts topic, keyed by SKU. Deduplicate on "
         "message_id; follow one alert's lifecycle by alert_id.",
         **sa,
+    }
+    of = schema_of(Offer)
+    out["offer"] = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://omnicanal.dev/schemas/offer.v{SCHEMA_VERSION}.schema.json",
+        "title": "omnicanal offer message",
+        "description": "Offers for channels to deliver. Deduplicate on offer_id; the coupon "
+        "is redeemable once, in every sales channel, until expires_on.",
+        **of,
     }
     cc = schema_of(CampaignCatalogue)
     out["campaign_catalogue"] = {

@@ -1,0 +1,108 @@
+"""Offer decisions (``operators/offers.py``): a cart abandoned across channels gives one
+offer through a consented channel, with a coupon and a reason; a purchase in any channel,
+the holdout, consent, frequency caps and budgets each stop it, with their reason."""
+
+from __future__ import annotations
+
+import msgspec
+
+from operators.coupons import CouponCodec, Verified, day_of
+from operators.guardrails import FrequencyCaps, in_holdout
+from operators.offers import CartTrigger, CustomerView, abandoned_cart, decide, offer_id
+from schemas.campaigns import Benefit, Budget, Campaign, Eligibility
+from schemas.offers import Offer
+
+CODEC = CouponCodec(b"offer-test-key-0123456789")
+NOW = 1_800_000_000_000
+HOUR = 3_600_000
+CART10 = Campaign(
+    id="cart-10",
+    trigger="cart_abandonment",
+    benefit=Benefit(kind="percent_off", value=10),
+    reason="You left {items} items in your cart",
+    channels=["email", "sms", "push"],
+    valid_days=7,
+)
+#: a customer outside the 5% holdout
+ID = next(f"C{i:012d}" for i in range(100) if not in_holdout(f"C{i:012d}"))
+ALL = {"email": {"granted": True}, "sms": {"granted": True}, "push": {"granted": True}}
+
+
+def who(**kw: object) -> CustomerView:
+    base: dict[str, object] = {
+        "customer_id": ID,
+        "segment": "loyal",
+        "consents": ALL,
+        "preferred_channel": "sms",
+    }
+    return CustomerView(**(base | kw))  # type: ignore[arg-type]
+
+
+TRIGGER = CartTrigger(("LAMP", "MUG"), 3, NOW - 2 * HOUR)
+
+
+def test_a_store_purchase_cancels_the_web_cart_and_a_new_add_restarts_the_wait() -> None:
+    cart = {"LAMP": (1, NOW - 3 * HOUR), "MUG": (2, NOW - 2 * HOUR)}
+    assert abandoned_cart(cart, {}, NOW, wait_ms=HOUR) == CartTrigger(
+        ("LAMP", "MUG"), 3, NOW - 2 * HOUR
+    )
+    # bought in store after it was carted: not abandoned any more
+    assert abandoned_cart(cart, {"LAMP": NOW - HOUR}, NOW, HOUR) == CartTrigger(
+        ("MUG",), 2, NOW - 2 * HOUR
+    )
+    assert abandoned_cart(cart, {"LAMP": NOW - HOUR, "MUG": NOW - HOUR}, NOW, HOUR) is None
+    # bought before it was carted again: still abandoned
+    assert abandoned_cart(cart, {"MUG": NOW - 5 * HOUR}, NOW, HOUR) is not None
+    # a fresh add: wait again
+    assert abandoned_cart(cart | {"RUG": (1, NOW - 60_000)}, {}, NOW, HOUR) is None
+
+
+def test_the_offer_carries_a_coupon_redeemable_everywhere_and_the_reason() -> None:
+    d = decide(TRIGGER, who(), [CART10], CODEC, NOW)
+    o = d.offer
+    assert o is not None and d.suppressed is None
+    assert o.channel == "sms"  # the preferred channel, consented
+    assert o.reason == "You left 3 items in your cart"
+    assert o.offer_id == offer_id(ID, "cart-10", TRIGGER.last_added_ms)
+    assert isinstance(CODEC.verify(o.coupon_code, today=day_of(NOW) + 7), Verified)
+    assert o.items == ["LAMP", "MUG"] and o.propensity == 1.0
+    # the message matches its published contract, and deciding again gives the same offer
+    assert msgspec.json.decode(msgspec.json.encode(o), type=Offer) == o
+    assert decide(TRIGGER, who(), [CART10], CODEC, NOW).offer == o
+
+
+def test_consent_picks_the_channel_or_suppresses() -> None:
+    only_email = {"email": {"granted": True}, "sms": {"granted": False}}
+    d = decide(TRIGGER, who(consents=only_email), [CART10], CODEC, NOW)
+    assert d.offer is not None and d.offer.channel == "email"
+    d = decide(TRIGGER, who(consents={}), [CART10], CODEC, NOW)
+    assert d.offer is None and d.suppressed == "no_consent"
+
+
+def test_holdout_caps_and_budget_each_have_their_reason() -> None:
+    held = next(f"C{i:012d}" for i in range(1000) if in_holdout(f"C{i:012d}"))
+    assert decide(TRIGGER, who(customer_id=held), [CART10], CODEC, NOW).suppressed == "holdout"
+    caps = FrequencyCaps(per_day=1, per_week=3, per_campaign_week=1)
+    busy = who(sent_today=1)
+    assert decide(TRIGGER, busy, [CART10], CODEC, NOW, caps=caps).suppressed == "frequency_day"
+    again = who(sent_campaign_week={"cart-10": 1})
+    got = decide(TRIGGER, again, [CART10], CODEC, NOW, caps=caps)
+    assert got.suppressed == "frequency_campaign"
+    capped = msgspec.structs.replace(CART10, budget=Budget(max_offers=100))
+    d = decide(TRIGGER, who(), [capped], CODEC, NOW, spent={"cart-10": 100})
+    assert d.offer is None and d.suppressed == "budget"
+
+
+def test_only_running_eligible_campaigns_offer() -> None:
+    off = msgspec.structs.replace(CART10, enabled=False)
+    later = msgspec.structs.replace(CART10, starts_at="2099-01-01T00:00:00Z")
+    over = msgspec.structs.replace(CART10, ends_at="2020-01-01T00:00:00Z")
+    vip = msgspec.structs.replace(CART10, eligibility=Eligibility(segments=["champion"]))
+    big = msgspec.structs.replace(CART10, eligibility=Eligibility(min_basket_minor=10_000))
+    by_category = msgspec.structs.replace(CART10, eligibility=Eligibility(categories=["toys"]))
+    for c in (off, later, over, vip, big, by_category):
+        d = decide(TRIGGER, who(basket_minor=5_000), [c], CODEC, NOW)
+        assert d.offer is None and d.suppressed is None, c
+    # the first eligible campaign wins
+    d = decide(TRIGGER, who(basket_minor=5_000), [vip, CART10], CODEC, NOW)
+    assert d.offer is not None and d.offer.campaign_id == "cart-10"
