@@ -17,7 +17,7 @@ import redis
 from flows.kafka import CheckedProducer, Failure, read_topic
 from monitoring import metrics as m
 from operators.stock import StockRules
-from operators.stock_alerts import evaluate, warm_up
+from operators.stock_alerts import ALERT_TYPES, evaluate, warm_up
 from state.profiles import StateError, transient
 from state.stock import StockStore
 
@@ -75,8 +75,12 @@ class StockAlerts:
         interval: float = 0.0,
         *,
         kafka_config: dict[str, Any] | None = None,
+        report_totals: bool = True,
     ) -> None:
         self.store = store
+        #: whether this worker exports the Redis-wide gauges (open alerts, SKUs at risk): one
+        #: worker does, so that a sum over processes does not count them once per process
+        self._report_totals = report_totals
         self.rules = rules
         #: SKUs moved since the current round started; a round starts at most every
         #: ``interval`` seconds and works through its SKUs a slice at a time
@@ -193,10 +197,11 @@ class StockAlerts:
                 counts[k] = counts.get(k, 0) + 1
             for k, n in counts.items():
                 m.STOCK_ALERTS.labels(*k).inc(n)
-        stats = self.store.alert_stats()
-        for t, n in stats["open"].items():
-            m.OPEN_STOCK_ALERTS.labels(t).set(n)
-        m.SKUS_AT_RISK.set(stats["skus_at_risk"])
+        if self._report_totals:  # Redis-wide figures: one worker exports them
+            stats = self.store.alert_stats()
+            for t in ALERT_TYPES:  # every type, so that a gauge returns to 0
+                m.OPEN_STOCK_ALERTS.labels(t).set(stats["open"].get(t, 0))
+            m.SKUS_AT_RISK.set(stats["skus_at_risk"])
 
     def _send(self, ids: list[str], msgs: list[dict[str, Any]]) -> None:
         confirmed, sent, failed = self._confirmed, self._sent, self._failed

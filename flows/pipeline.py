@@ -151,8 +151,11 @@ def plan_floors(starts: dict[str, int]) -> dict[str, int]:
     return {p: s - 1 for p, s in starts.items() if s >= 0}
 
 
-def worker_pipeline(setup: PipelineSetup, starts: dict[str, int]) -> WorkerPipeline:
-    """Build one worker's stages: its own Redis client, producer and consumer group."""
+def worker_pipeline(
+    setup: PipelineSetup, starts: dict[str, int], worker_index: int = 0
+) -> WorkerPipeline:
+    """Build one worker's stages: its own Redis client, producer and consumer group. Worker
+    0 also exports the Redis-wide gauges."""
     store, stock = setup.stores()
     producer = CheckedProducer(setup.kafka, what="step 'state' (dead letters, stock alerts)")
     wait = RedisWait(setup.redis_retry_seconds, setup.redis_where)
@@ -169,6 +172,7 @@ def worker_pipeline(setup: PipelineSetup, starts: dict[str, int]) -> WorkerPipel
             setup.alerts_topic,
             setup.alert_interval_seconds,
             kafka_config=setup.kafka,
+            report_totals=worker_index == 0,
         ),
         WitnessCommit(GroupOffsets(setup.kafka, setup.group_id), setup.commit_interval_seconds),
         LatencyLog.from_env(),
@@ -178,7 +182,7 @@ def worker_pipeline(setup: PipelineSetup, starts: dict[str, int]) -> WorkerPipel
 def state_sink(setup: PipelineSetup, starts: dict[str, int] | None = None) -> StagesSink:
     """The sink of the flow; ``starts`` (the plan's start offsets) fence each partition's
     first batch."""
-    return StagesSink(lambda worker: worker_pipeline(setup, starts or {}))
+    return StagesSink(lambda worker: worker_pipeline(setup, starts or {}, worker))
 
 
 def build_flow(

@@ -100,12 +100,14 @@ STOCK_ALERTS = Counter(
 )
 OPEN_STOCK_ALERTS = Gauge(
     "omnicanal_open_stock_alerts",
-    "Open stock alerts by type (read from Redis after each evaluation: all workers).",
+    "Open stock alerts by type, 0 included (Redis-wide: only worker 0 exports it, so a sum "
+    "over processes counts each alert once).",
     ["type"],
 )
 SKUS_AT_RISK = Gauge(
     "omnicanal_skus_at_risk",
-    "SKUs with an open low-stock, out-of-stock or predicted stock-out alert (all workers).",
+    "SKUs with an open low-stock, out-of-stock or predicted stock-out alert (Redis-wide: "
+    "worker 0 only).",
 )
 
 DUPLICATE_EVENTS = Counter(

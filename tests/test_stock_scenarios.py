@@ -440,3 +440,27 @@ def test_two_workers_evaluating_the_same_state_write_it_once(
     assert second == (["W"], [])
     assert a.alert_stats()["open"] == {"low_stock": 1, "out_of_stock": 1}
     assert len([e for page in a.outbox() for e in page]) == 2
+
+
+def test_open_alert_gauges_return_to_zero_and_only_worker_0_exports_them(
+    kafka: LocalKafka, redis_server: LocalRedis
+) -> None:
+    s = stock_settings(kafka, redis_server, stock_alert_interval_ms=0)
+    items = decoder(s)
+    gauge = m.OPEN_STOCK_ALERTS.labels("out_of_stock")
+    setup = pipeline_setup(s, identity=IdentityRules())
+    other = pipeline.state_sink(setup).build("state", 1, 2)  # worker 1 of 2
+    gauge.set(-1)  # a value no evaluation gives
+    try:
+        other.write_batch(items([snapshot(0, "Z", "store-1", 0)]))  # out of stock: raised
+    finally:
+        other.close()
+    assert gauge._value.get() == -1  # worker 1 leaves the Redis-wide gauges alone
+    part = pipeline.state_sink(setup).build("state", 0, 2)
+    try:
+        part.write_batch(items([snapshot(1, "Z", "store-1", 0)]))
+        assert gauge._value.get() == 1
+        part.write_batch(items([snapshot(2, "Z", "store-1", 50)]))  # back: resolved
+        assert gauge._value.get() == 0  # and the gauge says so
+    finally:
+        part.close()
