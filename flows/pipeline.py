@@ -7,6 +7,7 @@
     state      the worker's stages, per batch (WorkerPipeline):
       1 fence          drop what Redis applied already (offset floors)    flows/stages.py
       2 dead letters   send the batch's rejects, wait for the broker     flows/stages.py
+        coupons        redeem the coupon codes presented, once           flows/coupons.py
       3 plan + apply   duplicates, erasures, identities, profile deltas,  flows/stages.py
                        stock moves and offsets: one fenced Redis call     operators/, state/
       4 metrics        events, dead letters, lag                         flows/stages.py
@@ -33,6 +34,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
 from flows.alerts import StockAlerts
+from flows.coupons import CouponRedemptions
 from flows.kafka import CheckedProducer, GroupOffsets
 from flows.sink import StagesSink
 from flows.source import EARLIEST, KafkaWorkerSource
@@ -46,10 +48,12 @@ from flows.stages import (
     count_applied,
 )
 from monitoring import metrics as m
+from operators.coupons import CouponCodec
 from operators.privacy import PiiHasher
 from operators.stock import StockRules
 from operators.validate import Validator
 from schemas.envelope import Accepted, Rejected
+from state.coupons import CouponLedger
 from state.profiles import ProfileStore
 from state.stock import StockStore
 
@@ -71,6 +75,8 @@ class PipelineSetup:
     #: the consumer group the applied offsets are copied to (a witness for lag tools)
     group_id: str
     hasher: PiiHasher | None = None
+    #: signs and checks coupon codes; None: codes in events are not redeemed
+    coupon_codec: CouponCodec | None = None
     batch_size: int = 5000
     #: where partitions added while running are read from
     new_start: int = EARLIEST
@@ -98,9 +104,11 @@ class WorkerPipeline:
         alerts: StockAlerts,
         commit: WitnessCommit,
         latency: LatencyLog | None = None,
+        coupons: CouponRedemptions | None = None,
     ) -> None:
         self.fence = fence
         self.dead_letters = dead_letters
+        self.coupons = coupons
         self.apply = apply
         self.alerts = alerts
         self.commit = commit
@@ -110,6 +118,8 @@ class WorkerPipeline:
         m.BATCH_EVENTS.observe(len(items))
         fresh = self.fence.fresh(items)  # 1
         self.dead_letters.send([i for i in fresh if type(i) is Rejected])  # 2
+        if self.coupons is not None:
+            self.coupons.redeem(fresh)  # idempotent per code and order: safe on a replay
         done = self.apply(fresh)  # 3
         if self._latency is not None:
             self._latency.write(done.items)
@@ -176,6 +186,9 @@ def worker_pipeline(
         ),
         WitnessCommit(GroupOffsets(setup.kafka, setup.group_id), setup.commit_interval_seconds),
         LatencyLog.from_env(),
+        CouponRedemptions(CouponLedger(store.r, store.prefix, setup.coupon_codec), store, wait)
+        if setup.coupon_codec is not None
+        else None,
     )
 
 

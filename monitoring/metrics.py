@@ -133,6 +133,12 @@ BROKER_RETRIES = Counter(
     "time (down, paused, or refusing), by what was sent.",
     ["what"],
 )
+COUPON_REDEMPTIONS = Counter(
+    "omnicanal_coupon_redemptions",
+    "Coupon codes presented in sales and offer_redeemed events, by outcome (redeemed, "
+    "duplicate, or why it was refused) and channel.",
+    ["outcome", "channel"],
+)
 
 CATALOG: tuple[MetricWrapperBase, ...] = (
     EVENTS,
@@ -159,6 +165,7 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     REDIS_WAITS,
     REDIS_WAITING,
     BROKER_RETRIES,
+    COUPON_REDEMPTIONS,
 )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from flows.pipeline import PipelineSetup
 from flows.source import EARLIEST, LATEST
 from omnicanal.config import ConfigError, Settings
+from operators.coupons import CouponCodec
 from operators.identity import IdentityRules, rules_from_config
 from operators.privacy import PiiHasher
 from operators.stock import StockRules, parse_thresholds
@@ -93,6 +94,7 @@ def pipeline_setup(
         alerts_topic=settings.topic_stock_alerts,
         group_id=settings.group_id,
         hasher=hasher,
+        coupon_codec=CouponCodec(settings.coupon_key_bytes()) if settings.coupon_key else None,
         batch_size=settings.batch_size,
         new_start=EARLIEST if settings.start_offset == "earliest" else LATEST,
         partition_check_seconds=settings.partition_check_seconds,

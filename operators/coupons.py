@@ -36,6 +36,8 @@ from typing import Final, Literal
 
 import base32_crockford as b32
 
+from schemas.envelope import Accepted
+
 SERIAL_BITS: Final = 44
 DAY_BITS: Final = 16
 MAC_BITS: Final = 40
@@ -123,6 +125,30 @@ class CouponCodec:
         if day < today:
             return Refused("expired")
         return Verified(_format(n), serial, day)
+
+
+def redemptions_of(a: Accepted) -> list[tuple[str, str]]:
+    """The coupon codes an event redeems, each with its order: a sale's ``coupon_codes``
+    (any channel: a till, the web checkout, the app) and an ``offer_redeemed`` event's
+    ``coupon_code``; the order is the event's ``order_id``, else its ``event_id`` (so that a
+    re-sent event redeems nothing twice).
+
+    >>> from schemas.events import OfferRedeemed
+    >>> ev = OfferRedeemed(event_id="e1", event_time=None, offer_id="of-1", channel="web",
+    ...                    customer=None, coupon_code="5GPRS-JDRM8-S8Q9E-22M21-C")
+    >>> redemptions_of(Accepted("t", 0, 1, "offer_feedback", "offer_redeemed", "e1", 0, "web",
+    ...                         None, {}, ev))
+    [('5GPRS-JDRM8-S8Q9E-22M21-C', 'e1')]
+    """
+    et = a.event_type
+    if et != "sale" and et != "offer_redeemed":
+        return []
+    ev = a.event
+    order = ev.order_id if isinstance(ev.order_id, str) else a.event_id
+    if et == "sale":
+        codes = ev.coupon_codes if isinstance(ev.coupon_codes, list) else []
+        return [(c, order) for c in codes]
+    return [(ev.coupon_code, order)] if isinstance(ev.coupon_code, str) else []
 
 
 def _format(n: int) -> str:

@@ -250,7 +250,11 @@ class OfferClicked(_OfferFeedback, tag="offer_clicked"):
 
 
 class OfferRedeemed(_OfferFeedback, tag="offer_redeemed"):
+    """The customer used the offer; with its coupon code, the ledger redeems the code (once,
+    whichever channel asks first)."""
+
     order_id: Id | UnsetType = UNSET
+    coupon_code: Annotated[str, Meta(min_length=1, max_length=64)] | UnsetType = UNSET
 
 
 class OfferDismissed(_OfferFeedback, tag="offer_dismissed"):

@@ -394,6 +394,20 @@ class ProfileStore:
         v = self.r.hget(self.prefix + "ids:" + id_bucket(identifier, self.buckets()), identifier)
         return _s(v) if v is not None else None
 
+    def resolve_many(self, identifiers: Iterable[str]) -> dict[str, str | None]:
+        """:meth:`resolve` for many ``"<type>:<value>"`` identifiers, in one round trip."""
+        idents = list(identifiers)
+        if not idents:
+            return {}
+        buckets = self.buckets()
+        pipe = self.r.pipeline(transaction=False)
+        for i in idents:
+            pipe.hget(self.prefix + "ids:" + id_bucket(i, buckets), i)
+        return {
+            i: (_s(v) if v is not None else None)
+            for i, v in zip(idents, pipe.execute(), strict=True)
+        }
+
     def members(self, customer_id: str) -> set[str]:
         return {_s(m) for m in self.r.hkeys(self.prefix + "members:" + customer_id)}
 

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import random
 import time
+from datetime import UTC, datetime
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from omnicanal.config import Settings
 from omnicanal.tools.services import LocalRedis
 from operators.coupons import BODY_SYMBOLS, EPOCH, CouponCodec, Refused, Verified, day_of, serial_of
 from state.coupons import CouponLedger, Issue, Redemption
@@ -168,3 +171,55 @@ def test_codes_expire_from_redis_after_their_retention(ledger: CouponLedger) -> 
     (code,) = ledger.issue([Issue("o-x", "C1", "k", expiry_day=expiry)], _at(expiry - 10))
     end = int(EPOCH.timestamp()) + (expiry + 1 + 90) * 86_400  # kept 90 days past expiry
     assert ledger.r.expiretime(f"oc:cp:{code}") == end
+
+
+# ------------------------------------------------------------------ through the pipeline
+@pytest.mark.services
+def test_a_coupon_redeemed_at_a_till_is_refused_in_the_app(settings: Settings) -> None:
+    from flows import pipeline
+    from monitoring import metrics as m
+    from omnicanal.wiring import pipeline_setup
+    from operators.identity import IdentityRules
+    from operators.privacy import PiiHasher
+    from operators.validate import Validator
+    from tests.conftest import TEST_PII_KEY
+
+    s = settings.model_copy(update={"coupon_key": KEY.decode()})
+    ledger = CouponLedger(connect(s.redis_url), s.redis_prefix, CODEC)
+    (code, other) = ledger.issue(
+        [Issue("of-1", "", "cart-10", TODAY + 7), Issue("of-2", "C000000000999", "k", TODAY + 7)],
+        _at(TODAY),
+    )
+    when = datetime.fromtimestamp(_at(TODAY) / 1000 + 60, UTC).isoformat()
+    till = {"event_type": "sale", "event_id": "pos-1", "event_time": when, "channel": "store",
+            "location_id": "st-1", "currency": "EUR", "order_id": "R-77",
+            "customer": {"loyalty_id": "L1"}, "coupon_codes": [code.lower()],
+            "lines": [{"sku": "MUG", "quantity": 1, "unit_price_minor": 900}]}  # fmt: skip
+    app = {"event_type": "offer_redeemed", "event_id": "app-1", "event_time": when,
+           "offer_id": "of-1", "channel": "app", "customer": {"loyalty_id": "L1"},
+           "order_id": "A-5", "coupon_code": code}  # fmt: skip
+    someone_elses = app | {"event_id": "app-2", "coupon_code": other, "order_id": "A-6"}
+    v = Validator(s.topic_contracts(), PiiHasher(TEST_PII_KEY.encode()))
+    items = [
+        v.decode(t, 0, n, None, orjson.dumps(e), 2e12)
+        for n, (t, e) in enumerate(
+            [
+                (s.topic_transactions, till),
+                (s.topic_offer_feedback, app),
+                (s.topic_offer_feedback, someone_elses),
+            ]
+        )
+    ]
+    before = {o: m.counter_total(m.COUPON_REDEMPTIONS, outcome=o) for o in
+              ("redeemed", "already_redeemed", "wrong_customer")}  # fmt: skip
+    part = pipeline.state_sink(pipeline_setup(s, identity=IdentityRules())).build("state", 0, 1)
+    try:
+        part.write_batch(items[:1])  # the till first: L1 becomes a known customer
+        part.write_batch(items[1:])
+    finally:
+        part.close()
+    after = {o: m.counter_total(m.COUPON_REDEMPTIONS, outcome=o) - n for o, n in before.items()}
+    assert after == {"redeemed": 1, "already_redeemed": 1, "wrong_customer": 1}
+    rec = ledger.lookup(code)
+    assert rec is not None and (rec["s"], rec["ord"], rec["ch"]) == ("r", "R-77", "store")
+    assert ledger.lookup(other)["s"] == "i"  # type: ignore[index]
