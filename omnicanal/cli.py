@@ -131,7 +131,8 @@ def run(
         err.print(f"[yellow]{warning}[/]")
     err.print(
         f"omnicanal {__version__}: {len(plan.starts)} partitions, {processes} process(es), "
-        f"Kafka {settings.kafka_bootstrap}, metrics on :{settings.metrics_port or 'off'}"
+        f"Kafka {settings.kafka_bootstrap}, metrics on :{settings.metrics_port or 'off'}, "
+        f"coupon redemption {'on' if settings.coupon_key else 'off (no OMNICANAL_COUPON_KEY)'}"
     )
     runner.install_stop_handlers()
     try:
