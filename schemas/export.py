@@ -108,39 +108,39 @@ def schemas() -> dict[str, dict[str, Any]]:
             **doc,
         }
         out[name] = doc
-    dl = schema_of(DeadLetter)
-    out["dead_letter"] = {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": f"https://omnicanal.dev/schemas/dead_letter.v{SCHEMA_VERSION}.schema.json",
-        "title": "omnicanal dead-letter record",
-        **dl,
-    }
-    sa = schema_of(StockAlert)
-    out["stock_alert"] = {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": f"https://omnicanal.dev/schemas/stock_alert.v{SCHEMA_VERSION}.schema.json",
-        "title": "omnicanal stock alert message",
-        "description": "Messages on the stock-alerts topic, keyed by SKU. Deduplicate on "
-        "message_id; follow one alert's lifecycle by alert_id.",
-        **sa,
-    }
-    of = schema_of(Offer)
-    out["offer"] = {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": f"https://omnicanal.dev/schemas/offer.v{SCHEMA_VERSION}.schema.json",
-        "title": "omnicanal offer message",
-        "description": "Offers for channels to deliver. Deduplicate on offer_id; the coupon "
-        "is redeemable once, in every sales channel, until expires_on.",
-        **of,
-    }
-    cc = schema_of(CampaignCatalogue)
-    out["campaign_catalogue"] = {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": f"https://omnicanal.dev/schemas/campaign_catalogue.v{SCHEMA_VERSION}.schema.json",
-        "title": "omnicanal campaign catalogue (OMNICANAL_CAMPAIGNS_FILE, YAML or JSON)",
-        **cc,
-    }
+    out["dead_letter"] = _document("dead_letter", DeadLetter, "omnicanal dead-letter record")
+    out["stock_alert"] = _document(
+        "stock_alert",
+        StockAlert,
+        "omnicanal stock alert message",
+        "Messages on the stock-alerts topic, keyed by SKU. Deduplicate on message_id; follow "
+        "one alert's lifecycle by alert_id.",
+    )
+    out["offer"] = _document(
+        "offer",
+        Offer,
+        "omnicanal offer message",
+        "Offers for channels to deliver. Deduplicate on offer_id; the coupon is redeemable "
+        "once, in every sales channel, until expires_on.",
+    )
+    out["campaign_catalogue"] = _document(
+        "campaign_catalogue",
+        CampaignCatalogue,
+        "omnicanal campaign catalogue (OMNICANAL_CAMPAIGNS_FILE, YAML or JSON)",
+    )
     return out
+
+
+def _document(name: str, tp: object, title: str, description: str | None = None) -> dict[str, Any]:
+    """The published document of one output or configuration contract."""
+    head: dict[str, Any] = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://omnicanal.dev/schemas/{filename(name)}",
+        "title": title,
+    }
+    if description is not None:
+        head["description"] = description
+    return {**head, **schema_of(tp)}
 
 
 def filename(name: str) -> str:
