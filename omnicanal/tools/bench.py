@@ -34,6 +34,7 @@ from omnicanal.tools.bench_measures import (
     redis_bytes_per_customer,
     scenario_settings,
 )
+from omnicanal.tools.bench_offers import decision_cost
 from omnicanal.tools.datagen import Generator
 from omnicanal.tools.demo import produce
 from state.profiles import ProfileStore, connect
@@ -120,6 +121,8 @@ def run_bench(
             if plan.dedupe_events:
                 say(f"event_id dedupe: {plan.dedupe_events:,} events applied with and without")
                 result["dedupe"] = dedupe_cost(base, plan.dedupe_events, plan.customers[0])
+            say("offer decisions: cost per decision, in-process")
+            result["offer_decisions"] = decision_cost()
             if plan.burst_seconds:
                 say(
                     f"burst: {plan.burst_rate * plan.burst_factor:,} events/s for "
