@@ -67,9 +67,17 @@ class CouponLedger:
         self.codec = codec
         self._script = client.register_script(_LUA)
 
+    #: items per script call (the script refuses more than 10,000): a batch of sales each
+    #: with 20 codes is several calls, in order, so later items still see earlier ones
+    CHUNK = 5000
+
     def _call(self, mode: str, items: list[list[object]]) -> list[str]:
-        out = self._script(args=[self.prefix, mode, orjson.dumps(items)])
-        return [x.decode() if isinstance(x, bytes) else str(x) for x in out]
+        res: list[str] = []
+        for i in range(0, len(items), self.CHUNK):
+            chunk = items[i : i + self.CHUNK]
+            out = self._script(args=[self.prefix, mode, orjson.dumps(chunk)])
+            res.extend(x.decode() if isinstance(x, bytes) else str(x) for x in out)
+        return res
 
     def issue(self, offers: list[Issue], now_ms: int) -> list[str]:
         """The code of each offer, issued in Redis (a replay gets the same codes back)."""

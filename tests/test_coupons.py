@@ -223,3 +223,13 @@ def test_a_coupon_redeemed_at_a_till_is_refused_in_the_app(settings: Settings) -
     rec = ledger.lookup(code)
     assert rec is not None and (rec["s"], rec["ord"], rec["ch"]) == ("r", "R-77", "store")
     assert ledger.lookup(other)["s"] == "i"  # type: ignore[index]
+
+
+@pytest.mark.services
+def test_a_batch_with_more_codes_than_one_script_call_takes(ledger: CouponLedger) -> None:
+    n = CouponLedger.CHUNK * 2 + 7
+    codes = ledger.issue([Issue(f"o-{i}", "", "k", TODAY + 5) for i in range(n)], _at(TODAY))
+    reds = [Redemption(c, "", f"ord-{i}", "store", _at(TODAY)) for i, c in enumerate(codes)]
+    reds.append(Redemption(codes[0], "", "ord-late", "web", _at(TODAY)))  # the last call sees it
+    got = ledger.redeem(reds)
+    assert got[:n] == ["redeemed"] * n and got[n] == "already_redeemed"
