@@ -94,7 +94,9 @@ class Settings(BaseSettings):
         "codes offline hold the same key",
     )
     campaigns_file: str = Field(
-        "", description="campaign catalogue (YAML or JSON) of the offers; empty: none"
+        "",
+        description="campaign catalogue (YAML or JSON) of the offers: `campaigns check` reads "
+        "it (run does not decide offers yet)",
     )
 
     topic_transactions: str = Field(
