@@ -40,6 +40,8 @@ class CouponRedemptions:
         # batch) redeems on the code alone, as at a till that does not know them.
         people = {a.customer for a, _, _ in found if a.customer}
         ids = self._wait.run(lambda: self._store.resolve_many(people))
+        known = {c for c in ids.values() if c}
+        merged = self._wait.run(lambda: self._store.merged_into(known)) if known else {}
         reds = [
             Redemption(
                 code,
@@ -48,6 +50,7 @@ class CouponRedemptions:
                 a.channel or "unknown",
                 a.ts_ms,
                 f"{a.topic}:{a.partition}:{a.offset}",
+                merged.get(ids.get(a.customer) or "", ()) if a.customer else (),
             )
             for a, code, order in found
         ]

@@ -54,6 +54,8 @@ class Redemption:
     ts_ms: int
     #: where the redemption came from (``topic:partition:offset``), kept with refusals
     source: str = ""
+    #: ids merged into the customer since (a code issued to one of them is theirs too)
+    merged_ids: tuple[str, ...] = ()
 
 
 class CouponLedger:
@@ -118,7 +120,16 @@ class CouponLedger:
                 continue
             today = day_of(r.ts_ms)
             items.append(
-                [checked.code, r.customer_id, r.order_id, r.channel, today, r.ts_ms, r.source]
+                [
+                    checked.code,
+                    r.customer_id,
+                    r.order_id,
+                    r.channel,
+                    today,
+                    r.ts_ms,
+                    r.source,
+                    list(r.merged_ids),
+                ]
             )
             where.append(i)
         if items:

@@ -408,6 +408,20 @@ class ProfileStore:
             for i, v in zip(idents, pipe.execute(), strict=True)
         }
 
+    def merged_into(self, customer_ids: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """The ids merged into each customer over time (their merge records carry those of
+        earlier merges too), in one round trip."""
+        cids = list(customer_ids)
+        if not cids:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for c in cids:
+            pipe.lrange(self.prefix + "mg:" + c, 0, -1)
+        return {
+            c: tuple(orjson.loads(rec).get("merged", "") for rec in recs)
+            for c, recs in zip(cids, pipe.execute(), strict=True)
+        }
+
     def members(self, customer_id: str) -> set[str]:
         return {_s(m) for m in self.r.hkeys(self.prefix + "members:" + customer_id)}
 

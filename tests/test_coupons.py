@@ -233,3 +233,62 @@ def test_a_batch_with_more_codes_than_one_script_call_takes(ledger: CouponLedger
     reds.append(Redemption(codes[0], "", "ord-late", "web", _at(TODAY)))  # the last call sees it
     got = ledger.redeem(reds)
     assert got[:n] == ["redeemed"] * n and got[n] == "already_redeemed"
+
+
+@pytest.mark.services
+def test_a_code_follows_its_customer_through_a_merge(settings: Settings) -> None:
+    from flows import pipeline
+    from omnicanal.wiring import pipeline_setup
+    from operators.identity import IdentityRules
+    from operators.privacy import PiiHasher
+    from operators.validate import Validator
+    from state.profiles import ProfileStore
+    from tests.conftest import TEST_PII_KEY
+
+    s = settings.model_copy(update={"coupon_key": KEY.decode()})
+    hasher = PiiHasher(TEST_PII_KEY.encode())
+    v = Validator(s.topic_contracts(), hasher)
+    when = datetime.fromtimestamp(_at(TODAY) / 1000 + 60, UTC).isoformat()
+
+    def login(n: int, customer: dict[str, str]) -> dict[str, object]:
+        return {"event_type": "login", "event_id": f"l{n}", "event_time": when,
+                "channel": "web", "session_id": f"s{n}", "customer": customer}  # fmt: skip
+
+    offsets = {"t": 0, "o": 0}
+
+    def items(events: list[dict[str, object]]) -> list[object]:
+        out = []
+        for e in events:
+            kind = "o" if e["event_type"] == "offer_redeemed" else "t"
+            topic = s.topic_offer_feedback if kind == "o" else s.topic_clickstream
+            out.append(v.decode(topic, 0, offsets[kind], None, orjson.dumps(e), 2e12))
+            offsets[kind] += 1
+        return out
+
+    part = pipeline.state_sink(pipeline_setup(s, identity=IdentityRules())).build("state", 0, 1)
+    store = ProfileStore(connect(s.redis_url), s.redis_prefix)
+    ledger = CouponLedger(store.r, s.redis_prefix, CODEC)
+    try:
+        part.write_batch(items([login(1, {"loyalty_id": "L1"})]))  # type: ignore[arg-type]
+        part.write_batch(items([login(2, {"email": "b@example.com"})]))  # type: ignore[arg-type]
+        older = store.resolve("loyalty:L1")
+        later = store.resolve("email:" + hasher.email("b@example.com"))
+        assert older and later and older < later
+        (code,) = ledger.issue([Issue("of-9", later, "k", TODAY + 7)], _at(TODAY))
+        # the email's customer merges into the loyalty card's (the older one survives)
+        link = login(3, {"loyalty_id": "L1", "email": "b@example.com"})
+        part.write_batch(items([link]))  # type: ignore[arg-type]
+        assert store.resolve("email:" + hasher.email("b@example.com")) == older
+        redeem = {"event_type": "offer_redeemed", "event_id": "r1", "event_time": when,
+                  "offer_id": "of-9", "channel": "app", "customer": {"loyalty_id": "L1"},
+                  "order_id": "A-1", "coupon_code": code}  # fmt: skip
+        part.write_batch(items([redeem]))  # type: ignore[arg-type]
+    finally:
+        part.close()
+    rec = ledger.lookup(code)
+    assert rec is not None and (rec["s"], rec["ord"]) == ("r", "A-1")
+    # the ledger's own rule, directly: a stranger is still refused
+    (other,) = ledger.issue([Issue("of-10", later, "k", TODAY + 7)], _at(TODAY))
+    assert ledger.redeem([Redemption(other, "C000000000777", "x", "web", _at(TODAY))]) == [
+        "wrong_customer"
+    ]

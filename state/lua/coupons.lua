@@ -6,7 +6,8 @@
 --   issue:  [code, offer id, customer id, campaign, expiry day, expire-at seconds, ms]
 --           -> "issued" | "same" (already issued for this offer: a replay) | "taken" (the code
 --              belongs to another offer: the caller issues again with the next salt)
---   redeem: [code, customer id or "", order id, channel, today (day), ms, source]
+--   redeem: [code, customer id or "", order id, channel, today (day), ms, source,
+--            [ids merged into that customer since]]
 --           -> "redeemed" | "duplicate" (re-sent: same order) | "unknown" | "already_redeemed"
 --              | "wrong_customer" | "expired"
 --
@@ -52,11 +53,15 @@ for i, it in ipairs(items) do
     end
   elseif mode == 'redeem' then
     local cust, order, today = it[2], it[3], tonumber(it[5])
+    local former = false  -- the code was issued to a customer merged into this one since
+    if type(it[8]) == 'table' then
+      for _, id in ipairs(it[8]) do if id == st.c then former = true end end
+    end
     if st.o == nil then
       r = 'unknown'
     elseif st.s == 'r' then
       if st.ord == order then r = 'duplicate' else r = 'already_redeemed' end
-    elseif cust ~= '' and cust ~= st.c then
+    elseif cust ~= '' and cust ~= st.c and not former then
       r = 'wrong_customer'
     elseif today > st.x then
       r = 'expired'
