@@ -6,8 +6,9 @@ stored value combine by it (``state/lua/apply_batch.lua``), and so do two custom
 when their identities merge. The batch fold (:mod:`operators.profile`) groups its fields by
 these rules, the profile document (:func:`operators.profile.build_profile`) names counters
 from it, and the Lua merge receives :func:`lua_rules` with the script, so a field is declared
-here once. A stored field no rule matches stops a merge (it would otherwise be combined by a
-guess).
+here once. A merge that would move a stored field no rule matches is refused by the script
+before its first write (the event that links the two customers is dead-lettered as
+``state_rejected``): such a field is never combined by a guess.
 
 >>> rule_of("web:o").combine, rule_of("store:s:GBP").combine, rule_of("web:lo").combine
 ('sum', 'sum', 'max')

@@ -321,7 +321,7 @@ class ProfileStore:
             return ApplyResult(False, duplicates=frozenset(int(x) for x in res[1:]))
         if status == "INVALID":
             raise ScriptRejectedError(
-                f"the batch script refused row {_s(res[1])} ({_s(res[2])} over the limit)"
+                f"the batch script refused row {_s(res[1])}: {_s(res[2])}"
             )
         if status == "TORN":
             raise TornBatchError(self._torn_message(_s(res[1])))

@@ -47,14 +47,17 @@ def _events(n: int, seed: int) -> list[dict[str, Any]]:
     return [e for e in events if "customer" in e or e["event_type"] == "home_store_chosen"]
 
 
-def _decode(settings: Settings, events: list[dict[str, Any]]) -> list[Accepted]:
+def _decode(
+    settings: Settings, events: list[dict[str, Any]], first_offset: int = 0
+) -> list[Accepted]:
     v = Validator(settings.topic_contracts(), HASH)
     topics = {c: t for t, c in settings.topic_contracts().items()}
     from schemas.events import CONTRACT_OF_TYPE
 
     out = []
     for i, e in enumerate(events):
-        a = v.decode(topics[CONTRACT_OF_TYPE[e["event_type"]]], 0, i, None, orjson.dumps(e), NOW_MS)
+        topic = topics[CONTRACT_OF_TYPE[e["event_type"]]]
+        a = v.decode(topic, 0, first_offset + i, None, orjson.dumps(e), NOW_MS)
         assert isinstance(a, Accepted), a
         out.append(a)
     return out
@@ -78,13 +81,15 @@ def test_an_unregistered_field_has_no_rule() -> None:
         rule_of("web:zz")
 
 
-def _apply(settings: Settings, prefix: str, *batches: list[dict[str, Any]]) -> ProfileStore:
+def _apply(
+    settings: Settings, prefix: str, *batches: list[dict[str, Any]], first_offset: int = 0
+) -> ProfileStore:
     s = settings.model_copy(update={"redis_prefix": prefix})
     part = pipeline.state_sink(pipeline_setup(s, identity=IdentityRules(), hasher=HASH)).build(
         "state", 0, 1
     )
     try:
-        items = _decode(s, [e for b in batches for e in b])
+        items = _decode(s, [e for b in batches for e in b], first_offset)
         for b in batches:  # each its own batch: customers merge in Redis, not in the fold
             part.write_batch(items[: len(b)])
             items = items[len(b) :]
@@ -154,3 +159,30 @@ def test_every_registered_field_merges_in_redis_as_the_registry_combines_it(
             assert math.isclose(_number(v), want[f], rel_tol=1e-12), (f, v, want[f])
     # every family of fields took part: a new field cannot dodge this test
     assert {rule_of(f).pattern for f in got} == {r.pattern for r in PROFILE_FIELDS}
+
+
+@pytest.mark.services
+def test_a_merge_with_an_unregistered_field_is_refused_before_any_write(
+    settings: Settings,
+) -> None:
+    """A field no rule covers (written by another version) is never combined by a guess:
+    the event that would merge is dead-lettered, nothing is half-written, the run goes on."""
+    from flows.kafka import read_topic
+
+    a_ids, b_ids = {"loyalty_id": "LA"}, {"email": "b@example.com"}
+    store = _apply(settings, "m:", [_login(1, a_ids)], [_login(2, b_ids)])
+    b = store.resolve("email:" + HASH.email("b@example.com"))
+    store.r.hset(f"m:p:{b}", "web:zz", 1)  # unknown to operators/profile_fields.py
+    _apply(settings, "m:", [_login(3, a_ids | b_ids)], first_offset=2)
+    assert store.stats()["merges"] == 0
+    assert store.r.get("m:applying") is None  # no torn write
+    assert store.load_offsets() == {f"{settings.topic_clickstream}:0": 2}  # the run went on
+    (dead,) = read_topic(settings.kafka_config(), settings.topic_dead_letters)
+    rec = orjson.loads(dead[3] or b"")
+    assert rec["reason"] == "state_rejected" and "web:zz without a rule" in rec["message"]
+
+
+def _login(n: int, customer: dict[str, str]) -> dict[str, Any]:
+    return {"event_type": "login", "event_id": f"link-{n}", "channel": "web",
+            "event_time": "2024-05-03T10:00:00+00:00", "session_id": "s",
+            "customer": customer}  # fmt: skip

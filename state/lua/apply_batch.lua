@@ -83,7 +83,7 @@ for ri, row in ipairs(p.c) do
   elseif #row[10] > 2 * max_bought then why = 'recently bought'
   elseif #row[11] > 3 * max_cart then why = 'cart entries'
   end
-  if why then return {'INVALID', tostring(ri - 1), why} end
+  if why then return {'INVALID', tostring(ri - 1), why .. ' over the limit'} end
 end
 
 -- 1. Fences: offsets, then erasures. Nothing is written before both pass.
@@ -245,6 +245,24 @@ if #refused > 0 then
   return refused
 end
 
+-- 2b. Every field a merge will move has a rule (FIELD_RULES, from
+--     operators/profile_fields.py, prepended to this script): a field written by another
+--     version of omnicanal is refused here, before any write, never combined by a guess.
+local function rule_of(f)
+  local head, code = string.match(f, '^([^:]*):?([^:]*)')
+  return FIELD_RULES.head[head] or FIELD_RULES.code[code]
+end
+for ri = 1, #p.c do
+  local plan = plans[ri]
+  for _, loser in ipairs(plan[3]) do
+    for _, f in ipairs(redis.call('HKEYS', prefix .. 'p:' .. loser)) do
+      if not rule_of(f) then
+        return {'INVALID', tostring(ri - 1), 'profile field ' .. f .. ' without a rule'}
+      end
+    end
+  end
+end
+
 -- 3. Writes, between the marker and its removal.
 redis.call('SET', prefix .. 'applying', p.id or '?')
 local LN2 = math.log(2)
@@ -360,9 +378,7 @@ local function merge_profile(survivor, loser)
   local sums, mins, maxs, logs, lww = {}, {}, {}, {}, {}
   for i = 1, #h, 2 do
     local f, v = h[i], h[i + 1]
-    -- FIELD_RULES comes from operators/profile_fields.py (prepended to this script)
-    local head, code = string.match(f, '^([^:]*):?([^:]*)')
-    local rule = FIELD_RULES.head[head] or FIELD_RULES.code[code]
+    local rule = rule_of(f)  -- checked in 2b: every field has one
     if rule == 'sum' then
       sums[#sums + 1] = f; sums[#sums + 1] = v
     elseif rule == 'min' then
