@@ -14,6 +14,7 @@ import logging
 from flows.stages import Item, RedisWait
 from monitoring import metrics as m
 from operators.coupons import redemptions_of
+from operators.privacy import PiiHasher
 from schemas.envelope import Accepted
 from state.coupons import CouponLedger, Redemption
 from state.profiles import ProfileStore
@@ -24,8 +25,12 @@ log = logging.getLogger(__name__)
 class CouponRedemptions:
     """Redeems a batch's coupon codes in one ledger call (none when it presents none)."""
 
-    def __init__(self, ledger: CouponLedger, store: ProfileStore, wait: RedisWait) -> None:
+    def __init__(
+        self, ledger: CouponLedger, store: ProfileStore, wait: RedisWait, hasher: PiiHasher
+    ) -> None:
         self._ledger = ledger
+        #: order ids are free text: an email or phone in one is hashed before Redis sees it
+        self._scrub = hasher.scrub_text
         self._store = store
         self._wait = wait
 
@@ -46,7 +51,7 @@ class CouponRedemptions:
             Redemption(
                 code,
                 (ids.get(a.customer) or "") if a.customer else "",
-                order,
+                self._scrub(order),
                 a.channel or "unknown",
                 a.ts_ms,
                 f"{a.topic}:{a.partition}:{a.offset}",

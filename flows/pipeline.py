@@ -186,8 +186,10 @@ def worker_pipeline(
         ),
         WitnessCommit(GroupOffsets(setup.kafka, setup.group_id), setup.commit_interval_seconds),
         LatencyLog.from_env(),
-        CouponRedemptions(CouponLedger(store.r, store.prefix, setup.coupon_codec), store, wait)
-        if setup.coupon_codec is not None
+        CouponRedemptions(
+            CouponLedger(store.r, store.prefix, setup.coupon_codec), store, wait, setup.hasher
+        )
+        if setup.coupon_codec is not None and setup.hasher is not None
         else None,
     )
 

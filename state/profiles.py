@@ -320,9 +320,7 @@ class ProfileStore:
         if status == "DUPLICATE":
             return ApplyResult(False, duplicates=frozenset(int(x) for x in res[1:]))
         if status == "INVALID":
-            raise ScriptRejectedError(
-                f"the batch script refused row {_s(res[1])}: {_s(res[2])}"
-            )
+            raise ScriptRejectedError(f"the batch script refused row {_s(res[1])}: {_s(res[2])}")
         if status == "TORN":
             raise TornBatchError(self._torn_message(_s(res[1])))
         part, stored, floor = _s(res[1]), int(res[2]), int(res[3])

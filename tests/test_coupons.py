@@ -198,7 +198,8 @@ def test_a_coupon_redeemed_at_a_till_is_refused_in_the_app(settings: Settings) -
     app = {"event_type": "offer_redeemed", "event_id": "app-1", "event_time": when,
            "offer_id": "of-1", "channel": "app", "customer": {"loyalty_id": "L1"},
            "order_id": "A-5", "coupon_code": code}  # fmt: skip
-    someone_elses = app | {"event_id": "app-2", "coupon_code": other, "order_id": "A-6"}
+    # (an order id that is an email: it must not reach Redis in clear)
+    someone_elses = app | {"event_id": "app-2", "coupon_code": other, "order_id": "ana@example.com"}
     v = Validator(s.topic_contracts(), PiiHasher(TEST_PII_KEY.encode()))
     items = [
         v.decode(t, 0, n, None, orjson.dumps(e), 2e12)
@@ -223,6 +224,8 @@ def test_a_coupon_redeemed_at_a_till_is_refused_in_the_app(settings: Settings) -
     rec = ledger.lookup(code)
     assert rec is not None and (rec["s"], rec["ord"], rec["ch"]) == ("r", "R-77", "store")
     assert ledger.lookup(other)["s"] == "i"  # type: ignore[index]
+    refusals = ledger.r.xrange(f"{s.redis_prefix}cp:refusals")
+    assert len(refusals) == 2 and b"ana@example.com" not in repr(refusals).encode()
 
 
 @pytest.mark.services
