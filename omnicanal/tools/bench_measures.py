@@ -308,7 +308,9 @@ def latency_at_rate(
         warm = list(gen.messages(200))
         produce(s, warm)
         deadline = time.monotonic() + 60
-        while watch.applied() < len(warm):
+        # The latency line is written after the offsets commit: wait for both, or warm-up
+        # lines written after the truncation below would count as samples.
+        while watch.applied() < len(warm) or len(_read_log(log)[1]) < len(warm):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"pipeline did not start: {_stop(proc)[-2000:]}")
             time.sleep(0.05)
@@ -330,7 +332,9 @@ def latency_at_rate(
         p.flush(60)
         send_seconds = time.perf_counter() - start
         deadline = time.monotonic() + 120
-        while watch.applied() < len(warm) + n and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+            watch.applied() < len(warm) + n or len(_read_log(log)[1]) < n
+        ):
             time.sleep(0.05)
     finally:
         _stop(proc)
