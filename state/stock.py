@@ -18,12 +18,9 @@ import redis
 
 from operators.stock import SkuState, seasonal_index
 from operators.stock_alerts import Evaluation
+from state.outbox import Outbox
 
 _ALERTS_LUA = (Path(__file__).with_name("lua") / "stock_alerts.lua").read_text()
-_SENT_MAX_LUA = """
-local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
-if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
-"""
 #: Seconds a location's hour-of-week profile is cached per worker (it moves slowly).
 SEASON_TTL = 300.0
 
@@ -39,7 +36,8 @@ class StockStore:
         self.r = client
         self.prefix = prefix
         self._reconcile = client.register_script(_ALERTS_LUA)
-        self._sent_max = client.register_script(_SENT_MAX_LUA)
+        #: the alert messages not yet confirmed by the broker (``<p>alerts:outbox``)
+        self.alerts_outbox = Outbox(client, prefix, "alerts")
         self._seasons: dict[str, tuple[float, list[float]]] = {}
 
     # ------------------------------------------------------------------ reads
@@ -129,36 +127,8 @@ class StockStore:
         return [_s(x) for x in skipped], [_s(x) for x in ids]
 
     def outbox(self, page: int = 1000) -> Iterator[list[tuple[str, bytes]]]:
-        """Messages written but not yet confirmed sent, oldest first, a page at a time,
-        all of them."""
-        key = f"{self.prefix}alerts:outbox"
-        start = "-"
-        while True:
-            rows: Any = self.r.xrange(key, min=start, count=page)
-            if not rows:
-                return
-            yield [(_s(i), bytes(fields[b"m"])) for i, fields in rows]
-            if len(rows) < page:
-                return
-            start = "(" + _s(rows[-1][0])
-
-    def ack(self, ids: Sequence[str], sent: dict[int, int] | None = None) -> None:
-        """Remove sent messages from the outbox, and record the highest offset the broker
-        confirmed per partition of the alerts topic (where a recovery starts looking for
-        messages sent but not acknowledged)."""
-        pipe = self.r.pipeline(transaction=True)
-        for i in range(0, len(ids), 1000):
-            pipe.xdel(f"{self.prefix}alerts:outbox", *ids[i : i + 1000])
-        for partition, offset in (sent or {}).items():
-            self._sent_max(
-                keys=[f"{self.prefix}alerts:sent"], args=[str(partition), offset], client=pipe
-            )
-        pipe.execute()
-
-    def sent_offsets(self) -> dict[int, int]:
-        """Highest alerts-topic offset acknowledged per partition (see :meth:`ack`)."""
-        raw = self.r.hgetall(f"{self.prefix}alerts:sent")
-        return {int(k): int(v) for k, v in raw.items()}
+        """Alert messages written but not yet confirmed sent, a page at a time."""
+        return self.alerts_outbox.pages(page)
 
     # ------------------------------------------------------------------ listing
     def open_alerts(

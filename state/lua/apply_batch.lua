@@ -335,7 +335,10 @@ end
 
 local function cart_ts(f) return num(string.match(f, '|(%d+)$')) end
 
-local function cart_add(ck, flat, clear)
+-- Adds to the cart start (or restart) the customer's cart-abandonment timer: <p>tm:cart,
+-- member the customer, score the newest add's event time (GT: a late, older add does not
+-- move it back). The offers stage fires it once the campaigns' wait has passed.
+local function cart_add(cid, ck, flat, clear)
   local old = num(redis.call('HGET', ck, '_clr') or '0')
   if clear > old then
     redis.call('HSET', ck, '_clr', fmt(clear))
@@ -345,11 +348,16 @@ local function cart_add(ck, flat, clear)
   else
     clear = old
   end
+  local newest = nil
   for k = 1, #flat, 3 do
     if flat[k + 1] > clear then
       redis.call('HINCRBY', ck, flat[k] .. '|' .. fmt(flat[k + 1]), int(flat[k + 2]))
+      if num(flat[k + 2]) > 0 and (newest == nil or flat[k + 1] > newest) then
+        newest = flat[k + 1]
+      end
     end
   end
+  if newest then redis.call('ZADD', prefix .. 'tm:cart', 'GT', newest, cid) end
   if redis.call('HLEN', ck) > max_cart + 1 then
     local entries = {}
     for _, f in ipairs(redis.call('HKEYS', ck)) do
@@ -368,7 +376,7 @@ local function apply_delta(cid, d, b)
   update_fields(pk, d[b], d[b + 1], d[b + 2], d[b + 3], d[b + 4])
   if #d[b + 5] > 0 then zset_max(prefix .. 'v:' .. cid, d[b + 5], max_views) end
   if #d[b + 6] > 0 then zset_max(prefix .. 'b:' .. cid, d[b + 6], max_bought) end
-  if #d[b + 7] > 0 or d[b + 8] > 0 then cart_add(prefix .. 'cart:' .. cid, d[b + 7], d[b + 8]) end
+  if #d[b + 7] > 0 or d[b + 8] > 0 then cart_add(cid, prefix .. 'cart:' .. cid, d[b + 7], d[b + 8]) end
 end
 
 -- Move everything of `loser` into `survivor`, combining each field as its kind says.
@@ -419,6 +427,7 @@ local function merge_profile(survivor, loser)
     redis.call('RPUSH', prefix .. 'mg:' .. survivor, rec)
   end
   redis.call('DEL', lp, lc, prefix .. 'v:' .. loser, prefix .. 'b:' .. loser, lm)
+  redis.call('ZREM', prefix .. 'tm:cart', loser)  -- its cart (and timer) is the survivor's
 end
 
 local new_customers, merges, linked = 0, 0, 0

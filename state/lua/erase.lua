@@ -2,7 +2,8 @@
 --
 -- ARGV[1] key prefix, ARGV[2] canonical customer id, ARGV[3] erasure time (ms)
 --
--- Deletes the profile, recently viewed/bought, cart, merge records, identity links and the
+-- Deletes the profile, recently viewed/bought, cart and its offer timer, offer counters,
+-- merge records, identity links and the
 -- refusal records that quote the customer's identifiers. Each identifier is kept only as a
 -- tombstone ("erased" hash: identifier -> erasure ms) so that a replay of events up to the
 -- erasure cannot bring the customer back; the erasure version tells running pipelines to
@@ -23,7 +24,8 @@ for i = 1, #pairs_, 2 do
   quoted[m] = true
 end
 redis.call('DEL', mkey, prefix .. 'p:' .. cid, prefix .. 'v:' .. cid, prefix .. 'b:' .. cid,
-  prefix .. 'cart:' .. cid, prefix .. 'mg:' .. cid)
+  prefix .. 'cart:' .. cid, prefix .. 'mg:' .. cid, prefix .. 'of:n:' .. cid)
+redis.call('ZREM', prefix .. 'tm:cart', cid)  -- no offer for an erased person
 local refusals = redis.call('XRANGE', prefix .. 'refusals', '-', '+')
 for _, entry in ipairs(refusals) do
   local fields = entry[2]
