@@ -12,6 +12,8 @@
                        stock moves and offsets: one fenced Redis call     operators/, state/
       4 metrics        events, dead letters, lag                         flows/stages.py
       5 stock alerts   evaluate the SKUs that moved, outbox, send        flows/alerts.py
+        offers         worker 0: fire due cart timers, decide, coupons,  flows/offers.py
+                       outbox, send (timers were written by the apply)
       6 commit         copy the applied offsets to the consumer group    flows/stages.py
 
 State lives in Redis, not in Bytewax, so no exchange between workers is needed: profile
@@ -26,8 +28,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import bytewax.operators as op
@@ -36,6 +38,8 @@ from bytewax.dataflow import Dataflow
 from flows.alerts import StockAlerts
 from flows.coupons import CouponRedemptions
 from flows.kafka import CheckedProducer, GroupOffsets
+from flows.offers import Offers
+from flows.outbox import OutboxSender
 from flows.sink import StagesSink
 from flows.source import EARLIEST, KafkaWorkerSource
 from flows.stages import (
@@ -49,11 +53,14 @@ from flows.stages import (
 )
 from monitoring import metrics as m
 from operators.coupons import CouponCodec
+from operators.guardrails import DEFAULT_HOLDOUT_SHARE, FrequencyCaps
 from operators.privacy import PiiHasher
 from operators.stock import StockRules
 from operators.validate import Validator
+from schemas.campaigns import Campaign
 from schemas.envelope import Accepted, Rejected
 from state.coupons import CouponLedger
+from state.offers import OfferStore
 from state.profiles import ProfileStore
 from state.stock import StockStore
 
@@ -84,6 +91,13 @@ class PipelineSetup:
     alert_interval_seconds: float = 1.0
     commit_interval_seconds: float = 1.0
     redis_retry_seconds: float = 60.0
+    #: the campaigns in force (reloaded by the application); offers are decided when this,
+    #: the coupon codec and the offers topic are set
+    campaigns: Callable[[], Sequence[Campaign]] | None = None
+    offers_topic: str = ""
+    offer_caps: FrequencyCaps = field(default_factory=FrequencyCaps)
+    holdout_share: float = DEFAULT_HOLDOUT_SHARE
+    offer_interval_seconds: float = 1.0
 
 
 class WorkerPipeline:
@@ -105,12 +119,14 @@ class WorkerPipeline:
         commit: WitnessCommit,
         latency: LatencyLog | None = None,
         coupons: CouponRedemptions | None = None,
+        offers: Offers | None = None,
     ) -> None:
         self.fence = fence
         self.dead_letters = dead_letters
         self.coupons = coupons
         self.apply = apply
         self.alerts = alerts
+        self.offers = offers
         self.commit = commit
         self._latency = latency
 
@@ -129,11 +145,18 @@ class WorkerPipeline:
         else:
             self.alerts.due()
         self.alerts.ack()  # confirmations of earlier alerts
+        if self.offers is not None:
+            self.offers.due()  # timers are in Redis: firing needs nothing from the batch
+            self.offers.ack()
         self.commit.after(done.offsets)  # 6
 
     def idle(self) -> None:
-        """Input is idle: evaluate the alerts that wait for their interval."""
+        """Input is idle: evaluate the alerts that wait for their interval, fire the offer
+        timers that are due."""
         self.alerts.due()
+        if self.offers is not None:
+            self.offers.due()
+            self.offers.ack()
 
     def close(self) -> None:
         """Finish the alerts and the witness commit. Never raises: Bytewax calls it while
@@ -141,7 +164,10 @@ class WorkerPipeline:
         first error is reported (what is left undone is picked up at the next start)."""
         if self._latency is not None:
             self._latency.close()
-        for what, step in (("stock alerts", self.alerts.close), ("commit", self.commit.close)):
+        steps = [("stock alerts", self.alerts.close), ("commit", self.commit.close)]
+        if self.offers is not None:
+            steps.insert(1, ("offers", self.offers.close))
+        for what, step in steps:
             try:
                 step()
             except Exception as e:
@@ -165,9 +191,9 @@ def worker_pipeline(
     setup: PipelineSetup, starts: dict[str, int], worker_index: int = 0
 ) -> WorkerPipeline:
     """Build one worker's stages: its own Redis client, producer and consumer group. Worker
-    0 also exports the Redis-wide gauges."""
+    0 also exports the Redis-wide gauges and fires the offer timers."""
     store, stock = setup.stores()
-    producer = CheckedProducer(setup.kafka, what="step 'state' (dead letters, stock alerts)")
+    producer = CheckedProducer(setup.kafka, what="step 'state' (dead letters, alerts, offers)")
     wait = RedisWait(setup.redis_retry_seconds, setup.redis_where)
     fence = Fence(store, wait, plan_floors(starts))
     dead_letters = DeadLetters(producer, setup.dead_letter_topic)
@@ -191,6 +217,38 @@ def worker_pipeline(
         )
         if setup.coupon_codec is not None and setup.hasher is not None
         else None,
+        offers(setup, store, producer) if worker_index == 0 else None,
+    )
+
+
+def offers(
+    setup: PipelineSetup,
+    store: ProfileStore,
+    producer: CheckedProducer,
+    clock: Callable[[], float] = time.time,
+) -> Offers | None:
+    """The offers stage, when the setup has campaigns, a coupon codec and a topic
+    (``clock``: the wall clock the timers are compared with)."""
+    if setup.campaigns is None or setup.coupon_codec is None or not setup.offers_topic:
+        return None
+    offer_store = OfferStore(store.r, store.prefix)
+    return Offers(
+        offer_store,
+        CouponLedger(store.r, store.prefix, setup.coupon_codec),
+        OutboxSender(
+            offer_store.outbox,
+            producer,
+            setup.offers_topic,
+            what="offers",
+            id_field="offer_id",
+            key_field="customer_id",
+            kafka_config=setup.kafka,
+        ),
+        setup.campaigns,
+        interval=setup.offer_interval_seconds,
+        caps=setup.offer_caps,
+        holdout_share=setup.holdout_share,
+        clock=clock,
     )
 
 

@@ -129,7 +129,7 @@ REDIS_WAITING = Gauge(
 )
 BROKER_RETRIES = Counter(
     "omnicanal_broker_retries",
-    "Dead letters or stock alerts sent again because the broker did not confirm them in "
+    "Dead letters, stock alerts or offers sent again because the broker did not confirm them in "
     "time (down, paused, or refusing), by what was sent.",
     ["what"],
 )
@@ -138,6 +138,23 @@ COUPON_REDEMPTIONS = Counter(
     "Coupon codes presented in sales and offer_redeemed events, by outcome (redeemed, "
     "duplicate, or why it was refused) and channel.",
     ["outcome", "channel"],
+)
+OFFERS = Counter(
+    "omnicanal_offers",
+    "Offers decided and written to the outbox (sent once the broker confirms), by campaign "
+    "and delivery channel.",
+    ["campaign", "channel"],
+)
+OFFER_SUPPRESSIONS = Counter(
+    "omnicanal_offer_suppressions",
+    "Offer triggers that ended without an offer because of a guard rail, by reason "
+    "(holdout, no_consent, frequency_day, frequency_week, frequency_campaign, budget, "
+    "duplicate_trigger, ...).",
+    ["reason"],
+)
+OFFER_TIMERS = Gauge(
+    "omnicanal_offer_timers",
+    "Cart-abandonment timers pending (Redis-wide: worker 0 only, the worker that fires them).",
 )
 
 CATALOG: tuple[MetricWrapperBase, ...] = (
@@ -166,6 +183,9 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     REDIS_WAITING,
     BROKER_RETRIES,
     COUPON_REDEMPTIONS,
+    OFFERS,
+    OFFER_SUPPRESSIONS,
+    OFFER_TIMERS,
 )
 
 

@@ -95,8 +95,24 @@ class Settings(BaseSettings):
     )
     campaigns_file: str = Field(
         "",
-        description="campaign catalogue (YAML or JSON) of the offers: `campaigns check` reads "
-        "it (run does not decide offers yet)",
+        description="campaign catalogue (YAML or JSON) of the offers, reloaded while running "
+        "when the file changes; offers are decided when it and the coupon key are set",
+    )
+    offer_holdout_share: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="share of customers in the persistent holdout group, who never get "
+        "offers (a stable hash: the uplift is measured against them)",
+    )
+    offer_caps: str = Field(
+        "1,3,1",
+        pattern=r"^\d+,\d+,\d+$",
+        description="frequency caps across all channels: offers per customer per day, per "
+        "rolling week, and per campaign per week",
+    )
+    offer_interval_ms: int = Field(
+        1000, ge=0, le=600_000, description="ms between looks for due offer timers"
     )
 
     topic_transactions: str = Field(
@@ -118,6 +134,9 @@ class Settings(BaseSettings):
     topic_dead_letters: str = Field("omnicanal.dead-letters", description="dead-letter topic")
     topic_stock_alerts: str = Field(
         "omnicanal.stock-alerts", description="stock alerts topic (output, keyed by SKU)"
+    )
+    topic_offers: str = Field(
+        "omnicanal.offers", description="offers topic (output, keyed by customer id)"
     )
     partitions: int = Field(4, ge=1, le=1024, description="partitions for `topics create`")
     replication_factor: int = Field(1, ge=1, le=16, description="replication for new topics")
@@ -246,7 +265,12 @@ class Settings(BaseSettings):
         return {c: t for t, c in self.topic_contracts().items()}
 
     def all_topics(self) -> list[str]:
-        return [*self.topic_contracts(), self.topic_dead_letters, self.topic_stock_alerts]
+        return [
+            *self.topic_contracts(),
+            self.topic_dead_letters,
+            self.topic_stock_alerts,
+            self.topic_offers,
+        ]
 
     def kafka_config(self) -> dict[str, str]:
         return {"bootstrap.servers": self.kafka_bootstrap, **self.kafka_options}

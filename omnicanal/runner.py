@@ -23,11 +23,13 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from flows.alerts import StockAlerts
 from flows.kafka import CheckedProducer, GroupOffsets, part_name, partitions_of, split_part
+from flows.outbox import OutboxSender
 from flows.pipeline import build_flow
 from flows.source import EARLIEST, LATEST, STOP, InputError
 from monitoring import metrics
 from omnicanal.config import Settings
 from omnicanal.wiring import pipeline_setup, stock_rules
+from state.offers import OfferStore
 from state.profiles import ProfileStore, StateError, connect, redact_url
 from state.stock import StockStore
 
@@ -243,6 +245,33 @@ def recover_alerts(settings: Settings) -> tuple[int, int, int]:
     return sent, found, skus
 
 
+def recover_offers(settings: Settings) -> tuple[int, int]:
+    """Offers a crashed run left in the outbox: sent unless the broker has them already.
+    Runs once, before the workers. Returns (sent, found already sent)."""
+    client = connect(settings.redis_url, socket_timeout=settings.redis_socket_timeout_seconds)
+    producer = CheckedProducer(settings.kafka_config(), what="offer recovery")
+    try:
+        sender = OutboxSender(
+            OfferStore(client, settings.redis_prefix).outbox,
+            producer,
+            settings.topic_offers,
+            what="offers",
+            id_field="offer_id",
+            key_field="customer_id",
+            kafka_config=settings.kafka_config(),
+        )
+        sent, found = sender.recover()
+    finally:
+        client.close()
+    if sent or found:
+        log.info(
+            "recovery: sent %d offer(s) a previous run left unsent (%d were on the topic already)",
+            sent,
+            found,
+        )
+    return sent, found
+
+
 def warn_persistence(persistence: dict[str, str]) -> str | None:
     """A warning when the state Redis would lose everything on restart."""
     if persistence and persistence.get("appendonly") != "yes":
@@ -322,6 +351,7 @@ def run(
     silently unread, is worse than a stopped one."""
     if recover:
         recover_alerts(settings)
+        recover_offers(settings)
     if processes <= 1:
         if serve_metrics:
             metrics.serve(settings.metrics_port, settings.metrics_addr)

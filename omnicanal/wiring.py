@@ -3,14 +3,21 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
 from flows.pipeline import PipelineSetup
 from flows.source import EARLIEST, LATEST
+from omnicanal.campaigns import CatalogueWatcher
 from omnicanal.config import ConfigError, Settings
 from operators.coupons import CouponCodec
+from operators.guardrails import FrequencyCaps
 from operators.identity import IdentityRules, rules_from_config
 from operators.privacy import PiiHasher
 from operators.stock import StockRules, parse_thresholds
 from operators.validate import Validator
+from schemas.campaigns import Campaign
 from state.profiles import ProfileStore, connect, redact_url
 from state.stock import StockStore
 
@@ -48,6 +55,27 @@ def identity_rules(settings: Settings, hasher: PiiHasher) -> IdentityRules:
         )
     except ValueError as e:
         raise ConfigError(f"OMNICANAL_IDENTITY_BLOCKED / OMNICANAL_IDENTITY_LIMITS: {e}") from None
+
+
+def offer_caps(settings: Settings) -> FrequencyCaps:
+    """The frequency caps of ``OMNICANAL_OFFER_CAPS`` (per day, per week, per campaign)."""
+    day, week, campaign = (int(x) for x in settings.offer_caps.split(","))
+    return FrequencyCaps(day, week, campaign)
+
+
+def campaigns(settings: Settings) -> Callable[[], Sequence[Campaign]] | None:
+    """The campaigns in force, reloaded when ``OMNICANAL_CAMPAIGNS_FILE`` changes (None:
+    no catalogue). A catalogue that does not load stops the start, with the place and the
+    cause."""
+    if not settings.campaigns_file:
+        return None
+    if not settings.coupon_key:
+        raise ConfigError(
+            "OMNICANAL_CAMPAIGNS_FILE is set but OMNICANAL_COUPON_KEY is not: offers carry "
+            "coupon codes signed with that key (set it, or unset the catalogue)"
+        )
+    watcher = CatalogueWatcher(Path(settings.campaigns_file))
+    return lambda: watcher.current(time.monotonic()).campaigns
 
 
 def pipeline_setup(
@@ -100,4 +128,9 @@ def pipeline_setup(
         partition_check_seconds=settings.partition_check_seconds,
         alert_interval_seconds=settings.stock_alert_interval_ms / 1000,
         redis_retry_seconds=settings.redis_retry_seconds,
+        campaigns=campaigns(settings),
+        offers_topic=settings.topic_offers,
+        offer_caps=offer_caps(settings),
+        holdout_share=settings.offer_holdout_share,
+        offer_interval_seconds=settings.offer_interval_ms / 1000,
     )

@@ -1,0 +1,65 @@
+-- Write the outcomes of due offer timers, atomically, with an outbox.
+--
+-- ARGV[1] key prefix
+-- ARGV[2] JSON [[customer, seen score, action, offer json | "", campaign | "", day,
+--                suppression | "", later score, trigger ms], ...]
+--         action "offer": the timer goes; the offer goes to the outbox (<p>offers:outbox,
+--                field "m"), the customer's counters (<p>of:n:<customer>: d:<day>,
+--                c:<campaign>:<day>, cart = the trigger's time) and the campaign's spend
+--                (<p>of:spent) move
+--         action "drop":  the timer goes; a suppression is counted (<p>of:stats s:<reason>)
+--         action "later": the timer's score becomes `later score`
+-- A timer whose score is no longer the one read (a new cart add, a merge, another writer)
+-- is skipped: whoever moved it decides it again. Everything is read and checked before the
+-- first write. Returns {{skipped customer, ...}, {outbox id of each offer written, ...}}.
+local prefix = ARGV[1]
+local items = cjson.decode(ARGV[2])
+local timers = prefix .. 'tm:cart'
+if #items > 10000 then return redis.error_reply('INVALID too many timer outcomes') end
+for i, it in ipairs(items) do
+  if type(it) ~= 'table' or #it ~= 9 or type(it[1]) ~= 'string' or type(it[2]) ~= 'number'
+      or (it[3] ~= 'offer' and it[3] ~= 'drop' and it[3] ~= 'later')
+      or (it[3] == 'offer' and (it[4] == '' or it[5] == '')) then
+    return redis.error_reply('INVALID timer outcome ' .. i)
+  end
+end
+local skipped, live = {}, {}
+for i, it in ipairs(items) do
+  local score = redis.call('ZSCORE', timers, it[1])
+  if score and tonumber(score) == it[2] and not live[it[1]] then
+    live[it[1]] = i
+  else
+    skipped[#skipped + 1] = it[1]
+  end
+end
+local ids = {}
+local function fmt(n) return string.format('%d', n) end
+for i, it in ipairs(items) do
+  if live[it[1]] == i then
+    local cid, action = it[1], it[3]
+    if action == 'later' then
+      redis.call('ZADD', timers, 'XX', fmt(it[8]), cid)
+    else
+      redis.call('ZREM', timers, cid)
+      if action == 'offer' then
+        local nk = prefix .. 'of:n:' .. cid
+        local day = fmt(it[6])
+        redis.call('HINCRBY', nk, 'd:' .. day, 1)
+        redis.call('HINCRBY', nk, 'c:' .. it[5] .. ':' .. day, 1)
+        redis.call('HSET', nk, 'cart', fmt(it[9]))
+        -- counters older than a week are no longer read: drop them as the hash is written
+        for _, f in ipairs(redis.call('HKEYS', nk)) do
+          local d = tonumber(string.match(f, ':(%d+)$'))
+          if d and d < it[6] - 7 then redis.call('HDEL', nk, f) end
+        end
+        redis.call('EXPIRE', nk, 35 * 86400)
+        redis.call('HINCRBY', prefix .. 'of:spent', it[5], 1)
+        redis.call('HINCRBY', prefix .. 'of:stats', 'offers', 1)
+        ids[#ids + 1] = redis.call('XADD', prefix .. 'offers:outbox', '*', 'm', it[4])
+      elseif it[7] ~= '' then
+        redis.call('HINCRBY', prefix .. 'of:stats', 's:' .. it[7], 1)
+      end
+    end
+  end
+end
+return {skipped, ids}

@@ -1,0 +1,156 @@
+"""Offer timers, counters and the offers outbox in Redis: the only code that reads or
+writes them.
+
+- ``<p>tm:cart`` sorted set: a customer's cart-abandonment timer, scored by the newest cart
+  add (written by the batch script, ``state/lua/apply_batch.lua``, with the cart itself);
+- ``<p>of:n:<customer>`` hash: offers per day and per campaign per day (the frequency caps)
+  and the cart add last offered for (no second offer for the same trigger);
+- ``<p>of:spent`` hash: offers made per campaign (the budgets); ``<p>of:stats``: offers and
+  suppressions per reason;
+- ``<p>offers:outbox`` / ``<p>offers:sent``: the outbox (``state/outbox.py``).
+
+Outcomes are written by ``state/lua/offers.lua``, fenced by the timer's score as read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from state.outbox import Outbox
+
+_LUA = (Path(__file__).with_name("lua") / "offers.lua").read_text()
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+@dataclass(frozen=True)
+class StoredCart:
+    """One customer's pieces an offer decision reads, as stored."""
+
+    customer_id: str
+    fields: dict[str, str]
+    #: SKU -> (quantity, newest add) of the open cart
+    cart: dict[str, tuple[int, int]]
+    #: SKU -> last purchase time (recently bought, every channel)
+    bought: dict[str, int]
+    counters: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One timer outcome, as :func:`state/lua/offers.lua` takes it."""
+
+    customer_id: str
+    seen: int
+    action: str
+    offer: dict[str, Any] | None = None
+    campaign_id: str = ""
+    day: int = 0
+    suppressed: str = ""
+    later: int = 0
+    trigger_ms: int = 0
+
+
+class OfferStore:
+    """Batched access to the offer timers and counters. One instance per worker."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "oc:") -> None:
+        self.r = client
+        self.prefix = prefix
+        self._commit = client.register_script(_LUA)
+        self.outbox = Outbox(client, prefix, "offers")
+
+    def due_carts(self, until_ms: int, limit: int) -> list[tuple[str, int]]:
+        """Up to ``limit`` cart timers scored at most ``until_ms``, oldest first."""
+        raw: Any = self.r.zrangebyscore(
+            self.prefix + "tm:cart", "-inf", until_ms, start=0, num=limit, withscores=True
+        )
+        return [(_s(c), int(score)) for c, score in raw]
+
+    def read(self, customers: Sequence[str]) -> tuple[list[StoredCart], dict[str, int]]:
+        """Each customer's profile fields, cart, recently bought and offer counters, and
+        the offers made per campaign: one round trip."""
+        pre = self.prefix
+        pipe = self.r.pipeline(transaction=False)
+        for c in customers:
+            pipe.hgetall(pre + "p:" + c)
+            pipe.hgetall(pre + "cart:" + c)
+            pipe.zrange(pre + "b:" + c, 0, -1, withscores=True)
+            pipe.hgetall(pre + "of:n:" + c)
+        pipe.hgetall(pre + "of:spent")
+        res = pipe.execute()
+        out = []
+        for i, c in enumerate(customers):
+            fields, cart_raw, bought, counters = res[4 * i : 4 * i + 4]
+            clear = int(cart_raw.pop(b"_clr", 0) or 0)
+            cart: dict[str, list[int]] = {}
+            for f, q in cart_raw.items():
+                sku, _, ts = _s(f).rpartition("|")
+                if int(ts) <= clear:
+                    continue
+                line = cart.setdefault(sku, [0, 0])
+                line[0] += int(q)
+                if int(q) > 0:
+                    line[1] = max(line[1], int(ts))
+            out.append(
+                StoredCart(
+                    c,
+                    {_s(k): _s(v) for k, v in fields.items()},
+                    {s: (q, ts) for s, (q, ts) in cart.items()},
+                    {_s(s): int(ts) for s, ts in bought},
+                    {_s(k): _s(v) for k, v in counters.items()},
+                )
+            )
+        spent = {_s(k): int(v) for k, v in res[-1].items()}
+        return out, spent
+
+    def commit(self, outcomes: Sequence[Outcome]) -> tuple[list[str], list[str]]:
+        """Write the outcomes whose timer did not move since it was read. Returns (skipped
+        customers, outbox ids of the offers written, in order)."""
+        if not outcomes:
+            return [], []
+        items = [
+            [
+                o.customer_id,
+                o.seen,
+                o.action,
+                orjson.dumps(o.offer).decode() if o.offer is not None else "",
+                o.campaign_id,
+                o.day,
+                o.suppressed,
+                o.later,
+                o.trigger_ms,
+            ]
+            for o in outcomes
+        ]
+        skipped, ids = self._commit(args=[self.prefix, orjson.dumps(items)])
+        return [_s(x) for x in skipped], [_s(x) for x in ids]
+
+    def timers(self) -> int:
+        """Cart timers pending."""
+        return int(self.r.zcard(self.prefix + "tm:cart"))
+
+    def stats(self) -> dict[str, Any]:
+        """Offers made, per campaign, suppressions per reason, timers and unsent offers."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(self.prefix + "of:stats")
+        pipe.hgetall(self.prefix + "of:spent")
+        pipe.zcard(self.prefix + "tm:cart")
+        pipe.xlen(self.outbox.key)
+        stats, spent, timers, unsent = pipe.execute()
+        st = {_s(k): int(v) for k, v in stats.items()}
+        return {
+            "offers": st.get("offers", 0),
+            "per_campaign": {_s(k): int(v) for k, v in sorted(spent.items())},
+            "suppressed": {k[2:]: v for k, v in sorted(st.items()) if k.startswith("s:")},
+            "timers_pending": int(timers),
+            "unsent": int(unsent),
+        }

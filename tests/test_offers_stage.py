@@ -1,0 +1,184 @@
+"""The offers stage on real services: cart timers written by the run, surviving its end,
+fired once their wait has passed; a store purchase cancels the offer; caps, replays and
+restarts never send an offer twice, and a crash between the outbox and the broker loses
+none."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from flows import pipeline
+from flows.kafka import CheckedProducer, read_topic
+from omnicanal.config import Settings
+from omnicanal.runner import recover_offers
+from omnicanal.wiring import pipeline_setup
+from operators.coupons import CouponCodec
+from state.coupons import CouponLedger
+from state.offers import OfferStore, Outcome
+from state.profiles import ProfileStore, connect
+from tests.test_faults import cli
+
+pytestmark = pytest.mark.services
+COUPON_KEY = "test-coupon-key-0123456789"
+MINUTE = 60_000
+
+CATALOGUE = """
+version: 1
+campaigns:
+  - id: cart-10
+    trigger: cart_abandonment
+    benefit: {kind: percent_off, value: 10}
+    reason: "You left {items} items in your cart"
+    channels: [sms, email]
+    valid_days: 7
+    wait_minutes: 60
+"""
+
+
+def iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(ms / 1000))
+
+
+def add(n: int, who: str, sku: str, ts: int, channel: str = "web") -> dict[str, Any]:
+    return {"event_type": "add_to_cart", "event_id": f"add-{n}", "event_time": iso(ts),
+            "channel": channel, "session_id": f"s-{who}", "customer": {"loyalty_id": who},
+            "sku": sku, "quantity": 1}  # fmt: skip
+
+
+def store_sale(n: int, who: str, sku: str, ts: int) -> dict[str, Any]:
+    return {"event_type": "sale", "event_id": f"sale-{n}", "event_time": iso(ts),
+            "channel": "store", "currency": "EUR", "location_id": "store-1",
+            "customer": {"loyalty_id": who},
+            "lines": [{"sku": sku, "quantity": 1, "unit_price_minor": 1500}]}  # fmt: skip
+
+
+def consent(n: int, who: str, ts: int) -> dict[str, Any]:
+    return {"event_type": "consent_changed", "event_id": f"cs-{n}", "event_time": iso(ts),
+            "channel": "email", "customer": {"loyalty_id": who},
+            "consents": {"email": True}}  # fmt: skip
+
+
+def offers_settings(settings: Settings, tmp_path: Path, **kw: Any) -> Settings:
+    cat = tmp_path / "campaigns.yaml"
+    cat.write_text(CATALOGUE)
+    return settings.model_copy(
+        update={"coupon_key": COUPON_KEY, "campaigns_file": str(cat),
+                "offer_holdout_share": 0.0, **kw}
+    )  # fmt: skip
+
+
+def send(s: Settings, events: list[tuple[str, dict[str, Any]]]) -> None:
+    topics = s.contract_topics()
+    p = CheckedProducer(s.kafka_config(), what="test")
+    for contract, ev in events:
+        p.produce(topics[contract], orjson.dumps(ev), None)
+    p.flush(30)
+
+
+def offers_on_topic(s: Settings) -> list[dict[str, Any]]:
+    return [orjson.loads(v or b"") for *_, v in read_topic(s.kafka_config(), s.topic_offers)]
+
+
+def run(s: Settings) -> None:
+    res = cli(s, "run", "--until-eof")
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def stage_at(s: Settings, now_ms: int) -> pipeline.Offers:
+    store = ProfileStore(connect(s.redis_url), s.redis_prefix)
+    producer = CheckedProducer(s.kafka_config(), what="test offers")
+    stage = pipeline.offers(pipeline_setup(s), store, producer, clock=lambda: now_ms / 1000)
+    assert stage is not None
+    return stage
+
+
+def test_timers_survive_the_run_fire_after_the_wait_and_a_store_purchase_cancels(
+    settings: Settings, tmp_path: Path
+) -> None:
+    s = offers_settings(settings, tmp_path)
+    t = (int(time.time() * 1000) // MINUTE - 30) * MINUTE  # carts 30 minutes old
+    send(s, [
+        ("customer", consent(1, "ANA", t - 5 * MINUTE)),
+        ("clickstream", add(1, "ANA", "LAMP", t)),
+        ("clickstream", add(2, "ANA", "MUG", t + 1000)),
+        ("clickstream", add(3, "BEN", "LAMP", t, channel="app")),
+        ("transaction", store_sale(1, "BEN", "LAMP", t + 10 * MINUTE)),  # bought in store
+    ])  # fmt: skip
+    run(s)  # the run ends before the 60-minute wait: nothing sent, two timers left
+    offer_store = OfferStore(connect(s.redis_url), s.redis_prefix)
+    assert offer_store.timers() == 2 and offers_on_topic(s) == []
+
+    early = stage_at(s, t + 1000 + 59 * MINUTE)
+    early.due()
+    early.close()
+    assert offers_on_topic(s) == [] and offer_store.timers() == 2
+
+    stage = stage_at(s, t + 1000 + 61 * MINUTE)
+    stage.due()
+    stage.close()
+    (offer,) = offers_on_topic(s)
+    ana = ProfileStore(connect(s.redis_url), s.redis_prefix).resolve("loyalty:ANA")
+    assert offer["customer_id"] == ana and offer["channel"] == "email"  # the consented one
+    assert offer["items"] == ["LAMP", "MUG"] and offer["reason"] == "You left 2 items in your cart"
+    assert offer["trigger"] == "cart_abandonment" and offer["propensity"] == 1.0
+    # The code is in the ledger, for that offer and customer, before any channel saw it
+    ledger = CouponLedger(connect(s.redis_url), s.redis_prefix, CouponCodec(COUPON_KEY.encode()))
+    rec = ledger.lookup(offer["coupon_code"])
+    assert rec is not None and rec["o"] == offer["offer_id"] and rec["c"] == ana
+    # BEN bought the carted lamp in the store: his timer went without an offer
+    assert offer_store.timers() == 0
+    stats = offer_store.stats()
+    assert stats["offers"] == 1 and stats["per_campaign"] == {"cart-10": 1}
+    assert stats["unsent"] == 0  # confirmed by the broker, acknowledged
+
+    # A restart (a new stage, and the start-up recovery) sends nothing again
+    assert recover_offers(s) == (0, 0)
+    again = stage_at(s, t + 1000 + 62 * MINUTE)
+    again.due()
+    again.close()
+    assert len(offers_on_topic(s)) == 1
+
+
+def test_the_run_fires_due_timers_and_caps_hold_across_runs(
+    settings: Settings, tmp_path: Path
+) -> None:
+    s = offers_settings(settings, tmp_path)
+    t = (int(time.time() * 1000) // MINUTE - 120) * MINUTE  # carts two hours old: due
+    send(
+        s, [("customer", consent(1, "ANA", t - MINUTE)), ("clickstream", add(1, "ANA", "LAMP", t))]
+    )
+    run(s)
+    (first,) = offers_on_topic(s)
+    assert first["items"] == ["LAMP"]
+    # A new cart the same day is a new trigger, but the daily cap (1 per day) holds it back
+    send(s, [("clickstream", add(2, "ANA", "MUG", t + 5 * MINUTE))])
+    run(s)
+    assert [o["offer_id"] for o in offers_on_topic(s)] == [first["offer_id"]]
+    stats = OfferStore(connect(s.redis_url), s.redis_prefix).stats()
+    assert stats["suppressed"] == {"frequency_day": 1} and stats["timers_pending"] == 0
+
+
+def test_an_offer_in_the_outbox_is_sent_once_after_a_crash(
+    settings: Settings, tmp_path: Path
+) -> None:
+    s = offers_settings(settings, tmp_path)
+    store = OfferStore(connect(s.redis_url), s.redis_prefix)
+    store.r.zadd(s.redis_prefix + "tm:cart", {"C000000000001": 5})
+    doc = {"offer_id": "of-x", "customer_id": "C000000000001"}
+    # A crash after the commit wrote the outbox, before the broker had the offer
+    skipped, ids = store.commit([Outcome("C000000000001", 5, "offer", doc, "cart-10", 9000)])
+    assert skipped == [] and len(ids) == 1 and store.timers() == 0
+    # The same commit again (a replay of the decision) is fenced by the timer: nothing
+    assert store.commit([Outcome("C000000000001", 5, "offer", doc, "cart-10", 9000)])[1] == []
+    assert recover_offers(s) == (1, 0)
+    assert recover_offers(s) == (0, 0)
+    # Sent, but the acknowledgement lost (a crash in between): found on the topic, not resent
+    store.r.xadd(store.outbox.key, {"m": orjson.dumps(doc)})
+    store.r.delete(store.outbox.sent_key)
+    assert recover_offers(s) == (0, 1)
+    assert [o["offer_id"] for o in offers_on_topic(s)] == ["of-x"]
