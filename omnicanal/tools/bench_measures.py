@@ -97,13 +97,12 @@ def scenario_settings(base: Settings, partitions: int) -> Settings:
         update={
             "group_id": f"omnicanal-bench-{n}",
             "redis_prefix": f"ocb{n}:",
-            "topic_transactions": f"bench{n}.transactions",
-            "topic_clickstream": f"bench{n}.clickstream",
-            "topic_inventory": f"bench{n}.inventory",
-            "topic_offer_feedback": f"bench{n}.offer-feedback",
-            "topic_customers": f"bench{n}.customers",
-            "topic_dead_letters": f"bench{n}.dead-letters",
-            "topic_stock_alerts": f"bench{n}.stock-alerts",
+            # every topic, outputs included: omnicanal.x -> bench<n>.x
+            **{
+                name: f"bench{n}." + str(getattr(base, name)).rpartition(".")[2]
+                for name in type(base).model_fields
+                if name.startswith("topic_")
+            },
             "partitions": partitions,
             "pii_key": base.pii_key or BENCH_PII_KEY,
             "metrics_port": 0,
