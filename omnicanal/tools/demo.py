@@ -22,10 +22,16 @@ from omnicanal import runner
 from omnicanal.config import Settings
 from omnicanal.tools.datagen import Generator, Message
 from omnicanal.tools.services import LocalKafka, LocalRedis
+from operators.guardrails import in_holdout
+from operators.offers import MODEL_VERSION
+from state.offers import OfferStore
 from state.profiles import ProfileStore, connect
 from state.stock import StockStore
 
 Progress = Callable[[str, int, int | None], None]
+#: the demo's campaigns and coupon key (never for production: the key is public)
+DEMO_CAMPAIGNS = Path(__file__).with_name("demo_campaigns.yaml")
+DEMO_COUPON_KEY = "omnicanal-demo-coupon-key-NOT-SECRET"
 
 
 @dataclass
@@ -45,6 +51,16 @@ class Summary:
     stock_alerts: dict[str, int] = field(default_factory=dict)
     stock_alerts_open: dict[str, int] = field(default_factory=dict)
     skus_at_risk: int = 0
+    #: offers as the offers topic holds them, per campaign and per channel; suppressions
+    #: per reason, timers still pending and the holdout group (Redis)
+    offers: int = 0
+    offers_by_campaign: dict[str, int] = field(default_factory=dict)
+    offers_by_channel: dict[str, int] = field(default_factory=dict)
+    offer_suppressions: dict[str, int] = field(default_factory=dict)
+    offer_timers_pending: int = 0
+    holdout_customers: int = 0
+    coupon_redemptions: dict[str, int] = field(default_factory=dict)
+    offers_model: str = MODEL_VERSION
     produce_seconds: float = 0.0
     pipeline_seconds: float = 0.0
     sample_customer: str | None = None
@@ -140,6 +156,8 @@ def run_demo(
             redis_url=redis_srv.url,
             partitions=partitions,
             metrics_port=0,
+            coupon_key=DEMO_COUPON_KEY,
+            campaigns_file=str(DEMO_CAMPAIGNS),
         )
         summary.kafka_bootstrap, summary.redis_url = kafka.bootstrap, redis_srv.url
         create_topics(settings.kafka_config(), settings.all_topics(), partitions)
@@ -198,6 +216,7 @@ def run_demo(
         stats = StockStore(connect(settings.redis_url), settings.redis_prefix).alert_stats()
         summary.stock_alerts_open = stats["open"]
         summary.skus_at_risk = stats["skus_at_risk"]
+        _offers(settings, summary)
         store = ProfileStore(connect(settings.redis_url), settings.redis_prefix)
         summary.identity = store.stats()
         summary.customers = summary.identity["customers"]
@@ -212,6 +231,29 @@ def run_demo(
             redis_srv.stop()
             if own_dir:
                 shutil.rmtree(base, ignore_errors=True)
+
+
+def _offers(settings: Settings, summary: Summary) -> None:
+    """Offers as the broker holds them; suppressions, timers and the holdout from Redis."""
+    by_campaign: Counter[str] = Counter()
+    by_channel: Counter[str] = Counter()
+    for _, _, _, v in read_topic(settings.kafka_config(), settings.topic_offers):
+        o = orjson.loads(v or b"{}")
+        by_campaign[o["campaign_id"]] += 1
+        by_channel[o["channel"]] += 1
+    summary.offers = sum(by_campaign.values())
+    summary.offers_by_campaign = dict(by_campaign.most_common())
+    summary.offers_by_channel = dict(by_channel.most_common())
+    client = connect(settings.redis_url)
+    stats = OfferStore(client, settings.redis_prefix).stats()
+    summary.offer_suppressions = stats["suppressed"]
+    summary.offer_timers_pending = stats["timers_pending"]
+    ids = ProfileStore(client, settings.redis_prefix).customer_ids()
+    summary.holdout_customers = sum(in_holdout(c, settings.offer_holdout_share) for c in ids)
+    summary.coupon_redemptions = {
+        k: int(v) for k, v in m.counter_by(m.COUPON_REDEMPTIONS, "outcome").items() if v
+    }
+    client.close()
 
 
 def _applied_totals() -> tuple[float, float]:
