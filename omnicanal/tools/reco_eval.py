@@ -69,7 +69,8 @@ def load_baskets(
         )
     )
     baskets: list[tuple[str, int, list[str]]] = []
-    current, items, head = None, [], ("", 0)
+    current, head = None, ("", 0)
+    items: list[str] = []
     for hh, basket, product, ts in t.itertuples(index=False, name=None):
         if basket != current:
             if items:
