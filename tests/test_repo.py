@@ -70,6 +70,11 @@ def test_compose_file_runs_the_pipeline_against_kafka_and_persistent_redis() -> 
     targets = prom["scrape_configs"][0]["static_configs"][0]["targets"]
     ports = {p.split(":")[0] for p in services["omnicanal"]["ports"]}
     assert {t.split(":")[1] for t in targets} == ports
+    # the alert rules are mounted where prometheus.yml loads them from
+    (rules,) = prom["rule_files"]
+    mounts = dict(v.rsplit(":", 1)[0].split(":") for v in services["prometheus"]["volumes"])
+    assert mounts["../monitoring/rules.yml"] == rules
+    assert (ROOT / "docker" / "../monitoring/rules.yml").is_file()
 
 
 # ------------------------------------------------------------------ reproducible installs
