@@ -1,12 +1,13 @@
-"""Stage "offers": fires the cart-abandonment timers that are due, decides each one
-(``operators/offers.py``), issues the coupon codes, writes the outcomes with an outbox and
-sends the offers to the offers topic; none lost, none sent twice.
+"""Stage "offers": fires the offer timers that are due (cart abandonment, win-back),
+decides each one (``operators/offers.py``), issues the coupon codes, writes the outcomes
+with an outbox and sends the offers to the offers topic; none lost, none sent twice.
 
-The timers are written by the apply (``state/lua/apply_batch.lua``) with the cart, so a
-crash never loses one; a timer leaves Redis in the same script that writes its offer to the
-outbox, fenced by the score read (a new add in between: decided again later), so a replay
-never fires it twice. One worker (worker 0) runs this stage: offers are few next to events,
-and a single decider keeps the frequency caps and budgets exact.
+The timers are written by the apply (``state/lua/apply_batch.lua``) with the cart add or
+the order that starts them, so a crash never loses one; a timer leaves Redis in the same
+script that writes its offer to the outbox, fenced by the score read (a new event in
+between: decided again later), so a replay never fires it twice. One worker (worker 0)
+runs this stage: offers are few next to events, and a single decider keeps the frequency
+caps and budgets exact.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from monitoring import metrics as m
 from operators.coupons import CouponCodec, day_of
 from operators.guardrails import FrequencyCaps
 from operators.offers import (
-    CartState,
+    TIMERS,
     TimerOutcome,
-    cart_campaigns,
+    TimerState,
     customer_view,
-    fire_cart,
+    fire_timer,
     offer_counts,
+    running_campaigns,
     wait_ms,
 )
 from schemas.campaigns import Campaign
@@ -88,37 +90,54 @@ class Offers:
     _full = False
 
     def _fire(self) -> None:
+        """One slice of each timer kind, one kind after the other: the second reads the
+        counters (caps, budgets) the first wrote."""
         self._full = False
         now_ms = int(self._clock() * 1000)
-        running = cart_campaigns(self._campaigns(), now_ms)
-        m.OFFER_TIMERS.set(self.store.timers())
-        if not running:
-            return  # no cart campaign: timers wait (a catalogue reload may add one)
-        shortest = min(wait_ms(c) for c in running)
-        timers = self.store.due_carts(now_ms - shortest, self.SLICE)
-        if not timers:
-            return
-        self._full = len(timers) == self.SLICE
+        campaigns = self._campaigns()
+        pending = self.store.timers()
+        for timer, kind in TIMERS.items():
+            m.OFFER_TIMERS.labels(timer).set(pending.get(timer, 0))
+            running = running_campaigns(campaigns, kind, now_ms)
+            if not running:
+                continue  # no campaign: timers wait (a catalogue reload may add one)
+            shortest = min(wait_ms(c) for c in running)
+            timers = self.store.due(timer, now_ms - shortest, self.SLICE)
+            if not timers:
+                continue
+            self._full = self._full or len(timers) == self.SLICE
+            self._decide(timer, timers, running, now_ms)
+
+    def _decide(
+        self, timer: str, timers: list[tuple[str, int]], running: list[Campaign], now_ms: int
+    ) -> None:
         stored, spent = self.store.read([c for c, _ in timers])
         today = day_of(now_ms)
         outcomes: list[TimerOutcome] = []
         for (cid, seen), st in zip(timers, stored, strict=True):
-            state = CartState(
-                customer_view(cid, st.fields, now_ms),
-                st.cart,
-                st.bought,
-                offer_counts(st.counters, today),
-            )
-            outcome = fire_cart(
-                cid, seen, state, running, self.codec, now_ms,
-                caps=self._caps, holdout_share=self._holdout, spent=spent,
-            )  # fmt: skip
+            try:
+                state = TimerState(
+                    customer_view(cid, st.fields, now_ms),
+                    st.cart,
+                    st.bought,
+                    offer_counts(st.counters, today),
+                )
+                outcome = fire_timer(
+                    timer, cid, seen, state, running, self.codec, now_ms,
+                    caps=self._caps, holdout_share=self._holdout, spent=spent,
+                )  # fmt: skip
+            except Exception as e:  # one customer's problem, never the pipeline's
+                log.error(
+                    "step 'state' (offers): %s timer of %s not decided, dropped: %s: %s",
+                    timer, cid, type(e).__name__, e,
+                )  # fmt: skip
+                outcome = TimerOutcome(cid, seen, "drop", suppressed="decision_error")
             if outcome.offer is not None:  # the budget counts this slice's offers too
                 spent[outcome.offer.campaign_id] = spent.get(outcome.offer.campaign_id, 0) + 1
             outcomes.append(outcome)
-        self._write(outcomes, today, now_ms)
+        self._write(timer, outcomes, today, now_ms)
 
-    def _write(self, outcomes: list[TimerOutcome], today: int, now_ms: int) -> None:
+    def _write(self, timer: str, outcomes: list[TimerOutcome], today: int, now_ms: int) -> None:
         offers = [o.offer for o in outcomes if o.offer is not None]
         # The ledger knows each code before any channel can see it (a replay: the same codes).
         if offers:
@@ -143,7 +162,7 @@ class Offers:
                 Outcome(
                     o.customer_id, o.seen, o.action, doc,
                     o.offer.campaign_id if o.offer is not None else "",
-                    today, o.suppressed or "", o.later, o.trigger_ms,
+                    today, o.suppressed or "", o.later, o.trigger_ms, timer,
                 )
             )  # fmt: skip
         skipped, ids = self.store.commit(rows)

@@ -154,7 +154,9 @@ OFFER_SUPPRESSIONS = Counter(
 )
 OFFER_TIMERS = Gauge(
     "omnicanal_offer_timers",
-    "Cart-abandonment timers pending (Redis-wide: worker 0 only, the worker that fires them).",
+    "Offer timers pending, by kind (cart, winback; Redis-wide: worker 0 only, the worker "
+    "that fires them).",
+    ["timer"],
 )
 
 CATALOG: tuple[MetricWrapperBase, ...] = (

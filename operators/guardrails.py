@@ -29,6 +29,7 @@ Suppression = Literal[
     "out_of_stock",
     "duplicate_trigger",
     "budget",
+    "decision_error",
 ]
 SUPPRESSIONS: Final[tuple[str, ...]] = Suppression.__args__  # type: ignore[attr-defined]
 #: The consent an offer needs in each delivery channel (None: shown in the customer's own

@@ -9,7 +9,7 @@ already bought).
 
 >>> cart = {"MUG": (1, 1_000), "LAMP": (2, 2_000)}
 >>> abandoned_cart(cart, bought={"MUG": 5_000}, now_ms=2_000 + 3_600_000, wait_ms=3_600_000)
-CartTrigger(skus=('LAMP',), units=2, last_added_ms=2000)
+TriggerEvent(kind='cart_abandonment', at_ms=2000, skus=('LAMP',), units=2)
 >>> abandoned_cart(cart, bought={"MUG": 5_000, "LAMP": 6_000}, now_ms=10**9, wait_ms=60_000)
 """
 
@@ -24,7 +24,7 @@ from typing import Any, Final, Literal
 from operators.coupons import EPOCH, CouponCodec, day_of
 from operators.guardrails import FrequencyCaps, Suppression, consented, in_holdout
 from operators.profile import build_profile
-from schemas.campaigns import Campaign
+from schemas.campaigns import Campaign, Trigger
 from schemas.offers import Offer
 
 #: The rule-based policy's version, carried by every offer it decides.
@@ -32,13 +32,14 @@ MODEL_VERSION: Final = "rules-1"
 
 
 @dataclass(frozen=True)
-class CartTrigger:
-    """The abandoned part of a cart: SKUs not bought since they were added."""
+class TriggerEvent:
+    """The moment that may deserve an offer: its kind (a campaign trigger), its time (the
+    trigger's identity: the same moment gives the same offer id), and what it is about."""
 
-    skus: tuple[str, ...]
-    units: int
-    #: the newest add of those SKUs: the trigger's identity (a new add is a new trigger)
-    last_added_ms: int
+    kind: Trigger
+    at_ms: int
+    skus: tuple[str, ...] = ()
+    units: int = 0
 
 
 def abandoned_cart(
@@ -46,7 +47,7 @@ def abandoned_cart(
     bought: Mapping[str, int],
     now_ms: int,
     wait_ms: int,
-) -> CartTrigger | None:
+) -> TriggerEvent | None:
     """The cart's abandoned SKUs, once the newest add is ``wait_ms`` old: ``cart`` maps SKU to
     (quantity, time added), ``bought`` SKU to its last purchase time in any channel. None
     while the customer may still buy, or when they bought everything they carted."""
@@ -56,7 +57,9 @@ def abandoned_cart(
     last = max(added for _, added in left.values())
     if now_ms < last + wait_ms:
         return None
-    return CartTrigger(tuple(sorted(left)), sum(q for q, _ in left.values()), last)
+    return TriggerEvent(
+        "cart_abandonment", last, tuple(sorted(left)), sum(q for q, _ in left.values())
+    )
 
 
 def offer_id(customer_id: str, campaign_id: str, trigger_ms: int) -> str:
@@ -82,6 +85,10 @@ class CustomerView:
     sent_week: int = 0
     sent_campaign_week: Mapping[str, int] | None = None
     basket_minor: int = 0
+    #: the last order in any channel, and the mean time between the customer's orders
+    #: (None: fewer than two orders)
+    last_order_ms: int | None = None
+    order_interval_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,7 @@ class Decision:
 
 
 def decide(
-    trigger: CartTrigger,
+    trigger: TriggerEvent,
     customer: CustomerView,
     campaigns: Sequence[Campaign],
     codec: CouponCodec,
@@ -103,8 +110,8 @@ def decide(
     holdout_share: float = 0.05,
     spent: Mapping[str, int] | None = None,
 ) -> Decision:
-    """The offer for a cart-abandonment trigger: the first enabled, running, eligible
-    campaign whose wait has passed, through the first of its channels the customer
+    """The offer for a trigger: the first enabled, running, eligible campaign of its kind
+    whose wait has passed, through the first of its channels the customer
     consented to (their preferred channel first). ``spent`` counts the offers each
     campaign has made (its budget).
 
@@ -113,7 +120,8 @@ def decide(
     ...     benefit=Benefit(kind="percent_off", value=10), valid_days=7,
     ...     reason="You left {items} items in your cart")
     >>> who = CustomerView("C000000000001", "loyal", {"sms": {"granted": True}}, "web")
-    >>> d = decide(CartTrigger(("LAMP",), 2, 1_000), who, [c], CouponCodec(b"k" * 16), 10**12)
+    >>> cart = TriggerEvent("cart_abandonment", 1_000, ("LAMP",), 2)
+    >>> d = decide(cart, who, [c], CouponCodec(b"k" * 16), 10**12)
     >>> d.offer.channel, d.offer.reason, d.offer.expires_on
     ('sms', 'You left 2 items in your cart', '2001-09-16')
     """
@@ -123,9 +131,7 @@ def decide(
     candidates = [
         c
         for c in campaigns
-        if c.trigger == "cart_abandonment"
-        and _running(c, now)
-        and trigger.last_added_ms + wait_ms(c) <= now_ms
+        if c.trigger == trigger.kind and _running(c, now) and trigger.at_ms + wait_ms(c) <= now_ms
     ]
     candidates = [c for c in candidates if _eligible(c, customer)]
     if not candidates:
@@ -147,7 +153,7 @@ def decide(
         if channel is None:
             why = why or "no_consent"
             continue
-        oid = offer_id(customer.customer_id, c.id, trigger.last_added_ms)
+        oid = offer_id(customer.customer_id, c.id, trigger.at_ms)
         expiry = day_of(now_ms) + c.valid_days
         return Decision(
             Offer(
@@ -159,7 +165,9 @@ def decide(
                 coupon_code=codec.issue(oid, expiry),
                 benefit=c.benefit,
                 expires_on=(EPOCH + timedelta(days=expiry)).date().isoformat(),
-                reason=c.reason.format(items=trigger.units, sku=trigger.skus[0], category=""),
+                reason=c.reason.format(
+                    items=trigger.units, sku=trigger.skus[0] if trigger.skus else "", category=""
+                ),
                 decided_at=now.isoformat().replace("+00:00", "Z"),
                 model_version=MODEL_VERSION,
                 propensity=1.0,
@@ -203,35 +211,45 @@ def wait_ms(c: Campaign) -> int:
     return c.wait_minutes * 60_000
 
 
-def cart_campaigns(campaigns: Sequence[Campaign], now_ms: int) -> list[Campaign]:
-    """The catalogue's running cart-abandonment campaigns, in catalogue order."""
+#: The timers the pipeline keeps (``<p>tm:<timer>``), and the trigger each one fires.
+TIMERS: Final[dict[str, Trigger]] = {"cart": "cart_abandonment", "winback": "win_back"}
+
+
+def running_campaigns(campaigns: Sequence[Campaign], kind: Trigger, now_ms: int) -> list[Campaign]:
+    """The catalogue's running campaigns of one trigger, in catalogue order."""
     now = datetime.fromtimestamp(now_ms / 1000, UTC)
-    return [c for c in campaigns if c.trigger == "cart_abandonment" and _running(c, now)]
+    return [c for c in campaigns if c.trigger == kind and _running(c, now)]
 
 
 @dataclass(frozen=True)
 class OfferCounts:
-    """A customer's offers so far (for the caps) and the newest cart add already offered
-    for (no second offer for the same trigger)."""
+    """A customer's offers so far (for the caps), and per timer the trigger time already
+    offered for (no second offer for the same trigger)."""
 
     today: int = 0
     week: int = 0
     campaign_week: Mapping[str, int] | None = None
-    cart_fired_ms: int = -1
+    fired: Mapping[str, int] | None = None
+
+    def fired_ms(self, timer: str) -> int:
+        return (self.fired or {}).get(timer, -1)
 
 
 def offer_counts(fields: Mapping[str, str], today: int) -> OfferCounts:
-    """From the stored counters (``d:<day>``, ``c:<campaign>:<day>``, ``cart``).
+    """From the stored counters (``d:<day>``, ``c:<campaign>:<day>``, ``f:<timer>``).
 
-    >>> c = offer_counts({"d:100": "1", "d:94": "2", "d:93": "5", "c:x:95": "1", "cart": "7"}, 100)
-    >>> c.today, c.week, dict(c.campaign_week), c.cart_fired_ms
-    (1, 3, {'x': 1}, 7)
+    >>> raw = {"d:100": "1", "d:94": "2", "d:93": "5", "c:x:95": "1", "f:cart": "7"}
+    >>> c = offer_counts(raw, 100)
+    >>> c.today, c.week, dict(c.campaign_week), c.fired_ms("cart"), c.fired_ms("winback")
+    (1, 3, {'x': 1}, 7, -1)
     """
     day = week = 0
     per: dict[str, int] = {}
+    fired: dict[str, int] = {}
     for f, v in fields.items():
         kind, _, rest = f.partition(":")
-        if kind == "cart":
+        if kind == "f":
+            fired[rest] = int(v)
             continue
         camp, _, d = rest.rpartition(":")
         n, age = int(v), today - int(d)
@@ -242,12 +260,12 @@ def offer_counts(fields: Mapping[str, str], today: int) -> OfferCounts:
             day += n if age == 0 else 0
         elif kind == "c":
             per[camp] = per.get(camp, 0) + n
-    return OfferCounts(day, week, per, int(fields.get("cart", -1)))
+    return OfferCounts(day, week, per, fired)
 
 
 @dataclass(frozen=True)
-class CartState:
-    """What the offers stage read of a customer whose cart timer is due."""
+class TimerState:
+    """What the offers stage read of a customer whose timer is due."""
 
     #: None: no profile any more (merged into another customer, or erased)
     customer: CustomerView | None
@@ -261,11 +279,11 @@ class CartState:
 @dataclass(frozen=True)
 class TimerOutcome:
     """What to do with a due timer: ``offer`` (send it; the timer goes), ``drop`` (no offer
-    for this trigger; ``suppressed`` says why, when it counts) or ``later`` (a campaign
-    still waits: look again when the timer's score reaches ``later``)."""
+    for this trigger; ``suppressed`` says why, when it counts) or ``later`` (not yet: look
+    again when the timer's score reaches ``later``)."""
 
     customer_id: str
-    #: the timer's score as read: the write is fenced by it (a new add moved it: not done)
+    #: the timer's score as read: the write is fenced by it (a new event moved it: not done)
     seen: int
     action: Literal["offer", "drop", "later"]
     offer: Offer | None = None
@@ -274,10 +292,16 @@ class TimerOutcome:
     trigger_ms: int = 0
 
 
-def fire_cart(
+#: a customer is overdue after this many of their own mean intervals between orders (one
+#: order, no rhythm: after the campaign's wait alone)
+WIN_BACK_INTERVALS: Final = 2.0
+
+
+def fire_timer(
+    timer: str,
     customer_id: str,
     seen: int,
-    state: CartState,
+    state: TimerState,
     campaigns: Sequence[Campaign],
     codec: CouponCodec,
     now_ms: int,
@@ -286,9 +310,15 @@ def fire_cart(
     holdout_share: float = 0.05,
     spent: Mapping[str, int] | None = None,
 ) -> TimerOutcome:
-    """Decide a due cart timer. The stage reads timers whose score is at most ``now``
-    minus the shortest wait of ``campaigns`` (:func:`cart_campaigns`); a timer put off to
-    the next campaign's wait is scored so that it is read again exactly then.
+    """Decide a due timer (``timer``: a key of :data:`TIMERS`). The stage reads timers whose
+    score is at most ``now`` minus the shortest wait of the trigger's running campaigns; a
+    timer put off is scored so that it is read again exactly when it may fire.
+
+    - **cart** (score: the newest cart add): the cart's SKUs not bought since, in any
+      channel (:func:`abandoned_cart`); a store purchase of what was carted online cancels.
+    - **winback** (score: the last order): overdue once the customer has not ordered for
+      :data:`WIN_BACK_INTERVALS` times their own mean interval between orders (not one
+      number of days for everyone), and for at least the campaign's wait.
 
     >>> from schemas.campaigns import Benefit
     >>> c = Campaign(id="cart-10", trigger="cart_abandonment", channels=["web"],
@@ -296,14 +326,14 @@ def fire_cart(
     ...     reason="You left {items} items in your cart")
     >>> who, codec = CustomerView("C000000000001", "loyal", {}, "web"), CouponCodec(b"k" * 16)
     >>> t = 1_700_000_000_000
-    >>> st = CartState(who, {"LAMP": (2, t)}, {"LAMP": t - 5})
-    >>> out = fire_cart("C000000000001", t, st, [c], codec, t + 1_800_000)
+    >>> st = TimerState(who, {"LAMP": (2, t)}, {"LAMP": t - 5})
+    >>> out = fire_timer("cart", "C000000000001", t, st, [c], codec, t + 1_800_000)
     >>> out.action, out.offer.reason, out.trigger_ms == t
     ('offer', 'You left 2 items in your cart', True)
-    >>> fire_cart("C000000000001", t, st, [c], codec, t + 60_000).action   # 29 minutes early
+    >>> fire_timer("cart", "C000000000001", t, st, [c], codec, t + 60_000).action  # early
     'later'
-    >>> bought = CartState(who, {"LAMP": (2, t)}, {"LAMP": t + 5})  # bought in the store
-    >>> fire_cart("C000000000001", t, bought, [c], codec, t + 1_800_000).action
+    >>> bought = TimerState(who, {"LAMP": (2, t)}, {"LAMP": t + 5})  # bought in the store
+    >>> fire_timer("cart", "C000000000001", t, bought, [c], codec, t + 1_800_000).action
     'drop'
     """
 
@@ -313,16 +343,31 @@ def fire_cart(
     who = state.customer
     if who is None:
         return out("drop")
-    trigger = abandoned_cart(state.cart, state.bought, now_ms, wait_ms=0)
+    kind = TIMERS[timer]
+    running = running_campaigns(campaigns, kind, now_ms)
+    if not running:
+        return out("drop")
+    shortest = min(wait_ms(c) for c in running)
+    trigger: TriggerEvent | None
+    due_at = 0
+    if timer == "cart":
+        trigger = abandoned_cart(state.cart, state.bought, now_ms, wait_ms=0)
+    else:
+        last = who.last_order_ms
+        if last is None:
+            return out("drop")
+        trigger = TriggerEvent(kind, last)
+        rhythm = who.order_interval_ms
+        due_at = last + int(WIN_BACK_INTERVALS * rhythm) if rhythm else last
     if trigger is None:
         return out("drop")  # bought (in any channel) or emptied: nothing to recover
-    if trigger.last_added_ms <= state.counts.cart_fired_ms:
+    if trigger.at_ms <= state.counts.fired_ms(timer):
         return out("drop", suppressed="duplicate_trigger")
+    if due_at > now_ms:  # not overdue against the customer's own rhythm yet
+        return out("later", later=due_at - shortest)
     if in_holdout(customer_id, holdout_share):
         return out("drop", suppressed="holdout")
-    running = cart_campaigns(campaigns, now_ms)
-    waiting = [trigger.last_added_ms + wait_ms(c) for c in running]
-    later = [t for t in waiting if t > now_ms]
+    later = [t for t in (trigger.at_ms + wait_ms(c) for c in running) if t > now_ms]
     counts = state.counts
     view = CustomerView(
         who.customer_id,
@@ -336,9 +381,8 @@ def fire_cart(
     )
     d = decide(trigger, view, running, codec, now_ms, caps=caps, holdout_share=0.0, spent=spent)
     if d.offer is not None:
-        return out("offer", offer=d.offer, trigger_ms=trigger.last_added_ms)
+        return out("offer", offer=d.offer, trigger_ms=trigger.at_ms)
     if later:  # another campaign may still offer: look again when its wait has passed
-        shortest = min(wait_ms(c) for c in running)
         return out("later", later=min(later) - shortest)
     return out("drop", suppressed=d.suppressed)
 
@@ -350,11 +394,26 @@ def customer_view(customer_id: str, fields: dict[str, str], now_ms: int) -> Cust
     ...     "web:lo": "1700000000000", "cs:email": "5:1"}, 1_700_000_000_000)
     >>> v.segment, v.preferred_channel, v.basket_minor, v.consents["email"]["granted"]
     ('new', 'web', 2500, True)
+    >>> v.last_order_ms, v.order_interval_ms   # no first-seen field here: no rhythm
+    (1700000000000, None)
     """
     if not fields:
         return None
     p = build_profile(customer_id, fields, [], [], {}, [], now_ms)
     basket = max(p["average_basket_minor"].values(), default=0)
+    firsts = [int(v) for f, v in fields.items() if f.endswith(":f")]
+    lasts = [int(v) for f, v in fields.items() if f.endswith(":lo")]
+    last = max(lasts) if lasts else None
+    orders = p["orders"]
+    interval = None
+    if last is not None and firsts and orders >= 2:  # first seen: a bound for the first order
+        interval = (last - min(firsts)) // (orders - 1)
     return CustomerView(
-        customer_id, p["segment"], p["consents"], p["preferred_channel"], 0, 0, None, basket
+        customer_id,
+        p["segment"],
+        p["consents"],
+        p["preferred_channel"],
+        basket_minor=basket,
+        last_order_ms=last,
+        order_interval_ms=interval,
     )

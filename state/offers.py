@@ -1,10 +1,11 @@
 """Offer timers, counters and the offers outbox in Redis: the only code that reads or
 writes them.
 
-- ``<p>tm:cart`` sorted set: a customer's cart-abandonment timer, scored by the newest cart
-  add (written by the batch script, ``state/lua/apply_batch.lua``, with the cart itself);
+- ``<p>tm:cart`` / ``<p>tm:winback`` sorted sets: a customer's cart-abandonment timer,
+  scored by the newest cart add, and win-back timer, scored by the last order (written by
+  the batch script, ``state/lua/apply_batch.lua``, with the events themselves);
 - ``<p>of:n:<customer>`` hash: offers per day and per campaign per day (the frequency caps)
-  and the cart add last offered for (no second offer for the same trigger);
+  and per timer the trigger time last offered for (no second offer for the same trigger);
 - ``<p>of:spent`` hash: offers made per campaign (the budgets); ``<p>of:stats``: offers and
   suppressions per reason;
 - ``<p>offers:outbox`` / ``<p>offers:sent``: the outbox (``state/outbox.py``).
@@ -22,9 +23,12 @@ from typing import Any
 import orjson
 import redis
 
+from operators.offers import TIMERS
 from state.outbox import Outbox
 
 _LUA = (Path(__file__).with_name("lua") / "offers.lua").read_text()
+#: the timers the batch script keeps
+TIMER_KINDS = tuple(TIMERS)
 
 
 def _s(v: bytes | str) -> str:
@@ -57,6 +61,7 @@ class Outcome:
     suppressed: str = ""
     later: int = 0
     trigger_ms: int = 0
+    timer: str = "cart"
 
 
 class OfferStore:
@@ -68,10 +73,10 @@ class OfferStore:
         self._commit = client.register_script(_LUA)
         self.outbox = Outbox(client, prefix, "offers")
 
-    def due_carts(self, until_ms: int, limit: int) -> list[tuple[str, int]]:
-        """Up to ``limit`` cart timers scored at most ``until_ms``, oldest first."""
+    def due(self, timer: str, until_ms: int, limit: int) -> list[tuple[str, int]]:
+        """Up to ``limit`` timers of one kind scored at most ``until_ms``, oldest first."""
         raw: Any = self.r.zrangebyscore(
-            self.prefix + "tm:cart", "-inf", until_ms, start=0, num=limit, withscores=True
+            f"{self.prefix}tm:{timer}", "-inf", until_ms, start=0, num=limit, withscores=True
         )
         return [(_s(c), int(score)) for c, score in raw]
 
@@ -128,29 +133,32 @@ class OfferStore:
                 o.suppressed,
                 o.later,
                 o.trigger_ms,
+                o.timer,
             ]
             for o in outcomes
         ]
         skipped, ids = self._commit(args=[self.prefix, orjson.dumps(items)])
         return [_s(x) for x in skipped], [_s(x) for x in ids]
 
-    def timers(self) -> int:
-        """Cart timers pending."""
-        return int(self.r.zcard(self.prefix + "tm:cart"))
+    def timers(self) -> dict[str, int]:
+        """Timers pending, per kind."""
+        pipe = self.r.pipeline(transaction=False)
+        for t in TIMER_KINDS:
+            pipe.zcard(f"{self.prefix}tm:{t}")
+        return {t: int(n) for t, n in zip(TIMER_KINDS, pipe.execute(), strict=True)}
 
     def stats(self) -> dict[str, Any]:
         """Offers made, per campaign, suppressions per reason, timers and unsent offers."""
         pipe = self.r.pipeline(transaction=False)
         pipe.hgetall(self.prefix + "of:stats")
         pipe.hgetall(self.prefix + "of:spent")
-        pipe.zcard(self.prefix + "tm:cart")
         pipe.xlen(self.outbox.key)
-        stats, spent, timers, unsent = pipe.execute()
+        stats, spent, unsent = pipe.execute()
         st = {_s(k): int(v) for k, v in stats.items()}
         return {
             "offers": st.get("offers", 0),
             "per_campaign": {_s(k): int(v) for k, v in sorted(spent.items())},
             "suppressed": {k[2:]: v for k, v in sorted(st.items()) if k.startswith("s:")},
-            "timers_pending": int(timers),
+            "timers_pending": self.timers(),
             "unsent": int(unsent),
         }

@@ -8,7 +8,7 @@ import msgspec
 
 from operators.coupons import CouponCodec, Verified, day_of
 from operators.guardrails import FrequencyCaps, in_holdout
-from operators.offers import CartTrigger, CustomerView, abandoned_cart, decide, offer_id
+from operators.offers import CustomerView, TriggerEvent, abandoned_cart, decide, offer_id
 from schemas.campaigns import Benefit, Budget, Campaign, Eligibility
 from schemas.offers import Offer
 
@@ -38,17 +38,17 @@ def who(**kw: object) -> CustomerView:
     return CustomerView(**(base | kw))  # type: ignore[arg-type]
 
 
-TRIGGER = CartTrigger(("LAMP", "MUG"), 3, NOW - 2 * HOUR)
+TRIGGER = TriggerEvent("cart_abandonment", NOW - 2 * HOUR, ("LAMP", "MUG"), 3)
 
 
 def test_a_store_purchase_cancels_the_web_cart_and_a_new_add_restarts_the_wait() -> None:
     cart = {"LAMP": (1, NOW - 3 * HOUR), "MUG": (2, NOW - 2 * HOUR)}
-    assert abandoned_cart(cart, {}, NOW, wait_ms=HOUR) == CartTrigger(
-        ("LAMP", "MUG"), 3, NOW - 2 * HOUR
+    assert abandoned_cart(cart, {}, NOW, wait_ms=HOUR) == TriggerEvent(
+        "cart_abandonment", NOW - 2 * HOUR, ("LAMP", "MUG"), 3
     )
     # bought in store after it was carted: not abandoned any more
-    assert abandoned_cart(cart, {"LAMP": NOW - HOUR}, NOW, HOUR) == CartTrigger(
-        ("MUG",), 2, NOW - 2 * HOUR
+    assert abandoned_cart(cart, {"LAMP": NOW - HOUR}, NOW, HOUR) == TriggerEvent(
+        "cart_abandonment", NOW - 2 * HOUR, ("MUG",), 2
     )
     assert abandoned_cart(cart, {"LAMP": NOW - HOUR, "MUG": NOW - HOUR}, NOW, HOUR) is None
     # bought before it was carted again: still abandoned
@@ -63,7 +63,7 @@ def test_the_offer_carries_a_coupon_redeemable_everywhere_and_the_reason() -> No
     assert o is not None and d.suppressed is None
     assert o.channel == "sms"  # the preferred channel, consented
     assert o.reason == "You left 3 items in your cart"
-    assert o.offer_id == offer_id(ID, "cart-10", TRIGGER.last_added_ms)
+    assert o.offer_id == offer_id(ID, "cart-10", TRIGGER.at_ms)
     assert isinstance(CODEC.verify(o.coupon_code, today=day_of(NOW) + 7), Verified)
     assert o.items == ["LAMP", "MUG"] and o.propensity == 1.0
     # the message matches its published contract, and deciding again gives the same offer

@@ -111,12 +111,12 @@ def test_timers_survive_the_run_fire_after_the_wait_and_a_store_purchase_cancels
     ])  # fmt: skip
     run(s)  # the run ends before the 60-minute wait: nothing sent, two timers left
     offer_store = OfferStore(connect(s.redis_url), s.redis_prefix)
-    assert offer_store.timers() == 2 and offers_on_topic(s) == []
+    assert offer_store.timers()["cart"] == 2 and offers_on_topic(s) == []
 
     early = stage_at(s, t + 1000 + 59 * MINUTE)
     early.due()
     early.close()
-    assert offers_on_topic(s) == [] and offer_store.timers() == 2
+    assert offers_on_topic(s) == [] and offer_store.timers()["cart"] == 2
 
     stage = stage_at(s, t + 1000 + 61 * MINUTE)
     stage.due()
@@ -131,7 +131,7 @@ def test_timers_survive_the_run_fire_after_the_wait_and_a_store_purchase_cancels
     rec = ledger.lookup(offer["coupon_code"])
     assert rec is not None and rec["o"] == offer["offer_id"] and rec["c"] == ana
     # BEN bought the carted lamp in the store: his timer went without an offer
-    assert offer_store.timers() == 0
+    assert offer_store.timers()["cart"] == 0
     stats = offer_store.stats()
     assert stats["offers"] == 1 and stats["per_campaign"] == {"cart-10": 1}
     assert stats["unsent"] == 0  # confirmed by the broker, acknowledged
@@ -160,7 +160,10 @@ def test_the_run_fires_due_timers_and_caps_hold_across_runs(
     run(s)
     assert [o["offer_id"] for o in offers_on_topic(s)] == [first["offer_id"]]
     stats = OfferStore(connect(s.redis_url), s.redis_prefix).stats()
-    assert stats["suppressed"] == {"frequency_day": 1} and stats["timers_pending"] == 0
+    assert stats["suppressed"] == {"frequency_day": 1} and stats["timers_pending"] == {
+        "cart": 0,
+        "winback": 0,
+    }
 
 
 def test_an_offer_in_the_outbox_is_sent_once_after_a_crash(
@@ -172,7 +175,7 @@ def test_an_offer_in_the_outbox_is_sent_once_after_a_crash(
     doc = {"offer_id": "of-x", "customer_id": "C000000000001"}
     # A crash after the commit wrote the outbox, before the broker had the offer
     skipped, ids = store.commit([Outcome("C000000000001", 5, "offer", doc, "cart-10", 9000)])
-    assert skipped == [] and len(ids) == 1 and store.timers() == 0
+    assert skipped == [] and len(ids) == 1 and store.timers()["cart"] == 0
     # The same commit again (a replay of the decision) is fenced by the timer: nothing
     assert store.commit([Outcome("C000000000001", 5, "offer", doc, "cart-10", 9000)])[1] == []
     assert recover_offers(s) == (1, 0)
@@ -182,3 +185,71 @@ def test_an_offer_in_the_outbox_is_sent_once_after_a_crash(
     store.r.delete(store.outbox.sent_key)
     assert recover_offers(s) == (0, 1)
     assert [o["offer_id"] for o in offers_on_topic(s)] == ["of-x"]
+
+
+WIN_BACK = """
+version: 1
+campaigns:
+  - id: winback-points
+    trigger: win_back
+    benefit: {kind: points, value: 300}
+    reason: "We miss you: 300 points on your next visit"
+    channels: [web]
+    valid_days: 30
+    wait_minutes: 10080  # at least a week without an order
+"""
+
+
+def test_win_back_follows_each_customers_own_rhythm(settings: Settings, tmp_path: Path) -> None:
+    """Three customers, last order 20 days ago each: a weekly shopper is overdue (2 weeks of
+    their rhythm passed), a monthly one is not (due at 60 days: put off to then), and a
+    one-order customer has no rhythm, so the campaign's week decides."""
+    s = offers_settings(settings, tmp_path)
+    (tmp_path / "campaigns.yaml").write_text(WIN_BACK)
+    day = 86_400_000
+    last = (int(time.time() * 1000) // MINUTE) * MINUTE - 20 * day
+    sales = [("transaction", store_sale(i, "WEEKLY", "MILK", last - i * 7 * day)) for i in range(6)]
+    sales += [("transaction", store_sale(10 + i, "MONTHLY", "WINE", last - i * 30 * day))
+              for i in range(3)]  # fmt: skip
+    sales += [("transaction", store_sale(20, "ONCE", "LAMP", last))]
+    send(s, sales)
+    run(s)  # the run fires what is due at once
+    store = ProfileStore(connect(s.redis_url), s.redis_prefix)
+    weekly, monthly, once = (store.resolve(f"loyalty:{w}") for w in ("WEEKLY", "MONTHLY", "ONCE"))
+    got = {o["customer_id"]: o for o in offers_on_topic(s)}
+    assert set(got) == {weekly, once}
+    assert got[weekly]["trigger"] == "win_back" and got[weekly]["reason"].startswith("We miss")
+    assert "items" not in got[weekly]  # about no item: the default, omitted
+    # The monthly customer waits, scored to be read again at last order + 2 x 30 days
+    offers = OfferStore(connect(s.redis_url), s.redis_prefix)
+    assert offers.timers()["winback"] == 1
+    (score,) = [sc for c, sc in offers.due("winback", 10**15, 10) if c == monthly]
+    assert score == last + 60 * day - 7 * day
+    # 61 days after the last order, the monthly customer is overdue too
+    stage = stage_at(s, last + 61 * day)
+    stage.due()
+    stage.close()
+    assert {o["customer_id"] for o in offers_on_topic(s)} == {weekly, once, monthly}
+    # every win-back timer was decided
+    assert offers.timers()["winback"] == 0
+
+
+def test_a_customer_whose_decision_fails_costs_only_their_offer(
+    settings: Settings, tmp_path: Path
+) -> None:
+    s = offers_settings(settings, tmp_path)
+    t = (int(time.time() * 1000) // MINUTE - 30) * MINUTE
+    send(s, [("customer", consent(1, "BEN", t - MINUTE)), ("clickstream", add(1, "ANA", "LAMP", t)),
+             ("clickstream", add(2, "BEN", "MUG", t))])  # fmt: skip
+    run(s)
+    profiles = ProfileStore(connect(s.redis_url), s.redis_prefix)
+    ana, ben = profiles.resolve("loyalty:ANA"), profiles.resolve("loyalty:BEN")
+    # Something else wrote a field this version cannot read into ANA's profile
+    profiles.r.hset(f"{s.redis_prefix}p:{ana}", "web:o", "not a number")
+    stage = stage_at(s, t + 61 * MINUTE)
+    stage.due()  # does not raise: the pipeline goes on
+    stage.close()
+    assert [o["customer_id"] for o in offers_on_topic(s)] == [ben]
+    stats = OfferStore(connect(s.redis_url), s.redis_prefix).stats()
+    assert stats["suppressed"] == {"decision_error": 1}
+    assert stats["timers_pending"]["cart"] == 0

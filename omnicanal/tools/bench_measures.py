@@ -21,7 +21,7 @@ import orjson
 from flows.kafka import CheckedProducer, create_topics, part_name, partitions_of
 from omnicanal.config import Settings
 from omnicanal.tools.datagen import Generator
-from omnicanal.tools.demo import produce
+from omnicanal.tools.demo import DEMO_CAMPAIGNS, DEMO_COUPON_KEY, produce
 from omnicanal.tools.services import LocalKafka, LocalRedis
 from state.profiles import ProfileStore, connect
 
@@ -105,6 +105,9 @@ def scenario_settings(base: Settings, partitions: int) -> Settings:
             },
             "partitions": partitions,
             "pii_key": base.pii_key or BENCH_PII_KEY,
+            # offers on, as in production: the demo's cart and win-back campaigns
+            "coupon_key": base.coupon_key or DEMO_COUPON_KEY,
+            "campaigns_file": base.campaigns_file or str(DEMO_CAMPAIGNS),
             "metrics_port": 0,
         }
     )

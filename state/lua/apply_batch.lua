@@ -371,9 +371,22 @@ local function cart_add(cid, ck, flat, clear)
   end
 end
 
+-- An order starts (or restarts) the customer's win-back timer: <p>tm:winback, scored by the
+-- last order's event time (GT); the offers stage fires it once the customer is overdue.
+local function winback_timer(cid, maxs)
+  local last = nil
+  for i = 1, #maxs, 2 do
+    if string.sub(maxs[i], -3) == ':lo' and (last == nil or maxs[i + 1] > last) then
+      last = maxs[i + 1]
+    end
+  end
+  if last then redis.call('ZADD', prefix .. 'tm:winback', 'GT', last, cid) end
+end
+
 local function apply_delta(cid, d, b)
   local pk = prefix .. 'p:' .. cid
   update_fields(pk, d[b], d[b + 1], d[b + 2], d[b + 3], d[b + 4])
+  winback_timer(cid, d[b + 2])
   if #d[b + 5] > 0 then zset_max(prefix .. 'v:' .. cid, d[b + 5], max_views) end
   if #d[b + 6] > 0 then zset_max(prefix .. 'b:' .. cid, d[b + 6], max_bought) end
   if #d[b + 7] > 0 or d[b + 8] > 0 then cart_add(cid, prefix .. 'cart:' .. cid, d[b + 7], d[b + 8]) end
@@ -427,7 +440,9 @@ local function merge_profile(survivor, loser)
     redis.call('RPUSH', prefix .. 'mg:' .. survivor, rec)
   end
   redis.call('DEL', lp, lc, prefix .. 'v:' .. loser, prefix .. 'b:' .. loser, lm)
-  redis.call('ZREM', prefix .. 'tm:cart', loser)  -- its cart (and timer) is the survivor's
+  -- its cart and orders (and their timers) are the survivor's
+  redis.call('ZREM', prefix .. 'tm:cart', loser)
+  redis.call('ZREM', prefix .. 'tm:winback', loser)
 end
 
 local new_customers, merges, linked = 0, 0, 0

@@ -2,12 +2,11 @@
 --
 -- ARGV[1] key prefix, ARGV[2] canonical customer id, ARGV[3] erasure time (ms)
 --
--- Deletes the profile, recently viewed/bought, cart and its offer timer, offer counters,
--- merge records, identity links and the
--- refusal records that quote the customer's identifiers. Each identifier is kept only as a
--- tombstone ("erased" hash: identifier -> erasure ms) so that a replay of events up to the
--- erasure cannot bring the customer back; the erasure version tells running pipelines to
--- reload the tombstones before their next write.
+-- Deletes the profile, recently viewed/bought, cart, offer timers and counters, merge
+-- records, identity links and the refusal records that quote the customer's identifiers.
+-- Each identifier is kept only as a tombstone ("erased" hash: identifier -> erasure ms) so
+-- that a replay of events up to the erasure cannot bring the customer back; the erasure
+-- version tells running pipelines to reload the tombstones before their next write.
 -- Returns the number of identifiers erased, or -1 if the customer does not exist.
 local prefix, cid, now = ARGV[1], ARGV[2], ARGV[3]
 local mkey = prefix .. 'members:' .. cid
@@ -25,7 +24,9 @@ for i = 1, #pairs_, 2 do
 end
 redis.call('DEL', mkey, prefix .. 'p:' .. cid, prefix .. 'v:' .. cid, prefix .. 'b:' .. cid,
   prefix .. 'cart:' .. cid, prefix .. 'mg:' .. cid, prefix .. 'of:n:' .. cid)
-redis.call('ZREM', prefix .. 'tm:cart', cid)  -- no offer for an erased person
+-- no offer for an erased person
+redis.call('ZREM', prefix .. 'tm:cart', cid)
+redis.call('ZREM', prefix .. 'tm:winback', cid)
 local refusals = redis.call('XRANGE', prefix .. 'refusals', '-', '+')
 for _, entry in ipairs(refusals) do
   local fields = entry[2]

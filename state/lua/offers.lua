@@ -2,10 +2,11 @@
 --
 -- ARGV[1] key prefix
 -- ARGV[2] JSON [[customer, seen score, action, offer json | "", campaign | "", day,
---                suppression | "", later score, trigger ms], ...]
+--                suppression | "", later score, trigger ms, timer], ...]
+--         timer: "cart" | "winback", the sorted set <p>tm:<timer>
 --         action "offer": the timer goes; the offer goes to the outbox (<p>offers:outbox,
 --                field "m"), the customer's counters (<p>of:n:<customer>: d:<day>,
---                c:<campaign>:<day>, cart = the trigger's time) and the campaign's spend
+--                c:<campaign>:<day>, f:<timer> = the trigger's time) and the campaign's spend
 --                (<p>of:spent) move
 --         action "drop":  the timer goes; a suppression is counted (<p>of:stats s:<reason>)
 --         action "later": the timer's score becomes `later score`
@@ -14,10 +15,11 @@
 -- first write. Returns {{skipped customer, ...}, {outbox id of each offer written, ...}}.
 local prefix = ARGV[1]
 local items = cjson.decode(ARGV[2])
-local timers = prefix .. 'tm:cart'
+local TIMERS = {cart = true, winback = true}
 if #items > 10000 then return redis.error_reply('INVALID too many timer outcomes') end
 for i, it in ipairs(items) do
-  if type(it) ~= 'table' or #it ~= 9 or type(it[1]) ~= 'string' or type(it[2]) ~= 'number'
+  if type(it) ~= 'table' or #it ~= 10 or type(it[1]) ~= 'string' or type(it[2]) ~= 'number'
+      or not TIMERS[it[10]]
       or (it[3] ~= 'offer' and it[3] ~= 'drop' and it[3] ~= 'later')
       or (it[3] == 'offer' and (it[4] == '' or it[5] == '')) then
     return redis.error_reply('INVALID timer outcome ' .. i)
@@ -25,9 +27,10 @@ for i, it in ipairs(items) do
 end
 local skipped, live = {}, {}
 for i, it in ipairs(items) do
-  local score = redis.call('ZSCORE', timers, it[1])
-  if score and tonumber(score) == it[2] and not live[it[1]] then
-    live[it[1]] = i
+  local id = it[10] .. ' ' .. it[1]
+  local score = redis.call('ZSCORE', prefix .. 'tm:' .. it[10], it[1])
+  if score and tonumber(score) == it[2] and not live[id] then
+    live[id] = i
   else
     skipped[#skipped + 1] = it[1]
   end
@@ -35,8 +38,9 @@ end
 local ids = {}
 local function fmt(n) return string.format('%d', n) end
 for i, it in ipairs(items) do
-  if live[it[1]] == i then
+  if live[it[10] .. ' ' .. it[1]] == i then
     local cid, action = it[1], it[3]
+    local timers = prefix .. 'tm:' .. it[10]
     if action == 'later' then
       redis.call('ZADD', timers, 'XX', fmt(it[8]), cid)
     else
@@ -46,7 +50,7 @@ for i, it in ipairs(items) do
         local day = fmt(it[6])
         redis.call('HINCRBY', nk, 'd:' .. day, 1)
         redis.call('HINCRBY', nk, 'c:' .. it[5] .. ':' .. day, 1)
-        redis.call('HSET', nk, 'cart', fmt(it[9]))
+        redis.call('HSET', nk, 'f:' .. it[10], fmt(it[9]))
         -- counters older than a week are no longer read: drop them as the hash is written
         for _, f in ipairs(redis.call('HKEYS', nk)) do
           local d = tonumber(string.match(f, ':(%d+)$'))
