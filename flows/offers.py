@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -34,9 +34,10 @@ from operators.offers import (
     running_campaigns,
     wait_ms,
 )
+from operators.policy import RedemptionModel, log_loss
 from schemas.campaigns import Campaign
 from state.coupons import CouponLedger, Issue
-from state.offers import OfferStore, Outcome
+from state.offers import OfferStore, Outcome, PolicyStore
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class Offers:
         caps: FrequencyCaps | None = None,
         holdout_share: float = 0.05,
         clock: Callable[[], float] = time.time,
+        policy: PolicyStore | None = None,
     ) -> None:
         self.store = store
         self.ledger = ledger
@@ -70,6 +72,13 @@ class Offers:
         self._holdout = holdout_share
         self._clock = clock
         self._next = 0.0
+        #: the learnt policy (None: the rules), restored from its last checkpoint
+        self._policy_store = policy
+        self.model: RedemptionModel | None = None
+        self._cursor = "0-0"
+        if policy is not None:
+            state, self._cursor = policy.load()
+            self.model = RedemptionModel.from_state(state) if state else RedemptionModel()
 
     def recover(self) -> tuple[int, int]:
         """Send what a crashed run left in the outbox (see :meth:`OutboxSender.recover`)."""
@@ -94,6 +103,7 @@ class Offers:
         counters (caps, budgets) the first wrote."""
         self._full = False
         now_ms = int(self._clock() * 1000)
+        self._learn(now_ms)
         campaigns = self._campaigns()
         pending = self.store.timers()
         for timer, kind in TIMERS.items():
@@ -107,6 +117,28 @@ class Offers:
                 continue
             self._full = self._full or len(timers) == self.SLICE
             self._decide(timer, timers, running, now_ms)
+
+    def _learn(self, now_ms: int) -> None:
+        """Learn from the outcomes known since the last checkpoint (redemptions, offers
+        expired unredeemed), predicting each first (progressive validation), then store
+        the model with what it learnt, in one transaction."""
+        ps, model = self._policy_store, self.model
+        if ps is None or model is None:
+            return
+        outcomes, cursor, expired, ctx = ps.outcomes(self._cursor, now_ms)
+        if not outcomes and cursor == self._cursor and not expired:
+            return
+        learnt = []
+        for oid, redeemed in outcomes:
+            if oid not in ctx or oid in learnt:
+                continue  # learnt before, or decided before contexts were kept
+            x, campaign = ctx[oid]
+            m.OFFER_MODEL_LOSS.observe(log_loss(model.predict_one(x, campaign), redeemed))
+            model.learn_one(x, campaign, redeemed)
+            m.OFFER_OUTCOMES.labels("redeemed" if redeemed else "expired").inc()
+            learnt.append(oid)
+        ps.checkpoint(model.to_state(), cursor, expired, learnt)
+        self._cursor = cursor
 
     def _decide(
         self, timer: str, timers: list[tuple[str, int]], running: list[Campaign], now_ms: int
@@ -125,6 +157,7 @@ class Offers:
                 outcome = fire_timer(
                     timer, cid, seen, state, running, self.codec, now_ms,
                     caps=self._caps, holdout_share=self._holdout, spent=spent,
+                    policy=self.model,
                 )  # fmt: skip
             except Exception as e:  # one customer's problem, never the pipeline's
                 log.error(
@@ -162,7 +195,8 @@ class Offers:
                 Outcome(
                     o.customer_id, o.seen, o.action, doc,
                     o.offer.campaign_id if o.offer is not None else "",
-                    today, o.suppressed or "", o.later, o.trigger_ms, timer,
+                    today, o.suppressed or "", o.later, o.trigger_ms, timer, o.context,
+                    _expires_ms(o.offer.expires_on) if o.offer is not None else 0,
                 )
             )  # fmt: skip
         skipped, ids = self.store.commit(rows)
@@ -192,6 +226,12 @@ class Offers:
 
     #: slices decided at close, at most (the rest is decided after the next start)
     CLOSE_SLICES = 20
+
+
+def _expires_ms(iso_day: str) -> int:
+    """The end of an offer's last day (UTC): when it expires unredeemed."""
+    end = datetime.fromisoformat(iso_day).replace(tzinfo=UTC) + timedelta(days=1)
+    return int(end.timestamp() * 1000)
 
 
 def _days(iso_day: str) -> int:

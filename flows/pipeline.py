@@ -60,7 +60,7 @@ from operators.validate import Validator
 from schemas.campaigns import Campaign
 from schemas.envelope import Accepted, Rejected
 from state.coupons import CouponLedger
-from state.offers import OfferStore
+from state.offers import OfferStore, PolicyStore
 from state.profiles import ProfileStore
 from state.stock import StockStore
 
@@ -98,6 +98,9 @@ class PipelineSetup:
     offer_caps: FrequencyCaps = field(default_factory=FrequencyCaps)
     holdout_share: float = DEFAULT_HOLDOUT_SHARE
     offer_interval_seconds: float = 1.0
+    #: choose among eligible offers with the learnt model (ε-greedy), learning from their
+    #: outcomes; False: the rules (the first eligible campaign)
+    offer_learning: bool = True
 
 
 class WorkerPipeline:
@@ -249,6 +252,7 @@ def offers(
         caps=setup.offer_caps,
         holdout_share=setup.holdout_share,
         clock=clock,
+        policy=PolicyStore(store.r, store.prefix) if setup.offer_learning else None,
     )
 
 

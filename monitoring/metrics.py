@@ -158,6 +158,17 @@ OFFER_TIMERS = Gauge(
     "that fires them).",
     ["timer"],
 )
+OFFER_OUTCOMES = Counter(
+    "omnicanal_offer_outcomes",
+    "Offer outcomes the offer policy learnt from: redeemed (in any channel) or expired unredeemed.",
+    ["outcome"],
+)
+OFFER_MODEL_LOSS = Histogram(
+    "omnicanal_offer_model_log_loss",
+    "Progressive validation of the offer policy's model: the log-loss of its prediction for "
+    "each outcome, made before learning it (lower is better; 0.69 is a coin).",
+    buckets=(0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 0.69, 1.0, 2.0, 5.0),
+)
 
 CATALOG: tuple[MetricWrapperBase, ...] = (
     EVENTS,
@@ -188,6 +199,8 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     OFFERS,
     OFFER_SUPPRESSIONS,
     OFFER_TIMERS,
+    OFFER_OUTCOMES,
+    OFFER_MODEL_LOSS,
 )
 
 

@@ -111,6 +111,12 @@ class Settings(BaseSettings):
         description="frequency caps across all channels: offers per customer per day, per "
         "rolling week, and per campaign per week",
     )
+    offer_policy: Literal["learnt", "rules"] = Field(
+        "learnt",
+        description="how an offer is chosen among the eligible campaigns: learnt (a River "
+        "model of redemption, epsilon-greedy with 10% exploration, learning from every "
+        "redemption and expiry) or rules (the first in catalogue order)",
+    )
     offer_interval_ms: int = Field(
         1000, ge=0, le=600_000, description="ms between looks for due offer timers"
     )

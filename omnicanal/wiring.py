@@ -133,4 +133,5 @@ def pipeline_setup(
         offer_caps=offer_caps(settings),
         holdout_share=settings.offer_holdout_share,
         offer_interval_seconds=settings.offer_interval_ms / 1000,
+        offer_learning=settings.offer_policy == "learnt",
     )

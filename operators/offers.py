@@ -23,6 +23,7 @@ from typing import Any, Final, Literal
 
 from operators.coupons import EPOCH, CouponCodec, day_of
 from operators.guardrails import FrequencyCaps, Suppression, consented, in_holdout
+from operators.policy import EPSILON, RedemptionModel, choose, draws, offer_context
 from operators.profile import build_profile
 from schemas.campaigns import Campaign, Trigger
 from schemas.offers import Offer
@@ -97,6 +98,9 @@ class Decision:
     #: why there is no offer (one reason, counted), None when there is one
     suppressed: Suppression | None = None
     campaign_id: str | None = None
+    #: the context the offer was chosen in (:func:`operators.policy.offer_context`), kept
+    #: with the offer so that the model learns from its outcome
+    context: dict[str, float] | None = None
 
 
 def decide(
@@ -109,11 +113,15 @@ def decide(
     caps: FrequencyCaps | None = None,
     holdout_share: float = 0.05,
     spent: Mapping[str, int] | None = None,
+    policy: RedemptionModel | None = None,
+    epsilon: float = EPSILON,
 ) -> Decision:
-    """The offer for a trigger: the first enabled, running, eligible campaign of its kind
-    whose wait has passed, through the first of its channels the customer
-    consented to (their preferred channel first). ``spent`` counts the offers each
-    campaign has made (its budget).
+    """The offer for a trigger, among the enabled, running, eligible campaigns of its kind
+    whose wait has passed, each through the first of its channels the customer consented
+    to (their preferred channel first). Without a ``policy``, the rules: the first such
+    campaign, propensity 1. With one, ε-greedy over the redemption probabilities it
+    predicts, the propensity of the choice logged in the offer. ``spent`` counts the offers
+    each campaign has made (its budget).
 
     >>> from schemas.campaigns import Benefit
     >>> c = Campaign(id="cart-10", trigger="cart_abandonment", channels=["email", "sms"],
@@ -137,6 +145,7 @@ def decide(
     if not candidates:
         return Decision(None, None)  # no campaign for it: nothing to count
     why: Suppression | None = None
+    eligible: list[tuple[Campaign, str]] = []
     for c in candidates:
         budget = c.budget.max_offers
         if isinstance(budget, int) and (spent or {}).get(c.id, 0) >= budget:
@@ -147,36 +156,57 @@ def decide(
             customer.sent_week,
             (customer.sent_campaign_week or {}).get(c.id, 0),
         )
-        if capped is not None:
+        if capped == "frequency_campaign":
+            why = why or capped
+            continue
+        if capped is not None:  # a cap across all campaigns: no other campaign may go
             return Decision(None, capped, c.id)
         channel = _channel(c, customer)
         if channel is None:
             why = why or "no_consent"
             continue
-        oid = offer_id(customer.customer_id, c.id, trigger.at_ms)
-        expiry = day_of(now_ms) + c.valid_days
-        return Decision(
-            Offer(
-                offer_id=oid,
-                customer_id=customer.customer_id,
-                campaign_id=c.id,
-                trigger=c.trigger,
-                channel=channel,  # type: ignore[arg-type]
-                coupon_code=codec.issue(oid, expiry),
-                benefit=c.benefit,
-                expires_on=(EPOCH + timedelta(days=expiry)).date().isoformat(),
-                reason=c.reason.format(
-                    items=trigger.units, sku=trigger.skus[0] if trigger.skus else "", category=""
-                ),
-                decided_at=now.isoformat().replace("+00:00", "Z"),
-                model_version=MODEL_VERSION,
-                propensity=1.0,
-                items=list(trigger.skus[:50]),
+        eligible.append((c, channel))
+        if policy is None:
+            break  # the rules: the first eligible campaign, in catalogue order
+    if not eligible:
+        return Decision(None, why)
+    contexts = [
+        offer_context(customer.segment, ch, trigger.kind, customer.basket_minor,
+                      trigger.units, customer.sent_week)
+        for _, ch in eligible
+    ]  # fmt: skip
+    if policy is None:
+        chosen, propensity, version = 0, 1.0, MODEL_VERSION
+    else:
+        scores = [policy.predict_one(x, c.id) for x, (c, _) in zip(contexts, eligible, strict=True)]
+        u, pick = draws(customer.customer_id, trigger.kind, trigger.at_ms)
+        chosen, propensity = choose(scores, epsilon, u, pick)
+        version = policy.version
+    c, channel = eligible[chosen]
+    oid = offer_id(customer.customer_id, c.id, trigger.at_ms)
+    expiry = day_of(now_ms) + c.valid_days
+    return Decision(
+        Offer(
+            offer_id=oid,
+            customer_id=customer.customer_id,
+            campaign_id=c.id,
+            trigger=c.trigger,
+            channel=channel,  # type: ignore[arg-type]
+            coupon_code=codec.issue(oid, expiry),
+            benefit=c.benefit,
+            expires_on=(EPOCH + timedelta(days=expiry)).date().isoformat(),
+            reason=c.reason.format(
+                items=trigger.units, sku=trigger.skus[0] if trigger.skus else "", category=""
             ),
-            None,
-            c.id,
-        )
-    return Decision(None, why)
+            decided_at=now.isoformat().replace("+00:00", "Z"),
+            model_version=version,
+            propensity=propensity,
+            items=list(trigger.skus[:50]),
+        ),
+        None,
+        c.id,
+        contexts[chosen],
+    )
 
 
 def _running(c: Campaign, now: datetime) -> bool:
@@ -290,6 +320,8 @@ class TimerOutcome:
     suppressed: Suppression | None = None
     later: int = 0
     trigger_ms: int = 0
+    #: the context the offer was chosen in (learnt from with its outcome)
+    context: dict[str, float] | None = None
 
 
 #: a customer is overdue after this many of their own mean intervals between orders (one
@@ -309,6 +341,7 @@ def fire_timer(
     caps: FrequencyCaps | None = None,
     holdout_share: float = 0.05,
     spent: Mapping[str, int] | None = None,
+    policy: RedemptionModel | None = None,
 ) -> TimerOutcome:
     """Decide a due timer (``timer``: a key of :data:`TIMERS`). The stage reads timers whose
     score is at most ``now`` minus the shortest wait of the trigger's running campaigns; a
@@ -379,9 +412,12 @@ def fire_timer(
         counts.campaign_week,
         who.basket_minor,
     )
-    d = decide(trigger, view, running, codec, now_ms, caps=caps, holdout_share=0.0, spent=spent)
+    d = decide(
+        trigger, view, running, codec, now_ms,
+        caps=caps, holdout_share=0.0, spent=spent, policy=policy,
+    )  # fmt: skip
     if d.offer is not None:
-        return out("offer", offer=d.offer, trigger_ms=trigger.at_ms)
+        return out("offer", offer=d.offer, trigger_ms=trigger.at_ms, context=d.context)
     if later:  # another campaign may still offer: look again when its wait has passed
         return out("later", later=min(later) - shortest)
     return out("drop", suppressed=d.suppressed)

@@ -62,6 +62,9 @@ class Outcome:
     later: int = 0
     trigger_ms: int = 0
     timer: str = "cart"
+    #: the offer's context (learnt from when its outcome is known) and its expiry
+    context: dict[str, float] | None = None
+    expires_ms: int = 0
 
 
 class OfferStore:
@@ -134,6 +137,10 @@ class OfferStore:
                 o.later,
                 o.trigger_ms,
                 o.timer,
+                o.offer["offer_id"] if o.offer is not None else "",
+                orjson.dumps(o.context or {}).decode() if o.offer is not None else "",
+                o.expires_ms,
+                o.offer["coupon_code"] if o.offer is not None else "",
             ]
             for o in outcomes
         ]
@@ -162,3 +169,68 @@ class OfferStore:
             "timers_pending": self.timers(),
             "unsent": int(unsent),
         }
+
+
+class PolicyStore:
+    """The offer policy's learning state: the outcomes to learn from and the model.
+
+    - ``<p>of:feedback`` stream: redemptions (written by the coupon ledger's script, once
+      per code), read from ``<p>of:model:cursor`` on;
+    - ``<p>tm:expiry``: offers by expiry; one that expires unredeemed is a negative;
+    - ``<p>of:ctx:<offer id>``: the context an offer was chosen in, deleted once learnt;
+    - ``<p>of:model``: the model's JSON state, written with the cursor and the deletions in
+      one transaction: after a crash the model and what it has learnt agree.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str = "oc:") -> None:
+        self.r = client
+        self.prefix = prefix
+
+    def load(self) -> tuple[dict[str, Any] | None, str]:
+        """The stored model state (None: none yet) and the feedback cursor."""
+        model, cursor = self.r.mget(self.prefix + "of:model", self.prefix + "of:model:cursor")
+        return (orjson.loads(model) if model else None), (_s(cursor) if cursor else "0-0")
+
+    def outcomes(
+        self, cursor: str, now_ms: int, count: int = 500
+    ) -> tuple[list[tuple[str, bool]], str, list[str], dict[str, tuple[dict[str, float], str]]]:
+        """Redemptions after ``cursor`` and offers expired by ``now_ms`` (at most ``count``
+        each), the new cursor, and the stored context of each offer still to learn from
+        (offer id -> (context, campaign)). An expired offer whose code was redeemed is not
+        a negative (its redemption is in the stream)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xrange(self.prefix + "of:feedback", min="(" + cursor, count=count)
+        pipe.zrangebyscore(self.prefix + "tm:expiry", "-inf", now_ms, start=0, num=count)
+        rows, expired = pipe.execute()
+        redeemed = [(_s(f[b"o"]), True) for _, f in rows]
+        new_cursor = _s(rows[-1][0]) if rows else cursor
+        exp = [_s(x) for x in expired]
+        ids = [o for o, _ in redeemed] + exp
+        pipe = self.r.pipeline(transaction=False)
+        for oid in ids:
+            pipe.hgetall(self.prefix + "of:ctx:" + oid)
+        ctx: dict[str, tuple[dict[str, float], str]] = {}
+        codes: dict[str, str] = {}
+        for oid, h in zip(ids, pipe.execute(), strict=True):
+            if h:
+                ctx[oid] = (orjson.loads(h[b"x"]), _s(h[b"k"]))
+                codes[oid] = _s(h[b"c"])
+        pipe = self.r.pipeline(transaction=False)
+        for oid in exp:
+            pipe.hget(self.prefix + "cp:" + codes.get(oid, "-"), "s")
+        negatives = [(oid, False) for oid, s in zip(exp, pipe.execute(), strict=True) if s != b"r"]
+        return redeemed + negatives, new_cursor, exp, ctx
+
+    def checkpoint(
+        self, state: dict[str, Any], cursor: str, expired: Sequence[str], learnt: Sequence[str]
+    ) -> None:
+        """Store the model with the cursor; forget the expired offers and the contexts
+        learnt from, in one transaction."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(self.prefix + "of:model", orjson.dumps(state))
+        pipe.set(self.prefix + "of:model:cursor", cursor)
+        if expired:
+            pipe.zrem(self.prefix + "tm:expiry", *expired)
+        for oid in learnt:
+            pipe.delete(self.prefix + "of:ctx:" + oid)
+        pipe.execute()

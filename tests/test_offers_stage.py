@@ -14,12 +14,13 @@ import pytest
 
 from flows import pipeline
 from flows.kafka import CheckedProducer, read_topic
+from monitoring import metrics as m
 from omnicanal.config import Settings
 from omnicanal.runner import recover_offers
 from omnicanal.wiring import pipeline_setup
 from operators.coupons import CouponCodec
 from state.coupons import CouponLedger
-from state.offers import OfferStore, Outcome
+from state.offers import OfferStore, Outcome, PolicyStore
 from state.profiles import ProfileStore, connect
 from tests.test_faults import cli
 
@@ -172,7 +173,7 @@ def test_an_offer_in_the_outbox_is_sent_once_after_a_crash(
     s = offers_settings(settings, tmp_path)
     store = OfferStore(connect(s.redis_url), s.redis_prefix)
     store.r.zadd(s.redis_prefix + "tm:cart", {"C000000000001": 5})
-    doc = {"offer_id": "of-x", "customer_id": "C000000000001"}
+    doc = {"offer_id": "of-x", "customer_id": "C000000000001", "coupon_code": "X"}
     # A crash after the commit wrote the outbox, before the broker had the offer
     skipped, ids = store.commit([Outcome("C000000000001", 5, "offer", doc, "cart-10", 9000)])
     assert skipped == [] and len(ids) == 1 and store.timers()["cart"] == 0
@@ -253,3 +254,58 @@ def test_a_customer_whose_decision_fails_costs_only_their_offer(
     stats = OfferStore(connect(s.redis_url), s.redis_prefix).stats()
     assert stats["suppressed"] == {"decision_error": 1}
     assert stats["timers_pending"]["cart"] == 0
+
+
+def redeemed(n: int, who: str, offer: dict[str, Any], ts: int) -> dict[str, Any]:
+    return {"event_type": "offer_redeemed", "event_id": f"red-{n}", "event_time": iso(ts),
+            "channel": "email", "customer": {"loyalty_id": who}, "offer_id": offer["offer_id"],
+            "coupon_code": offer["coupon_code"], "order_id": f"order-{n}"}  # fmt: skip
+
+
+def test_the_policy_learns_each_outcome_once_and_survives_restarts(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """ANA redeems her offer in the store; BEN lets his expire: the model learns one
+    positive and one negative, once each, whatever restarts happen in between."""
+    s = offers_settings(settings, tmp_path)
+    t = (int(time.time() * 1000) // MINUTE - 120) * MINUTE
+    send(s, [("customer", consent(1, "ANA", t - MINUTE)),
+             ("customer", consent(2, "BEN", t - MINUTE)),
+             ("clickstream", add(1, "ANA", "LAMP", t)),
+             ("clickstream", add(2, "BEN", "MUG", t))])  # fmt: skip
+    run(s)
+    offers = {o["customer_id"]: o for o in offers_on_topic(s)}
+    profiles = ProfileStore(connect(s.redis_url), s.redis_prefix)
+    ana, ben = profiles.resolve("loyalty:ANA"), profiles.resolve("loyalty:BEN")
+    assert set(offers) == {ana, ben} and offers[ana]["model_version"] == "lr-0"
+    send(s, [("offer_feedback", redeemed(1, "ANA", offers[ana], t + 30 * MINUTE))])
+    run(s)  # the coupon stage redeems the code: the outcome is in the feedback stream
+    policy = PolicyStore(connect(s.redis_url), s.redis_prefix)
+    state, _ = policy.load()
+    assert state is not None and state["n"] == 1  # the run learnt ANA's redemption
+    before = m.counter_total(m.OFFER_OUTCOMES, outcome="redeemed")
+
+    # A restart learns nothing twice
+    again = stage_at(s, int(time.time() * 1000))
+    again.due()
+    again.close()
+    assert policy.load()[0]["n"] == 1  # type: ignore[index]
+    assert again.model is not None and again.model.learnt == 1
+
+    # Past BEN's expiry (7 days), his unredeemed offer is a negative; ANA's is not
+    late = stage_at(s, _end_of(offers[ben]["expires_on"]) + MINUTE)
+    late.due()
+    late.close()
+    state, _ = policy.load()
+    assert state is not None and state["n"] == 2
+    assert m.counter_total(m.OFFER_OUTCOMES, outcome="redeemed") == before
+    assert policy.r.zcard(s.redis_prefix + "tm:expiry") == 0
+    assert policy.r.exists(s.redis_prefix + f"of:ctx:{offers[ben]['offer_id']}") == 0
+    assert late.model is not None and late.model.learnt == 2
+
+
+def _end_of(day: str) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    end = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1)
+    return int(end.timestamp() * 1000)

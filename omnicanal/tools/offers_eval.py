@@ -36,9 +36,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from operators.policy import RedemptionModel, choose, log_loss
+from operators.policy import EPSILON, RedemptionModel, choose, log_loss
 
-EPSILON = 0.1
 FEATURES = (
     "bought_log", "bought_any", "recency", "baskets", "redeemed_before", "department_share",
     "popularity", "products",

@@ -15,6 +15,7 @@
 --                      redeemed, then ord order, ch channel, at redemption ms
 -- <p>cp:refusals stream redemptions refused (capped), with their source position
 -- <p>stats:coupons_issued, <p>stats:coupons_redeemed
+-- <p>of:feedback stream: o offer id, y 1 for each redemption (the offer policy learns it)
 --
 -- Every read and every decision comes first, the writes after: the script either fails
 -- before writing or not at all. Items about the same code see the earlier items' effects.
@@ -87,6 +88,9 @@ for _, w in ipairs(writes) do
   elseif r == 'redeemed' then
     redis.call('HSET', key, 's', 'r', 'ord', it[3], 'ch', it[4], 'at', it[6])
     redis.call('INCR', prefix .. 'stats:coupons_redeemed')
+    -- the offer's outcome, for the offer policy to learn from (once: a code redeems once)
+    redis.call('XADD', prefix .. 'of:feedback', 'MAXLEN', '~', 1000000, '*',
+      'o', state[it[1]].o, 'y', '1')
   elseif r ~= 'duplicate' then
     redis.call('XADD', prefix .. 'cp:refusals', 'MAXLEN', '~', 100000, '*', 'code', it[1],
       'why', r, 'customer', it[2], 'order', it[3], 'channel', it[4], 'source', it[7])

@@ -2,12 +2,15 @@
 --
 -- ARGV[1] key prefix
 -- ARGV[2] JSON [[customer, seen score, action, offer json | "", campaign | "", day,
---                suppression | "", later score, trigger ms, timer], ...]
+--                suppression | "", later score, trigger ms, timer, offer id | "",
+--                context json | "", expires at ms, coupon code | ""], ...]
 --         timer: "cart" | "winback", the sorted set <p>tm:<timer>
 --         action "offer": the timer goes; the offer goes to the outbox (<p>offers:outbox,
 --                field "m"), the customer's counters (<p>of:n:<customer>: d:<day>,
 --                c:<campaign>:<day>, f:<timer> = the trigger's time) and the campaign's spend
---                (<p>of:spent) move
+--                (<p>of:spent) move; its context (<p>of:ctx:<offer id>) is kept until
+--                it expires (<p>tm:expiry, scored by the expiry), for the policy to learn
+--                from its outcome
 --         action "drop":  the timer goes; a suppression is counted (<p>of:stats s:<reason>)
 --         action "later": the timer's score becomes `later score`
 -- A timer whose score is no longer the one read (a new cart add, a merge, another writer)
@@ -18,10 +21,10 @@ local items = cjson.decode(ARGV[2])
 local TIMERS = {cart = true, winback = true}
 if #items > 10000 then return redis.error_reply('INVALID too many timer outcomes') end
 for i, it in ipairs(items) do
-  if type(it) ~= 'table' or #it ~= 10 or type(it[1]) ~= 'string' or type(it[2]) ~= 'number'
-      or not TIMERS[it[10]]
+  if type(it) ~= 'table' or #it ~= 14 or type(it[1]) ~= 'string' or type(it[2]) ~= 'number'
+      or not TIMERS[it[10]] or type(it[13]) ~= 'number'
       or (it[3] ~= 'offer' and it[3] ~= 'drop' and it[3] ~= 'later')
-      or (it[3] == 'offer' and (it[4] == '' or it[5] == '')) then
+      or (it[3] == 'offer' and (it[4] == '' or it[5] == '' or it[11] == '' or it[12] == '')) then
     return redis.error_reply('INVALID timer outcome ' .. i)
   end
 end
@@ -60,6 +63,10 @@ for i, it in ipairs(items) do
         redis.call('HINCRBY', prefix .. 'of:spent', it[5], 1)
         redis.call('HINCRBY', prefix .. 'of:stats', 'offers', 1)
         ids[#ids + 1] = redis.call('XADD', prefix .. 'offers:outbox', '*', 'm', it[4])
+        local ck = prefix .. 'of:ctx:' .. it[11]
+        redis.call('HSET', ck, 'x', it[12], 'k', it[5], 'c', it[14])
+        redis.call('EXPIREAT', ck, math.floor(it[13] / 1000) + 7 * 86400)
+        redis.call('ZADD', prefix .. 'tm:expiry', fmt(it[13]), it[11])
       elseif it[7] ~= '' then
         redis.call('HINCRBY', prefix .. 'of:stats', 's:' .. it[7], 1)
       end
