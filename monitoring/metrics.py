@@ -228,3 +228,15 @@ def counter_by(counter: Counter, label: str) -> dict[str, float]:
             if s.name.endswith("_total"):
                 out[s.labels[label]] = out.get(s.labels[label], 0.0) + s.value
     return out
+
+
+def histogram_totals(hist: Histogram) -> tuple[float, float]:
+    """(count, sum) of a histogram without labels (for summaries and tests)."""
+    n = total = 0.0
+    for metric in hist.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_count"):
+                n += sample.value
+            elif sample.name.endswith("_sum"):
+                total += sample.value
+    return n, total

@@ -130,12 +130,21 @@ def _print_summary(s: Any, keep: bool) -> None:
     )
     per = ", ".join(f"{k} {v:,}" for k, v in s.offers_by_campaign.items()) or "none"
     chans = ", ".join(f"{k} {v:,}" for k, v in s.offers_by_channel.items()) or "none"
-    t.add_row("offers", f"{s.offers:,} sent for abandoned carts: {per}; by channel: {chans}")
+    t.add_row("offers", f"{s.offers:,} sent, by campaign: {per}; by channel: {chans}")
     held = ", ".join(f"{k} {v:,}" for k, v in s.offer_suppressions.items()) or "none"
     t.add_row(
         "offer guard rails",
-        f"suppressed: {held}; holdout group: {s.holdout_customers:,} customers; "
-        f"policy {s.offers_model} (rules: no learnt model yet)",
+        f"suppressed: {held}; holdout group: {s.holdout_customers:,} customers",
+    )
+    loss = s.offer_model_log_loss
+    t.add_row(
+        "offer policy",
+        f"model {s.offers_model}: {s.offer_outcomes_learnt:,} outcomes learnt"
+        + (
+            f", progressive log-loss {loss}"
+            if loss is not None
+            else " (none redeemed or expired yet)"
+        ),
     )
     t.add_row(
         "pipeline",

@@ -24,7 +24,7 @@ from omnicanal.tools.datagen import Generator, Message
 from omnicanal.tools.services import LocalKafka, LocalRedis
 from operators.guardrails import in_holdout
 from operators.offers import MODEL_VERSION
-from state.offers import OfferStore
+from state.offers import OfferStore, PolicyStore
 from state.profiles import ProfileStore, connect
 from state.stock import StockStore
 
@@ -60,7 +60,11 @@ class Summary:
     offer_timers_pending: int = 0
     holdout_customers: int = 0
     coupon_redemptions: dict[str, int] = field(default_factory=dict)
+    #: the offer policy: its version and the outcomes it has learnt from (progressive
+    #: validation: mean log-loss of its predictions made before learning each)
     offers_model: str = MODEL_VERSION
+    offer_outcomes_learnt: int = 0
+    offer_model_log_loss: float | None = None
     produce_seconds: float = 0.0
     pipeline_seconds: float = 0.0
     sample_customer: str | None = None
@@ -253,6 +257,12 @@ def _offers(settings: Settings, summary: Summary) -> None:
     summary.coupon_redemptions = {
         k: int(v) for k, v in m.counter_by(m.COUPON_REDEMPTIONS, "outcome").items() if v
     }
+    state, _ = PolicyStore(client, settings.redis_prefix).load()
+    if settings.offer_policy == "learnt":
+        summary.offer_outcomes_learnt = int(state["n"]) if state else 0
+        summary.offers_model = f"lr-{summary.offer_outcomes_learnt}"
+    n, total = m.histogram_totals(m.OFFER_MODEL_LOSS)
+    summary.offer_model_log_loss = round(total / n, 4) if n else None
     client.close()
 
 
