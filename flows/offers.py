@@ -23,7 +23,7 @@ import msgspec
 from flows.outbox import OutboxSender
 from monitoring import metrics as m
 from operators.coupons import CouponCodec, day_of
-from operators.guardrails import FrequencyCaps
+from operators.guardrails import FrequencyCaps, QuietHours
 from operators.offers import (
     TIMERS,
     TimerOutcome,
@@ -35,9 +35,11 @@ from operators.offers import (
     wait_ms,
 )
 from operators.policy import RedemptionModel, log_loss
+from operators.stock import StockRules, out_of_stock_online
 from schemas.campaigns import Campaign
 from state.coupons import CouponLedger, Issue
 from state.offers import OfferStore, Outcome, PolicyStore
+from state.stock import StockStore
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,9 @@ class Offers:
         holdout_share: float = 0.05,
         clock: Callable[[], float] = time.time,
         policy: PolicyStore | None = None,
+        quiet: QuietHours | None = None,
+        tz: str = "UTC",
+        stock: tuple[StockStore, StockRules] | None = None,
     ) -> None:
         self.store = store
         self.ledger = ledger
@@ -72,6 +77,9 @@ class Offers:
         self._holdout = holdout_share
         self._clock = clock
         self._next = 0.0
+        self._quiet, self._tz = quiet, tz
+        #: live stock: carted SKUs out of stock online leave the offer
+        self._stock = stock
         #: the learnt policy (None: the rules), restored from its last checkpoint
         self._policy_store = policy
         self.model: RedemptionModel | None = None
@@ -144,6 +152,11 @@ class Offers:
         self, timer: str, timers: list[tuple[str, int]], running: list[Campaign], now_ms: int
     ) -> None:
         stored, spent = self.store.read([c for c, _ in timers])
+        oos: frozenset[str] = frozenset()
+        if timer == "cart" and self._stock is not None:
+            stock, rules = self._stock
+            skus = sorted({sku for st in stored for sku in st.cart})
+            oos = out_of_stock_online([sku for sku, _ in stock.read(skus)], rules)
         today = day_of(now_ms)
         outcomes: list[TimerOutcome] = []
         for (cid, seen), st in zip(timers, stored, strict=True):
@@ -157,7 +170,7 @@ class Offers:
                 outcome = fire_timer(
                     timer, cid, seen, state, running, self.codec, now_ms,
                     caps=self._caps, holdout_share=self._holdout, spent=spent,
-                    policy=self.model,
+                    policy=self.model, quiet=self._quiet, tz=self._tz, out_of_stock=oos,
                 )  # fmt: skip
             except Exception as e:  # one customer's problem, never the pipeline's
                 log.error(

@@ -53,7 +53,7 @@ from flows.stages import (
 )
 from monitoring import metrics as m
 from operators.coupons import CouponCodec
-from operators.guardrails import DEFAULT_HOLDOUT_SHARE, FrequencyCaps
+from operators.guardrails import DEFAULT_HOLDOUT_SHARE, FrequencyCaps, QuietHours
 from operators.privacy import PiiHasher
 from operators.stock import StockRules
 from operators.validate import Validator
@@ -101,6 +101,9 @@ class PipelineSetup:
     #: choose among eligible offers with the learnt model (ε-greedy), learning from their
     #: outcomes; False: the rules (the first eligible campaign)
     offer_learning: bool = True
+    #: quiet hours of intrusive channels (None: none), in the customers' time zone
+    offer_quiet_hours: QuietHours | None = None
+    offer_timezone: str = "UTC"
 
 
 class WorkerPipeline:
@@ -220,7 +223,7 @@ def worker_pipeline(
         )
         if setup.coupon_codec is not None and setup.hasher is not None
         else None,
-        offers(setup, store, producer) if worker_index == 0 else None,
+        offers(setup, store, producer, stock=stock) if worker_index == 0 else None,
     )
 
 
@@ -229,6 +232,7 @@ def offers(
     store: ProfileStore,
     producer: CheckedProducer,
     clock: Callable[[], float] = time.time,
+    stock: StockStore | None = None,
 ) -> Offers | None:
     """The offers stage, when the setup has campaigns, a coupon codec and a topic
     (``clock``: the wall clock the timers are compared with)."""
@@ -253,6 +257,9 @@ def offers(
         holdout_share=setup.holdout_share,
         clock=clock,
         policy=PolicyStore(store.r, store.prefix) if setup.offer_learning else None,
+        quiet=setup.offer_quiet_hours,
+        tz=setup.offer_timezone,
+        stock=(stock or StockStore(store.r, store.prefix), setup.stock_rules),
     )
 
 

@@ -117,6 +117,15 @@ class Settings(BaseSettings):
         "model of redemption, epsilon-greedy with 10% exploration, learning from every "
         "redemption and expiry) or rules (the first in catalogue order)",
     )
+    offer_quiet_hours: str = Field(
+        "21-8",
+        pattern=r"^(|([01]?\d|2[0-3])-([01]?\d|2[0-3]))$",
+        description="hours (start-end, local time) when offers by email, SMS, push or app "
+        "are held until the end, then sent; empty: none",
+    )
+    offer_timezone: str = Field(
+        "UTC", description="the customers' time zone (IANA name) for quiet hours"
+    )
     offer_interval_ms: int = Field(
         1000, ge=0, le=600_000, description="ms between looks for due offer timers"
     )

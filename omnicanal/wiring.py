@@ -6,13 +6,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flows.pipeline import PipelineSetup
 from flows.source import EARLIEST, LATEST
 from omnicanal.campaigns import CatalogueWatcher
 from omnicanal.config import ConfigError, Settings
 from operators.coupons import CouponCodec
-from operators.guardrails import FrequencyCaps
+from operators.guardrails import FrequencyCaps, QuietHours
 from operators.identity import IdentityRules, rules_from_config
 from operators.privacy import PiiHasher
 from operators.stock import StockRules, parse_thresholds
@@ -61,6 +62,22 @@ def offer_caps(settings: Settings) -> FrequencyCaps:
     """The frequency caps of ``OMNICANAL_OFFER_CAPS`` (per day, per week, per campaign)."""
     day, week, campaign = (int(x) for x in settings.offer_caps.split(","))
     return FrequencyCaps(day, week, campaign)
+
+
+def quiet_hours(settings: Settings) -> QuietHours | None:
+    """``OMNICANAL_OFFER_QUIET_HOURS`` in ``OMNICANAL_OFFER_TIMEZONE`` (checked: a wrong
+    zone stops the start with its name)."""
+    try:
+        ZoneInfo(settings.offer_timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"OMNICANAL_OFFER_TIMEZONE: unknown time zone {settings.offer_timezone!r} "
+            "(an IANA name such as Europe/London)"
+        ) from None
+    if not settings.offer_quiet_hours:
+        return None
+    start, end = (int(h) for h in settings.offer_quiet_hours.split("-"))
+    return QuietHours(start, end)
 
 
 def campaigns(settings: Settings) -> Callable[[], Sequence[Campaign]] | None:
@@ -134,4 +151,6 @@ def pipeline_setup(
         holdout_share=settings.offer_holdout_share,
         offer_interval_seconds=settings.offer_interval_ms / 1000,
         offer_learning=settings.offer_policy == "learnt",
+        offer_quiet_hours=quiet_hours(settings),
+        offer_timezone=settings.offer_timezone,
     )

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 from operators.coupons import EPOCH, CouponCodec, day_of
-from operators.guardrails import FrequencyCaps, Suppression, consented, in_holdout
+from operators.guardrails import FrequencyCaps, QuietHours, Suppression, consented, in_holdout
 from operators.policy import EPSILON, RedemptionModel, choose, draws, offer_context
 from operators.profile import build_profile
 from schemas.campaigns import Campaign, Trigger
@@ -324,6 +324,10 @@ class TimerOutcome:
     context: dict[str, float] | None = None
 
 
+#: delivery channels that interrupt the customer: quiet hours hold their offers (an offer
+#: shown on the web site or in a store is seen when the customer comes)
+INTRUSIVE: Final = frozenset({"email", "sms", "push", "app"})
+
 #: a customer is overdue after this many of their own mean intervals between orders (one
 #: order, no rhythm: after the campaign's wait alone)
 WIN_BACK_INTERVALS: Final = 2.0
@@ -342,6 +346,9 @@ def fire_timer(
     holdout_share: float = 0.05,
     spent: Mapping[str, int] | None = None,
     policy: RedemptionModel | None = None,
+    quiet: QuietHours | None = None,
+    tz: str = "UTC",
+    out_of_stock: frozenset[str] = frozenset(),
 ) -> TimerOutcome:
     """Decide a due timer (``timer``: a key of :data:`TIMERS`). The stage reads timers whose
     score is at most ``now`` minus the shortest wait of the trigger's running campaigns; a
@@ -352,6 +359,11 @@ def fire_timer(
     - **winback** (score: the last order): overdue once the customer has not ordered for
       :data:`WIN_BACK_INTERVALS` times their own mean interval between orders (not one
       number of days for everyone), and for at least the campaign's wait.
+
+    An offer through an :data:`INTRUSIVE` channel during ``quiet`` hours (in ``tz``) is
+    held: the timer is put off to the end of the quiet hours, when the same decision is
+    made again. Carted SKUs ``out_of_stock`` online leave the offer; a cart of nothing
+    else gets none.
 
     >>> from schemas.campaigns import Benefit
     >>> c = Campaign(id="cart-10", trigger="cart_abandonment", channels=["web"],
@@ -385,6 +397,12 @@ def fire_timer(
     due_at = 0
     if timer == "cart":
         trigger = abandoned_cart(state.cart, state.bought, now_ms, wait_ms=0)
+        if trigger is not None and out_of_stock.intersection(trigger.skus):
+            left = tuple(sku for sku in trigger.skus if sku not in out_of_stock)
+            if not left:  # no offer for what cannot be bought online now
+                return out("drop", suppressed="out_of_stock")
+            units = sum(state.cart[sku][0] for sku in left)
+            trigger = TriggerEvent(trigger.kind, trigger.at_ms, left, units)
     else:
         last = who.last_order_ms
         if last is None:
@@ -417,6 +435,9 @@ def fire_timer(
         caps=caps, holdout_share=0.0, spent=spent, policy=policy,
     )  # fmt: skip
     if d.offer is not None:
+        release = quiet.release_ms(now_ms, tz) if quiet and d.offer.channel in INTRUSIVE else None
+        if release is not None:  # held: decided again, the same offer, when quiet hours end
+            return out("later", later=release - shortest)
         return out("offer", offer=d.offer, trigger_ms=trigger.at_ms, context=d.context)
     if later:  # another campaign may still offer: look again when its wait has passed
         return out("later", later=min(later) - shortest)

@@ -423,6 +423,21 @@ class SkuState:
         return out
 
 
+def out_of_stock_online(states: Iterable[SkuState], rules: StockRules) -> frozenset[str]:
+    """SKUs the online channels cannot sell now: counted somewhere, and nothing online may
+    sell. A SKU never counted is not known to be out of stock.
+
+    >>> rules = StockRules(online_locations=frozenset({"wh"}))
+    >>> gone = SkuState.from_fields("A", {"q:wh": "0", "st:wh": "5"})
+    >>> fine = SkuState.from_fields("B", {"q:wh": "3", "st:wh": "5"})
+    >>> sorted(out_of_stock_online([gone, fine, SkuState("C")], rules))
+    ['A']
+    """
+    return frozenset(
+        s.sku for s in states if s.counted() and availability(s.counted(), rules)["ch:online"] <= 0
+    )
+
+
 def availability(levels: Mapping[str, int], rules: StockRules) -> dict[str, int]:
     """What each location holds (``loc:<id>``, may be negative when a channel sold stock
     the records do not show) and what the online channels may sell (``ch:online``)."""

@@ -6,8 +6,10 @@ none."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -69,7 +71,7 @@ def offers_settings(settings: Settings, tmp_path: Path, **kw: Any) -> Settings:
     cat.write_text(CATALOGUE)
     return settings.model_copy(
         update={"coupon_key": COUPON_KEY, "campaigns_file": str(cat),
-                "offer_holdout_share": 0.0, **kw}
+                "offer_holdout_share": 0.0, "offer_quiet_hours": "", **kw}
     )  # fmt: skip
 
 
@@ -305,7 +307,63 @@ def test_the_policy_learns_each_outcome_once_and_survives_restarts(
 
 
 def _end_of(day: str) -> int:
-    from datetime import UTC, datetime, timedelta
-
     end = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1)
     return int(end.timestamp() * 1000)
+
+
+def test_quiet_hours_hold_an_sms_until_morning_in_the_customers_time_zone(
+    settings: Settings, tmp_path: Path
+) -> None:
+    s = offers_settings(
+        settings, tmp_path, offer_quiet_hours="21-8", offer_timezone="Europe/Madrid"
+    )
+    t = (int(time.time() * 1000) // MINUTE - 30) * MINUTE
+    send(
+        s, [("customer", consent(1, "ANA", t - MINUTE)), ("clickstream", add(1, "ANA", "LAMP", t))]
+    )
+    run(s)
+    # due from t + 60 min; the next 23:30 in Madrid after that: held until 08:00 there
+    madrid = ZoneInfo("Europe/Madrid")
+    due = datetime.fromtimestamp((t + 61 * MINUTE) / 1000, madrid)
+    night = due.replace(hour=23, minute=30, second=0, microsecond=0)
+    if night < due:
+        night += timedelta(days=1)
+    stage = stage_at(s, int(night.timestamp() * 1000))
+    stage.due()
+    stage.close()
+    assert offers_on_topic(s) == []
+    offers = OfferStore(connect(s.redis_url), s.redis_prefix)
+    ((_, score),) = offers.due("cart", 10**15, 10)
+    release = datetime.fromtimestamp((score + 60 * MINUTE) / 1000, madrid)
+    assert (release.hour, release.minute) == (8, 0) and release > night
+    morning = stage_at(s, score + 60 * MINUTE + MINUTE)
+    morning.due()
+    morning.close()
+    (offer,) = offers_on_topic(s)
+    assert offer["channel"] == "email"
+
+
+def snapshot(n: int, sku: str, on_hand: int, ts: int) -> dict[str, Any]:
+    return {"event_type": "stock_snapshot", "event_id": f"snap-{n}", "event_time": iso(ts),
+            "sku": sku, "location_id": "online", "on_hand": on_hand}  # fmt: skip
+
+
+def test_no_offer_for_what_cannot_be_bought_online(settings: Settings, tmp_path: Path) -> None:
+    """The lamp is out of stock online, the mug is not: ANA's offer is about the mug alone,
+    BEN, who carted only the lamp, gets none (counted)."""
+    s = offers_settings(settings, tmp_path)
+    t = (int(time.time() * 1000) // MINUTE - 120) * MINUTE
+    send(s, [("customer", consent(1, "ANA", t - MINUTE)),
+             ("customer", consent(2, "BEN", t - MINUTE)),
+             ("inventory", snapshot(1, "LAMP", 0, t - MINUTE)),
+             ("inventory", snapshot(2, "MUG", 5, t - MINUTE)),
+             ("clickstream", add(1, "ANA", "LAMP", t)),
+             ("clickstream", add(2, "ANA", "MUG", t + 1000)),
+             ("clickstream", add(3, "BEN", "LAMP", t))])  # fmt: skip
+    run(s)
+    (offer,) = offers_on_topic(s)
+    profiles = ProfileStore(connect(s.redis_url), s.redis_prefix)
+    assert offer["customer_id"] == profiles.resolve("loyalty:ANA")
+    assert offer["items"] == ["MUG"] and offer["reason"] == "You left 1 items in your cart"
+    stats = OfferStore(connect(s.redis_url), s.redis_prefix).stats()
+    assert stats["suppressed"] == {"out_of_stock": 1}
