@@ -399,6 +399,7 @@ def profile_stages(s: Settings, events: int, customers: int) -> dict[str, Any]:
         "Redis batch apply (Lua)": cum.get("profiles.py:apply", 0.0),
         "stock alerts (read, evaluate, write, send)": cum.get("alerts.py:_evaluate", 0.0),
         # the alerts' sends are in the stage above
+        "offers (timers, decide, coupons, write, send)": cum.get("offers.py:_fire", 0.0),
         "dead letters (produce+confirm)": cum.get("stages.py:send", 0.0),
         "metrics": cum.get("stages.py:count_applied", 0.0),
     }
