@@ -5,6 +5,7 @@ none."""
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -367,3 +368,51 @@ def test_no_offer_for_what_cannot_be_bought_online(settings: Settings, tmp_path:
     assert offer["items"] == ["MUG"] and offer["reason"] == "You left 1 items in your cart"
     stats = OfferStore(connect(s.redis_url), s.redis_prefix).stats()
     assert stats["suppressed"] == {"out_of_stock": 1}
+
+
+def test_guard_rails_on_real_services_and_a_catalogue_reloaded_while_running(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Budget 1: of three consented carts, one offer, one budget refusal, and CARL, without
+    consent, no_consent. Then the catalogue changes under the running stage: a new cart
+    campaign for the web is used without a restart."""
+    s = offers_settings(settings, tmp_path)
+    cat = tmp_path / "campaigns.yaml"
+    cat.write_text(
+        CATALOGUE.replace("wait_minutes: 60", "wait_minutes: 60\n    budget: {max_offers: 1}")
+    )
+    t = (int(time.time() * 1000) // MINUTE - 30) * MINUTE
+    send(s, [("customer", consent(1, "ANA", t - MINUTE)),
+             ("customer", consent(2, "BEN", t - MINUTE)),
+             ("clickstream", add(1, "ANA", "LAMP", t)),
+             ("clickstream", add(2, "BEN", "MUG", t)),
+             ("clickstream", add(3, "CARL", "CUP", t - MINUTE)),  # first in line
+             ("clickstream", add(4, "DORA", "PAN", t + 30 * MINUTE))])  # fmt: skip
+    run(s)
+    stage = stage_at(s, t + 61 * MINUTE)
+    stage.due()
+    assert len(offers_on_topic(s)) == 1
+    stats = OfferStore(connect(s.redis_url), s.redis_prefix).stats()
+    assert stats["suppressed"] == {"budget": 1, "no_consent": 1}
+    # Marketing adds a web campaign (no consent needed in the customer's own session)
+    cat.write_text(
+        CATALOGUE
+        + """
+  - id: cart-web
+    trigger: cart_abandonment
+    benefit: {kind: percent_off, value: 5}
+    reason: "Still in your cart"
+    channels: [web]
+    valid_days: 3
+    wait_minutes: 60
+"""
+    )
+    os.utime(cat, (time.time() + 10, time.time() + 10))  # a new stamp, whatever the clock
+    stage._clock = lambda: (t + 91 * MINUTE) / 1000  # DORA's cart is due now
+    time.sleep(5.1)  # the watcher looks at the file at most every 5 seconds
+    stage._next = 0.0
+    stage.due()
+    stage.close()
+    dora = ProfileStore(connect(s.redis_url), s.redis_prefix).resolve("loyalty:DORA")
+    (latest,) = [o for o in offers_on_topic(s) if o["customer_id"] == dora]
+    assert latest["campaign_id"] == "cart-web" and latest["channel"] == "web"
