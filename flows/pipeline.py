@@ -14,6 +14,8 @@
       5 stock alerts   evaluate the SKUs that moved, outbox, send        flows/alerts.py
         offers         worker 0: fire due cart timers, decide, coupons,  flows/offers.py
                        outbox, send (timers were written by the apply)
+        health         count sales per channel and store per minute;     flows/health.py
+                       worker 0: detectors per complete minute, outbox
       6 commit         copy the applied offsets to the consumer group    flows/stages.py
 
 State lives in Redis, not in Bytewax, so no exchange between workers is needed: profile
@@ -37,6 +39,7 @@ from bytewax.dataflow import Dataflow
 
 from flows.alerts import StockAlerts
 from flows.coupons import CouponRedemptions
+from flows.health import ChannelCounts, ChannelHealthStage
 from flows.kafka import CheckedProducer, GroupOffsets
 from flows.offers import Offers
 from flows.outbox import OutboxSender
@@ -60,6 +63,7 @@ from operators.validate import Validator
 from schemas.campaigns import Campaign
 from schemas.envelope import Accepted, Rejected
 from state.coupons import CouponLedger
+from state.health import HealthStore
 from state.offers import OfferStore, PolicyStore
 from state.profiles import ProfileStore
 from state.stock import StockStore
@@ -104,6 +108,8 @@ class PipelineSetup:
     #: quiet hours of intrusive channels (None: none), in the customers' time zone
     offer_quiet_hours: QuietHours | None = None
     offer_timezone: str = "UTC"
+    #: where channel-health messages go ("": channel health not watched)
+    health_topic: str = ""
 
 
 class WorkerPipeline:
@@ -126,6 +132,8 @@ class WorkerPipeline:
         latency: LatencyLog | None = None,
         coupons: CouponRedemptions | None = None,
         offers: Offers | None = None,
+        counts: ChannelCounts | None = None,
+        health: ChannelHealthStage | None = None,
     ) -> None:
         self.fence = fence
         self.dead_letters = dead_letters
@@ -133,6 +141,8 @@ class WorkerPipeline:
         self.apply = apply
         self.alerts = alerts
         self.offers = offers
+        self.counts = counts
+        self.health = health
         self.commit = commit
         self._latency = latency
 
@@ -154,6 +164,11 @@ class WorkerPipeline:
         if self.offers is not None:
             self.offers.due()  # timers are in Redis: firing needs nothing from the batch
             self.offers.ack()
+        if self.counts is not None:
+            self.counts.add(done.items)
+        if self.health is not None:
+            self.health.due()
+            self.health.ack()
         self.commit.after(done.offsets)  # 6
 
     def idle(self) -> None:
@@ -163,6 +178,9 @@ class WorkerPipeline:
         if self.offers is not None:
             self.offers.due()
             self.offers.ack()
+        if self.health is not None:  # a silent channel is seen while the input is idle too
+            self.health.due()
+            self.health.ack()
 
     def close(self) -> None:
         """Finish the alerts and the witness commit. Never raises: Bytewax calls it while
@@ -173,6 +191,8 @@ class WorkerPipeline:
         steps = [("stock alerts", self.alerts.close), ("commit", self.commit.close)]
         if self.offers is not None:
             steps.insert(1, ("offers", self.offers.close))
+        if self.health is not None:
+            steps.insert(1, ("channel health", self.health.close))
         for what, step in steps:
             try:
                 step()
@@ -224,7 +244,27 @@ def worker_pipeline(
         if setup.coupon_codec is not None and setup.hasher is not None
         else None,
         offers(setup, store, producer, stock=stock) if worker_index == 0 else None,
+        ChannelCounts(HealthStore(store.r, store.prefix)) if setup.health_topic else None,
+        health(setup, store, producer) if worker_index == 0 and setup.health_topic else None,
     )
+
+
+def health(
+    setup: PipelineSetup,
+    store: ProfileStore,
+    producer: CheckedProducer,
+    clock: Callable[[], float] = time.time,
+) -> ChannelHealthStage:
+    """The channel-health detectors (worker 0), restored from their last state."""
+    hs = HealthStore(store.r, store.prefix)
+    return ChannelHealthStage(
+        hs,
+        OutboxSender(
+            hs.outbox, producer, setup.health_topic, what="channel health",
+            id_field="message_id", key_field="key", kafka_config=setup.kafka,
+        ),
+        clock,
+    )  # fmt: skip
 
 
 def offers(

@@ -169,6 +169,17 @@ OFFER_MODEL_LOSS = Histogram(
     "each outcome, made before learning it (lower is better; 0.69 is a coin).",
     buckets=(0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 0.69, 1.0, 2.0, 5.0),
 )
+CHANNEL_HEALTH = Gauge(
+    "omnicanal_channel_health",
+    "Health of each sales channel (key sales:<channel>) and store (store:<location>): 0 "
+    "normal, 1 degraded, 2 collapsed (worker 0 only, the worker that watches them).",
+    ["key"],
+)
+CHANNEL_HEALTH_EVENTS = Counter(
+    "omnicanal_channel_health_events",
+    "Channel-health messages raised: collapsed, degraded, recovered.",
+    ["status"],
+)
 
 CATALOG: tuple[MetricWrapperBase, ...] = (
     EVENTS,
@@ -201,6 +212,8 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     OFFER_TIMERS,
     OFFER_OUTCOMES,
     OFFER_MODEL_LOSS,
+    CHANNEL_HEALTH,
+    CHANNEL_HEALTH_EVENTS,
 )
 
 

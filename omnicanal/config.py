@@ -153,6 +153,11 @@ class Settings(BaseSettings):
     topic_offers: str = Field(
         "omnicanal.offers", description="offers topic (output, keyed by customer id)"
     )
+    topic_channel_health: str = Field(
+        "omnicanal.channel-health",
+        description="channel-health topic (output, keyed by channel or store); empty: "
+        "channel health is not watched",
+    )
     partitions: int = Field(4, ge=1, le=1024, description="partitions for `topics create`")
     replication_factor: int = Field(1, ge=1, le=16, description="replication for new topics")
 
@@ -285,6 +290,7 @@ class Settings(BaseSettings):
             self.topic_dead_letters,
             self.topic_stock_alerts,
             self.topic_offers,
+            *([self.topic_channel_health] if self.topic_channel_health else []),
         ]
 
     def kafka_config(self) -> dict[str, str]:

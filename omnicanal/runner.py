@@ -29,6 +29,7 @@ from flows.source import EARLIEST, LATEST, STOP, InputError
 from monitoring import metrics
 from omnicanal.config import Settings
 from omnicanal.wiring import pipeline_setup, stock_rules
+from state.health import HealthStore
 from state.offers import OfferStore
 from state.profiles import ProfileStore, StateError, connect, redact_url
 from state.stock import StockStore
@@ -272,6 +273,27 @@ def recover_offers(settings: Settings) -> tuple[int, int]:
     return sent, found
 
 
+def recover_health(settings: Settings) -> tuple[int, int]:
+    """Channel-health messages a crashed run left in the outbox: sent unless the broker
+    has them already. Returns (sent, found already sent)."""
+    if not settings.topic_channel_health:
+        return 0, 0
+    client = connect(settings.redis_url, socket_timeout=settings.redis_socket_timeout_seconds)
+    producer = CheckedProducer(settings.kafka_config(), what="channel health recovery")
+    try:
+        sent, found = OutboxSender(
+            HealthStore(client, settings.redis_prefix).outbox, producer,
+            settings.topic_channel_health, what="channel health", id_field="message_id",
+            key_field="key", kafka_config=settings.kafka_config(),
+        ).recover()  # fmt: skip
+    finally:
+        client.close()
+    if sent or found:
+        log.info("recovery: sent %d channel-health message(s) left unsent (%d on the topic)",
+                 sent, found)  # fmt: skip
+    return sent, found
+
+
 def warn_persistence(persistence: dict[str, str]) -> str | None:
     """A warning when the state Redis would lose everything on restart."""
     if persistence and persistence.get("appendonly") != "yes":
@@ -352,6 +374,7 @@ def run(
     if recover:
         recover_alerts(settings)
         recover_offers(settings)
+        recover_health(settings)
     if processes <= 1:
         if serve_metrics:
             metrics.serve(settings.metrics_port, settings.metrics_addr)

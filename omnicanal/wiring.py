@@ -153,4 +153,5 @@ def pipeline_setup(
         offer_learning=settings.offer_policy == "learnt",
         offer_quiet_hours=quiet_hours(settings),
         offer_timezone=settings.offer_timezone,
+        health_topic=settings.topic_channel_health,
     )

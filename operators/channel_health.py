@@ -34,9 +34,15 @@ True
 from __future__ import annotations
 
 from collections import deque
-from typing import Final, Literal
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
 
+from msgspec import UNSET
 from scipy.stats import poisson
+
+from schemas.envelope import Accepted
+from schemas.health import ChannelHealthMessage
 
 State = Literal["normal", "degraded", "collapsed"]
 Event = Literal["collapsed", "degraded", "recovered"]
@@ -131,3 +137,112 @@ class ChannelHealth:
             a = 1.0 / n_seen if n_seen <= self.warm_minutes else self.alpha
             self.expected[slot] += a * (count - self.expected[slot])
         return event
+
+    def to_state(self) -> dict[str, Any]:
+        """JSON-able: :meth:`from_state` restores an equal detector (never pickled)."""
+        return {
+            "e": [round(x, 4) for x in self.expected],
+            "n": self.seen,
+            "s": self.state,
+            "r": list(self._recent),
+            "k": list(self._streak),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> ChannelHealth:
+        """
+        >>> h = ChannelHealth(); _ = h.learn_one(0, 3)
+        >>> ChannelHealth.from_state(h.to_state()).to_state() == h.to_state()
+        True
+        """
+        h = cls()
+        h.expected = [float(x) for x in state["e"]]
+        h.seen = [int(x) for x in state["n"]]
+        h.state = state["s"]
+        h._recent.extend((int(o), float(e)) for o, e in state["r"])
+        h._streak = (str(state["k"][0]), int(state["k"][1]))
+        return h
+
+    def rates(self) -> tuple[float, float]:
+        """Observed and expected events per minute over the last 5 minutes."""
+        last = list(self._recent)[-5:]
+        n = max(1, len(last))
+        return sum(o for o, _ in last) / n, sum(e for _, e in last) / n
+
+
+def sales_counts(items: Iterable[object]) -> dict[str, int]:
+    """Sales per channel (``sales:<channel>``) and per store (``store:<location>``) in a
+    batch of applied items: what :class:`HealthBoard` watches.
+
+    >>> from schemas.events import Sale
+    >>> def sale(ch, loc=UNSET):
+    ...     return Accepted("t", 0, 0, "transaction", "sale", "e", 0, ch, None, {}, Sale(
+    ...         event_id="e", event_time=None, channel=ch, currency="EUR", lines=[],
+    ...         location_id=loc))
+    >>> sales_counts([sale("web"), sale("store", "S1"), sale("store", "S1")])
+    {'sales:web': 1, 'sales:store': 2, 'store:S1': 2}
+    """
+    out: dict[str, int] = {}
+    for a in items:
+        if type(a) is not Accepted or a.event_type != "sale" or a.channel is None:
+            continue
+        k = "sales:" + a.channel
+        out[k] = out.get(k, 0) + 1
+        loc = getattr(a.event, "location_id", UNSET)
+        if a.channel == "store" and isinstance(loc, str):
+            k = "store:" + loc
+            out[k] = out.get(k, 0) + 1
+    return out
+
+
+class HealthBoard:
+    """One detector per key (``sales:<channel>``, ``store:<location>``), fed minute by
+    minute; a key seen once is watched from then on (a minute without it counts 0)."""
+
+    def __init__(self) -> None:
+        self.detectors: dict[str, ChannelHealth] = {}
+
+    def learn_minute(self, minute_ms: int, counts: Mapping[str, int]) -> list[ChannelHealthMessage]:
+        """Feed one minute's counts; the health messages it causes."""
+        for key in counts:
+            self.detectors.setdefault(key, ChannelHealth())
+        out = []
+        for key, h in sorted(self.detectors.items()):
+            event = h.learn_one(minute_ms, counts.get(key, 0))
+            if event is None:
+                continue
+            observed, expected = h.rates()
+            kind, _, name = key.partition(":")
+            at = datetime.fromtimestamp(minute_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+            out.append(
+                ChannelHealthMessage(
+                    message_id=f"{key}:{minute_ms // MINUTE_MS}:{event}",
+                    key=key,
+                    channel="store" if kind == "store" else name,
+                    location_id=name if kind == "store" else UNSET,
+                    status=event,
+                    at=at,
+                    observed_per_minute=round(observed, 2),
+                    expected_per_minute=round(expected, 2),
+                )
+            )
+        return out
+
+    def restart(self) -> None:
+        """Minutes were not observed (the pipeline did not run): the windows start again,
+        what was learnt stays."""
+        for h in self.detectors.values():
+            h._recent.clear()
+            h._streak = ("normal", 0)
+
+    def states(self) -> dict[str, str]:
+        return {k: h.state for k, h in sorted(self.detectors.items())}
+
+    def to_state(self) -> dict[str, Any]:
+        return {k: h.to_state() for k, h in self.detectors.items()}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> HealthBoard:
+        b = cls()
+        b.detectors = {k: ChannelHealth.from_state(v) for k, v in state.items()}
+        return b

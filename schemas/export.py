@@ -6,8 +6,8 @@ left to how a msgspec release renders docstrings.
 
 >>> docs = schemas()
 >>> sorted(docs)  # doctest: +NORMALIZE_WHITESPACE
-['campaign_catalogue', 'clickstream', 'customer', 'dead_letter', 'inventory', 'offer',
- 'offer_feedback', 'stock_alert', 'transaction']
+['campaign_catalogue', 'channel_health', 'clickstream', 'customer', 'dead_letter',
+ 'inventory', 'offer', 'offer_feedback', 'stock_alert', 'transaction']
 >>> docs["transaction"]["$defs"]["Sale"]["properties"]["event_type"]["enum"]
 ['sale']
 """
@@ -22,6 +22,7 @@ import msgspec
 import orjson
 
 from schemas.alerts import StockAlert
+from schemas.health import ChannelHealthMessage
 from schemas.campaigns import CampaignCatalogue
 from schemas.deadletter import DeadLetter
 from schemas.events import CONTRACTS, SCHEMA_VERSION
@@ -115,6 +116,13 @@ def schemas() -> dict[str, dict[str, Any]]:
         "omnicanal stock alert message",
         "Messages on the stock-alerts topic, keyed by SKU. Deduplicate on message_id; follow "
         "one alert's lifecycle by alert_id.",
+    )
+    out["channel_health"] = _document(
+        "channel_health",
+        ChannelHealthMessage,
+        "omnicanal channel-health message",
+        "Messages on the channel-health topic, keyed by the channel or store key. Deduplicate "
+        "on message_id.",
     )
     out["offer"] = _document(
         "offer",

@@ -51,6 +51,7 @@ def make_settings(kafka: LocalKafka, redis_url: str, partitions: int = 3, **kw: 
         topic_dead_letters=f"t{n}.dead-letters",
         topic_stock_alerts=f"t{n}.stock-alerts",
         topic_offers=f"t{n}.offers",
+        topic_channel_health=f"t{n}.channel-health",
         **kw,  # type: ignore[arg-type]
     )
     create_topics(s.kafka_config(), s.all_topics(), partitions)

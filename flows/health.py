@@ -1,0 +1,117 @@
+"""Stage "channel health": every worker counts the sales it applies per channel and store
+per wall-clock minute in Redis; worker 0, once a minute is complete, feeds the counts of
+all workers to the detectors (``operators/channel_health.py``) and sends what they raise
+(collapsed, degraded, recovered) to the channel-health topic with an outbox.
+
+Wall-clock minutes, not event time: a channel is down when its events stop arriving. The
+detectors' state is written with the minute it reached and the messages, in one
+transaction, so a restart goes on where it stopped and never sends a message twice. The
+minutes the pipeline did not run at all are skipped, not read as silence (the events of
+those minutes are applied late, all at once, when it starts again).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import msgspec
+import redis
+
+from flows.outbox import OutboxSender
+from monitoring import metrics as m
+from operators.channel_health import MINUTE_MS, HealthBoard, sales_counts
+from state.connection import StateError, transient
+from state.health import HealthStore
+
+log = logging.getLogger(__name__)
+#: a minute is read this long after it ends (batches applied at its very end included)
+GRACE_MS: Final = 10_000
+#: more minutes missing than this: the pipeline was not running; they are skipped
+MAX_GAP: Final = 10
+_LEVEL: Final = {"normal": 0, "degraded": 1, "collapsed": 2}
+
+
+class ChannelCounts:
+    """Every worker: adds the sales of each applied batch to its minute's counts."""
+
+    def __init__(self, store: HealthStore, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self._clock = clock
+
+    def add(self, applied: Sequence[object]) -> None:
+        counts = sales_counts(applied)
+        if not counts:
+            return
+        try:
+            self.store.add(int(self._clock() * 1000) // MINUTE_MS, counts)
+        except (StateError, redis.RedisError) as e:
+            why = transient(e)
+            if why is None:
+                raise
+            m.REDIS_WAITS.labels(why).inc()  # a minute short: the detectors see a dip
+
+
+class ChannelHealthStage:
+    """Worker 0: the detectors, one complete minute at a time."""
+
+    def __init__(
+        self,
+        store: HealthStore,
+        sender: OutboxSender,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.out = sender
+        self._clock = clock
+        state, self._minute = store.load()
+        self.board = HealthBoard.from_state(state) if state else HealthBoard()
+
+    def recover(self) -> tuple[int, int]:
+        return self.out.recover()
+
+    def due(self) -> None:
+        """Learn the minutes completed since the last call."""
+        self.out.retry()
+        done = (int(self._clock() * 1000) - GRACE_MS) // MINUTE_MS - 1
+        if self._minute is None or done - self._minute > MAX_GAP:
+            if self._minute is not None:
+                log.info(
+                    "step 'state' (channel health): %d minute(s) without the pipeline "
+                    "skipped, not read as silence",
+                    done - self._minute,
+                )
+            self.board.restart()  # the windows start again: the gap is not silence
+            if self.out.attempt(self.store.commit, self.board.to_state(), done, []):
+                self._minute = done
+            return
+        if done <= self._minute:
+            return
+        self.out.attempt(self._learn, self._minute + 1, done)
+
+    def _learn(self, first: int, last: int) -> None:
+        counts = self.store.minutes(first, last)
+        messages = []
+        for minute in range(first, last + 1):
+            messages += self.board.learn_minute(minute * MINUTE_MS, counts.get(minute, {}))
+        raw = [msgspec.json.encode(msg) for msg in messages]
+        ids = self.store.commit(self.board.to_state(), last, raw)
+        self._minute = last
+        if messages:
+            self.out.send(ids, [msgspec.to_builtins(msg) for msg in messages])
+            for msg in messages:
+                m.CHANNEL_HEALTH_EVENTS.labels(msg.status).inc()
+                log.warning(
+                    "channel health: %s %s (%.1f sales/min, usually %.1f)",
+                    msg.key, msg.status, msg.observed_per_minute, msg.expected_per_minute,
+                )  # fmt: skip
+        for key, state in self.board.states().items():
+            m.CHANNEL_HEALTH.labels(key).set(_LEVEL[state])
+
+    def ack(self) -> None:
+        self.out.ack()
+
+    def close(self) -> None:
+        self.out.flush()

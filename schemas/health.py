@@ -1,0 +1,35 @@
+"""The channel-health message omnicanal writes to the channel-health topic (output
+contract): a sales channel, or one store, collapsed, degraded or recovered.
+
+``message_id`` (key, minute, status) is deterministic: a message re-sent after a crash
+carries the same id, so consumers deduplicate on it.
+
+>>> import msgspec
+>>> h = msgspec.json.decode(
+...     b'{"message_id":"sales:web:29000000:collapsed","key":"sales:web","channel":"web",'
+...     b'"status":"collapsed","at":"2025-02-20T10:00:00Z","observed_per_minute":0.0,'
+...     b'"expected_per_minute":21.5}', type=ChannelHealthMessage)
+>>> h.status, h.expected_per_minute
+('collapsed', 21.5)
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+
+class ChannelHealthMessage(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """One change of a channel's (or a store's) health."""
+
+    message_id: Annotated[str, Meta(description="key:minute:status: deduplicate on it")]
+    key: Annotated[str, Meta(description="sales:<channel> or store:<location id>")]
+    channel: Annotated[str, Meta(description="the sales channel (store for a store)")]
+    location_id: str | UnsetType = UNSET
+    status: Literal["collapsed", "degraded", "recovered"]
+    at: Annotated[str, Meta(description="RFC 3339 UTC: the minute that confirmed it")]
+    observed_per_minute: Annotated[float, Meta(description="sales in the last 5 minutes / 5")]
+    expected_per_minute: Annotated[
+        float, Meta(description="what the same time of the week usually has, per minute")
+    ]
