@@ -23,6 +23,7 @@ import redis
 from flows.outbox import OutboxSender
 from monitoring import metrics as m
 from operators.channel_health import MINUTE_MS, HealthBoard, sales_counts
+from operators.offers import down_channels
 from state.connection import StateError, transient
 from state.health import HealthStore
 
@@ -68,6 +69,14 @@ class ChannelHealthStage:
         self._clock = clock
         state, self._minute = store.load()
         self.board = HealthBoard.from_state(state) if state else HealthBoard()
+
+    def down(self) -> frozenset[str]:
+        """Delivery channels offers must avoid now: their sales channel collapsed."""
+        return down_channels(
+            k.partition(":")[2]
+            for k, state in self.board.states().items()
+            if state == "collapsed" and k.startswith("sales:")
+        )
 
     def recover(self) -> tuple[int, int]:
         return self.out.recover()

@@ -66,6 +66,7 @@ class Offers:
         quiet: QuietHours | None = None,
         tz: str = "UTC",
         stock: tuple[StockStore, StockRules] | None = None,
+        down: Callable[[], frozenset[str]] | None = None,
     ) -> None:
         self.store = store
         self.ledger = ledger
@@ -80,6 +81,8 @@ class Offers:
         self._quiet, self._tz = quiet, tz
         #: live stock: carted SKUs out of stock online leave the offer
         self._stock = stock
+        #: delivery channels to avoid now (their sales channel collapsed)
+        self._down = down or frozenset
         #: the learnt policy (None: the rules), restored from its last checkpoint
         self._policy_store = policy
         self.model: RedemptionModel | None = None
@@ -158,6 +161,7 @@ class Offers:
             skus = sorted({sku for st in stored for sku in st.cart})
             oos = out_of_stock_online([sku for sku, _ in stock.read(skus)], rules)
         today = day_of(now_ms)
+        down = self._down()
         outcomes: list[TimerOutcome] = []
         for (cid, seen), st in zip(timers, stored, strict=True):
             try:
@@ -171,6 +175,7 @@ class Offers:
                     timer, cid, seen, state, running, self.codec, now_ms,
                     caps=self._caps, holdout_share=self._holdout, spent=spent,
                     policy=self.model, quiet=self._quiet, tz=self._tz, out_of_stock=oos,
+                    down=down,
                 )  # fmt: skip
             except Exception as e:  # one customer's problem, never the pipeline's
                 log.error(
@@ -178,6 +183,8 @@ class Offers:
                     timer, cid, type(e).__name__, e,
                 )  # fmt: skip
                 outcome = TimerOutcome(cid, seen, "drop", suppressed="decision_error")
+            if outcome.rerouted or outcome.held:
+                m.OFFER_CONTINGENCY.labels("rerouted" if outcome.rerouted else "held").inc()
             if outcome.offer is not None:  # the budget counts this slice's offers too
                 spent[outcome.offer.campaign_id] = spent.get(outcome.offer.campaign_id, 0) + 1
             outcomes.append(outcome)

@@ -223,6 +223,7 @@ def worker_pipeline(
     wait = RedisWait(setup.redis_retry_seconds, setup.redis_where)
     fence = Fence(store, wait, plan_floors(starts))
     dead_letters = DeadLetters(producer, setup.dead_letter_topic)
+    watch = health(setup, store, producer) if worker_index == 0 and setup.health_topic else None
     return WorkerPipeline(
         fence,
         dead_letters,
@@ -243,9 +244,11 @@ def worker_pipeline(
         )
         if setup.coupon_codec is not None and setup.hasher is not None
         else None,
-        offers(setup, store, producer, stock=stock) if worker_index == 0 else None,
+        offers(setup, store, producer, stock=stock, down=watch.down if watch else None)
+        if worker_index == 0
+        else None,
         ChannelCounts(HealthStore(store.r, store.prefix)) if setup.health_topic else None,
-        health(setup, store, producer) if worker_index == 0 and setup.health_topic else None,
+        watch,
     )
 
 
@@ -273,6 +276,7 @@ def offers(
     producer: CheckedProducer,
     clock: Callable[[], float] = time.time,
     stock: StockStore | None = None,
+    down: Callable[[], frozenset[str]] | None = None,
 ) -> Offers | None:
     """The offers stage, when the setup has campaigns, a coupon codec and a topic
     (``clock``: the wall clock the timers are compared with)."""
@@ -300,6 +304,7 @@ def offers(
         quiet=setup.offer_quiet_hours,
         tz=setup.offer_timezone,
         stock=(stock or StockStore(store.r, store.prefix), setup.stock_rules),
+        down=down,
     )
 
 

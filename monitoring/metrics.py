@@ -180,6 +180,12 @@ CHANNEL_HEALTH_EVENTS = Counter(
     "Channel-health messages raised: collapsed, degraded, recovered.",
     ["status"],
 )
+OFFER_CONTINGENCY = Counter(
+    "omnicanal_offer_contingency",
+    "Offers that avoided a collapsed channel: rerouted to the customer's next reachable "
+    "channel, or held (looked at again 15 minutes later) when no other was reachable.",
+    ["action"],
+)
 
 CATALOG: tuple[MetricWrapperBase, ...] = (
     EVENTS,
@@ -214,6 +220,7 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     OFFER_MODEL_LOSS,
     CHANNEL_HEALTH,
     CHANNEL_HEALTH_EVENTS,
+    OFFER_CONTINGENCY,
 )
 
 

@@ -30,6 +30,7 @@ Suppression = Literal[
     "duplicate_trigger",
     "budget",
     "decision_error",
+    "channel_down",
 ]
 SUPPRESSIONS: Final[tuple[str, ...]] = Suppression.__args__  # type: ignore[attr-defined]
 #: The consent an offer needs in each delivery channel (None: shown in the customer's own

@@ -16,7 +16,7 @@ TriggerEvent(kind='cart_abandonment', at_ms=2000, skus=('LAMP',), units=2)
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
@@ -101,6 +101,8 @@ class Decision:
     #: the context the offer was chosen in (:func:`operators.policy.offer_context`), kept
     #: with the offer so that the model learns from its outcome
     context: dict[str, float] | None = None
+    #: the preferred channel was down (collapsed): the offer goes through another
+    rerouted: bool = False
 
 
 def decide(
@@ -115,6 +117,7 @@ def decide(
     spent: Mapping[str, int] | None = None,
     policy: RedemptionModel | None = None,
     epsilon: float = EPSILON,
+    down: frozenset[str] = frozenset(),
 ) -> Decision:
     """The offer for a trigger, among the enabled, running, eligible campaigns of its kind
     whose wait has passed, each through the first of its channels the customer consented
@@ -145,6 +148,7 @@ def decide(
     if not candidates:
         return Decision(None, None)  # no campaign for it: nothing to count
     why: Suppression | None = None
+    rerouted = False
     eligible: list[tuple[Campaign, str]] = []
     for c in candidates:
         budget = c.budget.max_offers
@@ -161,10 +165,12 @@ def decide(
             continue
         if capped is not None:  # a cap across all campaigns: no other campaign may go
             return Decision(None, capped, c.id)
-        channel = _channel(c, customer)
+        channel = _channel(c, customer, down)
         if channel is None:
-            why = why or "no_consent"
+            # consented only through channels that are down: held, not refused
+            why = why or ("channel_down" if _channel(c, customer) is not None else "no_consent")
             continue
+        rerouted = rerouted or channel != _channel(c, customer)
         eligible.append((c, channel))
         if policy is None:
             break  # the rules: the first eligible campaign, in catalogue order
@@ -206,6 +212,7 @@ def decide(
         None,
         c.id,
         contexts[chosen],
+        rerouted,
     )
 
 
@@ -232,9 +239,26 @@ def _eligible(c: Campaign, who: CustomerView) -> bool:
     return who.basket_minor >= e.min_basket_minor
 
 
-def _channel(c: Campaign, who: CustomerView) -> str | None:
+def _channel(c: Campaign, who: CustomerView, down: frozenset[str] = frozenset()) -> str | None:
+    """The first channel of the campaign the customer consented to, their preferred one
+    first, skipping channels that are ``down`` (collapsed: the offer goes to the next)."""
     order = sorted(c.channels, key=lambda ch: ch != who.preferred_channel)
-    return next((ch for ch in order if consented(who.consents, ch)), None)
+    return next((ch for ch in order if ch not in down and consented(who.consents, ch)), None)
+
+
+#: the sales channel whose health a delivery channel depends on (email and SMS go through
+#: providers omnicanal does not watch)
+DEPENDS_ON: Final = {"web": "web", "app": "app", "push": "app", "store": "store"}
+
+
+def down_channels(collapsed: Iterable[str]) -> frozenset[str]:
+    """Delivery channels to avoid while these sales channels are collapsed.
+
+    >>> sorted(down_channels(["app"]))
+    ['app', 'push']
+    """
+    gone = set(collapsed)
+    return frozenset(d for d, sales in DEPENDS_ON.items() if sales in gone)
 
 
 def wait_ms(c: Campaign) -> int:
@@ -322,7 +346,13 @@ class TimerOutcome:
     trigger_ms: int = 0
     #: the context the offer was chosen in (learnt from with its outcome)
     context: dict[str, float] | None = None
+    #: the offer avoided a collapsed channel / is held while its only channels are down
+    rerouted: bool = False
+    held: bool = False
 
+
+#: an offer whose only channels are down is looked at again this much later
+HOLD_MS: Final = 15 * 60_000
 
 #: delivery channels that interrupt the customer: quiet hours hold their offers (an offer
 #: shown on the web site or in a store is seen when the customer comes)
@@ -349,6 +379,7 @@ def fire_timer(
     quiet: QuietHours | None = None,
     tz: str = "UTC",
     out_of_stock: frozenset[str] = frozenset(),
+    down: frozenset[str] = frozenset(),
 ) -> TimerOutcome:
     """Decide a due timer (``timer``: a key of :data:`TIMERS`). The stage reads timers whose
     score is at most ``now`` minus the shortest wait of the trigger's running campaigns; a
@@ -432,13 +463,18 @@ def fire_timer(
     )
     d = decide(
         trigger, view, running, codec, now_ms,
-        caps=caps, holdout_share=0.0, spent=spent, policy=policy,
+        caps=caps, holdout_share=0.0, spent=spent, policy=policy, down=down,
     )  # fmt: skip
     if d.offer is not None:
         release = quiet.release_ms(now_ms, tz) if quiet and d.offer.channel in INTRUSIVE else None
         if release is not None:  # held: decided again, the same offer, when quiet hours end
             return out("later", later=release - shortest)
-        return out("offer", offer=d.offer, trigger_ms=trigger.at_ms, context=d.context)
+        return out(
+            "offer", offer=d.offer, trigger_ms=trigger.at_ms, context=d.context,
+            rerouted=d.rerouted,
+        )  # fmt: skip
+    if d.suppressed == "channel_down":  # held until the channel is back (looked at again)
+        return out("later", later=now_ms + HOLD_MS - shortest, held=True)
     if later:  # another campaign may still offer: look again when its wait has passed
         return out("later", later=min(later) - shortest)
     return out("drop", suppressed=d.suppressed)

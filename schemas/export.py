@@ -22,10 +22,10 @@ import msgspec
 import orjson
 
 from schemas.alerts import StockAlert
-from schemas.health import ChannelHealthMessage
 from schemas.campaigns import CampaignCatalogue
 from schemas.deadletter import DeadLetter
 from schemas.events import CONTRACTS, SCHEMA_VERSION
+from schemas.health import ChannelHealthMessage
 from schemas.offers import Offer
 
 JSON_DIR = Path(__file__).with_name("json")

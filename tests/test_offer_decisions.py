@@ -8,7 +8,16 @@ import msgspec
 
 from operators.coupons import CouponCodec, Verified, day_of
 from operators.guardrails import FrequencyCaps, in_holdout
-from operators.offers import CustomerView, TriggerEvent, abandoned_cart, decide, offer_id
+from operators.offers import (
+    CustomerView,
+    TimerState,
+    TriggerEvent,
+    abandoned_cart,
+    decide,
+    down_channels,
+    fire_timer,
+    offer_id,
+)
 from schemas.campaigns import Benefit, Budget, Campaign, Eligibility
 from schemas.offers import Offer
 
@@ -106,3 +115,23 @@ def test_only_running_eligible_campaigns_offer() -> None:
     # the first eligible campaign wins
     d = decide(TRIGGER, who(basket_minor=5_000), [vip, CART10], CODEC, NOW)
     assert d.offer is not None and d.offer.campaign_id == "cart-10"
+
+
+def test_a_collapsed_channel_reroutes_the_offer_or_holds_it() -> None:
+    # the app is down: push (through the app) is avoided, the next consented channel wins
+    d = decide(TRIGGER, who(preferred_channel="push"), [CART10], CODEC, NOW,
+               down=down_channels(["app"]))  # fmt: skip
+    assert d.offer is not None and d.offer.channel == "email" and d.rerouted
+    assert not decide(TRIGGER, who(preferred_channel="email"), [CART10], CODEC, NOW,
+                      down=down_channels(["app"])).rerouted  # fmt: skip
+    # consented only to push while the app is down: held, not refused
+    only_push = who(consents={"push": {"granted": True}})
+    d = decide(TRIGGER, only_push, [CART10], CODEC, NOW, down=down_channels(["app"]))
+    assert d.offer is None and d.suppressed == "channel_down"
+    state = TimerState(only_push, {"LAMP": (1, NOW - 2 * HOUR)}, {})
+    out = fire_timer("cart", ID, NOW - 2 * HOUR, state, [CART10], CODEC, NOW,
+                     holdout_share=0.0, down=down_channels(["app"]))  # fmt: skip
+    assert out.action == "later" and out.held and out.suppressed is None
+    # once the app is back, the same trigger gives the offer through push
+    back = fire_timer("cart", ID, NOW - 2 * HOUR, state, [CART10], CODEC, NOW, holdout_share=0.0)
+    assert back.action == "offer" and back.offer is not None and back.offer.channel == "push"
