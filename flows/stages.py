@@ -25,6 +25,7 @@ from typing import IO, Any, TypeVar
 
 import redis
 from confluent_kafka import KafkaError
+from msgspec import UNSET
 
 from flows.kafka import CheckedProducer, DeliveryError, Failure, GroupOffsets
 from flows.source import STOP
@@ -35,6 +36,7 @@ from operators.privacy import PiiHasher
 from operators.stock import StockPlan, StockRules, plan_stock
 from operators.validate import state_rejected, without_payload
 from schemas.envelope import Accepted, Rejected
+from schemas.events import line_amount
 from state.profiles import (
     ProfileStore,
     ScriptRejectedError,
@@ -437,15 +439,27 @@ def count_stock(plan: StockPlan, shrinkage: int, late: int) -> None:
 
 
 def count_applied(applied: list[Item]) -> None:
-    """Stage "metrics": events by topic, channel and type; dead letters by reason; the
-    event-time lag of each topic's newest applied event."""
+    """Stage "metrics": events by topic, channel and type; dead letters by reason; orders,
+    revenue and units sold by channel; the event-time lag of each topic's newest applied
+    event."""
     events: dict[tuple[str, str, str], int] = {}
     dead: dict[tuple[str, str], int] = {}
     newest: dict[str, int] = {}
+    orders: dict[str, int] = {}
+    revenue: dict[tuple[str, str], int] = {}
+    units: dict[str, int] = {}
     for i in applied:
         if isinstance(i, Accepted):
             k = (i.topic, i.channel or "none", i.event_type)
             events[k] = events.get(k, 0) + 1
+            if i.event_type == "sale" and i.channel is not None:
+                ch = i.channel
+                orders[ch] = orders.get(ch, 0) + 1
+                kr = (ch, i.event.currency)
+                revenue[kr] = revenue.get(kr, 0) + sum(line_amount(x) for x in i.event.lines)
+                units[ch] = units.get(ch, 0) + sum(
+                    x.quantity for x in i.event.lines if x.kind == "product" or x.kind is UNSET
+                )
             if i.ts_ms > newest.get(i.topic, 0):
                 newest[i.topic] = i.ts_ms
         else:
@@ -455,6 +469,12 @@ def count_applied(applied: list[Item]) -> None:
         m.EVENTS.labels(*k).inc(n)
     for kd, n in dead.items():
         m.DEAD_LETTERS.labels(*kd).inc(n)
+    for ch, n in orders.items():
+        m.ORDERS.labels(ch).inc(n)
+        m.ITEMS_SOLD.labels(ch).inc(units[ch])
+    for kr, amount in revenue.items():
+        if amount > 0:  # a counter only goes up (refund lines may make a sale negative)
+            m.REVENUE.labels(*kr).inc(amount)
     now_ms = time.time() * 1000
     for topic, ts in newest.items():
         m.EVENT_LAG_SECONDS.labels(topic).set((now_ms - ts) / 1000)

@@ -186,6 +186,22 @@ OFFER_CONTINGENCY = Counter(
     "channel, or held (looked at again 15 minutes later) when no other was reachable.",
     ["action"],
 )
+ORDERS = Counter(
+    "omnicanal_orders",
+    "Sales (orders) applied, by channel.",
+    ["channel"],
+)
+REVENUE = Counter(
+    "omnicanal_revenue_minor",
+    "Revenue of the sales applied, in minor units of the currency (cents), by channel and "
+    "currency: money is never a float in omnicanal.",
+    ["channel", "currency"],
+)
+ITEMS_SOLD = Counter(
+    "omnicanal_items_sold",
+    "Product units in the sales applied, by channel.",
+    ["channel"],
+)
 
 CATALOG: tuple[MetricWrapperBase, ...] = (
     EVENTS,
@@ -221,6 +237,9 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     CHANNEL_HEALTH,
     CHANNEL_HEALTH_EVENTS,
     OFFER_CONTINGENCY,
+    ORDERS,
+    REVENUE,
+    ITEMS_SOLD,
 )
 
 

@@ -97,6 +97,27 @@ def test_count_applied_counts_events_and_dead_letters(settings: Settings) -> Non
     assert m.counter_total(m.DEAD_LETTERS, topic=topic, reason="malformed_json") - dl0 == 1
 
 
+def test_count_applied_counts_orders_revenue_and_units_per_channel(settings: Settings) -> None:
+    v = Validator(settings.topic_contracts(), HASH)
+    lines = [
+        {"sku": "A", "quantity": 2, "unit_price_minor": 350},
+        {"sku": "B", "quantity": 1, "unit_price_minor": 1000, "discount_minor": 100},
+        {"kind": "shipping", "sku": "SHIP", "quantity": 1, "unit_price_minor": 499},
+    ]
+    sales = [v.decode(settings.topic_transactions, 0, i, None, orjson.dumps(
+        {"event_type": "sale", "event_id": f"s{i}", "event_time": "2024-05-01T10:00:00Z",
+         "channel": "app", "currency": "EUR", "customer": {"loyalty_id": "L1"},
+         "lines": lines}), 2e12) for i in range(3)]  # fmt: skip
+    assert all(type(x) is Accepted for x in sales), sales
+    o0, r0 = m.counter_total(m.ORDERS, channel="app"), m.counter_total(m.REVENUE, channel="app")
+    u0 = m.counter_total(m.ITEMS_SOLD, channel="app")
+    count_applied(sales)
+    assert m.counter_total(m.ORDERS, channel="app") - o0 == 3
+    # per sale: 2 x 350 + 1000 - 100 + 499 shipping = 2,099 cents; units: products only
+    assert m.counter_total(m.REVENUE, channel="app", currency="EUR") - r0 == 3 * 2099
+    assert m.counter_total(m.ITEMS_SOLD, channel="app") - u0 == 3 * 3
+
+
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[LocalKafka]:
     k = LocalKafka(tmp_path / "kafka").start()
