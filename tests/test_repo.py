@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -75,6 +76,25 @@ def test_compose_file_runs_the_pipeline_against_kafka_and_persistent_redis() -> 
     mounts = dict(v.rsplit(":", 1)[0].split(":") for v in services["prometheus"]["volumes"])
     assert mounts["../monitoring/rules.yml"] == rules
     assert (ROOT / "docker" / "../monitoring/rules.yml").is_file()
+    # Grafana gets the datasource and the dashboards, as generated
+    g = dict(v.rsplit(":", 1)[0].split(":") for v in services["grafana"]["volumes"])
+    assert g["./dashboards"] == "/var/lib/grafana/dashboards"
+    provider = yaml.safe_load((ROOT / "docker/grafana/dashboards/omnicanal.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == g["./dashboards"]
+
+
+def test_committed_dashboards_are_the_generated_ones() -> None:
+    from monitoring.dashboards import dashboards
+
+    committed = {
+        p.stem: json.loads(p.read_text()) for p in (ROOT / "docker/dashboards").glob("*.json")
+    }
+    assert committed == dashboards(), "run: python -m monitoring.dashboards docker/dashboards"
+    for board in committed.values():
+        for panel in board["panels"]:
+            assert panel["title"] and panel["description"], panel
+            assert panel["fieldConfig"]["defaults"]["unit"], panel["title"]
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
 
 
 # ------------------------------------------------------------------ reproducible installs

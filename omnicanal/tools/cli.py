@@ -46,6 +46,15 @@ def demo(
     keep: Annotated[
         bool, typer.Option(help="Leave the broker and Redis running afterwards.")
     ] = False,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve the pipeline's Prometheus metrics on this port while "
+            "it runs (127.0.0.1; 0: not served).",
+        ),
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Run everything locally: start a Kafka-protocol broker (Tansu) and redis-server on free
@@ -87,6 +96,7 @@ def demo(
                 import_file=import_file,
                 keep=keep,
                 progress=progress,
+                metrics_port=metrics_port,
             )
         except (ServiceError, StateError, ConfigError) as e:
             fail(str(e))
@@ -145,6 +155,12 @@ def _print_summary(s: Any, keep: bool) -> None:
             if loss is not None
             else " (none redeemed or expired yet)"
         ),
+    )
+    events = ", ".join(f"{k} {v}" for k, v in s.channel_health_events.items()) or "none"
+    t.add_row(
+        "channel health",
+        f"{s.channel_health_watched} channels and stores watched; messages: {events} (the "
+        "detectors learn each hour of the week first: weeks of traffic, not a demo's minutes)",
     )
     t.add_row(
         "pipeline",

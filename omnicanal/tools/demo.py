@@ -24,6 +24,7 @@ from omnicanal.tools.datagen import Generator, Message
 from omnicanal.tools.services import LocalKafka, LocalRedis
 from operators.guardrails import in_holdout
 from operators.offers import MODEL_VERSION
+from state.health import HealthStore
 from state.offers import OfferStore, PolicyStore
 from state.profiles import ProfileStore, connect
 from state.stock import StockStore
@@ -60,6 +61,9 @@ class Summary:
     offer_timers_pending: int = 0
     holdout_customers: int = 0
     coupon_redemptions: dict[str, int] = field(default_factory=dict)
+    #: channel health: messages on its topic by status, and the channels and stores watched
+    channel_health_events: dict[str, int] = field(default_factory=dict)
+    channel_health_watched: int = 0
     #: the offer policy: its version and the outcomes it has learnt from (progressive
     #: validation: mean log-loss of its predictions made before learning each)
     offers_model: str = MODEL_VERSION
@@ -145,6 +149,7 @@ def run_demo(
     workdir: Path | None = None,
     keep: bool = False,
     progress: Progress | None = None,
+    metrics_port: int = 0,
 ) -> Summary:
     """Start Tansu and redis-server, produce, run the pipeline to the end, summarise."""
     own_dir = workdir is None
@@ -159,7 +164,7 @@ def run_demo(
             kafka_bootstrap=kafka.bootstrap,
             redis_url=redis_srv.url,
             partitions=partitions,
-            metrics_port=0,
+            metrics_port=metrics_port,
             coupon_key=DEMO_COUPON_KEY,
             campaigns_file=str(DEMO_CAMPAIGNS),
         )
@@ -193,7 +198,11 @@ def run_demo(
         t0 = time.perf_counter()
         try:
             runner.run(
-                settings, plan.starts, until_eof=True, allow_demo_key=True, serve_metrics=False
+                settings,
+                plan.starts,
+                until_eof=True,
+                allow_demo_key=True,
+                serve_metrics=bool(metrics_port),
             )
         finally:
             done.set()
@@ -257,6 +266,12 @@ def _offers(settings: Settings, summary: Summary) -> None:
     summary.coupon_redemptions = {
         k: int(v) for k, v in m.counter_by(m.COUPON_REDEMPTIONS, "outcome").items() if v
     }
+    health: Counter[str] = Counter()
+    for _, _, _, v in read_topic(settings.kafka_config(), settings.topic_channel_health):
+        health[orjson.loads(v or b"{}")["status"]] += 1
+    summary.channel_health_events = dict(health)
+    board, _ = HealthStore(client, settings.redis_prefix).load()
+    summary.channel_health_watched = len(board or {})
     state, _ = PolicyStore(client, settings.redis_prefix).load()
     if settings.offer_policy == "learnt":
         summary.offer_outcomes_learnt = int(state["n"]) if state else 0

@@ -1,0 +1,96 @@
+"""A real Prometheus (Debian package ``prometheus``) scrapes a real demo run served with
+``--metrics-port``, loads the alert rules, and answers every dashboard panel's query."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from monitoring.dashboards import dashboards
+from omnicanal.runner import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+#: panels whose figures need more than a demo's seconds: the detectors learn each hour of
+#: the week from weeks of traffic before they say anything (tested in test_health_stage)
+NEEDS_WEEKS = {"Channel health"}
+
+
+def _get(base: str, path: str, **params: str) -> Any:
+    url = f"{base}{path}?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus is missing: ./quickstart test installs the Debian package")
+    target = free_port()
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(ROOT / "monitoring" / "rules.yml")],
+        "scrape_configs": [{"job_name": "omnicanal",
+                            "static_configs": [{"targets": [f"127.0.0.1:{target}"]}]}],
+    }))  # fmt: skip
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(base + "/-/ready", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "prometheus did not start"
+                time.sleep(0.2)
+        yield base, target
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_scraped_demo_answers_every_dashboard_panel(prometheus: tuple[str, int]) -> None:
+    base, target = prometheus
+    res = subprocess.run(
+        [sys.executable, "-m", "omnicanal", "demo", "--events", "120000", "--json",
+         "--metrics-port", str(target)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    # the last moment the run was scraped: every query is asked as of then
+    up = _get(
+        base, "/api/v1/query", query='max_over_time(timestamp(up{job="omnicanal"} == 1)[10m:1s])'
+    )
+    (sample,) = up["data"]["result"]
+    at = sample["value"][1]
+    rules = _get(base, "/api/v1/rules")["data"]["groups"]
+    assert {g["name"] for g in rules} == {"omnicanal-channels", "omnicanal-pipeline"}
+    assert all(r["health"] == "ok" for g in rules for r in g["rules"])
+    empty = []
+    for board in dashboards().values():
+        for panel in board["panels"]:
+            answers = [
+                _get(base, "/api/v1/query", query=t["expr"], time=at)["data"]["result"]
+                for t in panel["targets"]
+            ]
+            if not any(answers) and panel["title"] not in NEEDS_WEEKS:
+                empty.append(f"{board['uid']}: {panel['title']}")
+    assert empty == []
