@@ -188,3 +188,35 @@ def _annotations(name: str, labels: dict[str, str], value: str | None = None) ->
         text = text.replace("{{ $value | humanize }}", v)
         out[k] = text
     return out
+
+
+def amtool() -> str:
+    path = shutil.which("amtool")
+    if path is None:
+        pytest.fail(
+            "amtool is missing: ./quickstart test installs the Debian package "
+            "prometheus-alertmanager"
+        )
+    return path
+
+
+AM_CONFIG = RULES.parents[1] / "docker" / "alertmanager.yml"
+
+
+def test_alertmanager_config_is_valid_and_routes_pages_and_warnings() -> None:
+    res = subprocess.run([amtool(), "check-config", str(AM_CONFIG)], capture_output=True, text=True)
+    assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr
+
+    def route(*labels: str) -> str:
+        r = subprocess.run(
+            [amtool(), "config", "routes", "test", f"--config.file={AM_CONFIG}", *labels],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    for rule in (r for g in groups for r in g["rules"] if "alert" in r):
+        sev = rule["labels"]["severity"]
+        expected = "pager" if sev == "critical" else "ops"
+        assert route(f"alertname={rule['alert']}", f"severity={sev}") == expected, rule["alert"]
