@@ -27,6 +27,7 @@ from confluent_kafka import (
 )
 
 from flows.kafka import split_part
+from monitoring import metrics as m
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ EARLIEST = OFFSET_BEGINNING
 LATEST = OFFSET_END
 _IDLE = timedelta(milliseconds=5)
 _FULL = timedelta(milliseconds=1)
+#: seconds between consumer-lag reports
+LAG_EVERY = 5.0
 
 
 class InFlight:
@@ -154,6 +157,7 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
     ) -> None:
         self._until_eof = until_eof
         self._parts = set(starts)
+        self._starts = dict(starts)
         #: with ``until_eof``, partitions closed at their end: what arrives after it is left
         #: for the next run; the worker's input ends when all its partitions are closed
         self._closed: set[str] = set()
@@ -164,6 +168,7 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
         self._new_start = new_start
         self._check_every = check_every
         self._next_check = time.monotonic() + check_every
+        self._next_lag = time.monotonic() + LAG_EVERY
         self._c: Consumer | None = None
         if not starts and not (share and self._topics):
             return
@@ -207,6 +212,8 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
             return []
         if self._share is not None and time.monotonic() >= self._next_check:
             self._check_partitions()
+        if time.monotonic() >= self._next_lag:
+            self._report_lag()
         if self._until_eof and not self._parts:
             raise StopIteration
         msgs = self._c.consume(self._batch_size, 0.0)
@@ -249,6 +256,36 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
             IdleWork.run()
         InFlight.count += len(out)
         return out
+
+    def _report_lag(self) -> None:
+        """Consumer lag per topic of this worker's partitions: the broker's high watermark
+        (as of the last fetch: no request) minus the next offset to read."""
+        assert self._c is not None
+        self._next_lag = time.monotonic() + LAG_EVERY
+        lag: dict[str, int] = {}
+        assigned = self._c.assignment()
+        try:
+            positions = self._c.position(assigned) if assigned else []
+        except KafkaException:
+            return
+        for tp in positions:
+            _, high = self._c.get_watermark_offsets(tp, cached=True) or (-1, -1)
+            if high < 0:  # not fetched yet: ask the broker (once, until the first fetch)
+                try:
+                    _, high = self._c.get_watermark_offsets(tp, timeout=1.0) or (-1, -1)
+                except KafkaException:
+                    return  # no complete figure: keep the last one
+            if tp.offset < 0:  # nothing read yet: from where the partition starts
+                start = self._starts.get(f"{tp.topic}:{tp.partition}", EARLIEST)
+                if start == LATEST:
+                    start = high
+                elif start < 0:
+                    low, _ = self._c.get_watermark_offsets(tp, cached=True) or (0, 0)
+                    start = max(low, 0)
+                tp.offset = start
+            lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - tp.offset)
+        for topic, n in lag.items():
+            m.CONSUMER_LAG.labels(topic).set(n)
 
     def _check_partitions(self) -> None:
         """Read partitions added to the topics since the start (those of this worker), and

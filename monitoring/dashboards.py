@@ -73,6 +73,9 @@ BOARDS: dict[str, tuple[str, list[Panel]]] = {
             Panel("Event lag", "Age of the newest applied event of each topic (event time to "
                   "applied).", "s", (("max by (topic) (omnicanal_event_lag_seconds)",
                                       "{{topic}}"),)),
+            Panel("Consumer lag", "Messages not read yet per input topic (high watermark "
+                  "minus the next offset), all processes.", "short",
+                  (("sum by (topic) (omnicanal_consumer_lag)", "{{topic}}"),)),
             Panel("Batch time, p95", "95th percentile of the time each stage takes per batch.",
                   "s",
                   (("histogram_quantile(0.95, sum by (stage, le) "

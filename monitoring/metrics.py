@@ -202,6 +202,12 @@ ITEMS_SOLD = Counter(
     "Product units in the sales applied, by channel.",
     ["channel"],
 )
+CONSUMER_LAG = Gauge(
+    "omnicanal_consumer_lag",
+    "Messages not yet read, per input topic, of this process's partitions: the high "
+    "watermark minus the next offset to read (sum over processes for the topic's total).",
+    ["topic"],
+)
 
 CATALOG: tuple[MetricWrapperBase, ...] = (
     EVENTS,
@@ -240,6 +246,7 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     ORDERS,
     REVENUE,
     ITEMS_SOLD,
+    CONSUMER_LAG,
 )
 
 

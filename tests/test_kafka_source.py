@@ -82,3 +82,36 @@ def test_a_partition_added_later_keeps_every_other_on_its_worker() -> None:
             after
         )  # every partition, once
         assert max(map(len, shares)) - min(map(len, shares)) <= 3  # about even
+
+
+def test_consumer_lag_is_what_the_worker_has_not_read(
+    kafka: LocalKafka, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows import source as src
+    from monitoring import metrics as m
+
+    cfg = {"bootstrap.servers": kafka.bootstrap}
+    create_topics(cfg, ["lag-a"], 2)
+    p = Producer(cfg | {"linger.ms": 5})
+    for i in range(300):
+        p.produce("lag-a", b"x", partition=i % 2)
+    assert p.flush(10) == 0
+    monkeypatch.setattr(src, "LAG_EVERY", 0.0)  # report at every call
+    part = KafkaWorkerSource(cfg, {"lag-a:0": EARLIEST, "lag-a:1": EARLIEST}, batch_size=50,
+                             until_eof=False).build("input", 0, 1)  # fmt: skip
+    try:
+        read = 0
+        deadline = time.monotonic() + 30
+        while read < 100:  # read a third, then look
+            assert time.monotonic() < deadline
+            read += len(part.next_batch())
+        more = part.next_batch()  # reports the lag before it reads its batch
+        assert m.CONSUMER_LAG.labels("lag-a")._value.get() == 300 - read
+        read += len(more)
+        while read < 300:
+            assert time.monotonic() < deadline
+            read += len(part.next_batch())
+        part.next_batch()
+        assert m.CONSUMER_LAG.labels("lag-a")._value.get() == 0
+    finally:
+        part.close()
