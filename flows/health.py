@@ -103,8 +103,15 @@ class ChannelHealthStage:
     def _learn(self, first: int, last: int) -> None:
         counts = self.store.minutes(first, last)
         messages = []
+        unwatched = self.board.unwatched
         for minute in range(first, last + 1):
             messages += self.board.learn_minute(minute * MINUTE_MS, counts.get(minute, {}))
+        if self.board.unwatched > unwatched:
+            log.warning(
+                "step 'state' (channel health): %d key(s) not watched, past the cap of %d "
+                "(sales from more stores than that, or made-up location ids)",
+                self.board.unwatched - unwatched, self.board.max_keys,
+            )  # fmt: skip
         raw = [msgspec.json.encode(msg) for msg in messages]
         ids = self.store.commit(self.board.to_state(), last, raw)
         self._minute = last

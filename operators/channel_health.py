@@ -197,15 +197,38 @@ def sales_counts(items: Iterable[object]) -> dict[str, int]:
 
 class HealthBoard:
     """One detector per key (``sales:<channel>``, ``store:<location>``), fed minute by
-    minute; a key seen once is watched from then on (a minute without it counts 0)."""
+    minute; a key seen once is watched from then on (a minute without it counts 0).
 
-    def __init__(self) -> None:
+    At most :attr:`MAX_KEYS` keys are watched: location ids come from events, and a
+    producer sending sales from thousands of made-up stores must not grow the detectors'
+    state, written every minute, without bound. Keys past the cap are counted in
+    :attr:`unwatched`, not watched.
+
+    >>> b = HealthBoard(max_keys=2)
+    >>> _ = b.learn_minute(0, {"sales:store": 3, "store:S1": 2, "store:S2": 1})
+    >>> sorted(b.detectors), b.unwatched
+    (['sales:store', 'store:S1'], 1)
+    """
+
+    #: keys watched at most: every sales channel and this many stores, about 3 KB each
+    MAX_KEYS: Final = 2000
+
+    def __init__(self, max_keys: int = MAX_KEYS) -> None:
         self.detectors: dict[str, ChannelHealth] = {}
+        self.max_keys = max_keys
+        #: keys seen and not watched because of the cap (since this process started)
+        self.unwatched = 0
 
     def learn_minute(self, minute_ms: int, counts: Mapping[str, int]) -> list[ChannelHealthMessage]:
         """Feed one minute's counts; the health messages it causes."""
-        for key in counts:
-            self.detectors.setdefault(key, ChannelHealth())
+        # channels before stores: a flood of store keys never pushes a channel out
+        for key in sorted(counts, key=lambda k: (not k.startswith("sales:"), k)):
+            if key in self.detectors:
+                continue
+            if len(self.detectors) >= self.max_keys:
+                self.unwatched += 1
+                continue
+            self.detectors[key] = ChannelHealth()
         out = []
         for key, h in sorted(self.detectors.items()):
             event = h.learn_one(minute_ms, counts.get(key, 0))
