@@ -69,6 +69,7 @@ class StockAlerts:
             id_field="message_id",
             key_field="sku",
             kafka_config=kafka_config,
+            shared=True,  # every worker sends stock alerts
         )
 
     def recover(self) -> tuple[int, int, int]:

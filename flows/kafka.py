@@ -238,6 +238,19 @@ class GroupOffsets:
         self._c.close()
 
 
+def end_offsets(config: dict[str, Any], topic: str, timeout: float = 10.0) -> dict[int, int]:
+    """Each partition's high watermark (the offset the next message will get)."""
+    parts = partitions_of(config, [topic])[topic]
+    c = Consumer({**config, "group.id": "omnicanal-reader", "enable.auto.commit": False})
+    try:
+        return {
+            p: int(c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1])
+            for p in range(parts)
+        }
+    finally:
+        c.close()
+
+
 def read_topic(
     config: dict[str, Any],
     topic: str,

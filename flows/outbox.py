@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import redis
 
-from flows.kafka import CheckedProducer, Failure, read_topic
+from flows.kafka import CheckedProducer, Failure, end_offsets, read_topic
 from monitoring import metrics as m
 from state.connection import StateError, transient
 from state.outbox import Outbox
@@ -69,6 +69,7 @@ class OutboxSender:
         id_field: str,
         key_field: str,
         kafka_config: dict[str, Any] | None = None,
+        shared: bool = False,
     ) -> None:
         self.outbox = outbox
         self._producer = producer
@@ -77,6 +78,10 @@ class OutboxSender:
         self._id_field = id_field
         self._key_field = key_field
         self._kafka_config = kafka_config
+        #: several senders (workers) share the outbox: a sender's confirmed offsets say
+        #: nothing of another's unacknowledged messages at lower offsets, so they are not
+        #: recorded; the recovery's bound (the topic's end when it finished) stands
+        self._shared = shared
         #: outbox ids the broker confirmed, not yet removed from the outbox
         self._confirmed: list[str] = []
         #: highest offset confirmed per partition of the topic, not yet recorded
@@ -108,6 +113,12 @@ class OutboxSender:
             self.send(todo, [msgs[i] for i in todo])
             self.flush()
             sent += len(todo)
+        if self._kafka_config is not None and (sent or found):
+            # Everything on the topic now is resolved: a later recovery looks after it only
+            # (no sender runs during a recovery, so none has a message in flight). With an
+            # empty outbox the bound stays: still safe, only older.
+            ends = end_offsets(self._kafka_config, self._topic)
+            self.outbox.set_sent({p: end - 1 for p, end in ends.items()})
         return sent, found
 
     def send(self, ids: list[str], msgs: list[dict[str, Any]]) -> None:
@@ -182,9 +193,11 @@ class OutboxSender:
         self._producer.poll()
         if self._confirmed:
             done = list(self._confirmed)
-            sent = dict(self._sent)
+            sent = {} if self._shared else dict(self._sent)
             if self.attempt(self.outbox.ack, done, sent):
                 del self._confirmed[: len(done)]
+                if self._shared:
+                    self._sent.clear()
                 for p, o in sent.items():
                     if self._sent.get(p) == o:
                         del self._sent[p]

@@ -55,6 +55,15 @@ class Outbox:
             self._sent_max(keys=[self.sent_key], args=[str(partition), offset], client=pipe)
         pipe.execute()
 
+    def set_sent(self, offsets: dict[int, int]) -> None:
+        """Replace the recorded offsets: everything at or below them is resolved (after a
+        recovery, when no sender runs)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(self.sent_key)
+        if offsets:
+            pipe.hset(self.sent_key, mapping={str(p): o for p, o in offsets.items()})
+        pipe.execute()
+
     def sent_offsets(self) -> dict[int, int]:
         """Highest topic offset acknowledged per partition (see :meth:`ack`)."""
         raw = self.r.hgetall(self.sent_key)
