@@ -258,11 +258,11 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
         return out
 
     def _report_lag(self) -> None:
-        """Consumer lag per topic of this worker's partitions: the broker's high watermark
-        (as of the last fetch: no request) minus the next offset to read."""
+        """Consumer lag per partition of this worker: the broker's high watermark (as of
+        the last fetch: no request) minus the next offset to read."""
         assert self._c is not None
         self._next_lag = time.monotonic() + LAG_EVERY
-        lag: dict[str, int] = {}
+        lag: dict[tuple[str, str], int] = {}
         assigned = self._c.assignment()
         try:
             positions = self._c.position(assigned) if assigned else []
@@ -283,9 +283,9 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
                     low, _ = self._c.get_watermark_offsets(tp, cached=True) or (0, 0)
                     start = max(low, 0)
                 tp.offset = start
-            lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - tp.offset)
-        for topic, n in lag.items():
-            m.CONSUMER_LAG.labels(topic).set(n)
+            lag[(tp.topic, str(tp.partition))] = max(0, high - tp.offset)
+        for (topic, partition), n in lag.items():
+            m.CONSUMER_LAG.labels(topic, partition).set(n)
 
     def _check_partitions(self) -> None:
         """Read partitions added to the topics since the start (those of this worker), and

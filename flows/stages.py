@@ -441,15 +441,21 @@ def count_stock(plan: StockPlan, shrinkage: int, late: int) -> None:
 def count_applied(applied: list[Item]) -> None:
     """Stage "metrics": events by topic, channel and type; dead letters by reason; orders,
     revenue and units sold by channel; the event-time lag of each topic's newest applied
-    event."""
+    event, and every applied event's latency (event time to now) in a histogram."""
     events: dict[tuple[str, str, str], int] = {}
     dead: dict[tuple[str, str], int] = {}
     newest: dict[str, int] = {}
     orders: dict[str, int] = {}
     revenue: dict[tuple[str, str], int] = {}
     units: dict[str, int] = {}
+    latency: dict[str, list[float]] = {}
+    now_ms = time.time() * 1000
     for i in applied:
         if isinstance(i, Accepted):
+            lat = latency.get(i.topic)
+            if lat is None:
+                lat = latency[i.topic] = []
+            lat.append(max(0.0, now_ms - i.ts_ms) / 1000)
             k = (i.topic, i.channel or "none", i.event_type)
             events[k] = events.get(k, 0) + 1
             if i.event_type == "sale" and i.channel is not None:
@@ -475,9 +481,10 @@ def count_applied(applied: list[Item]) -> None:
     for kr, amount in revenue.items():
         if amount > 0:  # a counter only goes up (refund lines may make a sale negative)
             m.REVENUE.labels(*kr).inc(amount)
-    now_ms = time.time() * 1000
     for topic, ts in newest.items():
         m.EVENT_LAG_SECONDS.labels(topic).set((now_ms - ts) / 1000)
+    for topic, values in latency.items():
+        m.observe_many(m.EVENT_LATENCY.labels(topic), values)
 
 
 class WitnessCommit:

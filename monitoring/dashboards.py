@@ -44,6 +44,12 @@ BOARDS: dict[str, tuple[str, list[Panel]]] = {
                   "currency, in currency units.", "currencyEUR",
                   (("sum by (channel, currency) (rate(omnicanal_revenue_minor_total[5m])) * 60"
                     " / 100", "{{channel}} {{currency}}"),)),
+            Panel("Sales against the daily target", "Revenue of the last 24 hours per channel "
+                  "and currency, divided by the daily target set in OMNICANAL_SALES_TARGETS "
+                  "(channels without a target are not shown).", "percentunit",
+                  (("sum by (channel, currency) (increase(omnicanal_revenue_minor_total[1d])) "
+                    "/ on (channel, currency) max by (channel, currency) "
+                    "(omnicanal_sales_target_daily_minor)", "{{channel}} {{currency}}"),)),
             Panel("Units sold per minute", "Product units in the sales applied, per channel.",
                   "short",
                   (("sum by (channel) (rate(omnicanal_items_sold_total[5m])) * 60",
@@ -73,9 +79,24 @@ BOARDS: dict[str, tuple[str, list[Panel]]] = {
             Panel("Event lag", "Age of the newest applied event of each topic (event time to "
                   "applied).", "s", (("max by (topic) (omnicanal_event_lag_seconds)",
                                       "{{topic}}"),)),
-            Panel("Consumer lag", "Messages not read yet per input topic (high watermark "
-                  "minus the next offset), all processes.", "short",
-                  (("sum by (topic) (omnicanal_consumer_lag)", "{{topic}}"),)),
+            Panel("Event latency, p50 and p95", "Event time to applied in Redis, per topic "
+                  "(every event counted; channels' clocks included).", "s",
+                  (("histogram_quantile(0.95, sum by (topic, le) "
+                    "(rate(omnicanal_event_latency_seconds_bucket[5m])))", "p95 {{topic}}"),
+                   ("histogram_quantile(0.5, sum by (topic, le) "
+                    "(rate(omnicanal_event_latency_seconds_bucket[5m])))", "p50 {{topic}}"))),
+            Panel("Consumer lag", "Messages not read yet per input topic and partition (high "
+                  "watermark minus the next offset).", "short",
+                  (("sum by (topic, partition) (omnicanal_consumer_lag)",
+                    "{{topic}}:{{partition}}"),)),
+            Panel("Redis round trips, p99", "99th percentile of each kind of Redis call "
+                  "(evalsha: the scripts; pipeline, transaction: a whole pipeline).", "s",
+                  (("histogram_quantile(0.99, sum by (op, le) "
+                    "(rate(omnicanal_redis_call_seconds_bucket[5m])))", "{{op}}"),)),
+            Panel("Redis errors", "Failed Redis calls per 5 minutes, by cause (a script "
+                  "loaded again after a Redis restart counts once as error).", "short",
+                  (("sum by (cause) (increase(omnicanal_redis_errors_total[5m]))",
+                    "{{cause}}"),)),
             Panel("Batch time, p95", "95th percentile of the time each stage takes per batch.",
                   "s",
                   (("histogram_quantile(0.95, sum by (stage, le) "

@@ -9,6 +9,9 @@ True
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Mapping, Sequence
+
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -69,6 +72,14 @@ APPLIED_OFFSET = Gauge(
     "Last source offset applied to state, per topic and partition.",
     ["topic", "partition"],
 )
+EVENT_LATENCY = Histogram(
+    "omnicanal_event_latency_seconds",
+    "Event time to applied in Redis, per event, by source topic (an event time ahead of "
+    "the clock counts as 0). Observed per batch: one bucket count per event, no per-event "
+    "metric call.",
+    ["topic"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0),
+)
 EVENT_LAG_SECONDS = Gauge(
     "omnicanal_event_lag_seconds",
     "Processing time minus the newest event time in the last batch, per topic.",
@@ -126,6 +137,19 @@ REDIS_WAITS = Counter(
 REDIS_WAITING = Gauge(
     "omnicanal_redis_waiting",
     "1 while this worker's batch waits for Redis (out of memory, busy or unreachable).",
+)
+REDIS_SECONDS = Histogram(
+    "omnicanal_redis_call_seconds",
+    "Redis round trips, by command (evalsha: the scripts; pipeline and transaction: a "
+    "pipeline's whole round trip), errors included.",
+    ["op"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+)
+REDIS_ERRORS = Counter(
+    "omnicanal_redis_errors",
+    "Redis calls that failed, by command and cause (out_of_memory, busy, unreachable, "
+    "error: anything else, a refused script included).",
+    ["op", "cause"],
 )
 BROKER_RETRIES = Counter(
     "omnicanal_broker_retries",
@@ -202,12 +226,21 @@ ITEMS_SOLD = Counter(
     "Product units in the sales applied, by channel.",
     ["channel"],
 )
+SALES_TARGET = Gauge(
+    "omnicanal_sales_target_daily_minor",
+    "The daily sales target configured per channel and currency (OMNICANAL_SALES_TARGETS), "
+    "in minor units; every process exports it (use max, not sum).",
+    ["channel", "currency"],
+)
 CONSUMER_LAG = Gauge(
     "omnicanal_consumer_lag",
-    "Messages not yet read, per input topic, of this process's partitions: the high "
-    "watermark minus the next offset to read (sum over processes for the topic's total).",
-    ["topic"],
+    "Messages not yet read, per input topic and partition (of this process): the high "
+    "watermark minus the next offset to read, every 5 s.",
+    ["topic", "partition"],
 )
+
+for _cause in ("out_of_memory", "busy", "unreachable", "error"):
+    REDIS_ERRORS.labels("evalsha", _cause)  # 0 until one happens: rates exist from the start
 
 CATALOG: tuple[MetricWrapperBase, ...] = (
     EVENTS,
@@ -222,6 +255,7 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     ANONYMOUS_EVENTS,
     SUPPRESSED_EVENTS,
     APPLIED_OFFSET,
+    EVENT_LATENCY,
     EVENT_LAG_SECONDS,
     STOCK_EVENTS,
     STOCK_UNLOCATED,
@@ -233,6 +267,8 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     DUPLICATE_EVENTS,
     REDIS_WAITS,
     REDIS_WAITING,
+    REDIS_SECONDS,
+    REDIS_ERRORS,
     BROKER_RETRIES,
     COUPON_REDEMPTIONS,
     OFFERS,
@@ -246,14 +282,48 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     ORDERS,
     REVENUE,
     ITEMS_SOLD,
+    SALES_TARGET,
     CONSUMER_LAG,
 )
 
 
-def serve(port: int, addr: str = "127.0.0.1") -> None:
-    """Expose /metrics over HTTP (no-op for port 0)."""
+def serve(
+    port: int, addr: str = "127.0.0.1", *, targets: Mapping[str, Mapping[str, int]] | None = None
+) -> None:
+    """Expose /metrics over HTTP (no-op for port 0), with the daily sales ``targets`` (per
+    channel, per currency, in minor units).
+
+    >>> serve(0, targets={"web": {"EUR": 150_000}})
+    >>> SALES_TARGET.labels("web", "EUR")._value.get()
+    150000.0
+    """
+    for channel, per_currency in (targets or {}).items():
+        for currency, amount in per_currency.items():
+            SALES_TARGET.labels(channel, currency).set(amount)
     if port:
         start_http_server(port, addr=addr, registry=REGISTRY)
+
+
+def observe_many(hist: Histogram, values: Sequence[float]) -> None:
+    """Observe ``values`` in a histogram child with one bucket increment per bucket, not one
+    ``observe`` per value (what a per-event histogram costs on the hot path).
+
+    >>> h = Histogram("doc_observe_many", "doc", buckets=(1.0, 5.0), registry=None)
+    >>> observe_many(h, [0.5, 2.0, 7.0, -1.0])
+    >>> [(s.labels.get("le"), s.value) for s in h.collect()[0].samples if s.name.endswith(
+    ...     ("_bucket", "_count", "_sum"))]
+    [('1.0', 2.0), ('5.0', 3.0), ('+Inf', 4.0), (None, 4.0), (None, 8.5)]
+    """
+    if not values:
+        return
+    bounds = hist._upper_bounds
+    counts = [0] * len(bounds)
+    for v in values:
+        counts[bisect_left(bounds, v)] += 1
+    for bucket, n in zip(hist._buckets, counts, strict=True):
+        if n:
+            bucket.inc(n)
+    hist._sum.inc(sum(values))
 
 
 def counter_total(counter: Counter, **match: str) -> float:

@@ -13,13 +13,13 @@ with this class.
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from operators.stock_alerts import CONFIDENCE_HYSTERESIS
-from schemas.events import CONTRACTS
+from schemas.events import CONTRACTS, SalesChannel
 
 #: Used only by ``omnicanal demo`` and the tests when OMNICANAL_PII_KEY is not set.
 DEMO_PII_KEY = "omnicanal-demo-key-NOT-SECRET-do-not-use-in-production"
@@ -110,6 +110,13 @@ class Settings(BaseSettings):
         pattern=r"^\d+,\d+,\d+$",
         description="frequency caps across all channels: offers per customer per day, per "
         "rolling week, and per campaign per week",
+    )
+    sales_targets: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="daily sales target per channel, in minor units (cents) per currency, JSON, "
+        'e.g. {"web":{"EUR":1500000},"store":{"EUR":4200000}}: exported as '
+        "omnicanal_sales_target_daily_minor; the sales dashboard shows each channel's last "
+        "24 hours against it",
     )
     offer_policy: Literal["learnt", "rules"] = Field(
         "learnt",
@@ -261,6 +268,24 @@ class Settings(BaseSettings):
     )
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus port (0: off)")
     metrics_addr: str = Field("127.0.0.1", description="address the metrics server binds")
+
+    @field_validator("sales_targets")
+    @classmethod
+    def _targets(cls, v: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        channels = get_args(SalesChannel)
+        for channel, per_currency in v.items():
+            if channel not in channels:
+                raise ValueError(
+                    f"unknown sales channel {channel!r} (one of {', '.join(channels)})"
+                )
+            for currency, amount in per_currency.items():
+                if not (len(currency) == 3 and currency.isascii() and currency.isupper()):
+                    raise ValueError(
+                        f"{channel}: {currency!r} is not an ISO 4217 code (three capitals, EUR)"
+                    )
+                if amount <= 0:
+                    raise ValueError(f"{channel} {currency}: the target must be above 0")
+        return v
 
     @field_validator("kafka_bootstrap", "redis_url")
     @classmethod

@@ -377,7 +377,9 @@ def run(
         recover_health(settings)
     if processes <= 1:
         if serve_metrics:
-            metrics.serve(settings.metrics_port, settings.metrics_addr)
+            metrics.serve(
+                settings.metrics_port, settings.metrics_addr, targets=settings.sales_targets
+            )
         flow = build_flow(
             pipeline_setup(settings, allow_demo_key=allow_demo_key), starts, until_eof=until_eof
         )
@@ -445,7 +447,9 @@ def _process_main(
 ) -> None:
     install_stop_handlers()
     if serve_metrics and settings.metrics_port:
-        metrics.serve(settings.metrics_port + index, settings.metrics_addr)
+        metrics.serve(
+            settings.metrics_port + index, settings.metrics_addr, targets=settings.sales_targets
+        )
     flow = build_flow(
         pipeline_setup(settings, allow_demo_key=allow_demo_key), starts, until_eof=until_eof
     )

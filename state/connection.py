@@ -4,10 +4,15 @@ errors the stores raise, and which Redis errors are worth waiting out (:func:`tr
 from __future__ import annotations
 
 import socket
+import time
+from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.client import Pipeline
 from redis.retry import Retry
+
+from monitoring import metrics as m
 
 
 class StateError(RuntimeError):
@@ -82,6 +87,63 @@ def transient(e: BaseException) -> str | None:
     return None
 
 
+def _observe(op: str, t0: float, error: BaseException | None) -> None:
+    m.REDIS_SECONDS.labels(op).observe(time.perf_counter() - t0)
+    if error is not None and not isinstance(error, redis.exceptions.NoScriptError):
+        # (NOSCRIPT is how a script is loaded the first time: redis-py sends it then)
+        m.REDIS_ERRORS.labels(op, transient(error) or "error").inc()
+
+
+class TimedPipeline(Pipeline):
+    """A pipeline whose round trip is timed as one call (``pipeline`` or ``transaction``)."""
+
+    op = "pipeline"
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        op = self.op
+        t0 = time.perf_counter()
+        try:
+            out = super().execute(raise_on_error)
+        except BaseException as e:
+            _observe(op, t0, e)
+            raise
+        _observe(op, t0, None)
+        return out
+
+
+class TimedRedis(redis.Redis):
+    """The client omnicanal uses: every command and pipeline round trip is timed into
+    ``omnicanal_redis_call_seconds{op}`` and every failure counted in
+    ``omnicanal_redis_errors_total{op,cause}`` (one observation per call: calls are per
+    batch, never per event). Scripts show as ``evalsha``; the NOSCRIPT answer that makes
+    redis-py load a script is not an error.
+
+    >>> c = TimedRedis(port=1, socket_connect_timeout=0.1)
+    >>> try:
+    ...     c.ping()
+    ... except redis.ConnectionError:
+    ...     pass
+    >>> m.REDIS_ERRORS.labels("ping", "unreachable")._value.get() >= 1
+    True
+    """
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        op = str(args[0]).lower() if args else "?"
+        t0 = time.perf_counter()
+        try:
+            out = super().execute_command(*args, **options)
+        except BaseException as e:
+            _observe(op, t0, e)
+            raise
+        _observe(op, t0, None)
+        return out
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> TimedPipeline:
+        pipe = TimedPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+        pipe.op = "transaction" if transaction else "pipeline"
+        return pipe
+
+
 def connect(
     url: str, *, socket_timeout: float = 30.0, retries: int = 3, connect_timeout: float = 5.0
 ) -> redis.Redis:
@@ -93,7 +155,7 @@ def connect(
     for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
         if hasattr(socket, name):
             keepalive[getattr(socket, name)] = value
-    return redis.Redis.from_url(
+    return TimedRedis.from_url(
         url,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), max(0, retries)),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],

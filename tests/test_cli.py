@@ -369,3 +369,32 @@ def test_evaluate_stockouts_json() -> None:
     assert doc["pairs"] == 5 and doc["horizon_hours"] == 72
     for name in ("seasonal", "flat"):
         assert doc[name]["caught"] <= doc[name]["stockouts"]
+
+
+@pytest.mark.parametrize(
+    ("targets", "says"),
+    [
+        ('{"tv":{"EUR":100}}', "unknown sales channel 'tv'"),
+        ('{"web":{"euro":100}}', "'euro' is not an ISO 4217 code"),
+        ('{"web":{"EUR":0}}', "web EUR: the target must be above 0"),
+        ('{"web":{"EUR":"lots"}}', "sales_targets"),
+    ],
+)
+def test_sales_targets_are_checked_with_a_clear_error(
+    targets: str, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from omnicanal.config import ConfigError, load
+
+    monkeypatch.setenv("OMNICANAL_SALES_TARGETS", targets)
+    with pytest.raises(ConfigError, match="sales_targets") as e:
+        load()
+    assert says in str(e.value)
+
+
+def test_sales_targets_reach_their_gauge() -> None:
+    from monitoring import metrics as m
+    from omnicanal.config import load
+
+    s = load(sales_targets={"web": {"EUR": 1_500_000}, "store": {"EUR": 4_200_000}})
+    m.serve(0, targets=s.sales_targets)
+    assert m.SALES_TARGET.labels("store", "EUR")._value.get() == 4_200_000

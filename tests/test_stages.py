@@ -151,3 +151,77 @@ def test_no_offset_moves_before_its_dead_letters_are_confirmed(
         STOP.clear()
         own_broker.resume()
         worker.close()
+
+
+def test_observe_many_equals_one_observe_per_value() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    reg = CollectorRegistry()
+    bounds = (0.05, 1.0, 5.0)
+    one = Histogram("one", "d", buckets=bounds, registry=reg)
+    many = Histogram("many", "d", buckets=bounds, registry=reg)
+    values = [0.0, 0.05, 0.0500001, 1.0, 3.0, 5.0, 9.0, 1e9, 0.2]  # bounds included
+    for v in values:
+        one.observe(v)
+    m.observe_many(many, values)
+
+    def samples(h: Histogram) -> list[tuple[str, float]]:
+        return [(s.name.split("_", 1)[1], s.value) for s in h.collect()[0].samples
+                if not s.name.endswith("_created")]  # fmt: skip
+
+    assert samples(one) == samples(many)
+
+
+def test_count_applied_observes_each_events_latency(settings: Settings) -> None:
+    v = Validator(settings.topic_contracts(), HASH)
+    now = time.time()
+
+    def at(i: int, seconds_ago: float) -> Accepted | Rejected:
+        t = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now - seconds_ago))
+        ms = f"{(now - seconds_ago) % 1:.3f}"[1:]
+        ev = {"event_type": "login", "event_id": f"lat{i}", "event_time": t + ms + "Z",
+              "channel": "web", "session_id": "s", "customer": {"loyalty_id": "L1"}}  # fmt: skip
+        return v.decode(settings.topic_clickstream, 0, i, None, orjson.dumps(ev), 2e12)
+
+    topic = settings.topic_clickstream
+
+    def buckets() -> dict[str, float]:
+        return {s.labels["le"]: s.value for s in m.EVENT_LATENCY.collect()[0].samples
+                if s.name.endswith("_bucket") and s.labels["topic"] == topic}  # fmt: skip
+
+    b0 = buckets()
+    # 3 fresh (within 1 s, one from the future), 2 of 2 minutes ago
+    count_applied([at(0, 0.2), at(1, 0.4), at(2, -30), at(3, 120), at(4, 125)])
+    b1 = buckets()
+    assert b1["1.0"] - b0.get("1.0", 0) == 3
+    assert b1["60.0"] - b0.get("60.0", 0) == 3
+    assert b1["300.0"] - b0.get("300.0", 0) == 5
+
+
+def test_redis_round_trips_and_errors_are_measured(settings: Settings) -> None:
+    import redis
+
+    r = connect(settings.redis_url)
+
+    def calls(op: str) -> float:
+        return sum(s.value for s in m.REDIS_SECONDS.collect()[0].samples
+                   if s.name.endswith("_count") and s.labels["op"] == op)  # fmt: skip
+
+    c0 = {op: calls(op) for op in ("hgetall", "pipeline", "transaction", "evalsha")}
+    e0 = m.counter_total(m.REDIS_ERRORS, op="evalsha", cause="error")
+    e1 = m.counter_total(m.REDIS_ERRORS, op="eval", cause="error")
+    r.hgetall("oc-test:none")
+    pipe = r.pipeline(transaction=False)
+    for i in range(50):  # one round trip, one observation
+        pipe.get(f"oc-test:{i}")
+    pipe.execute()
+    with r.pipeline() as tx:
+        tx.get("oc-test:x").execute()
+    with pytest.raises(redis.exceptions.NoScriptError):  # how a script is loaded: no error
+        r.evalsha("0" * 40, 0)
+    with pytest.raises(redis.ResponseError):
+        r.eval("return redis.call('incr', KEYS[1], 'x')", 1, "oc-test:bad")
+    assert {op: calls(op) - c0[op] for op in c0} == {
+        "hgetall": 1, "pipeline": 1, "transaction": 1, "evalsha": 1}  # fmt: skip
+    assert m.counter_total(m.REDIS_ERRORS, op="evalsha", cause="error") == e0
+    assert m.counter_total(m.REDIS_ERRORS, op="eval", cause="error") - e1 == 1

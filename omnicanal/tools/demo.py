@@ -30,6 +30,10 @@ from state.profiles import ProfileStore, connect
 from state.stock import StockStore
 
 Progress = Callable[[str, int, int | None], None]
+#: the demo's daily sales targets, in pence (the sales dashboard shows the last 24 h against them)
+DEMO_SALES_TARGETS: dict[str, dict[str, int]] = {
+    "store": {"GBP": 20_000_000}, "web": {"GBP": 12_000_000}, "app": {"GBP": 8_000_000}
+}  # fmt: skip
 #: the demo's campaigns and coupon key (never for production: the key is public)
 DEMO_CAMPAIGNS = Path(__file__).with_name("demo_campaigns.yaml")
 DEMO_COUPON_KEY = "omnicanal-demo-coupon-key-NOT-SECRET"
@@ -167,6 +171,7 @@ def run_demo(
             metrics_port=metrics_port,
             coupon_key=DEMO_COUPON_KEY,
             campaigns_file=str(DEMO_CAMPAIGNS),
+            sales_targets=DEMO_SALES_TARGETS,
         )
         summary.kafka_bootstrap, summary.redis_url = kafka.bootstrap, redis_srv.url
         create_topics(settings.kafka_config(), settings.all_topics(), partitions)
