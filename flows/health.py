@@ -1,7 +1,8 @@
-"""Stage "channel health": every worker counts the sales it applies per channel and store
-per wall-clock minute in Redis; worker 0, once a minute is complete, feeds the counts of
-all workers to the detectors (``operators/channel_health.py``) and sends what they raise
-(collapsed, degraded, recovered) to the channel-health topic with an outbox.
+"""Stage "channel health": every worker counts the sales it applies per channel and store,
+and the browsing events per digital channel, per wall-clock minute in Redis; worker 0, once
+a minute is complete, feeds the counts of all workers to the detectors
+(``operators/channel_health.py``) and sends what they raise (collapsed, degraded,
+recovered, relearning) to the channel-health topic with an outbox.
 
 Wall-clock minutes, not event time: a channel is down when its events stop arriving. The
 detectors' state is written with the minute it reached and the messages, in one
@@ -22,7 +23,7 @@ import redis
 
 from flows.outbox import OutboxSender
 from monitoring import metrics as m
-from operators.channel_health import MINUTE_MS, HealthBoard, sales_counts
+from operators.channel_health import MINUTE_MS, HealthBoard, channel_key, health_counts
 from operators.offers import down_channels
 from state.connection import StateError, transient
 from state.health import HealthStore
@@ -36,23 +37,30 @@ _LEVEL: Final = {"normal": 0, "degraded": 1, "collapsed": 2}
 
 
 class ChannelCounts:
-    """Every worker: adds the sales of each applied batch to its minute's counts."""
+    """Every worker: adds the sales and browsing of each applied batch to its minute's
+    counts (at most :attr:`HealthBoard.MAX_KEYS` store keys a minute: see
+    :meth:`HealthStore.add`)."""
 
     def __init__(self, store: HealthStore, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self._clock = clock
 
     def add(self, applied: Sequence[object]) -> None:
-        counts = sales_counts(applied)
+        counts = health_counts(applied)
         if not counts:
             return
         try:
-            self.store.add(int(self._clock() * 1000) // MINUTE_MS, counts)
+            dropped = self.store.add(
+                int(self._clock() * 1000) // MINUTE_MS, counts, HealthBoard.MAX_KEYS
+            )
         except (StateError, redis.RedisError) as e:
             why = transient(e)
             if why is None:
                 raise
             m.REDIS_WAITS.labels(why).inc()  # a minute short: the detectors see a dip
+            return
+        if dropped:
+            m.CHANNEL_HEALTH_UNCOUNTED.inc(dropped)
 
 
 class ChannelHealthStage:
@@ -71,11 +79,12 @@ class ChannelHealthStage:
         self.board = HealthBoard.from_state(state) if state else HealthBoard()
 
     def down(self) -> frozenset[str]:
-        """Delivery channels offers must avoid now: their sales channel collapsed."""
+        """Delivery channels offers must avoid now: their sales, or their browsing, collapsed
+        (one store's collapse does not close the store channel)."""
         return down_channels(
             k.partition(":")[2]
             for k, state in self.board.states().items()
-            if state == "collapsed" and k.startswith("sales:")
+            if state == "collapsed" and channel_key(k)
         )
 
     def recover(self) -> tuple[int, int]:
@@ -120,7 +129,7 @@ class ChannelHealthStage:
             for msg in messages:
                 m.CHANNEL_HEALTH_EVENTS.labels(msg.status).inc()
                 log.warning(
-                    "channel health: %s %s (%.1f sales/min, usually %.1f)",
+                    "channel health: %s %s (%.1f events/min, usually %.1f)",
                     msg.key, msg.status, msg.observed_per_minute, msg.expected_per_minute,
                 )  # fmt: skip
         for key, state in self.board.states().items():

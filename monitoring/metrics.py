@@ -195,14 +195,21 @@ OFFER_MODEL_LOSS = Histogram(
 )
 CHANNEL_HEALTH = Gauge(
     "omnicanal_channel_health",
-    "Health of each sales channel (key sales:<channel>) and store (store:<location>): 0 "
-    "normal, 1 degraded, 2 collapsed (worker 0 only, the worker that watches them).",
+    "Health of each sales channel (key sales:<channel>), store (store:<location>) and "
+    "digital channel's browsing (activity:<channel>): 0 normal, 1 degraded, 2 collapsed "
+    "(worker 0 only, the worker that watches them).",
     ["key"],
 )
 CHANNEL_HEALTH_EVENTS = Counter(
     "omnicanal_channel_health_events",
-    "Channel-health messages raised: collapsed, degraded, recovered.",
+    "Channel-health messages raised: collapsed, degraded, recovered, relearning (an alarm "
+    "of 3 days: the new level is learnt).",
     ["status"],
+)
+CHANNEL_HEALTH_UNCOUNTED = Counter(
+    "omnicanal_channel_health_uncounted",
+    "Sales of stores not counted for channel health: the minute already counted the cap "
+    "of store ids (2,000; ids come from events, made-up ones must not grow the counts).",
 )
 OFFER_CONTINGENCY = Counter(
     "omnicanal_offer_contingency",
@@ -278,6 +285,7 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     OFFER_MODEL_LOSS,
     CHANNEL_HEALTH,
     CHANNEL_HEALTH_EVENTS,
+    CHANNEL_HEALTH_UNCOUNTED,
     OFFER_CONTINGENCY,
     ORDERS,
     REVENUE,

@@ -16,6 +16,9 @@ and compares the last 1, 2, 5, 10 and 20 minutes with what was expected:
 A state changes after :attr:`confirm` consecutive minutes agree. Expected quiet (a closed
 store at night: nothing expected) raises nothing. The outage does not become the new
 normal: minutes that look abnormal, and every minute while an alarm is on, are not learnt.
+Only an alarm that lasts :attr:`ChannelHealth.relearn_minutes` (3 days) ends in
+**relearning**: the old level is forgotten and the new one learnt from scratch (a store
+closed for good stops alarming; if its sales come back, they are learnt again).
 
 >>> h = ChannelHealth()
 >>> week = 7 * 24 * 60
@@ -45,7 +48,7 @@ from schemas.envelope import Accepted
 from schemas.health import ChannelHealthMessage
 
 State = Literal["normal", "degraded", "collapsed"]
-Event = Literal["collapsed", "degraded", "recovered"]
+Event = Literal["collapsed", "degraded", "recovered", "relearning"]
 MINUTE_MS: Final = 60_000
 HOURS_OF_WEEK: Final = 168
 #: epoch (1970-01-01) was a Thursday: hour-of-week 0 is Monday 00:00 UTC
@@ -72,6 +75,7 @@ class ChannelHealth:
         confirm: int = 2,
         warm_minutes: int = 120,
         alpha: float = 0.02,
+        relearn_minutes: int = 3 * 24 * 60,
     ) -> None:
         self.min_expected = min_expected
         self.p_value = p_value
@@ -79,6 +83,9 @@ class ChannelHealth:
         #: minutes of each hour-of-week slot averaged plainly before the exponential average
         self.warm_minutes = warm_minutes
         self.alpha = alpha
+        self.relearn_minutes = relearn_minutes
+        #: minutes learnt since the current alarm started (0: no alarm)
+        self.alarm_minutes = 0
         self.expected: list[float] = [0.0] * HOURS_OF_WEEK
         self.seen: list[int] = [0] * HOURS_OF_WEEK
         self.state: State = "normal"
@@ -131,6 +138,17 @@ class ChannelHealth:
                 event = verdict
             # collapsed -> degraded: still an alarm; the state follows, no new event
             self.state = verdict
+        if self.state == "normal":
+            self.alarm_minutes = 0
+        else:
+            self.alarm_minutes += 1
+            if self.alarm_minutes >= self.relearn_minutes:
+                self.expected = [0.0] * HOURS_OF_WEEK
+                self.seen = [0] * HOURS_OF_WEEK
+                self.state, self.alarm_minutes = "normal", 0
+                self._recent.clear()
+                self._streak = ("normal", 0)
+                return "relearning"
         if self.state == "normal" and verdict == "normal":
             n_seen = self.seen[slot] + 1
             self.seen[slot] = n_seen
@@ -146,6 +164,7 @@ class ChannelHealth:
             "s": self.state,
             "r": list(self._recent),
             "k": list(self._streak),
+            "a": self.alarm_minutes,
         }
 
     @classmethod
@@ -161,6 +180,7 @@ class ChannelHealth:
         h.state = state["s"]
         h._recent.extend((int(o), float(e)) for o, e in state["r"])
         h._streak = (str(state["k"][0]), int(state["k"][1]))
+        h.alarm_minutes = int(state.get("a", 0))
         return h
 
     def rates(self) -> tuple[float, float]:
@@ -170,21 +190,37 @@ class ChannelHealth:
         return sum(o for o, _ in last) / n, sum(e for _, e in last) / n
 
 
-def sales_counts(items: Iterable[object]) -> dict[str, int]:
-    """Sales per channel (``sales:<channel>``) and per store (``store:<location>``) in a
-    batch of applied items: what :class:`HealthBoard` watches.
+#: clickstream events that show a digital channel is in use (``activity:<channel>``)
+ACTIVITY: Final = frozenset(
+    {"page_view", "product_view", "search", "add_to_cart", "checkout_started"}
+)
 
-    >>> from schemas.events import Sale
+
+def health_counts(items: Iterable[object]) -> dict[str, int]:
+    """What :class:`HealthBoard` watches in a batch of applied items: sales per channel
+    (``sales:<channel>``) and per store (``store:<location>``), and browsing per channel
+    (``activity:<channel>``: views, searches, cart adds, checkouts), a second signal that
+    moves long before sales do.
+
+    >>> from schemas.events import ProductView, Sale
     >>> def sale(ch, loc=UNSET):
     ...     return Accepted("t", 0, 0, "transaction", "sale", "e", 0, ch, None, {}, Sale(
     ...         event_id="e", event_time=None, channel=ch, currency="EUR", lines=[],
     ...         location_id=loc))
-    >>> sales_counts([sale("web"), sale("store", "S1"), sale("store", "S1")])
-    {'sales:web': 1, 'sales:store': 2, 'store:S1': 2}
+    >>> view = Accepted("c", 0, 0, "clickstream", "product_view", "v", 0, "app", None, {},
+    ...     ProductView(event_id="v", event_time=None, channel="app", session_id="s", sku="A"))
+    >>> health_counts([sale("web"), sale("store", "S1"), sale("store", "S1"), view])
+    {'sales:web': 1, 'sales:store': 2, 'store:S1': 2, 'activity:app': 1}
     """
     out: dict[str, int] = {}
     for a in items:
-        if type(a) is not Accepted or a.event_type != "sale" or a.channel is None:
+        if type(a) is not Accepted or a.channel is None:
+            continue
+        if a.event_type in ACTIVITY:
+            k = "activity:" + a.channel
+            out[k] = out.get(k, 0) + 1
+            continue
+        if a.event_type != "sale":
             continue
         k = "sales:" + a.channel
         out[k] = out.get(k, 0) + 1
@@ -195,9 +231,16 @@ def sales_counts(items: Iterable[object]) -> dict[str, int]:
     return out
 
 
+def channel_key(key: str) -> bool:
+    """A key of a whole channel (bounded by the contracts), not of one store (ids come from
+    events: unbounded)."""
+    return not key.startswith("store:")
+
+
 class HealthBoard:
-    """One detector per key (``sales:<channel>``, ``store:<location>``), fed minute by
-    minute; a key seen once is watched from then on (a minute without it counts 0).
+    """One detector per key (``sales:<channel>``, ``store:<location>``,
+    ``activity:<channel>``), fed minute by minute; a key seen once is watched from then on
+    (a minute without it counts 0).
 
     At most :attr:`MAX_KEYS` keys are watched: location ids come from events, and a
     producer sending sales from thousands of made-up stores must not grow the detectors'
@@ -222,7 +265,7 @@ class HealthBoard:
     def learn_minute(self, minute_ms: int, counts: Mapping[str, int]) -> list[ChannelHealthMessage]:
         """Feed one minute's counts; the health messages it causes."""
         # channels before stores: a flood of store keys never pushes a channel out
-        for key in sorted(counts, key=lambda k: (not k.startswith("sales:"), k)):
+        for key in sorted(counts, key=lambda k: (not channel_key(k), k)):
             if key in self.detectors:
                 continue
             if len(self.detectors) >= self.max_keys:

@@ -1,5 +1,7 @@
 """The channel-health message omnicanal writes to the channel-health topic (output
-contract): a sales channel, or one store, collapsed, degraded or recovered.
+contract): a sales channel, one store, or a digital channel's browsing activity collapsed,
+degraded or recovered, or an alarm so long that its level is now taken as normal
+(``relearning``: a store closed for good).
 
 ``message_id`` (key, minute, status) is deterministic: a message re-sent after a crash
 carries the same id, so consumers deduplicate on it.
@@ -24,12 +26,24 @@ class ChannelHealthMessage(Struct, forbid_unknown_fields=True, omit_defaults=Tru
     """One change of a channel's (or a store's) health."""
 
     message_id: Annotated[str, Meta(description="key:minute:status: deduplicate on it")]
-    key: Annotated[str, Meta(description="sales:<channel> or store:<location id>")]
-    channel: Annotated[str, Meta(description="the sales channel (store for a store)")]
+    key: Annotated[
+        str,
+        Meta(
+            description="sales:<channel> (sales), store:<location id> (one store's sales) or "
+            "activity:<channel> (views, searches, cart and checkout events)"
+        ),
+    ]
+    channel: Annotated[str, Meta(description="the channel (store for a store)")]
     location_id: str | UnsetType = UNSET
-    status: Literal["collapsed", "degraded", "recovered"]
+    status: Annotated[
+        Literal["collapsed", "degraded", "recovered", "relearning"],
+        Meta(
+            description="relearning: the alarm lasted so long (3 days) that the detector "
+            "forgets the old level and learns the new one (a store closed for good)"
+        ),
+    ]
     at: Annotated[str, Meta(description="RFC 3339 UTC: the minute that confirmed it")]
-    observed_per_minute: Annotated[float, Meta(description="sales in the last 5 minutes / 5")]
+    observed_per_minute: Annotated[float, Meta(description="events in the last 5 minutes / 5")]
     expected_per_minute: Annotated[
         float, Meta(description="what the same time of the week usually has, per minute")
     ]

@@ -1,7 +1,8 @@
 """Channel health in Redis: the only code that reads or writes it.
 
-- ``<p>ch:min:<minute>`` hash: sales per key (``sales:<channel>``, ``store:<location>``)
-  applied in that wall-clock minute, by every worker (HINCRBY, one round trip per batch);
+- ``<p>ch:min:<minute>`` hash: events per key (``sales:<channel>``, ``store:<location>``,
+  ``activity:<channel>``) applied in that wall-clock minute, by every worker (one script
+  call per batch); at most a cap of store keys a minute (location ids come from events);
   kept two days;
 - ``<p>health:state`` / ``<p>health:minute``: the detectors' JSON state and the last minute
   they learnt, written with the outbox messages in one transaction;
@@ -21,6 +22,25 @@ from state.outbox import Outbox
 #: seconds a minute's counts are kept
 KEEP_SECONDS = 2 * 86_400
 
+# Adds counts to a minute's hash. Channel keys (sales:, activity:) always; a store key only
+# if the hash has it already or holds fewer than the cap of fields. Returns the events not
+# counted. Arguments were checked by the caller (integers, fields as built by omnicanal).
+_ADD_LUA = """
+local cap = tonumber(ARGV[1])
+local n = redis.call('HLEN', KEYS[1])
+local dropped = 0
+for i = 3, #ARGV, 2 do
+  local f, c = ARGV[i], tonumber(ARGV[i + 1])
+  if string.sub(f, 1, 6) ~= 'store:' or n < cap or redis.call('HEXISTS', KEYS[1], f) == 1 then
+    if redis.call('HINCRBY', KEYS[1], f, c) == c then n = n + 1 end
+  else
+    dropped = dropped + c
+  end
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return dropped
+"""
+
 
 def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
@@ -33,17 +53,19 @@ class HealthStore:
         self.r = client
         self.prefix = prefix
         self.outbox = Outbox(client, prefix, "health")
+        self._add = client.register_script(_ADD_LUA)
 
-    def add(self, minute: int, counts: Mapping[str, int]) -> None:
-        """Add a batch's counts to its minute (minutes since the epoch)."""
-        if not counts:
-            return
-        key = f"{self.prefix}ch:min:{minute}"
-        pipe = self.r.pipeline(transaction=False)
+    def add(self, minute: int, counts: Mapping[str, int], cap: int) -> int:
+        """Add a batch's positive counts to its minute (minutes since the epoch), in one
+        call; a new store key only while the minute holds fewer than ``cap`` keys. The
+        events not counted (their store was past the cap)."""
+        args: list[int | str] = [int(cap), KEEP_SECONDS]
         for k, n in counts.items():
-            pipe.hincrby(key, k, n)
-        pipe.expire(key, KEEP_SECONDS)
-        pipe.execute()
+            if n > 0:
+                args += [k, int(n)]
+        if len(args) == 2:
+            return 0
+        return int(self._add(keys=[f"{self.prefix}ch:min:{minute}"], args=args))
 
     def minutes(self, first: int, last: int) -> dict[int, dict[str, int]]:
         """Each minute's counts, ``first`` to ``last`` included: one round trip."""

@@ -62,3 +62,21 @@ def test_the_evaluation_meets_its_collapse_and_night_targets() -> None:
     assert r["false_alarms_at_night_or_closed"] == 0
     assert r["false_alarms_per_channel_week"] <= 0.5
     assert sum(r["outages_seeable"].values()) >= 20  # the test measured something
+
+
+def test_an_alarm_that_lasts_days_ends_in_relearning_the_new_level() -> None:
+    """A store closed for good: after ``relearn_minutes`` in alarm the detector forgets the
+    old level, stops alarming, and learns whatever comes next from scratch."""
+    h = ChannelHealth(relearn_minutes=3 * 1440)
+    week = 7 * 1440
+    for minute in range(2 * week):
+        _ = h.learn_one(minute * 60_000, 20)
+    events = [h.learn_one((2 * week + i) * 60_000, 0) for i in range(3 * 1440 + 10)]
+    raised = [(i, e) for i, e in enumerate(events) if e]
+    assert [e for _, e in raised] == ["collapsed", "relearning"]
+    assert raised[1][0] - raised[0][0] + 1 == 3 * 1440  # the collapse is its first minute
+    assert h.state == "normal" and max(h.expected) == 0.0
+    # silence after relearning is not an alarm; new sales are learnt again
+    later = 2 * week + 3 * 1440 + 10
+    assert all(h.learn_one((later + i) * 60_000, 0) is None for i in range(week))
+    assert ChannelHealth.from_state(h.to_state()).to_state() == h.to_state()

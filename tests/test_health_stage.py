@@ -17,7 +17,7 @@ from omnicanal.runner import recover_health
 from omnicanal.wiring import pipeline_setup
 from operators.channel_health import MINUTE_MS, HealthBoard
 from schemas.envelope import Accepted
-from schemas.events import Sale
+from schemas.events import ProductView, Sale
 from state.health import HealthStore
 from state.profiles import ProfileStore, connect
 
@@ -102,3 +102,65 @@ def test_minutes_the_pipeline_did_not_run_are_not_silence(settings: Settings) ->
     h.close()
     assert messages(s) == []
     assert store.load()[1] == MONDAY_MIN + 12 * 60 - 1
+
+
+def view(channel: str) -> Accepted:
+    ev = ProductView(event_id="v", event_time=None, channel=channel, session_id="s", sku="A")  # type: ignore[arg-type]
+    return Accepted("c", 0, 0, "clickstream", "product_view", "v", 0, channel, None, {}, ev)
+
+
+def test_app_browsing_that_stops_is_a_collapse_and_offers_avoid_the_app(
+    settings: Settings,
+) -> None:
+    """The app stops sending events while its few sales trickle in from earlier sessions:
+    browsing (views) is the signal that sees it."""
+    s = settings
+    board = HealthBoard()
+    for minute in range(MONDAY_MIN - 2 * WEEK_MIN, MONDAY_MIN):
+        n = busy(minute)
+        board.learn_minute(minute * MINUTE_MS, {"activity:app": 40 * n, "sales:app": 1 * n})
+    store = HealthStore(connect(s.redis_url), s.redis_prefix)
+    store.commit(board.to_state(), MONDAY_MIN + 10 * 60 - 1, [])
+    now = {"ms": 0}
+    clock = lambda: now["ms"] / 1000  # noqa: E731
+    p = ProfileStore(connect(s.redis_url), s.redis_prefix)
+    producer = CheckedProducer(s.kafka_config(), what="test health")
+    h = pipeline.health(pipeline_setup(s), p, producer, clock=clock)
+    counts = ChannelCounts(store, clock=clock)
+    t = MONDAY_MIN + 10 * 60
+    for minute in range(t, t + 4):
+        now["ms"] = minute * MINUTE_MS + 30_000
+        counts.add([sale("app")])  # no views at all: the app's tracking is dead
+        now["ms"] = (minute + 1) * MINUTE_MS + 15_000
+        h.due()
+    h.close()
+    assert [(msg["key"], msg["status"]) for msg in messages(s)] == [("activity:app", "collapsed")]
+    assert messages(s)[0]["channel"] == "app"
+    assert "app" in h.down() and "web" not in h.down()
+
+
+def test_made_up_store_ids_do_not_grow_the_minute_counts(settings: Settings) -> None:
+    s = settings
+    store = HealthStore(connect(s.redis_url), s.redis_prefix)
+    minute = MONDAY_MIN
+    cap = 50
+    before = m.CHANNEL_HEALTH_UNCOUNTED._value.get()
+    counts = ChannelCounts(store, clock=lambda: minute * 60.0)
+    counts.add([sale("store", "S0")] * 3)  # a real store, counted first
+    fake = [sale("store", f"X{i}") for i in range(HealthBoard.MAX_KEYS + 500)]
+    counts.add([*fake, sale("web"), view("web")])
+    got = store.minutes(minute, minute)[minute]
+    stores = [k for k in got if k.startswith("store:")]
+    # the cap counts the minute's keys; channel keys (3 here) always get in
+    assert len(got) <= HealthBoard.MAX_KEYS + 2 and len(stores) >= HealthBoard.MAX_KEYS - 3
+    assert got["sales:store"] == 3 + len(fake) and got["sales:web"] == 1
+    assert got["activity:web"] == 1 and got["store:S0"] == 3
+    uncounted = len(fake) - (len(stores) - 1)
+    assert m.CHANNEL_HEALTH_UNCOUNTED._value.get() - before == uncounted >= 500
+    counts.add([sale("store", "S0"), sale("store", "Y")])  # a known store still counts
+    got = store.minutes(minute, minute)[minute]
+    assert got["store:S0"] == 4 and "store:Y" not in got
+    # with a smaller cap, channel keys always get in
+    assert store.add(minute + 1, {f"store:Z{i}": 1 for i in range(cap + 5)}, cap) == 5
+    assert store.add(minute + 1, {"sales:app": 2, "activity:app": 7}, cap) == 0
+    assert len(store.minutes(minute + 1, minute + 1)[minute + 1]) == cap + 2
