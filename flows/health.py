@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 GRACE_MS: Final = 10_000
 #: more minutes missing than this: the pipeline was not running; they are skipped
 MAX_GAP: Final = 10
+#: seconds between reads of the channels Prometheus alerts mark down (``omnicanal webhook``)
+EXTERNAL_EVERY: Final = 15.0
 _LEVEL: Final = {"normal": 0, "degraded": 1, "collapsed": 2}
 
 
@@ -77,15 +79,39 @@ class ChannelHealthStage:
         self._clock = clock
         state, self._minute = store.load()
         self.board = HealthBoard.from_state(state) if state else HealthBoard()
+        #: sales channels a Prometheus alert marks down, and when they were read
+        self._external: frozenset[str] = frozenset()
+        self._external_at = float("-inf")
 
     def down(self) -> frozenset[str]:
         """Delivery channels offers must avoid now: their sales, or their browsing, collapsed
-        (one store's collapse does not close the store channel)."""
+        (one store's collapse does not close the store channel), or a Prometheus alert
+        says their sales stopped (``omnicanal webhook``)."""
         return down_channels(
-            k.partition(":")[2]
-            for k, state in self.board.states().items()
-            if state == "collapsed" and channel_key(k)
+            [
+                k.partition(":")[2]
+                for k, state in self.board.states().items()
+                if state == "collapsed" and channel_key(k)
+            ]
+            + list(self._external)
         )
+
+    def _read_external(self) -> None:
+        now = self._clock()
+        if now - self._external_at < EXTERNAL_EVERY:
+            return
+        self._external_at = now
+        try:
+            external = self.store.external_down(int(now * 1000))
+        except (StateError, redis.RedisError) as e:
+            if transient(e) is None:
+                raise
+            return  # the last figure stands; the next batch tries again
+        for channel in external - self._external:
+            log.warning("channel health: %s marked down by a Prometheus alert", channel)
+        for channel in self._external - external:
+            log.info("channel health: %s no longer marked down by a Prometheus alert", channel)
+        self._external = external
 
     def recover(self) -> tuple[int, int]:
         return self.out.recover()
@@ -93,6 +119,7 @@ class ChannelHealthStage:
     def due(self) -> None:
         """Learn the minutes completed since the last call."""
         self.out.retry()
+        self._read_external()
         done = (int(self._clock() * 1000) - GRACE_MS) // MINUTE_MS - 1
         if self._minute is None or done - self._minute > MAX_GAP:
             if self._minute is not None:

@@ -217,6 +217,18 @@ OFFER_CONTINGENCY = Counter(
     "channel, or held (looked at again 15 minutes later) when no other was reachable.",
     ["action"],
 )
+WEBHOOK_ALERTS = Counter(
+    "omnicanal_webhook_alerts",
+    "Alerts received from Alertmanager by `omnicanal webhook`, by alertname (omnicanal's "
+    "own; any other is `other`) and status (firing, resolved).",
+    ["alertname", "status"],
+)
+WEBHOOK_REQUESTS = Counter(
+    "omnicanal_webhook_requests",
+    "Notifications `omnicanal webhook` answered, by outcome: ok, invalid (not an "
+    "Alertmanager webhook), too_large, unavailable (Redis could not be written: retried).",
+    ["outcome"],
+)
 ORDERS = Counter(
     "omnicanal_orders",
     "Sales (orders) applied, by channel.",
@@ -287,6 +299,8 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     CHANNEL_HEALTH_EVENTS,
     CHANNEL_HEALTH_UNCOUNTED,
     OFFER_CONTINGENCY,
+    WEBHOOK_ALERTS,
+    WEBHOOK_REQUESTS,
     ORDERS,
     REVENUE,
     ITEMS_SOLD,

@@ -1,5 +1,5 @@
 """The ``omnicanal`` command line: the commands production runs (run, offsets, topics,
-schemas, profile, stock, alerts, privacy, config). The tools' commands (demo, produce,
+schemas, profile, stock, alerts, privacy, webhook, config). The tools' commands (demo, produce,
 bench, import, evaluate) are in ``omnicanal/tools/cli.py``; ``omnicanal/__main__.py`` puts
 both together."""
 
@@ -522,6 +522,53 @@ def schemas_export(
 
     for path in write_all(directory):
         out.print(str(path))
+
+
+# ---------------------------------------------------------------------------- webhook
+@app.command()
+def webhook(
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, help="Port to listen on (also serves /metrics).")
+    ] = 9466,
+    addr: Annotated[
+        str, typer.Option(help="Address to bind (0.0.0.0 in a container).")
+    ] = "127.0.0.1",
+) -> None:
+    """Receive Alertmanager's notifications, so that alerts act on the pipeline.
+
+    Point an Alertmanager webhook receiver at `http://HOST:PORT/alertmanager`
+    (`docker/alertmanager.yml` does). While `OmnicanalChannelSalesStopped` fires for a
+    channel, the running pipeline's offers avoid that channel: rerouted to the customer's
+    next reachable channel, or held, exactly as for a collapse the in-stream detectors
+    see; its resolution ends it (or 2 hours without a new notification). Every alert is
+    counted and logged. Runs until SIGTERM or Ctrl-C; needs only Redis
+    (`OMNICANAL_REDIS_URL`)."""
+    import signal
+    import threading
+
+    from omnicanal.webhook import WebhookReceiver, describe, server
+    from state.health import HealthStore
+    from state.profiles import connect, redact_url
+
+    settings = load_settings()
+    r = connect(settings.redis_url, retries=1)
+    try:
+        r.ping()
+    except Exception as e:
+        fail(f"cannot reach Redis at {redact_url(settings.redis_url)}: {e}", 1)
+    try:
+        httpd = server(WebhookReceiver(HealthStore(r, settings.redis_prefix)), addr, port)
+    except OSError as e:
+        fail(f"cannot listen on {addr}:{port}: {e}", 1)
+
+    def stop(signum: int, frame: object) -> None:
+        threading.Thread(target=httpd.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    err.print(describe(settings.redis_url, addr, httpd.server_address[1]))
+    httpd.serve_forever()
+    httpd.server_close()
 
 
 # ---------------------------------------------------------------------------- config

@@ -6,7 +6,9 @@
   kept two days;
 - ``<p>health:state`` / ``<p>health:minute``: the detectors' JSON state and the last minute
   they learnt, written with the outbox messages in one transaction;
-- ``<p>health:outbox`` / ``<p>health:sent``: the outbox (``state/outbox.py``).
+- ``<p>health:outbox`` / ``<p>health:sent``: the outbox (``state/outbox.py``);
+- ``<p>health:external`` hash: sales channels Prometheus alerts say are down (written by
+  ``omnicanal webhook``), each until a time in ms, read by worker 0 for offer contingency.
 """
 
 from __future__ import annotations
@@ -92,3 +94,18 @@ class HealthStore:
             pipe.xadd(self.outbox.key, {"m": m})
         res = pipe.execute()
         return [_s(x) for x in res[2:]]
+
+    def mark(self, down: Sequence[str], up: Sequence[str], until_ms: int) -> None:
+        """Channels an alert says are down (until ``until_ms``) or up again: one round trip."""
+        key = self.prefix + "health:external"
+        pipe = self.r.pipeline(transaction=True)
+        if down:
+            pipe.hset(key, mapping={c: until_ms for c in down})
+        if up:
+            pipe.hdel(key, *up)
+        pipe.execute()
+
+    def external_down(self, now_ms: int) -> frozenset[str]:
+        """Sales channels an alert says are down now."""
+        raw = self.r.hgetall(self.prefix + "health:external")
+        return frozenset(_s(c) for c, until in raw.items() if int(until) > now_ms)

@@ -36,6 +36,7 @@ runner = CliRunner()
         ["schemas", "export"],
         ["import", "online-retail"],
         ["config"],
+        ["webhook"],
         ["alerts"],
         ["stock"],
         ["evaluate", "stockouts"],
