@@ -3,7 +3,7 @@ I/O; one :class:`ChannelHealth` per channel (or store), fed one count per minute
 
 It learns the channel's expected events per minute for each hour of the week (a running
 mean over the first weeks, then an exponential average: the profile follows slow change),
-and compares the last 1, 2, 5, 10 and 20 minutes with what was expected:
+and compares the last 1, 2, 3, 4, 5, 10 and 20 minutes with what was expected:
 
 - **collapsed**: a window expecting at least :attr:`ChannelHealth.min_expected` events saw
   at most 10% of them, and so few that Poisson noise would explain it less than once in
@@ -53,7 +53,8 @@ MINUTE_MS: Final = 60_000
 HOURS_OF_WEEK: Final = 168
 #: epoch (1970-01-01) was a Thursday: hour-of-week 0 is Monday 00:00 UTC
 _MONDAY_OFFSET_H: Final = 3 * 24
-WINDOWS: Final = (1, 2, 5, 10, 20)
+#: the windows tested, in minutes (3 and 4: a channel selling 5 a minute is seen in 4)
+WINDOWS: Final = (1, 2, 3, 4, 5, 10, 20)
 
 
 def hour_of_week(ms: int) -> int:
