@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 import msgspec
@@ -23,7 +23,7 @@ import redis
 
 from flows.outbox import OutboxSender
 from monitoring import metrics as m
-from operators.channel_health import MINUTE_MS, HealthBoard, channel_key, health_counts
+from operators.channel_health import MINUTE_MS, HealthBoard, closes_channel, health_counts
 from operators.offers import down_channels
 from state.connection import StateError, transient
 from state.health import HealthStore
@@ -43,12 +43,18 @@ class ChannelCounts:
     counts (at most :attr:`HealthBoard.MAX_KEYS` store keys a minute: see
     :meth:`HealthStore.add`)."""
 
-    def __init__(self, store: HealthStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: HealthStore,
+        clock: Callable[[], float] = time.time,
+        regions: Mapping[str, str] | None = None,
+    ) -> None:
         self.store = store
         self._clock = clock
+        self._regions = regions or {}
 
     def add(self, applied: Sequence[object]) -> None:
-        counts = health_counts(applied)
+        counts = health_counts(applied, self._regions)
         if not counts:
             return
         try:
@@ -85,13 +91,13 @@ class ChannelHealthStage:
 
     def down(self) -> frozenset[str]:
         """Delivery channels offers must avoid now: their sales, or their browsing, collapsed
-        (one store's collapse does not close the store channel), or a Prometheus alert
+        (one store's or region's collapse does not close the store channel), or a Prometheus alert
         says their sales stopped (``omnicanal webhook``)."""
         return down_channels(
             [
                 k.partition(":")[2]
                 for k, state in self.board.states().items()
-                if state == "collapsed" and channel_key(k)
+                if state == "collapsed" and closes_channel(k)
             ]
             + list(self._external)
         )

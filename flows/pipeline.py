@@ -110,6 +110,8 @@ class PipelineSetup:
     offer_timezone: str = "UTC"
     #: where channel-health messages go ("": channel health not watched)
     health_topic: str = ""
+    #: store location id -> region, for the per-region channel-health detectors
+    store_regions: dict[str, str] = field(default_factory=dict)
 
 
 class WorkerPipeline:
@@ -247,7 +249,9 @@ def worker_pipeline(
         offers(setup, store, producer, stock=stock, down=watch.down if watch else None)
         if worker_index == 0
         else None,
-        ChannelCounts(HealthStore(store.r, store.prefix)) if setup.health_topic else None,
+        ChannelCounts(HealthStore(store.r, store.prefix), regions=setup.store_regions)
+        if setup.health_topic
+        else None,
         watch,
     )
 

@@ -111,6 +111,12 @@ class Settings(BaseSettings):
         description="frequency caps across all channels: offers per customer per day, per "
         "rolling week, and per campaign per week",
     )
+    store_regions: dict[str, str] = Field(
+        default_factory=dict,
+        description='region of each store (location id), JSON, e.g. {"S001":"north",'
+        '"S002":"north"}: channel health also watches each region\'s store sales (a '
+        "region's tills or network going down), beside each store and the whole channel",
+    )
     sales_targets: dict[str, dict[str, int]] = Field(
         default_factory=dict,
         description="daily sales target per channel, in minor units (cents) per currency, JSON, "
@@ -268,6 +274,22 @@ class Settings(BaseSettings):
     )
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus port (0: off)")
     metrics_addr: str = Field("127.0.0.1", description="address the metrics server binds")
+
+    @field_validator("store_regions")
+    @classmethod
+    def _regions(cls, v: dict[str, str]) -> dict[str, str]:
+        for store, region in v.items():
+            if (
+                not region
+                or len(region) > 64
+                or not region.replace("-", "").replace("_", "").isalnum()
+            ):
+                raise ValueError(
+                    f"store {store!r}: region {region!r} must be 1-64 letters, digits, - or _"
+                )
+        if len(set(v.values())) > 200:
+            raise ValueError(f"{len(set(v.values()))} regions: at most 200 are watched")
+        return v
 
     @field_validator("sales_targets")
     @classmethod

@@ -154,4 +154,5 @@ def pipeline_setup(
         offer_quiet_hours=quiet_hours(settings),
         offer_timezone=settings.offer_timezone,
         health_topic=settings.topic_channel_health,
+        store_regions=settings.store_regions,
     )

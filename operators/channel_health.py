@@ -197,9 +197,12 @@ ACTIVITY: Final = frozenset(
 )
 
 
-def health_counts(items: Iterable[object]) -> dict[str, int]:
+def health_counts(
+    items: Iterable[object], regions: Mapping[str, str] | None = None
+) -> dict[str, int]:
     """What :class:`HealthBoard` watches in a batch of applied items: sales per channel
-    (``sales:<channel>``) and per store (``store:<location>``), and browsing per channel
+    (``sales:<channel>``), per store (``store:<location>``) and per region of the stores
+    (``region:<region>``, for the stores ``regions`` maps), and browsing per channel
     (``activity:<channel>``: views, searches, cart adds, checkouts), a second signal that
     moves long before sales do.
 
@@ -212,7 +215,10 @@ def health_counts(items: Iterable[object]) -> dict[str, int]:
     ...     ProductView(event_id="v", event_time=None, channel="app", session_id="s", sku="A"))
     >>> health_counts([sale("web"), sale("store", "S1"), sale("store", "S1"), view])
     {'sales:web': 1, 'sales:store': 2, 'store:S1': 2, 'activity:app': 1}
+    >>> health_counts([sale("store", "S1"), sale("store", "S2")], {"S1": "north"})
+    {'sales:store': 2, 'store:S1': 1, 'region:north': 1, 'store:S2': 1}
     """
+    regions = regions or {}
     out: dict[str, int] = {}
     for a in items:
         if type(a) is not Accepted or a.channel is None:
@@ -229,19 +235,28 @@ def health_counts(items: Iterable[object]) -> dict[str, int]:
         if a.channel == "store" and isinstance(loc, str):
             k = "store:" + loc
             out[k] = out.get(k, 0) + 1
+            region = regions.get(loc)
+            if region is not None:
+                k = "region:" + region
+                out[k] = out.get(k, 0) + 1
     return out
 
 
 def channel_key(key: str) -> bool:
-    """A key of a whole channel (bounded by the contracts), not of one store (ids come from
-    events: unbounded)."""
+    """A key bounded by the contracts or the configuration (channels, regions), not one
+    store's (location ids come from events: unbounded)."""
     return not key.startswith("store:")
+
+
+def closes_channel(key: str) -> bool:
+    """A collapse of this key is a whole channel's: its sales or its browsing."""
+    return key.startswith(("sales:", "activity:"))
 
 
 class HealthBoard:
     """One detector per key (``sales:<channel>``, ``store:<location>``,
-    ``activity:<channel>``), fed minute by minute; a key seen once is watched from then on
-    (a minute without it counts 0).
+    ``region:<region>``, ``activity:<channel>``), fed minute by minute; a key seen once is
+    watched from then on (a minute without it counts 0).
 
     At most :attr:`MAX_KEYS` keys are watched: location ids come from events, and a
     producer sending sales from thousands of made-up stores must not grow the detectors'
@@ -285,8 +300,9 @@ class HealthBoard:
                 ChannelHealthMessage(
                     message_id=f"{key}:{minute_ms // MINUTE_MS}:{event}",
                     key=key,
-                    channel="store" if kind == "store" else name,
+                    channel="store" if kind in ("store", "region") else name,
                     location_id=name if kind == "store" else UNSET,
+                    region=name if kind == "region" else UNSET,
                     status=event,
                     at=at,
                     observed_per_minute=round(observed, 2),

@@ -29,12 +29,14 @@ class ChannelHealthMessage(Struct, forbid_unknown_fields=True, omit_defaults=Tru
     key: Annotated[
         str,
         Meta(
-            description="sales:<channel> (sales), store:<location id> (one store's sales) or "
+            description="sales:<channel> (sales), store:<location id> (one store's sales), "
+            "region:<region> (the sales of a region's stores, OMNICANAL_STORE_REGIONS) or "
             "activity:<channel> (views, searches, cart and checkout events)"
         ),
     ]
     channel: Annotated[str, Meta(description="the channel (store for a store)")]
     location_id: str | UnsetType = UNSET
+    region: str | UnsetType = UNSET
     status: Annotated[
         Literal["collapsed", "degraded", "recovered", "relearning"],
         Meta(

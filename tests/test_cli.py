@@ -399,3 +399,13 @@ def test_sales_targets_reach_their_gauge() -> None:
     s = load(sales_targets={"web": {"EUR": 1_500_000}, "store": {"EUR": 4_200_000}})
     m.serve(0, targets=s.sales_targets)
     assert m.SALES_TARGET.labels("store", "EUR")._value.get() == 4_200_000
+
+
+def test_store_regions_are_checked_with_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from omnicanal.config import ConfigError, load
+
+    monkeypatch.setenv("OMNICANAL_STORE_REGIONS", '{"S1": "north west!"}')
+    with pytest.raises(ConfigError, match="store 'S1': region 'north west!' must be"):
+        load()
+    monkeypatch.setenv("OMNICANAL_STORE_REGIONS", '{"S1": "north-west", "S2": "south"}')
+    assert load().store_regions == {"S1": "north-west", "S2": "south"}

@@ -164,3 +164,39 @@ def test_made_up_store_ids_do_not_grow_the_minute_counts(settings: Settings) -> 
     assert store.add(minute + 1, {f"store:Z{i}": 1 for i in range(cap + 5)}, cap) == 5
     assert store.add(minute + 1, {"sales:app": 2, "activity:app": 7}, cap) == 0
     assert len(store.minutes(minute + 1, minute + 1)[minute + 1]) == cap + 2
+
+
+def test_a_regions_tills_going_down_is_that_regions_collapse(settings: Settings) -> None:
+    """Twenty small stores per region, each too quiet to judge alone within minutes: the
+    north's network goes down, its region collapses; the south and the channel sell on."""
+    s = settings.model_copy(
+        update={"store_regions": {f"{r}{i}": r for r in ("north", "south") for i in range(20)}}
+    )
+    per_store = {f"{r}{i}": 1 for r in ("north", "south") for i in range(20)}
+    board = HealthBoard()
+    for minute in range(MONDAY_MIN - 2 * WEEK_MIN, MONDAY_MIN):
+        n = busy(minute)
+        board.learn_minute(minute * MINUTE_MS, {"sales:store": 40 * n, "region:north": 20 * n,
+                                                "region:south": 20 * n} | {
+            f"store:{k}": v * n for k, v in per_store.items()})  # fmt: skip
+    store = HealthStore(connect(s.redis_url), s.redis_prefix)
+    store.commit(board.to_state(), MONDAY_MIN + 10 * 60 - 1, [])
+    now = {"ms": 0}
+    clock = lambda: now["ms"] / 1000  # noqa: E731
+    p = ProfileStore(connect(s.redis_url), s.redis_prefix)
+    producer = CheckedProducer(s.kafka_config(), what="test health")
+    h = pipeline.health(pipeline_setup(s), p, producer, clock=clock)
+    counts = ChannelCounts(store, clock=clock, regions=pipeline_setup(s).store_regions)
+    t = MONDAY_MIN + 10 * 60
+    for minute in range(t, t + 4):
+        now["ms"] = minute * MINUTE_MS + 30_000
+        counts.add([sale("store", f"south{i}") for i in range(20)])  # the north sells nothing
+        now["ms"] = (minute + 1) * MINUTE_MS + 15_000
+        h.due()
+    h.close()
+    got = [(msg["key"], msg["status"]) for msg in messages(s)]
+    assert ("region:north", "collapsed") in got
+    assert not [k for k, _ in got if k in ("region:south", "sales:store")]
+    north = next(msg for msg in messages(s) if msg["key"] == "region:north")
+    assert north["channel"] == "store" and north["region"] == "north"
+    assert "store" not in h.down()  # the channel still sells: offers still go to stores
