@@ -66,3 +66,10 @@ class CouponRedemptions:
             counts[k] = counts.get(k, 0) + 1
         for k, n in counts.items():
             m.COUPON_REDEMPTIONS.labels(*k).inc(n)
+        offers: dict[tuple[str, str], int] = {}
+        for r, outcome, campaign in zip(reds, outcomes, outcomes.campaigns, strict=True):
+            if outcome == "redeemed":
+                ko = (campaign or "unknown", r.channel)
+                offers[ko] = offers.get(ko, 0) + 1
+        for ko, n in offers.items():
+            m.OFFER_REDEMPTIONS.labels(*ko).inc(n)

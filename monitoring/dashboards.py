@@ -122,9 +122,13 @@ BOARDS: dict[str, tuple[str, list[Panel]]] = {
     "omnicanal-offers": (
         "omnicanal: offers",
         [
-            Panel("Offers per 5 minutes", "Offers decided and sent, by campaign.", "short",
+            Panel("Offers and redemptions per 5 minutes", "Offers decided and sent, by "
+                  "campaign, and offers redeemed (in any channel), by campaign and the channel "
+                  "where they were redeemed.", "short",
                   (("sum by (campaign) (increase(omnicanal_offers_total[5m]))",
-                    "{{campaign}}"),)),
+                    "sent {{campaign}}"),
+                   ("sum by (campaign, channel) (increase(omnicanal_offer_redemptions_total[5m]))",
+                    "redeemed {{campaign}} in {{channel}}"))),
             Panel("Suppressed per 5 minutes", "Triggers that ended without an offer, by guard "
                   "rail.", "short",
                   (("sum by (reason) (increase(omnicanal_offer_suppressions_total[5m]))",

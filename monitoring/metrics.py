@@ -163,6 +163,12 @@ COUPON_REDEMPTIONS = Counter(
     "duplicate, or why it was refused) and channel.",
     ["outcome", "channel"],
 )
+OFFER_REDEMPTIONS = Counter(
+    "omnicanal_offer_redemptions",
+    "Offers redeemed (their coupon code accepted), by campaign and the channel where it was "
+    "redeemed: with omnicanal_offers_total, the redemption rate per campaign and channel.",
+    ["campaign", "channel"],
+)
 OFFERS = Counter(
     "omnicanal_offers",
     "Offers decided and written to the outbox (sent once the broker confirms), by campaign "
@@ -290,6 +296,7 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     REDIS_ERRORS,
     BROKER_RETRIES,
     COUPON_REDEMPTIONS,
+    OFFER_REDEMPTIONS,
     OFFERS,
     OFFER_SUPPRESSIONS,
     OFFER_TIMERS,

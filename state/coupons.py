@@ -35,6 +35,13 @@ RedeemOutcome = Literal[
 ]
 
 
+class RedeemResults(list[RedeemOutcome]):
+    """The outcome of each redemption, in order, and :attr:`campaigns`: the campaign of
+    each code ("" when the code is not known)."""
+
+    campaigns: list[str]
+
+
 @dataclass(frozen=True)
 class Issue:
     offer_id: str
@@ -107,10 +114,11 @@ class CouponLedger:
             todo = again
         return [c for c in codes if c is not None]
 
-    def redeem(self, redemptions: list[Redemption]) -> list[RedeemOutcome]:
+    def redeem(self, redemptions: list[Redemption]) -> RedeemResults:
         """The outcome of each redemption, in order (the same code twice: the second sees
-        the first)."""
+        the first), with each code's campaign."""
         out: list[RedeemOutcome | None] = [None] * len(redemptions)
+        campaigns = [""] * len(redemptions)
         items: list[list[object]] = []
         where: list[int] = []
         for i, r in enumerate(redemptions):
@@ -134,8 +142,11 @@ class CouponLedger:
             where.append(i)
         if items:
             for i, res in zip(where, self._call("redeem", items), strict=True):
-                out[i] = cast(RedeemOutcome, res)
-        return [o for o in out if o is not None]
+                outcome, _, campaigns[i] = res.partition("\t")
+                out[i] = cast(RedeemOutcome, outcome)
+        results = RedeemResults(o for o in out if o is not None)
+        results.campaigns = campaigns
+        return results
 
     def lookup(self, code: str) -> dict[str, str] | None:
         """A code's record (``omnicanal coupons show``), None if unknown."""

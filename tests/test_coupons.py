@@ -213,6 +213,7 @@ def test_a_coupon_redeemed_at_a_till_is_refused_in_the_app(settings: Settings) -
     ]
     before = {o: m.counter_total(m.COUPON_REDEMPTIONS, outcome=o) for o in
               ("redeemed", "already_redeemed", "wrong_customer")}  # fmt: skip
+    by_campaign = m.counter_total(m.OFFER_REDEMPTIONS, campaign="cart-10", channel="store")
     part = pipeline.state_sink(pipeline_setup(s, identity=IdentityRules())).build("state", 0, 1)
     try:
         part.write_batch(items[:1])  # the till first: L1 becomes a known customer
@@ -221,6 +222,12 @@ def test_a_coupon_redeemed_at_a_till_is_refused_in_the_app(settings: Settings) -
         part.close()
     after = {o: m.counter_total(m.COUPON_REDEMPTIONS, outcome=o) - n for o, n in before.items()}
     assert after == {"redeemed": 1, "already_redeemed": 1, "wrong_customer": 1}
+    # the redemption counts for its campaign where it happened; the refusals do not
+    assert (
+        m.counter_total(m.OFFER_REDEMPTIONS, campaign="cart-10", channel="store") - (by_campaign)
+        == 1
+    )
+    assert m.counter_total(m.OFFER_REDEMPTIONS, campaign="cart-10", channel="app") == 0
     rec = ledger.lookup(code)
     assert rec is not None and (rec["s"], rec["ord"], rec["ch"]) == ("r", "R-77", "store")
     assert ledger.lookup(other)["s"] == "i"  # type: ignore[index]

@@ -9,7 +9,7 @@
 --   redeem: [code, customer id or "", order id, channel, today (day), ms, source,
 --            [ids merged into that customer since]]
 --           -> "redeemed" | "duplicate" (re-sent: same order) | "unknown" | "already_redeemed"
---              | "wrong_customer" | "expired"
+--              | "wrong_customer" | "expired", then a tab and the code's campaign (if known)
 --
 -- <p>cp:<code>   hash  o offer, c customer, k campaign, x expiry day, s "i" issued | "r"
 --                      redeemed, then ord order, ch channel, at redemption ms
@@ -27,9 +27,9 @@ local state = {}  -- code -> {o, c, x, s, ord} as read, then as decided
 local function get(code)
   local st = state[code]
   if st == nil then
-    local v = redis.call('HMGET', prefix .. 'cp:' .. code, 'o', 'c', 'x', 's', 'ord')
-    for k = 1, 5 do if v[k] == false then v[k] = nil end end  -- a missing field is false
-    st = {o = v[1], c = v[2], x = tonumber(v[3]), s = v[4], ord = v[5]}
+    local v = redis.call('HMGET', prefix .. 'cp:' .. code, 'o', 'c', 'x', 's', 'ord', 'k')
+    for k = 1, 6 do if v[k] == false then v[k] = nil end end  -- a missing field is false
+    st = {o = v[1], c = v[2], x = tonumber(v[3]), s = v[4], ord = v[5], k = v[6]}
     state[code] = st
   end
   return st
@@ -71,6 +71,7 @@ for i, it in ipairs(items) do
       st.s, st.ord = 'r', order
     end
     writes[#writes + 1] = {r, it}
+    r = r .. '\t' .. (st.k or '')
   else
     return redis.error_reply('INVALID mode ' .. tostring(mode))
   end
