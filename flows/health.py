@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final
 
 import msgspec
@@ -23,7 +23,13 @@ import redis
 
 from flows.outbox import OutboxSender
 from monitoring import metrics as m
-from operators.channel_health import MINUTE_MS, HealthBoard, closes_channel, health_counts
+from operators.channel_health import (
+    MINUTE_MS,
+    HealthBoard,
+    channel_key,
+    closes_channel,
+    health_counts,
+)
 from operators.offers import down_channels
 from state.connection import StateError, transient
 from state.health import HealthStore
@@ -53,10 +59,11 @@ class ChannelCounts:
         self._clock = clock
         self._regions = regions or {}
 
-    def add(self, applied: Sequence[object]) -> None:
+    def add(self, applied: Sequence[object]) -> Iterable[str]:
+        """Count a batch; the keys it counted."""
         counts = health_counts(applied, self._regions)
         if not counts:
-            return
+            return ()
         try:
             dropped = self.store.add(
                 int(self._clock() * 1000) // MINUTE_MS, counts, HealthBoard.MAX_KEYS
@@ -66,9 +73,10 @@ class ChannelCounts:
             if why is None:
                 raise
             m.REDIS_WAITS.labels(why).inc()  # a minute short: the detectors see a dip
-            return
+            return ()
         if dropped:
             m.CHANNEL_HEALTH_UNCOUNTED.inc(dropped)
+        return counts.keys()
 
 
 class ChannelHealthStage:
@@ -85,6 +93,10 @@ class ChannelHealthStage:
         self._clock = clock
         state, self._minute = store.load()
         self.board = HealthBoard.from_state(state) if state else HealthBoard()
+        #: keys whose gauge this process exports already
+        self._exported: set[str] = set()
+        for key, st in self.board.states().items():  # restored: shown from the start
+            self._export(key, st)
         #: sales channels a Prometheus alert marks down, and when they were read
         self._external: frozenset[str] = frozenset()
         self._external_at = float("-inf")
@@ -101,6 +113,17 @@ class ChannelHealthStage:
             ]
             + list(self._external)
         )
+
+    def _export(self, key: str, state: str) -> None:
+        m.CHANNEL_HEALTH.labels(key).set(_LEVEL[state])
+        self._exported.add(key)
+
+    def seen(self, keys: Iterable[str]) -> None:
+        """Keys this worker just counted: one the detectors do not know yet is watched from
+        its first complete minute, and shown as normal (nothing is expected of it yet)."""
+        for key in keys:
+            if key not in self._exported and channel_key(key):
+                self._export(key, "normal")
 
     def _read_external(self) -> None:
         now = self._clock()
@@ -166,7 +189,7 @@ class ChannelHealthStage:
                     msg.key, msg.status, msg.observed_per_minute, msg.expected_per_minute,
                 )  # fmt: skip
         for key, state in self.board.states().items():
-            m.CHANNEL_HEALTH.labels(key).set(_LEVEL[state])
+            self._export(key, state)
 
     def ack(self) -> None:
         self.out.ack()

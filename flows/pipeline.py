@@ -167,7 +167,9 @@ class WorkerPipeline:
             self.offers.due()  # timers are in Redis: firing needs nothing from the batch
             self.offers.ack()
         if self.counts is not None:
-            self.counts.add(done.items)
+            seen = self.counts.add(done.items)
+            if self.health is not None:
+                self.health.seen(seen)  # a new key shows on the dashboard at once
         if self.health is not None:
             self.health.due()
             self.health.ack()

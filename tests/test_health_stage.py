@@ -200,3 +200,20 @@ def test_a_regions_tills_going_down_is_that_regions_collapse(settings: Settings)
     north = next(msg for msg in messages(s) if msg["key"] == "region:north")
     assert north["channel"] == "store" and north["region"] == "north"
     assert "store" not in h.down()  # the channel still sells: offers still go to stores
+
+
+def test_a_new_channel_shows_on_the_health_gauge_before_its_first_minute(
+    settings: Settings,
+) -> None:
+    s = settings
+    p = ProfileStore(connect(s.redis_url), s.redis_prefix)
+    producer = CheckedProducer(s.kafka_config(), what="test health")
+    now = {"s": MONDAY_MIN * 60.0 + 5}
+    h = pipeline.health(pipeline_setup(s), p, producer, clock=lambda: now["s"])
+    counts = ChannelCounts(HealthStore(p.r, p.prefix), clock=lambda: now["s"])
+    m.CHANNEL_HEALTH.labels("sales:call_centre").set(7)  # (whatever an earlier test left)
+    h.seen(counts.add([sale("call_centre"), sale("store", "S-new")]))
+    assert m.CHANNEL_HEALTH.labels("sales:call_centre")._value.get() == 0
+    # one store's key waits for its detector (ids come from events: no gauge per made-up id)
+    assert "store:S-new" not in {s.labels["key"] for s in m.CHANNEL_HEALTH.collect()[0].samples}
+    h.close()
