@@ -3,6 +3,7 @@ Redis, the detectors on worker 0, messages on the topic once, across restarts.""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -60,7 +61,7 @@ def test_a_silent_channel_is_collapsed_then_recovered_once_across_restarts(
 ) -> None:
     s = settings
     store = HealthStore(connect(s.redis_url), s.redis_prefix)
-    store.commit(trained_board().to_state(), MONDAY_MIN - 1, [])
+    store.commit(trained_board().to_state(), MONDAY_MIN + 5 * 60 - 1, [])
     t = MONDAY_MIN + 10 * 60  # Monday 10:00: the web checkout breaks, the store sells on
     now = {"ms": MONDAY_MIN * MINUTE_MS}
     clock = lambda: now["ms"] / 1000  # noqa: E731
@@ -72,10 +73,11 @@ def test_a_silent_channel_is_collapsed_then_recovered_once_across_restarts(
 
     counts = ChannelCounts(HealthStore(connect(s.redis_url), s.redis_prefix), clock=clock)
     h = stage()
-    for minute in range(MONDAY_MIN + 9 * 60, t + 20):
+    for minute in range(MONDAY_MIN + 5 * 60, t + 20):  # from 05:00: the overnight lull
         now["ms"] = minute * MINUTE_MS + 30_000
-        web = 0 if t <= minute < t + 10 else 10
-        counts.add([sale("web")] * web + [sale("store", "S1")] * 6)
+        open_ = busy(minute)
+        web = 0 if t <= minute < t + 10 else 10 * open_
+        counts.add([sale("web")] * web + [sale("store", "S1")] * 6 * open_)
         if minute == t + 5:  # a restart in the middle of the outage
             h.close()
             h = stage()
@@ -84,8 +86,11 @@ def test_a_silent_channel_is_collapsed_then_recovered_once_across_restarts(
     h.close()
     got = [(msg["key"], msg["status"]) for msg in messages(s)]
     assert got == [("sales:web", "collapsed"), ("sales:web", "recovered")]
-    first = messages(s)[0]
+    first, last = messages(s)
     assert first["channel"] == "web" and first["expected_per_minute"] == pytest.approx(10, abs=1)
+    at = lambda msg: datetime.fromisoformat(msg["at"]).timestamp() // 60  # noqa: E731
+    assert 0 <= at(first) - t < 5  # seen within 5 minutes
+    assert 0 <= at(last) - (t + 10) < 5  # and its return too
     assert m.CHANNEL_HEALTH.labels("store:S1")._value.get() == 0
     assert recover_health(s) == (0, 0)  # nothing left in the outbox
 
