@@ -633,3 +633,9 @@ def evaluate_channel_health(
         f"channel-week), {res['false_alarms_at_night_or_closed']} at night or closed; "
         f"{res['seconds']} s"
     )
+    so = res["sales_only"]
+    out.print(
+        f"signals: {res['signals']}. With sales alone: full collapses p95 "
+        f"{so['delay_minutes_p95']['1.0']} min, 80% drops p95 {so['delay_minutes_p95']['0.8']} "
+        f"min, {so['false_alarms_per_channel_week']} false alarms per channel-week"
+    )
