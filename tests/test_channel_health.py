@@ -58,7 +58,8 @@ def test_a_partial_drop_is_a_degradation_then_a_recovery() -> None:
 def test_the_evaluation_meets_its_collapse_and_night_targets() -> None:
     r = health_eval.run(seed=0, weeks=4)
     assert r["detected_share"]["1.0"] == 1.0 and r["detected_share"]["0.8"] >= 0.8
-    assert r["delay_minutes_p95_busy"]["1.0"] <= 10
+    assert r["delay_minutes_p95"]["1.0"] <= 5  # sales and browsing: the pipeline's signals
+    assert r["delay_minutes_p95"]["0.8"] <= 10
     assert r["false_alarms_at_night_or_closed"] == 0
     assert r["false_alarms_per_channel_week"] <= 0.5
     assert sum(r["outages_seeable"].values()) >= 20  # the test measured something
