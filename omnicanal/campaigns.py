@@ -21,7 +21,7 @@ from schemas.campaigns import Campaign, CampaignCatalogue
 
 log = logging.getLogger(__name__)
 #: What a campaign's ``reason`` may mention; the offer fills them in.
-REASON_FIELDS = frozenset({"items", "category", "sku"})
+REASON_FIELDS = frozenset({"items", "category", "sku", "store"})
 
 
 class CatalogueError(ConfigError):
@@ -69,7 +69,7 @@ def _check(c: Campaign, where: str) -> None:
         raise CatalogueError(f"{where}: points needs value >= 1")
     unknown = set(re.findall(r"{(\w*)}", c.reason)) - REASON_FIELDS
     try:
-        c.reason.format(items=1, sku="", category="")
+        c.reason.format(items=1, sku="", category="", store="")
     except (ValueError, IndexError, KeyError):
         if not unknown:
             raise CatalogueError(

@@ -90,6 +90,9 @@ class CustomerView:
     #: (None: fewer than two orders)
     last_order_ms: int | None = None
     order_interval_ms: int | None = None
+    #: orders per sales channel, and the store the customer chose (None: none chosen)
+    orders_by_channel: Mapping[str, int] | None = None
+    chosen_store: str | None = None
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ def decide(
         for c in campaigns
         if c.trigger == trigger.kind and _running(c, now) and trigger.at_ms + wait_ms(c) <= now_ms
     ]
-    candidates = [c for c in candidates if _eligible(c, customer)]
+    candidates = [c for c in candidates if _eligible(c, customer, trigger)]
     if not candidates:
         return Decision(None, None)  # no campaign for it: nothing to count
     why: Suppression | None = None
@@ -202,7 +205,10 @@ def decide(
             benefit=c.benefit,
             expires_on=(EPOCH + timedelta(days=expiry)).date().isoformat(),
             reason=c.reason.format(
-                items=trigger.units, sku=trigger.skus[0] if trigger.skus else "", category=""
+                items=trigger.units,
+                sku=trigger.skus[0] if trigger.skus else "",
+                category="",
+                store=customer.chosen_store or "",
             ),
             decided_at=now.isoformat().replace("+00:00", "Z"),
             model_version=version,
@@ -228,11 +234,18 @@ def _running(c: Campaign, now: datetime) -> bool:
     return True
 
 
-def _eligible(c: Campaign, who: CustomerView) -> bool:
-    """Segment and basket; a campaign that asks for trigger channels or categories never
-    matches a cart (the cart keeps neither: no offer rather than a wrong one)."""
+def _eligible(c: Campaign, who: CustomerView, trigger: TriggerEvent | None = None) -> bool:
+    """Segment and basket. For channel expansion, ``trigger_channels`` are the channels the
+    customer buys in (all of them must be listed). A cart or a win-back keeps neither its
+    channels nor categories: a campaign that asks for them never matches (no offer rather
+    than a wrong one)."""
     e = c.eligibility
-    if isinstance(e.trigger_channels, list) or isinstance(e.categories, list):
+    if isinstance(e.trigger_channels, list) and trigger and trigger.kind == "channel_expansion":
+        if not set(who.orders_by_channel or {}) <= set(e.trigger_channels):
+            return False
+    elif isinstance(e.trigger_channels, list):
+        return False
+    if isinstance(e.categories, list):
         return False
     if isinstance(e.segments, list) and who.segment not in e.segments:
         return False
@@ -266,7 +279,38 @@ def wait_ms(c: Campaign) -> int:
 
 
 #: The timers the pipeline keeps (``<p>tm:<timer>``), and the trigger each one fires.
-TIMERS: Final[dict[str, Trigger]] = {"cart": "cart_abandonment", "winback": "win_back"}
+TIMERS: Final[dict[str, Trigger]] = {
+    "cart": "cart_abandonment",
+    "winback": "win_back",
+    "expand": "channel_expansion",
+}
+#: a customer gets at most one channel-expansion offer in this long
+EXPANSION_EVERY_MS: Final = 90 * 86_400_000
+#: where omnicanal sells online (a customer who buys only here is "online only")
+ONLINE: Final = frozenset({"web", "app", "marketplace", "call_centre"})
+
+
+def expansion(who: CustomerView) -> Literal["to_store", "to_online"] | None:
+    """The way a customer who buys on one side only may be invited to the other: an
+    online-only customer with a store they chose (a store nearby) to the store (click and
+    collect, an in-store benefit), a store-only customer online. None otherwise.
+
+    >>> from dataclasses import replace
+    >>> web = CustomerView("C1", "new", {}, "web", orders_by_channel={"web": 3})
+    >>> expansion(web), expansion(replace(web, chosen_store="S12"))
+    (None, 'to_store')
+    >>> expansion(replace(web, orders_by_channel={"store": 2}))
+    'to_online'
+    >>> expansion(replace(web, orders_by_channel={"store": 2, "app": 1}))   # both already
+    """
+    chans = {ch for ch, n in (who.orders_by_channel or {}).items() if n > 0}
+    if not chans:
+        return None
+    if chans <= ONLINE:
+        return "to_store" if who.chosen_store else None
+    if chans == {"store"}:
+        return "to_online"
+    return None
 
 
 def running_campaigns(campaigns: Sequence[Campaign], kind: Trigger, now_ms: int) -> list[Campaign]:
@@ -390,6 +434,9 @@ def fire_timer(
     - **winback** (score: the last order): overdue once the customer has not ordered for
       :data:`WIN_BACK_INTERVALS` times their own mean interval between orders (not one
       number of days for everyone), and for at least the campaign's wait.
+    - **expand** (score: the last order): a customer who buys on one side only
+      (:func:`expansion`), invited to the other once the campaign's wait after an order has
+      passed; at most once in :data:`EXPANSION_EVERY_MS`.
 
     An offer through an :data:`INTRUSIVE` channel during ``quiet`` hours (in ``tz``) is
     held: the timer is put off to the end of the quiet hours, when the same decision is
@@ -434,6 +481,13 @@ def fire_timer(
                 return out("drop", suppressed="out_of_stock")
             units = sum(state.cart[sku][0] for sku in left)
             trigger = TriggerEvent(trigger.kind, trigger.at_ms, left, units)
+    elif timer == "expand":
+        last = who.last_order_ms
+        if last is None or expansion(who) is None:
+            return out("drop")  # buys on both sides already, or no store nearby known
+        if last - state.counts.fired_ms(timer) < EXPANSION_EVERY_MS:
+            return out("drop", suppressed="duplicate_trigger")
+        trigger = TriggerEvent(kind, last)
     else:
         last = who.last_order_ms
         if last is None:
@@ -460,6 +514,8 @@ def fire_timer(
         counts.week,
         counts.campaign_week,
         who.basket_minor,
+        orders_by_channel=who.orders_by_channel,
+        chosen_store=who.chosen_store,
     )
     d = decide(
         trigger, view, running, codec, now_ms,
@@ -509,4 +565,6 @@ def customer_view(customer_id: str, fields: dict[str, str], now_ms: int) -> Cust
         basket_minor=basket,
         last_order_ms=last,
         order_interval_ms=interval,
+        orders_by_channel={ch: c["orders"] for ch, c in p["channels"].items() if c["orders"]},
+        chosen_store=p["home_store"] if p["home_store_source"] == "chosen" else None,
     )

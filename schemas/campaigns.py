@@ -55,7 +55,8 @@ class Eligibility(_Strict):
     """Who may get the offer (every condition must hold; absent: no condition)."""
 
     segments: list[Segment] | UnsetType = UNSET
-    #: the trigger's channel (where the cart, view or purchase happened)
+    #: the trigger's channel (where the cart, view or purchase happened; for channel
+    #: expansion, every channel the customer buys in)
     trigger_channels: list[SalesChannel] | UnsetType = UNSET
     min_basket_minor: Annotated[int, Meta(ge=0)] = 0
     categories: Annotated[list[str], Meta(max_length=100)] | UnsetType = UNSET
@@ -75,7 +76,8 @@ class Campaign(_Strict):
     id: CampaignId
     trigger: Trigger
     benefit: Benefit
-    #: the offer's reason, shown to the customer: {items}, {category}, {sku} are filled in
+    #: the offer's reason, shown to the customer: {items}, {category}, {sku} and {store}
+    #: (the store the customer chose) are filled in
     reason: Annotated[str, Meta(min_length=1, max_length=200)]
     #: channels the offer may be delivered through (the customer's preferred reachable one
     #: is chosen among them)

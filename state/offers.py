@@ -1,9 +1,10 @@
 """Offer timers, counters and the offers outbox in Redis: the only code that reads or
 writes them.
 
-- ``<p>tm:cart`` / ``<p>tm:winback`` sorted sets: a customer's cart-abandonment timer,
-  scored by the newest cart add, and win-back timer, scored by the last order (written by
-  the batch script, ``state/lua/apply_batch.lua``, with the events themselves);
+- ``<p>tm:cart`` / ``<p>tm:winback`` / ``<p>tm:expand`` sorted sets: a customer's
+  cart-abandonment timer, scored by the newest cart add, and win-back and
+  channel-expansion timers, scored by the last order (written by the batch script,
+  ``state/lua/apply_batch.lua``, with the events themselves);
 - ``<p>of:n:<customer>`` hash: offers per day and per campaign per day (the frequency caps)
   and per timer the trigger time last offered for (no second offer for the same trigger);
 - ``<p>of:spent`` hash: offers made per campaign (the budgets); ``<p>of:stats``: offers and

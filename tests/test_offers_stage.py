@@ -238,6 +238,76 @@ def test_win_back_follows_each_customers_own_rhythm(settings: Settings, tmp_path
     assert offers.timers()["winback"] == 0
 
 
+EXPANSION = """
+version: 1
+campaigns:
+  - id: collect-in-store
+    trigger: channel_expansion
+    eligibility: {trigger_channels: [web, app]}
+    benefit: {kind: amount_off, value: 500, currency: EUR}
+    reason: "Collect your next order at {store}: 5 EUR off"
+    channels: [email]
+    valid_days: 30
+    wait_minutes: 60
+  - id: try-the-app
+    trigger: channel_expansion
+    eligibility: {trigger_channels: [store]}
+    benefit: {kind: free_shipping}
+    reason: "Free delivery on your first order in the app"
+    channels: [email]
+    valid_days: 30
+    wait_minutes: 60
+"""
+
+
+def web_sale(n: int, who: str, sku: str, ts: int) -> dict[str, Any]:
+    return store_sale(n, who, sku, ts) | {"channel": "web", "location_id": "online"}
+
+
+def test_channel_expansion_invites_one_sided_customers_to_the_other_side(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """An online-only customer who chose a store is invited to collect there, a store-only
+    one to the app; one who buys on both sides, or online without a store, gets nothing; a
+    replay and a new order within 90 days send nothing more."""
+    s = offers_settings(settings, tmp_path)
+    (tmp_path / "campaigns.yaml").write_text(EXPANSION)
+    t = (int(time.time() * 1000) // MINUTE - 120) * MINUTE  # orders 2 hours ago
+    chose = {"event_type": "home_store_chosen", "event_id": "hs-1",
+             "event_time": iso(t - MINUTE), "channel": "app",
+             "customer": {"loyalty_id": "ONLINE"}, "location_id": "S7"}  # fmt: skip
+    events = [("customer", consent(i, who, t - 5 * MINUTE))
+              for i, who in enumerate(("ONLINE", "STORE", "BOTH", "NOSTORE"))]  # fmt: skip
+    events += [
+        ("customer", chose),
+        ("transaction", web_sale(1, "ONLINE", "LAMP", t)),
+        ("transaction", store_sale(2, "STORE", "MUG", t)),
+        ("transaction", web_sale(3, "BOTH", "MUG", t - 10 * MINUTE)),
+        ("transaction", store_sale(4, "BOTH", "LAMP", t)),
+        ("transaction", web_sale(5, "NOSTORE", "LAMP", t)),
+    ]
+    send(s, events)
+    run(s)
+    store = ProfileStore(connect(s.redis_url), s.redis_prefix)
+    online, store_only = (store.resolve(f"loyalty:{w}") for w in ("ONLINE", "STORE"))
+    got = {o["customer_id"]: o for o in offers_on_topic(s)}
+    assert set(got) == {online, store_only}
+    assert got[online]["campaign_id"] == "collect-in-store"
+    assert got[online]["reason"] == "Collect your next order at S7: 5 EUR off"
+    assert got[online]["trigger"] == "channel_expansion" and got[online]["channel"] == "email"
+    assert got[store_only]["campaign_id"] == "try-the-app"
+    offers = OfferStore(connect(s.redis_url), s.redis_prefix)
+    assert offers.timers()["expand"] == 0  # every one decided (and dropped or offered)
+    # a new web order tomorrow: the customer is still online-only, but was invited already
+    send(s, [("transaction", web_sale(6, "ONLINE", "MUG", t + 60 * MINUTE))])
+    run(s)
+    stage = stage_at(s, t + 26 * 60 * MINUTE)
+    stage.due()
+    stage.close()
+    assert len(offers_on_topic(s)) == 2
+    assert offers.stats()["suppressed"].get("duplicate_trigger") == 1
+
+
 def test_a_customer_whose_decision_fails_costs_only_their_offer(
     settings: Settings, tmp_path: Path
 ) -> None:

@@ -373,6 +373,8 @@ end
 
 -- An order starts (or restarts) the customer's win-back timer: <p>tm:winback, scored by the
 -- last order's event time (GT); the offers stage fires it once the customer is overdue.
+-- It also starts the channel-expansion timer, <p>tm:expand, the same way: the stage looks
+-- whether the customer buys on one side only once the campaign's wait has passed.
 local function winback_timer(cid, maxs)
   local last = nil
   for i = 1, #maxs, 2 do
@@ -380,7 +382,10 @@ local function winback_timer(cid, maxs)
       last = maxs[i + 1]
     end
   end
-  if last then redis.call('ZADD', prefix .. 'tm:winback', 'GT', last, cid) end
+  if last then
+    redis.call('ZADD', prefix .. 'tm:winback', 'GT', last, cid)
+    redis.call('ZADD', prefix .. 'tm:expand', 'GT', last, cid)
+  end
 end
 
 local function apply_delta(cid, d, b)
@@ -443,6 +448,7 @@ local function merge_profile(survivor, loser)
   -- its cart and orders (and their timers) are the survivor's
   redis.call('ZREM', prefix .. 'tm:cart', loser)
   redis.call('ZREM', prefix .. 'tm:winback', loser)
+  redis.call('ZREM', prefix .. 'tm:expand', loser)
 end
 
 local new_customers, merges, linked = 0, 0, 0

@@ -27,6 +27,7 @@ redis.call('DEL', mkey, prefix .. 'p:' .. cid, prefix .. 'v:' .. cid, prefix .. 
 -- no offer for an erased person
 redis.call('ZREM', prefix .. 'tm:cart', cid)
 redis.call('ZREM', prefix .. 'tm:winback', cid)
+redis.call('ZREM', prefix .. 'tm:expand', cid)
 local refusals = redis.call('XRANGE', prefix .. 'refusals', '-', '+')
 for _, entry in ipairs(refusals) do
   local fields = entry[2]

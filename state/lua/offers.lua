@@ -4,7 +4,7 @@
 -- ARGV[2] JSON [[customer, seen score, action, offer json | "", campaign | "", day,
 --                suppression | "", later score, trigger ms, timer, offer id | "",
 --                context json | "", expires at ms, coupon code | ""], ...]
---         timer: "cart" | "winback", the sorted set <p>tm:<timer>
+--         timer: "cart" | "winback" | "expand", the sorted set <p>tm:<timer>
 --         action "offer": the timer goes; the offer goes to the outbox (<p>offers:outbox,
 --                field "m"), the customer's counters (<p>of:n:<customer>: d:<day>,
 --                c:<campaign>:<day>, f:<timer> = the trigger's time) and the campaign's spend
@@ -18,7 +18,7 @@
 -- first write. Returns {{skipped customer, ...}, {outbox id of each offer written, ...}}.
 local prefix = ARGV[1]
 local items = cjson.decode(ARGV[2])
-local TIMERS = {cart = true, winback = true}
+local TIMERS = {cart = true, winback = true, expand = true}
 if #items > 10000 then return redis.error_reply('INVALID too many timer outcomes') end
 for i, it in ipairs(items) do
   if type(it) ~= 'table' or #it ~= 14 or type(it[1]) ~= 'string' or type(it[2]) ~= 'number'
