@@ -156,9 +156,11 @@ class Offers:
     ) -> None:
         stored, spent = self.store.read([c for c, _ in timers])
         oos: frozenset[str] = frozenset()
-        if timer == "cart" and self._stock is not None:
+        if timer in ("cart", "bis") and self._stock is not None:
             stock, rules = self._stock
-            skus = sorted({sku for st in stored for sku in st.cart})
+            skus = sorted(
+                {sku for st in stored for sku in (st.cart if timer == "cart" else st.waits)}
+            )
             oos = out_of_stock_online([sku for sku, _ in stock.read(skus)], rules)
         today = day_of(now_ms)
         down = self._down()
@@ -170,6 +172,7 @@ class Offers:
                     st.cart,
                     st.bought,
                     offer_counts(st.counters, today),
+                    st.waits,
                 )
                 outcome = fire_timer(
                     timer, cid, seen, state, running, self.codec, now_ms,
@@ -217,6 +220,7 @@ class Offers:
                     o.offer.campaign_id if o.offer is not None else "",
                     today, o.suppressed or "", o.later, o.trigger_ms, timer, o.context,
                     _expires_ms(o.offer.expires_on) if o.offer is not None else 0,
+                    o.waits, now_ms,
                 )
             )  # fmt: skip
         skipped, ids = self.store.commit(rows)

@@ -184,7 +184,8 @@ OFFER_SUPPRESSIONS = Counter(
 )
 OFFER_TIMERS = Gauge(
     "omnicanal_offer_timers",
-    "Offer timers pending, by kind (cart, winback, expand; Redis-wide: worker 0 only, the worker "
+    "Offer timers pending, by kind (cart, winback, expand, bis; Redis-wide: worker 0 only, the "
+    "worker "
     "that fires them).",
     ["timer"],
 )

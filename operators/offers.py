@@ -283,7 +283,13 @@ TIMERS: Final[dict[str, Trigger]] = {
     "cart": "cart_abandonment",
     "winback": "win_back",
     "expand": "channel_expansion",
+    "bis": "back_in_stock",
 }
+#: a waited-for SKU is looked at this often while it is out of stock online (a back-in-stock
+#: offer goes at most this long after live stock has it again)
+BIS_POLL_MS: Final = 5 * 60_000
+#: and forgotten this long after the customer wanted it
+BIS_MAX_WAIT_MS: Final = 14 * 86_400_000
 #: a customer gets at most one channel-expansion offer in this long
 EXPANSION_EVERY_MS: Final = 90 * 86_400_000
 #: where omnicanal sells online (a customer who buys only here is "online only")
@@ -372,6 +378,8 @@ class TimerState:
     #: SKU -> last purchase time, in any channel
     bought: Mapping[str, int]
     counts: OfferCounts = OfferCounts()
+    #: SKU -> when the customer wanted it while it was out of stock online (back in stock)
+    waits: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -393,6 +401,9 @@ class TimerOutcome:
     #: the offer avoided a collapsed channel / is held while its only channels are down
     rerouted: bool = False
     held: bool = False
+    #: carted SKUs out of stock online, with when they were carted: the customer waits for
+    #: them (a back-in-stock offer once live stock has them again)
+    waits: tuple[tuple[str, int], ...] = ()
 
 
 #: an offer whose only channels are down is looked at again this much later
@@ -434,6 +445,10 @@ def fire_timer(
     - **winback** (score: the last order): overdue once the customer has not ordered for
       :data:`WIN_BACK_INTERVALS` times their own mean interval between orders (not one
       number of days for everyone), and for at least the campaign's wait.
+    - **bis** (score: when to look): the SKUs the customer carted while they were out of
+      stock online (recorded when their cart timer was decided), once live stock has one
+      of them again; looked at every :data:`BIS_POLL_MS` meanwhile, forgotten after
+      :data:`BIS_MAX_WAIT_MS`; a SKU bought since, in any channel, is no longer waited for.
     - **expand** (score: the last order): a customer who buys on one side only
       (:func:`expansion`), invited to the other once the campaign's wait after an order has
       passed; at most once in :data:`EXPANSION_EVERY_MS`.
@@ -473,14 +488,28 @@ def fire_timer(
     shortest = min(wait_ms(c) for c in running)
     trigger: TriggerEvent | None
     due_at = 0
+    waits: tuple[tuple[str, int], ...] = ()
     if timer == "cart":
         trigger = abandoned_cart(state.cart, state.bought, now_ms, wait_ms=0)
         if trigger is not None and out_of_stock.intersection(trigger.skus):
+            waits = tuple((sku, state.cart[sku][1]) for sku in trigger.skus if sku in out_of_stock)
             left = tuple(sku for sku in trigger.skus if sku not in out_of_stock)
             if not left:  # no offer for what cannot be bought online now
-                return out("drop", suppressed="out_of_stock")
+                return out("drop", suppressed="out_of_stock", waits=waits)
             units = sum(state.cart[sku][0] for sku in left)
             trigger = TriggerEvent(trigger.kind, trigger.at_ms, left, units)
+    elif timer == "bis":
+        live = {
+            sku: since
+            for sku, since in (state.waits or {}).items()
+            if now_ms - since < BIS_MAX_WAIT_MS and state.bought.get(sku, -1) < since
+        }
+        if not live:
+            return out("drop")  # bought meanwhile, or waited for too long
+        back = tuple(sorted(sku for sku in live if sku not in out_of_stock))
+        if not back:
+            return out("later", later=now_ms + BIS_POLL_MS - shortest)
+        trigger = TriggerEvent(kind, max(live[sku] for sku in back), back, len(back))
     elif timer == "expand":
         last = who.last_order_ms
         if last is None or expansion(who) is None:
@@ -527,13 +556,13 @@ def fire_timer(
             return out("later", later=release - shortest)
         return out(
             "offer", offer=d.offer, trigger_ms=trigger.at_ms, context=d.context,
-            rerouted=d.rerouted,
+            rerouted=d.rerouted, waits=waits,
         )  # fmt: skip
     if d.suppressed == "channel_down":  # held until the channel is back (looked at again)
         return out("later", later=now_ms + HOLD_MS - shortest, held=True)
     if later:  # another campaign may still offer: look again when its wait has passed
         return out("later", later=min(later) - shortest)
-    return out("drop", suppressed=d.suppressed)
+    return out("drop", suppressed=d.suppressed, waits=waits)
 
 
 def customer_view(customer_id: str, fields: dict[str, str], now_ms: int) -> CustomerView | None:

@@ -7,6 +7,8 @@ writes them.
   ``state/lua/apply_batch.lua``, with the events themselves);
 - ``<p>of:n:<customer>`` hash: offers per day and per campaign per day (the frequency caps)
   and per timer the trigger time last offered for (no second offer for the same trigger);
+- ``<p>bisq:<customer>`` hash: SKUs the customer carted while out of stock online, and
+  since when (their back-in-stock timer, ``<p>tm:bis``, looks at them);
 - ``<p>of:spent`` hash: offers made per campaign (the budgets); ``<p>of:stats``: offers and
   suppressions per reason;
 - ``<p>offers:outbox`` / ``<p>offers:sent``: the outbox (``state/outbox.py``).
@@ -17,7 +19,7 @@ Outcomes are written by ``state/lua/offers.lua``, fenced by the timer's score as
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,8 @@ class StoredCart:
     #: SKU -> last purchase time (recently bought, every channel)
     bought: dict[str, int]
     counters: dict[str, str]
+    #: SKU -> since when the customer waits for it to be back in stock online
+    waits: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,10 @@ class Outcome:
     #: the offer's context (learnt from when its outcome is known) and its expiry
     context: dict[str, float] | None = None
     expires_ms: int = 0
+    #: SKUs (and since when) the customer now waits for, back in stock; the score of their
+    #: back-in-stock timer when it starts
+    waits: tuple[tuple[str, int], ...] = ()
+    bis_at: int = 0
 
 
 class OfferStore:
@@ -85,8 +93,8 @@ class OfferStore:
         return [(_s(c), int(score)) for c, score in raw]
 
     def read(self, customers: Sequence[str]) -> tuple[list[StoredCart], dict[str, int]]:
-        """Each customer's profile fields, cart, recently bought and offer counters, and
-        the offers made per campaign: one round trip."""
+        """Each customer's profile fields, cart, recently bought, offer counters and the
+        SKUs they wait for, and the offers made per campaign: one round trip."""
         pre = self.prefix
         pipe = self.r.pipeline(transaction=False)
         for c in customers:
@@ -94,11 +102,12 @@ class OfferStore:
             pipe.hgetall(pre + "cart:" + c)
             pipe.zrange(pre + "b:" + c, 0, -1, withscores=True)
             pipe.hgetall(pre + "of:n:" + c)
+            pipe.hgetall(pre + "bisq:" + c)
         pipe.hgetall(pre + "of:spent")
         res = pipe.execute()
         out = []
         for i, c in enumerate(customers):
-            fields, cart_raw, bought, counters = res[4 * i : 4 * i + 4]
+            fields, cart_raw, bought, counters, waits = res[5 * i : 5 * i + 5]
             clear = int(cart_raw.pop(b"_clr", 0) or 0)
             cart: dict[str, list[int]] = {}
             for f, q in cart_raw.items():
@@ -116,6 +125,7 @@ class OfferStore:
                     {s: (q, ts) for s, (q, ts) in cart.items()},
                     {_s(s): int(ts) for s, ts in bought},
                     {_s(k): _s(v) for k, v in counters.items()},
+                    {_s(k): int(v) for k, v in waits.items()},
                 )
             )
         spent = {_s(k): int(v) for k, v in res[-1].items()}
@@ -142,6 +152,8 @@ class OfferStore:
                 orjson.dumps(o.context or {}).decode() if o.offer is not None else "",
                 o.expires_ms,
                 o.offer["coupon_code"] if o.offer is not None else "",
+                [[sku, since] for sku, since in o.waits],
+                o.bis_at,
             ]
             for o in outcomes
         ]

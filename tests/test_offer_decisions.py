@@ -135,3 +135,45 @@ def test_a_collapsed_channel_reroutes_the_offer_or_holds_it() -> None:
     # once the app is back, the same trigger gives the offer through push
     back = fire_timer("cart", ID, NOW - 2 * HOUR, state, [CART10], CODEC, NOW, holdout_share=0.0)
     assert back.action == "offer" and back.offer is not None and back.offer.channel == "push"
+
+
+BACK = Campaign(
+    id="back-5",
+    trigger="back_in_stock",
+    benefit=Benefit(kind="percent_off", value=5),
+    reason="{sku} is back",
+    channels=["email"],
+    valid_days=7,
+    wait_minutes=0,
+)
+
+
+def test_a_cart_of_what_is_out_of_stock_makes_the_customer_wait_for_it() -> None:
+    cart = {"LAMP": (1, NOW - 2 * HOUR), "MUG": (1, NOW - 2 * HOUR + 5)}
+    st = TimerState(who(), cart, {})
+    out = fire_timer("cart", ID, 0, st, [CART10], CODEC, NOW, out_of_stock=frozenset({"LAMP"}))
+    assert out.action == "offer" and out.offer is not None and out.offer.items == ["MUG"]
+    assert out.waits == (("LAMP", NOW - 2 * HOUR),)
+    gone = frozenset({"LAMP", "MUG"})
+    out = fire_timer("cart", ID, 0, st, [CART10], CODEC, NOW, out_of_stock=gone)
+    assert (out.action, out.suppressed) == ("drop", "out_of_stock")
+    assert dict(out.waits) == {"LAMP": NOW - 2 * HOUR, "MUG": NOW - 2 * HOUR + 5}
+
+
+def test_back_in_stock_offers_what_is_back_and_waits_for_the_rest() -> None:
+    since = NOW - 3 * HOUR
+    st = TimerState(who(), {}, {}, waits={"LAMP": since, "MUG": since + 10})
+    # both still out of stock: looked at again later
+    out = fire_timer("bis", ID, 0, st, [BACK], CODEC, NOW, out_of_stock=frozenset({"LAMP", "MUG"}))
+    assert out.action == "later" and out.later > NOW
+    # the lamp is back: an offer about it
+    out = fire_timer("bis", ID, 0, st, [BACK], CODEC, NOW, out_of_stock=frozenset({"MUG"}))
+    assert out.action == "offer" and out.offer is not None
+    assert out.offer.items == ["LAMP"] and out.offer.reason == "LAMP is back"
+    assert out.offer.trigger == "back_in_stock" and out.trigger_ms == since
+    # bought in the store meanwhile: no longer waited for
+    bought = TimerState(who(), {}, {"LAMP": NOW - HOUR}, waits={"LAMP": since})
+    assert fire_timer("bis", ID, 0, bought, [BACK], CODEC, NOW).action == "drop"
+    # wanted too long ago: forgotten
+    old = TimerState(who(), {}, {}, waits={"LAMP": NOW - 15 * 24 * HOUR})
+    assert fire_timer("bis", ID, 0, old, [BACK], CODEC, NOW).action == "drop"

@@ -167,6 +167,8 @@ def test_the_run_fires_due_timers_and_caps_hold_across_runs(
     assert stats["suppressed"] == {"frequency_day": 1} and stats["timers_pending"] == {
         "cart": 0,
         "winback": 0,
+        "expand": 0,
+        "bis": 0,
     }
 
 
@@ -438,6 +440,59 @@ def test_no_offer_for_what_cannot_be_bought_online(settings: Settings, tmp_path:
     assert offer["items"] == ["MUG"] and offer["reason"] == "You left 1 items in your cart"
     stats = OfferStore(connect(s.redis_url), s.redis_prefix).stats()
     assert stats["suppressed"] == {"out_of_stock": 1}
+
+
+BACK_IN_STOCK = """
+  - id: back-5
+    trigger: back_in_stock
+    benefit: {kind: percent_off, value: 5}
+    reason: "{sku} is back in stock: 5% off"
+    channels: [email]
+    valid_days: 7
+    wait_minutes: 0
+"""
+
+
+def test_a_cart_of_what_ran_out_gets_a_back_in_stock_offer_once_it_is_back(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """BEN carts the lamp while it is out of stock online: no cart offer (out_of_stock), he
+    waits for it. The warehouse counts 5 lamps: a back-in-stock offer, once. CARL waited
+    too, but bought one in the store meanwhile: nothing for him."""
+    s = offers_settings(settings, tmp_path)
+    (tmp_path / "campaigns.yaml").write_text(CATALOGUE + BACK_IN_STOCK)
+    t = (int(time.time() * 1000) // MINUTE - 120) * MINUTE
+    send(s, [("customer", consent(1, "BEN", t - MINUTE)),
+             ("customer", consent(2, "CARL", t - MINUTE)),
+             ("inventory", snapshot(1, "LAMP", 0, t - MINUTE)),
+             ("clickstream", add(1, "BEN", "LAMP", t)),
+             ("clickstream", add(2, "CARL", "LAMP", t))])  # fmt: skip
+    run(s)
+    assert offers_on_topic(s) == []
+    offers = OfferStore(connect(s.redis_url), s.redis_prefix)
+    assert offers.stats()["suppressed"] == {"out_of_stock": 2}
+    assert offers.timers()["bis"] == 2  # both wait, looked at every 5 minutes
+    now = int(time.time() * 1000)
+    send(s, [("transaction", store_sale(3, "CARL", "LAMP", now - MINUTE)),
+             ("inventory", snapshot(2, "LAMP", 5, now - MINUTE))])  # fmt: skip
+    run(s)
+    stage = stage_at(s, now + 6 * MINUTE)  # the next look
+    stage.due()
+    stage.close()
+    (offer,) = offers_on_topic(s)
+    profiles = ProfileStore(connect(s.redis_url), s.redis_prefix)
+    assert offer["customer_id"] == profiles.resolve("loyalty:BEN")
+    assert offer["trigger"] == "back_in_stock" and offer["items"] == ["LAMP"]
+    assert offer["reason"] == "LAMP is back in stock: 5% off"
+    assert offers.timers()["bis"] == 0
+    ben = profiles.resolve("loyalty:BEN")
+    assert profiles.r.exists(f"{s.redis_prefix}bisq:{ben}") == 0  # the wait is over
+    # later looks, and another run, send nothing more
+    again = stage_at(s, now + 30 * MINUTE)
+    again.due()
+    again.close()
+    run(s)
+    assert len(offers_on_topic(s)) == 1
 
 
 def test_guard_rails_on_real_services_and_a_catalogue_reloaded_while_running(

@@ -449,6 +449,17 @@ local function merge_profile(survivor, loser)
   redis.call('ZREM', prefix .. 'tm:cart', loser)
   redis.call('ZREM', prefix .. 'tm:winback', loser)
   redis.call('ZREM', prefix .. 'tm:expand', loser)
+  -- what the loser waited for, back in stock, the survivor waits for
+  local lw, sw = prefix .. 'bisq:' .. loser, prefix .. 'bisq:' .. survivor
+  local waits = redis.call('HGETALL', lw)
+  if #waits > 0 then
+    for k = 1, #waits, 2 do redis.call('HSETNX', sw, waits[k], waits[k + 1]) end
+    redis.call('EXPIRE', sw, 15 * 86400)
+    local at = redis.call('ZSCORE', prefix .. 'tm:bis', loser)
+    if at then redis.call('ZADD', prefix .. 'tm:bis', 'NX', at, survivor) end
+  end
+  redis.call('DEL', lw)
+  redis.call('ZREM', prefix .. 'tm:bis', loser)
 end
 
 local new_customers, merges, linked = 0, 0, 0

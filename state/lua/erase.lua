@@ -28,6 +28,8 @@ redis.call('DEL', mkey, prefix .. 'p:' .. cid, prefix .. 'v:' .. cid, prefix .. 
 redis.call('ZREM', prefix .. 'tm:cart', cid)
 redis.call('ZREM', prefix .. 'tm:winback', cid)
 redis.call('ZREM', prefix .. 'tm:expand', cid)
+redis.call('ZREM', prefix .. 'tm:bis', cid)
+redis.call('DEL', prefix .. 'bisq:' .. cid)
 local refusals = redis.call('XRANGE', prefix .. 'refusals', '-', '+')
 for _, entry in ipairs(refusals) do
   local fields = entry[2]

@@ -3,8 +3,13 @@
 -- ARGV[1] key prefix
 -- ARGV[2] JSON [[customer, seen score, action, offer json | "", campaign | "", day,
 --                suppression | "", later score, trigger ms, timer, offer id | "",
---                context json | "", expires at ms, coupon code | ""], ...]
---         timer: "cart" | "winback" | "expand", the sorted set <p>tm:<timer>
+--                context json | "", expires at ms, coupon code | "",
+--                waits [[sku, since ms], ...], back-in-stock timer score], ...]
+--         timer: "cart" | "winback" | "expand" | "bis", the sorted set <p>tm:<timer>
+--         waits (offer or drop): SKUs carted while out of stock online; kept in
+--                <p>bisq:<customer> (the first time each was wanted, at most 50) and the
+--                customer's back-in-stock timer starts (<p>tm:bis, if it has none)
+--         a "bis" timer decided (offer or drop) clears <p>bisq:<customer>
 --         action "offer": the timer goes; the offer goes to the outbox (<p>offers:outbox,
 --                field "m"), the customer's counters (<p>of:n:<customer>: d:<day>,
 --                c:<campaign>:<day>, f:<timer> = the trigger's time) and the campaign's spend
@@ -18,14 +23,20 @@
 -- first write. Returns {{skipped customer, ...}, {outbox id of each offer written, ...}}.
 local prefix = ARGV[1]
 local items = cjson.decode(ARGV[2])
-local TIMERS = {cart = true, winback = true, expand = true}
+local TIMERS = {cart = true, winback = true, expand = true, bis = true}
 if #items > 10000 then return redis.error_reply('INVALID too many timer outcomes') end
 for i, it in ipairs(items) do
-  if type(it) ~= 'table' or #it ~= 14 or type(it[1]) ~= 'string' or type(it[2]) ~= 'number'
+  if type(it) ~= 'table' or #it ~= 16 or type(it[1]) ~= 'string' or type(it[2]) ~= 'number'
       or not TIMERS[it[10]] or type(it[13]) ~= 'number'
       or (it[3] ~= 'offer' and it[3] ~= 'drop' and it[3] ~= 'later')
-      or (it[3] == 'offer' and (it[4] == '' or it[5] == '' or it[11] == '' or it[12] == '')) then
+      or (it[3] == 'offer' and (it[4] == '' or it[5] == '' or it[11] == '' or it[12] == ''))
+      or type(it[15]) ~= 'table' or #it[15] > 200 or type(it[16]) ~= 'number' then
     return redis.error_reply('INVALID timer outcome ' .. i)
+  end
+  for _, w in ipairs(it[15]) do
+    if type(w) ~= 'table' or type(w[1]) ~= 'string' or #w[1] > 128 or type(w[2]) ~= 'number' then
+      return redis.error_reply('INVALID wait in timer outcome ' .. i)
+    end
   end
 end
 local skipped, live = {}, {}
@@ -69,6 +80,20 @@ for i, it in ipairs(items) do
         redis.call('ZADD', prefix .. 'tm:expiry', fmt(it[13]), it[11])
       elseif it[7] ~= '' then
         redis.call('HINCRBY', prefix .. 'of:stats', 's:' .. it[7], 1)
+      end
+      local wk = prefix .. 'bisq:' .. cid
+      if it[10] == 'bis' then redis.call('DEL', wk) end
+      if #it[15] > 0 then
+        for _, w in ipairs(it[15]) do redis.call('HSETNX', wk, w[1], fmt(w[2])) end
+        if redis.call('HLEN', wk) > 50 then  -- the oldest go
+          local all = redis.call('HGETALL', wk)
+          local e = {}
+          for k = 1, #all, 2 do e[#e + 1] = {tonumber(all[k + 1]), all[k]} end
+          table.sort(e, function(a, b) return a[1] < b[1] end)
+          for k = 1, #e - 50 do redis.call('HDEL', wk, e[k][2]) end
+        end
+        redis.call('EXPIRE', wk, 15 * 86400)
+        redis.call('ZADD', prefix .. 'tm:bis', 'NX', fmt(it[16]), cid)
       end
     end
   end
