@@ -141,14 +141,18 @@ def alert_key(type_: str, scope: str, reason: str | None = None) -> str:
     return f"{type_}|{scope}|{reason or ''}"
 
 
-def alert_id(sku: str, key: str, raised_ms: int) -> str:
-    """Deterministic: the same SKU, alert and raise time give the same id (replays,
-    rebuilds).
+def alert_id(sku: str, key: str, raised_ms: int, version: int = 0) -> str:
+    """Deterministic: the same SKU, alert, raise time and SKU version give the same id
+    (replays, rebuilds). The version tells apart two raises at the same newest event time
+    (late events move stock, not the SKU's time): each lifecycle has its own id.
 
-    >>> alert_id("A", "low_stock|loc:s1|", 5) == alert_id("A", "low_stock|loc:s1|", 5)
+    >>> alert_id("A", "low_stock|loc:s1|", 5, 3) == alert_id("A", "low_stock|loc:s1|", 5, 3)
     True
+    >>> alert_id("A", "low_stock|loc:s1|", 5, 3) == alert_id("A", "low_stock|loc:s1|", 5, 7)
+    False
     """
-    return hashlib.blake2b(f"{sku}|{key}|{raised_ms}".encode(), digest_size=10).hexdigest()
+    raw = f"{sku}|{key}|{raised_ms}|{version}".encode()
+    return hashlib.blake2b(raw, digest_size=10).hexdigest()
 
 
 def _iso(ms: int) -> str:
@@ -315,7 +319,7 @@ def evaluate(
             "as_of": at,
         }
         if rec is None:
-            aid = alert_id(state.sku, key, state.ts_ms)
+            aid = alert_id(state.sku, key, state.ts_ms, state.version)
             new = {"alert_id": aid, "seq": 1, "status": "raised", "raised_at": at, **base}
             new["_exp"] = f.data.get("expected_ms")
             ev.set[key] = new

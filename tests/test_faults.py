@@ -355,11 +355,17 @@ def test_kill_9_at_random_points_then_resume_equals_a_clean_run(
         assert stock_diff == {}
         assert sum(f.startswith("sh:") for v in a["stock"].values() for f in v) > 5
         assert b["alerts"] == a["alerts"]
-        ids = [
-            orjson.loads(v or b"")["message_id"]
-            for _, _, _, v in read_topic(crashed.kafka_config(), crashed.topic_stock_alerts)
+        sent = [
+            (p, o, orjson.loads(v or b""))
+            for p, o, _, v in read_topic(crashed.kafka_config(), crashed.topic_stock_alerts)
         ]
-        assert ids and len(ids) == len(set(ids)), "a stock-alert message_id was sent twice"
+        ids = [m["message_id"] for _, _, m in sent]
+        twice = {i for i in ids if ids.count(i) > 1}
+        assert ids and not twice, (
+            "a stock-alert message_id was sent twice",
+            [(p, o, m) for p, o, m in sent if m["message_id"] in twice],
+            log.read_text()[-4000:],
+        )
     finally:
         clean_redis.stop()
         crash_redis.stop()

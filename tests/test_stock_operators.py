@@ -150,9 +150,9 @@ def test_thresholds_per_sku_then_category_then_default() -> None:
 def state(levels: dict[str, int], minute: float = 0, **kw: Any) -> SkuState:
     """A SKU whose locations have all been counted (at T0)."""
     counted = {loc: T0_MS for loc in levels}
+    kw.setdefault("version", 1)
     return SkuState(
         "A",
-        version=1,
         ts_ms=T0_MS + int(minute * 60_000),
         levels=levels,
         snapshot_ms=counted,
@@ -351,3 +351,19 @@ def test_predicted_stockout_alert_lifecycle() -> None:
     s = state({"s1": 8}, velocity={"s1": v})
     ev2 = evaluate(s, ev.set, rules)
     assert [(m["status"], m["severity"]) for m in ev2.messages] == [("updated", "critical")]
+
+
+def test_an_alert_raised_again_at_the_same_event_time_gets_a_new_id() -> None:
+    """Late events (older than the newest) change stock without moving the SKU's event
+    time: out of stock, back (a late delivery), out again, all at the same newest time.
+    Every message must still have its own id (consumers deduplicate on it)."""
+    rules = StockRules(low_stock=5)
+    open_: dict[str, dict[str, Any]] = {}
+    ids: list[str] = []
+    for version, q in enumerate((0, 9, 0, 9, 0), start=1):
+        ev = evaluate(state({"s1": q}, 0, version=version), open_, rules)
+        for k in ev.delete:
+            del open_[k]
+        open_.update(ev.set)
+        ids += [m["message_id"] for m in ev.messages]
+    assert len(ids) >= 10 and len(ids) == len(set(ids)), sorted(ids)
