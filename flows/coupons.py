@@ -1,6 +1,8 @@
 """Stage "coupons": the coupon codes a batch presents (a sale's ``coupon_codes`` at a till,
 the web checkout or the app; an ``offer_redeemed`` event's ``coupon_code``) are redeemed in
-the ledger, once, whichever channel comes first (``state/coupons.py``).
+the ledger, once, whichever channel comes first (``state/coupons.py``). Offers the customer
+dismissed (``offer_dismissed``) go to the offer policy's feedback, as negatives learnt at
+once (``state/offers.py``).
 
 It runs before the fenced apply, and that is safe on a replay: a redemption is idempotent
 per code and order (a batch read again after a crash gets ``duplicate``, nothing is redeemed
@@ -17,6 +19,7 @@ from operators.coupons import redemptions_of
 from operators.privacy import PiiHasher
 from schemas.envelope import Accepted
 from state.coupons import CouponLedger, Redemption
+from state.offers import PolicyStore
 from state.profiles import ProfileStore
 
 log = logging.getLogger(__name__)
@@ -26,9 +29,15 @@ class CouponRedemptions:
     """Redeems a batch's coupon codes in one ledger call (none when it presents none)."""
 
     def __init__(
-        self, ledger: CouponLedger, store: ProfileStore, wait: RedisWait, hasher: PiiHasher
+        self,
+        ledger: CouponLedger,
+        store: ProfileStore,
+        wait: RedisWait,
+        hasher: PiiHasher,
+        policy: PolicyStore | None = None,
     ) -> None:
         self._ledger = ledger
+        self._policy = policy
         #: order ids are free text: an email or phone in one is hashed before Redis sees it
         self._scrub = hasher.scrub_text
         self._store = store
@@ -36,9 +45,15 @@ class CouponRedemptions:
 
     def redeem(self, items: list[Item]) -> None:
         found: list[tuple[Accepted, str, str]] = []
+        dismissed: list[str] = []
         for i in items:
             if type(i) is Accepted and (i.event_type == "sale" or i.event_type == "offer_redeemed"):
                 found.extend((i, code, order) for code, order in redemptions_of(i))
+            elif type(i) is Accepted and i.event_type == "offer_dismissed":
+                dismissed.append(i.event.offer_id)
+        if dismissed and self._policy is not None:
+            policy = self._policy
+            self._wait.run(lambda: policy.dismissed(dismissed))
         if not found:
             return
         # The customer as Redis knows them now; one not known yet (first seen in this

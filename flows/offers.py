@@ -146,7 +146,7 @@ class Offers:
             x, campaign = ctx[oid]
             m.OFFER_MODEL_LOSS.observe(log_loss(model.predict_one(x, campaign), redeemed))
             model.learn_one(x, campaign, redeemed)
-            m.OFFER_OUTCOMES.labels("redeemed" if redeemed else "expired").inc()
+            m.OFFER_OUTCOMES.labels(_outcome_label(redeemed, oid, expired)).inc()
             learnt.append(oid)
         ps.checkpoint(model.to_state(), cursor, expired, learnt)
         self._cursor = cursor
@@ -250,6 +250,17 @@ class Offers:
 
     #: slices decided at close, at most (the rest is decided after the next start)
     CLOSE_SLICES = 20
+
+
+def _outcome_label(redeemed: bool, offer_id: str, expired: list[str]) -> str:
+    """
+    >>> _outcome_label(True, "o1", []), _outcome_label(False, "o1", ["o1"]), _outcome_label(
+    ...     False, "o2", ["o1"])
+    ('redeemed', 'expired', 'dismissed')
+    """
+    if redeemed:
+        return "redeemed"
+    return "expired" if offer_id in expired else "dismissed"
 
 
 def _expires_ms(iso_day: str) -> int:

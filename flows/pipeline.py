@@ -244,7 +244,11 @@ def worker_pipeline(
         WitnessCommit(GroupOffsets(setup.kafka, setup.group_id), setup.commit_interval_seconds),
         LatencyLog.from_env(),
         CouponRedemptions(
-            CouponLedger(store.r, store.prefix, setup.coupon_codec), store, wait, setup.hasher
+            CouponLedger(store.r, store.prefix, setup.coupon_codec),
+            store,
+            wait,
+            setup.hasher,
+            PolicyStore(store.r, store.prefix) if setup.offer_learning else None,
         )
         if setup.coupon_codec is not None and setup.hasher is not None
         else None,

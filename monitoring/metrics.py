@@ -191,7 +191,8 @@ OFFER_TIMERS = Gauge(
 )
 OFFER_OUTCOMES = Counter(
     "omnicanal_offer_outcomes",
-    "Offer outcomes the offer policy learnt from: redeemed (in any channel) or expired unredeemed.",
+    "Offer outcomes the offer policy learnt from: redeemed (in any channel), dismissed, or "
+    "expired unredeemed.",
     ["outcome"],
 )
 OFFER_MODEL_LOSS = Histogram(

@@ -137,7 +137,9 @@ class Settings(BaseSettings):
         "are held until the end, then sent; empty: none",
     )
     offer_timezone: str = Field(
-        "UTC", description="the customers' time zone (IANA name) for quiet hours"
+        "UTC",
+        description="time zone (IANA name) for the quiet hours of customers whose own zone is "
+        "not known (a consent event's time_zone sets it)",
     )
     offer_interval_ms: int = Field(
         1000, ge=0, le=600_000, description="ms between looks for due offer timers"

@@ -93,6 +93,10 @@ class CustomerView:
     #: orders per sales channel, and the store the customer chose (None: none chosen)
     orders_by_channel: Mapping[str, int] | None = None
     chosen_store: str | None = None
+    #: the customer's IANA time zone (None: not known; the configured zone is used)
+    time_zone: str | None = None
+    #: offers the customer clicked or redeemed so far, in any channel
+    responses: int = 0
 
 
 @dataclass(frozen=True)
@@ -181,7 +185,7 @@ def decide(
         return Decision(None, why)
     contexts = [
         offer_context(customer.segment, ch, trigger.kind, customer.basket_minor,
-                      trigger.units, customer.sent_week)
+                      trigger.units, customer.sent_week, customer.responses)
         for _, ch in eligible
     ]  # fmt: skip
     if policy is None:
@@ -453,10 +457,10 @@ def fire_timer(
       (:func:`expansion`), invited to the other once the campaign's wait after an order has
       passed; at most once in :data:`EXPANSION_EVERY_MS`.
 
-    An offer through an :data:`INTRUSIVE` channel during ``quiet`` hours (in ``tz``) is
-    held: the timer is put off to the end of the quiet hours, when the same decision is
-    made again. Carted SKUs ``out_of_stock`` online leave the offer; a cart of nothing
-    else gets none.
+    An offer through an :data:`INTRUSIVE` channel during ``quiet`` hours (in the customer's
+    time zone, or ``tz`` when it is not known) is held: the timer is put off to the end of
+    the quiet hours, when the same decision is made again. Carted SKUs ``out_of_stock``
+    online leave the offer; a cart of nothing else gets none.
 
     >>> from schemas.campaigns import Benefit
     >>> c = Campaign(id="cart-10", trigger="cart_abandonment", channels=["web"],
@@ -545,13 +549,16 @@ def fire_timer(
         who.basket_minor,
         orders_by_channel=who.orders_by_channel,
         chosen_store=who.chosen_store,
+        time_zone=who.time_zone,
+        responses=who.responses,
     )
     d = decide(
         trigger, view, running, codec, now_ms,
         caps=caps, holdout_share=0.0, spent=spent, policy=policy, down=down,
     )  # fmt: skip
     if d.offer is not None:
-        release = quiet.release_ms(now_ms, tz) if quiet and d.offer.channel in INTRUSIVE else None
+        zone = who.time_zone or tz  # the customer's own zone when known
+        release = quiet.release_ms(now_ms, zone) if quiet and d.offer.channel in INTRUSIVE else None
         if release is not None:  # held: decided again, the same offer, when quiet hours end
             return out("later", later=release - shortest)
         return out(
@@ -596,4 +603,9 @@ def customer_view(customer_id: str, fields: dict[str, str], now_ms: int) -> Cust
         order_interval_ms=interval,
         orders_by_channel={ch: c["orders"] for ch, c in p["channels"].items() if c["orders"]},
         chosen_store=p["home_store"] if p["home_store_source"] == "chosen" else None,
+        time_zone=p["time_zone"],
+        responses=sum(
+            c.get("offer_responses", 0) + c.get("offers_redeemed", 0)
+            for c in p["channels"].values()
+        ),
     )

@@ -86,13 +86,22 @@ class RedemptionModel:
 
 
 def offer_context(
-    segment: str, channel: str, trigger: str, basket_minor: int, items: int, sent_week: int
+    segment: str,
+    channel: str,
+    trigger: str,
+    basket_minor: int,
+    items: int,
+    sent_week: int,
+    responses: int = 0,
 ) -> dict[str, float]:
     """The decision's context, as the model sees it (stored with the offer, learnt from when
-    its outcome is known).
+    its outcome is known). ``responses``: the offers the customer clicked or redeemed so
+    far, in any channel (clicks are a signal too, not only redemptions).
 
     >>> offer_context("loyal", "email", "cart_abandonment", 2500, 2, 0)["segment=loyal"]
     1.0
+    >>> round(offer_context("loyal", "email", "win_back", 0, 0, 0, responses=3)["responded"], 3)
+    0.462
     """
     return {
         "segment=" + segment: 1.0,
@@ -101,6 +110,7 @@ def offer_context(
         "basket": math.log1p(basket_minor) / 10.0,
         "items": math.log1p(items) / 3.0,
         "sent_week": float(sent_week) / 3.0,
+        "responded": math.log1p(responses) / 3.0,
     }
 
 

@@ -246,6 +246,8 @@ def fold(events: Iterable[Accepted], into: CustomerDelta | None = None) -> Custo
                 v = getattr(c, purpose)
                 if v is not UNSET:
                     _latest(d, "cs:" + purpose, eff, "1" if v else "0")
+            if ev.time_zone is not UNSET:
+                _latest(d, "tz", eff, ev.time_zone)
         elif et == "home_store_chosen":
             _latest(d, "hs", a.eff_ms or ts, ev.location_id)
     return d
@@ -386,10 +388,13 @@ def build_profile(
     locations: dict[str, int] = {}
     categories: dict[str, float] = {}
     consents: dict[str, dict[str, Any]] = {}
-    chosen_store = None
+    chosen_store = time_zone = None
     for field, raw in fields.items():
         if field == "hs":
             chosen_store = raw.partition(":")[2]
+            continue
+        if field == "tz":
+            time_zone = raw.partition(":")[2]
             continue
         head, _, rest = field.partition(":")
         if head == "loc":
@@ -470,6 +475,7 @@ def build_profile(
         "home_store": chosen_store
         or (min(locations, key=lambda k: (-locations[k], k)) if locations else None),
         "home_store_source": "chosen" if chosen_store else "purchases" if locations else None,
+        "time_zone": time_zone,
         "favourite_categories": [
             {"category": k, "score": round(decayed(v, as_of_ms), 4)} for k, v in top
         ],

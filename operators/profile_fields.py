@@ -67,6 +67,7 @@ PROFILE_FIELDS: Final[tuple[FieldRule, ...]] = (
     FieldRule("cat:{category}", "log_add", "categories", "decayed interest (log2, epoch)"),
     FieldRule("cs:{purpose}", "latest", "consents", '"<event ms>:<1|0>" per purpose'),
     FieldRule("hs", "latest", "home_store", '"<event ms>:<location>" chosen home store'),
+    FieldRule("tz", "latest", "time_zone", '"<event ms>:<IANA zone>" the customer\'s time zone'),
 )
 
 #: fields with a literal first part, by it; per-channel fields by their code

@@ -20,8 +20,10 @@ nothing downstream ever sees them in clear; rejected payloads are scrubbed the s
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
+import zoneinfo
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -238,10 +240,15 @@ class Validator:
             )
         if contract == "transaction":
             _check_transaction(ev, event_type)
-        elif event_type == "consent_changed" and not any(
-            getattr(ev.consents, f) is not UNSET for f in ev.consents.__struct_fields__
-        ):
-            raise _Reject("missing_field", "consents must set at least one purpose", event_type)
+        elif event_type == "consent_changed":
+            if not any(getattr(ev.consents, f) is not UNSET for f in ev.consents.__struct_fields__):
+                raise _Reject("missing_field", "consents must set at least one purpose", event_type)
+            if ev.time_zone is not UNSET and ev.time_zone not in time_zones():
+                raise _Reject(
+                    "invalid_value",
+                    f"time_zone {ev.time_zone!r} is not an IANA time zone (e.g. Europe/Madrid)",
+                    event_type,
+                )
         ids = self._identifiers(ev)
         customer = None
         for kind in ID_PRIORITY:
@@ -342,6 +349,16 @@ class Validator:
         if "@" in text and " " not in text and text.count("@") == 1:
             return self.hasher.token("email", text).encode()
         return self.hasher.scrub_payload(key)
+
+
+@functools.cache
+def time_zones() -> frozenset[str]:
+    """The IANA time zones this machine knows (the tzdata package ships them everywhere).
+
+    >>> "Europe/Madrid" in time_zones(), "Mars/Olympus" in time_zones()
+    (True, False)
+    """
+    return frozenset(zoneinfo.available_timezones())
 
 
 def _check_transaction(ev: Any, event_type: str) -> None:

@@ -275,11 +275,25 @@ class Consents(_Strict, kw_only=True):
 
 
 class ConsentChanged(_Event, tag="consent_changed"):
-    """The customer granted or withdrew marketing consent; the latest event time wins."""
+    """The customer granted or withdrew marketing consent; the latest event time wins. The
+    channel that asks may also say the customer's time zone (the device's): quiet hours
+    are then the customer's own."""
 
     channel: OfferChannel
     customer: CustomerIds
     consents: Consents
+    time_zone: (
+        Annotated[
+            str,
+            Meta(
+                min_length=1,
+                max_length=64,
+                pattern=r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$",
+                description="IANA time zone of the customer, e.g. Europe/Madrid",
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 class HomeStoreChosen(_Event, tag="home_store_chosen"):

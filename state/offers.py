@@ -187,8 +187,9 @@ class OfferStore:
 class PolicyStore:
     """The offer policy's learning state: the outcomes to learn from and the model.
 
-    - ``<p>of:feedback`` stream: redemptions (written by the coupon ledger's script, once
-      per code), read from ``<p>of:model:cursor`` on;
+    - ``<p>of:feedback`` stream: redemptions (``y`` 1, written by the coupon ledger's
+      script, once per code) and dismissals (``y`` 0, :meth:`dismissed`), read from
+      ``<p>of:model:cursor`` on;
     - ``<p>tm:expiry``: offers by expiry; one that expires unredeemed is a negative;
     - ``<p>of:ctx:<offer id>``: the context an offer was chosen in, deleted once learnt;
     - ``<p>of:model``: the model's JSON state, written with the cursor and the deletions in
@@ -207,15 +208,15 @@ class PolicyStore:
     def outcomes(
         self, cursor: str, now_ms: int, count: int = 500
     ) -> tuple[list[tuple[str, bool]], str, list[str], dict[str, tuple[dict[str, float], str]]]:
-        """Redemptions after ``cursor`` and offers expired by ``now_ms`` (at most ``count``
-        each), the new cursor, and the stored context of each offer still to learn from
-        (offer id -> (context, campaign)). An expired offer whose code was redeemed is not
-        a negative (its redemption is in the stream)."""
+        """Redemptions and dismissals after ``cursor`` and offers expired by ``now_ms`` (at
+        most ``count`` each), the new cursor, and the stored context of each offer still to
+        learn from (offer id -> (context, campaign)). An expired offer whose code was
+        redeemed is not a negative (its redemption is in the stream)."""
         pipe = self.r.pipeline(transaction=False)
         pipe.xrange(self.prefix + "of:feedback", min="(" + cursor, count=count)
         pipe.zrangebyscore(self.prefix + "tm:expiry", "-inf", now_ms, start=0, num=count)
         rows, expired = pipe.execute()
-        redeemed = [(_s(f[b"o"]), True) for _, f in rows]
+        redeemed = [(_s(f[b"o"]), f.get(b"y", b"1") == b"1") for _, f in rows]
         new_cursor = _s(rows[-1][0]) if rows else cursor
         exp = [_s(x) for x in expired]
         ids = [o for o, _ in redeemed] + exp
@@ -233,6 +234,16 @@ class PolicyStore:
             pipe.hget(self.prefix + "cp:" + codes.get(oid, "-"), "s")
         negatives = [(oid, False) for oid, s in zip(exp, pipe.execute(), strict=True) if s != b"r"]
         return redeemed + negatives, new_cursor, exp, ctx
+
+    def dismissed(self, offer_ids: Sequence[str]) -> None:
+        """Offers the customer dismissed: negatives, learnt at once (not at expiry). Sent
+        again on a replay, harmlessly: an offer is learnt from once (its context goes)."""
+        if not offer_ids:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for oid in offer_ids:
+            pipe.xadd(self.prefix + "of:feedback", {"o": oid, "y": "0"}, maxlen=1_000_000)
+        pipe.execute()
 
     def checkpoint(
         self, state: dict[str, Any], cursor: str, expired: Sequence[str], learnt: Sequence[str]

@@ -117,6 +117,7 @@ def build(
                 "locs": {},
                 "consents": {},
                 "home": None,
+                "tz": None,
             },
         )
         ch = c["ch"].setdefault(
@@ -186,6 +187,15 @@ def build(
                 # latest wins; on a tie, the withdrawal
                 if old is None or new[0] > old[0] or (new[0] == old[0] and new[1] < old[1]):
                     c["consents"][purpose] = new
+            if "time_zone" in ev:
+                new_tz = (ts, ev["time_zone"])
+                old_tz = c["tz"]
+                if (
+                    old_tz is None
+                    or new_tz[0] > old_tz[0]
+                    or (new_tz[0] == old_tz[0] and new_tz[1] < old_tz[1])
+                ):
+                    c["tz"] = new_tz
         elif t == "home_store_chosen":
             new_home = (ts, ev["location_id"])
             if (
@@ -303,6 +313,7 @@ def _document(cust: Key, c: dict[str, Any], as_of: int) -> dict[str, Any]:
         "preferred_channel": preferred,
         "home_store": home,
         "home_store_source": "chosen" if c["home"] else "purchases" if locs else None,
+        "time_zone": c["tz"][1] if c["tz"] else None,
         "favourite_categories": interests,  # compared by same_profile()
         "consents": {
             p: (

@@ -379,6 +379,35 @@ def test_the_policy_learns_each_outcome_once_and_survives_restarts(
     assert late.model is not None and late.model.learnt == 2
 
 
+def test_a_dismissal_is_learnt_at_once_as_a_negative_and_only_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """CARL dismisses his offer in the app: the model learns a negative at once (not at the
+    expiry a week later), once, even when the dismissal is sent twice and read again."""
+    s = offers_settings(settings, tmp_path)
+    t = (int(time.time() * 1000) // MINUTE - 120) * MINUTE
+    send(s, [("customer", consent(1, "CARL", t - MINUTE)),
+             ("clickstream", add(1, "CARL", "LAMP", t))])  # fmt: skip
+    run(s)
+    (offer,) = offers_on_topic(s)
+    dismiss = {"event_type": "offer_dismissed", "event_id": "dis-1",
+               "event_time": iso(t + 30 * MINUTE), "channel": "app",
+               "customer": {"loyalty_id": "CARL"}, "offer_id": offer["offer_id"]}  # fmt: skip
+    send(s, [("offer_feedback", dismiss), ("offer_feedback", dismiss | {"event_id": "dis-2"})])
+    run(s)  # (the run learns it: its metrics are its own)
+    policy = PolicyStore(connect(s.redis_url), s.redis_prefix)
+    state, _ = policy.load()
+    assert state is not None and state["n"] == 1
+    rows = policy.r.xrange(s.redis_prefix + "of:feedback")
+    assert [f[b"y"] for _, f in rows] == [b"0", b"0"]  # sent twice, learnt once
+    assert policy.r.exists(s.redis_prefix + f"of:ctx:{offer['offer_id']}") == 0
+    # its expiry later teaches nothing more
+    late = stage_at(s, _end_of(offer["expires_on"]) + MINUTE)
+    late.due()
+    late.close()
+    assert policy.load()[0]["n"] == 1  # type: ignore[index]
+
+
 def _end_of(day: str) -> int:
     end = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1)
     return int(end.timestamp() * 1000)
@@ -414,6 +443,42 @@ def test_quiet_hours_hold_an_sms_until_morning_in_the_customers_time_zone(
     morning.close()
     (offer,) = offers_on_topic(s)
     assert offer["channel"] == "email"
+
+
+def test_each_customer_has_their_own_quiet_hours(settings: Settings, tmp_path: Path) -> None:
+    """KEN's app said his zone is Asia/Tokyo; ANA's never did (the configured zone, London,
+    is hers). At 13:30 in London it is 21:30 or 22:30 in Tokyo: ANA's email goes, KEN's is
+    held until 08:00 in Tokyo."""
+    s = offers_settings(
+        settings, tmp_path, offer_quiet_hours="21-8", offer_timezone="Europe/London"
+    )
+    t = (int(time.time() * 1000) // MINUTE - 30) * MINUTE
+    ken = consent(2, "KEN", t - MINUTE) | {"channel": "app", "time_zone": "Asia/Tokyo"}
+    send(s, [("customer", consent(1, "ANA", t - MINUTE)), ("customer", ken),
+             ("clickstream", add(1, "ANA", "LAMP", t)),
+             ("clickstream", add(2, "KEN", "LAMP", t))])  # fmt: skip
+    run(s)
+    london, tokyo = ZoneInfo("Europe/London"), ZoneInfo("Asia/Tokyo")
+    due = datetime.fromtimestamp((t + 61 * MINUTE) / 1000, london)
+    afternoon = due.replace(hour=13, minute=30, second=0, microsecond=0)
+    if afternoon < due:
+        afternoon += timedelta(days=1)
+    stage = stage_at(s, int(afternoon.timestamp() * 1000))
+    stage.due()
+    stage.close()
+    profiles = ProfileStore(connect(s.redis_url), s.redis_prefix)
+    (offer,) = offers_on_topic(s)
+    assert offer["customer_id"] == profiles.resolve("loyalty:ANA")
+    kens = profiles.read_profile(profiles.resolve("loyalty:KEN") or "")
+    assert kens is not None and kens["time_zone"] == "Asia/Tokyo"
+    offers = OfferStore(connect(s.redis_url), s.redis_prefix)
+    ((_, score),) = offers.due("cart", 10**15, 10)
+    release = datetime.fromtimestamp((score + 60 * MINUTE) / 1000, tokyo)
+    assert (release.hour, release.minute) == (8, 0)
+    morning = stage_at(s, score + 60 * MINUTE + MINUTE)
+    morning.due()
+    morning.close()
+    assert len(offers_on_topic(s)) == 2
 
 
 def snapshot(n: int, sku: str, on_hand: int, ts: int) -> dict[str, Any]:

@@ -297,6 +297,17 @@ def test_consent_change_must_set_a_purpose_and_names_the_customer() -> None:
     assert reason(orjson.dumps(base | {"consents": {"sms": True}}), "click") == "wrong_topic"
 
 
+def test_a_consents_time_zone_must_be_a_real_one() -> None:
+    base = {"event_type": "consent_changed", "event_id": "k2",
+            "event_time": "2024-05-01T10:00:00Z", "channel": "app",
+            "customer": {"account_id": "A1"}, "consents": {"push": True}}  # fmt: skip
+    ok = decode(orjson.dumps(base | {"time_zone": "Asia/Tokyo"}), "cust")
+    assert isinstance(ok, Accepted) and ok.event.time_zone == "Asia/Tokyo"  # type: ignore[union-attr]
+    for bad, why in (("Mars/Olympus", "invalid_value"), ("../../etc/passwd", "invalid_value"),
+                     ("", "invalid_value"), ("x" * 65, "invalid_value")):  # fmt: skip
+        assert reason(orjson.dumps(base | {"time_zone": bad}), "cust") == why, bad
+
+
 # ------------------------------------------------------------------ hostile input (issue 12)
 EMAIL = "ana.lopez@example.com"
 PHONE_DIGITS = "447700900123"

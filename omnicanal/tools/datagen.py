@@ -20,6 +20,7 @@ True
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -69,6 +70,8 @@ LAST_NAMES: Final = (
 )
 CATEGORIES: Final = ("home", "kitchen", "garden", "toys", "fashion", "beauty", "sport", "books")
 STORES: Final = tuple(f"store-{i:03d}" for i in range(1, 13))
+#: customers' time zones, as their devices report them in consent events
+TIME_ZONES: Final = ("Europe/London", "Europe/Madrid", "Europe/Berlin", "America/New_York")
 #: Bad-input kinds and the dead-letter reason each must get.
 BAD_KINDS: Final = {
     "truncated_json": "malformed_json",
@@ -498,6 +501,13 @@ class Generator:
                 "channel": channel,
                 "customer": ids,
                 "consents": {p: self.rng.random() < 0.7 for p in purposes},
+                # the app and the web know the device's zone (no random draw: the stream
+                # of every other event stays the same)
+                **(
+                    {"time_zone": TIME_ZONES[zlib.crc32(c.account.encode()) % len(TIME_ZONES)]}
+                    if channel in ("app", "web")
+                    else {}
+                ),
             },
         )
 
