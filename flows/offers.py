@@ -156,11 +156,10 @@ class Offers:
     ) -> None:
         stored, spent = self.store.read([c for c, _ in timers])
         oos: frozenset[str] = frozenset()
-        if timer in ("cart", "bis") and self._stock is not None:
+        if timer in ("cart", "bis", "browse") and self._stock is not None:
             stock, rules = self._stock
-            skus = sorted(
-                {sku for st in stored for sku in (st.cart if timer == "cart" else st.waits)}
-            )
+            of = {"cart": "cart", "bis": "waits", "browse": "views"}[timer]
+            skus = sorted({sku for st in stored for sku in getattr(st, of)})
             oos = out_of_stock_online([sku for sku, _ in stock.read(skus)], rules)
         today = day_of(now_ms)
         down = self._down()
@@ -173,6 +172,7 @@ class Offers:
                     st.bought,
                     offer_counts(st.counters, today),
                     st.waits,
+                    st.views,
                 )
                 outcome = fire_timer(
                     timer, cid, seen, state, running, self.codec, now_ms,

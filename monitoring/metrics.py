@@ -184,9 +184,8 @@ OFFER_SUPPRESSIONS = Counter(
 )
 OFFER_TIMERS = Gauge(
     "omnicanal_offer_timers",
-    "Offer timers pending, by kind (cart, winback, expand, bis; Redis-wide: worker 0 only, the "
-    "worker "
-    "that fires them).",
+    "Offer timers pending, by kind (cart, browse, winback, expand, bis; Redis-wide: worker 0 "
+    "only, the worker that fires them).",
     ["timer"],
 )
 OFFER_OUTCOMES = Counter(

@@ -288,7 +288,12 @@ TIMERS: Final[dict[str, Trigger]] = {
     "winback": "win_back",
     "expand": "channel_expansion",
     "bis": "back_in_stock",
+    "browse": "browse_abandonment",
 }
+#: browse abandonment offers the products viewed this long before the return to one
+BROWSE_WINDOW_MS: Final = 24 * 3_600_000
+#: and at most this many of them, the most recently viewed first
+BROWSE_ITEMS: Final = 5
 #: a waited-for SKU is looked at this often while it is out of stock online (a back-in-stock
 #: offer goes at most this long after live stock has it again)
 BIS_POLL_MS: Final = 5 * 60_000
@@ -384,6 +389,8 @@ class TimerState:
     counts: OfferCounts = OfferCounts()
     #: SKU -> when the customer wanted it while it was out of stock online (back in stock)
     waits: Mapping[str, int] | None = None
+    #: SKU -> last view (the recently viewed products)
+    views: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -453,6 +460,11 @@ def fire_timer(
       stock online (recorded when their cart timer was decided), once live stock has one
       of them again; looked at every :data:`BIS_POLL_MS` meanwhile, forgotten after
       :data:`BIS_MAX_WAIT_MS`; a SKU bought since, in any channel, is no longer waited for.
+    - **browse** (score: a return to a product viewed before, a minute or more earlier):
+      the products viewed within :data:`BROWSE_WINDOW_MS` before it, neither carted nor
+      bought since they were viewed, in any channel, once the campaign's wait has passed
+      (a cart add after the return leaves it to the cart timer). Out-of-stock ones leave
+      the offer and make the customer wait for them (back in stock).
     - **expand** (score: the last order): a customer who buys on one side only
       (:func:`expansion`), invited to the other once the campaign's wait after an order has
       passed; at most once in :data:`EXPANSION_EVERY_MS`.
@@ -502,6 +514,30 @@ def fire_timer(
                 return out("drop", suppressed="out_of_stock", waits=waits)
             units = sum(state.cart[sku][0] for sku in left)
             trigger = TriggerEvent(trigger.kind, trigger.at_ms, left, units)
+    elif timer == "browse":
+        views = state.views or {}
+        newest_add = max((added for _, added in state.cart.values()), default=-1)
+        if newest_add >= seen:
+            return out("drop")  # carted after coming back: the cart timer's
+        looked = sorted(
+            (
+                (t, sku)
+                for sku, t in views.items()
+                if seen - BROWSE_WINDOW_MS <= t <= seen
+                and state.bought.get(sku, -1) < t
+                and state.cart.get(sku, (0, -1))[1] < t
+            ),
+            reverse=True,
+        )
+        skus = tuple(sku for _, sku in looked[:BROWSE_ITEMS])
+        if not skus:
+            return out("drop")  # bought or carted since: nothing left to remind of
+        gone = tuple(sku for sku in skus if sku in out_of_stock)
+        waits = tuple((sku, views[sku]) for sku in gone)
+        skus = tuple(sku for sku in skus if sku not in out_of_stock)
+        if not skus:
+            return out("drop", suppressed="out_of_stock", waits=waits)
+        trigger = TriggerEvent(kind, seen, skus, len(skus))
     elif timer == "bis":
         live = {
             sku: since

@@ -48,6 +48,9 @@ from schemas.envelope import Accepted
 from schemas.events import CART_CHANNELS, line_amount
 
 RECENT_VIEWS: Final = 20
+#: a product viewed again at least this long after a view is a return to it (browse
+#: abandonment), not the same page loaded twice
+VIEWED_AGAIN_MS: Final = 60_000
 RECENT_BOUGHT: Final = 20
 #: Cart entries kept per customer; past this the oldest are dropped (a bot's cart).
 CART_CAP: Final = 200
@@ -163,7 +166,10 @@ class CategoryInterests(Learner):
 class CustomerDelta:
     """One batch's effects on one customer, grouped by how each field combines."""
 
-    __slots__ = ("bought", "cart", "cart_clear_ms", "logs", "lww", "maxs", "mins", "sums", "views")
+    __slots__ = (
+        "bought", "cart", "cart_clear_ms", "logs", "lww", "maxs", "mins", "sums", "views",
+        "views_first",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.sums: dict[str, int] = {}
@@ -173,6 +179,8 @@ class CustomerDelta:
         #: field -> (event ms, value): consents "1" granted | "0" withdrawn, home store id
         self.lww: dict[str, tuple[int, str]] = {}
         self.views: dict[str, int] = {}
+        #: the first view of each SKU in the batch (a second, a minute later, is a return)
+        self.views_first: dict[str, int] = {}
         self.bought: dict[str, int] = {}
         self.cart: dict[tuple[str, int], int] = {}
         self.cart_clear_ms = 0
@@ -227,6 +235,8 @@ def fold(events: Iterable[Accepted], into: CustomerDelta | None = None) -> Custo
         elif et == "product_view":
             if ts > d.views.get(ev.sku, -1):
                 d.views[ev.sku] = ts
+            if ts < d.views_first.get(ev.sku, ts + 1):
+                d.views_first[ev.sku] = ts
             if ev.category is not UNSET:
                 _interest(d, ev.category, et, ts)
         elif et == "add_to_cart" or et == "remove_from_cart":
@@ -270,7 +280,10 @@ def _latest(d: CustomerDelta, field: str, ts: int, v: str) -> None:
 
 def to_row(d: CustomerDelta) -> list[Any]:
     """Compact form of a delta for the Redis script (``state/lua/apply_batch.lua``):
-    ``[sums, mins, maxs, logs, lww, views, bought, cart, cart_clear_ms]``, each a flat list.
+    ``[sums, mins, maxs, logs, lww, views, bought, cart, cart_clear_ms, viewed_again_ms]``,
+    each a flat list; the last is the newest view of a SKU already viewed at least
+    :data:`VIEWED_AGAIN_MS` earlier in the same batch (0: none; the script compares the
+    batch's views with the stored ones too: the browse-abandonment timer).
 
     Recently viewed and bought SKUs and cart entries are capped to what Redis keeps anyway
     (the most recent :data:`RECENT_VIEWS`, :data:`RECENT_BOUGHT`, :data:`CART_CAP`, in the
@@ -279,10 +292,13 @@ def to_row(d: CustomerDelta) -> list[Any]:
 
     >>> d = CustomerDelta(); d.sums["web:e"] = 2; d.lww["cs:sms"] = (5, "0")
     >>> to_row(d)
-    [['web:e', 2], [], [], [], ['cs:sms', 5, '0'], [], [], [], 0]
+    [['web:e', 2], [], [], [], ['cs:sms', 5, '0'], [], [], [], 0, 0]
     >>> d.views = {f"S{i}": i for i in range(4500)}
     >>> row = to_row(d); len(row[5]) // 2, row[5][:2]
     (20, ['S4499', 4499])
+    >>> d.views, d.views_first = {"A": 90_000, "B": 95_000}, {"A": 10_000, "B": 94_000}
+    >>> to_row(d)[-1]   # A viewed again 80 s later; B twice within a second: not a return
+    90000
     """
     clear = d.cart_clear_ms
     cart = [(sku, ts, q) for (sku, ts), q in d.cart.items() if ts > clear and q != 0]
@@ -298,6 +314,10 @@ def to_row(d: CustomerDelta) -> list[Any]:
         [x for kv in _most_recent(d.bought, RECENT_BOUGHT) for x in kv],
         [x for e in cart for x in e],
         clear,
+        max(
+            (t for sku, t in d.views.items() if t - d.views_first.get(sku, t) >= VIEWED_AGAIN_MS),
+            default=0,
+        ),
     ]
 
 

@@ -1,9 +1,10 @@
 """Offer timers, counters and the offers outbox in Redis: the only code that reads or
 writes them.
 
-- ``<p>tm:cart`` / ``<p>tm:winback`` / ``<p>tm:expand`` sorted sets: a customer's
-  cart-abandonment timer, scored by the newest cart add, and win-back and
-  channel-expansion timers, scored by the last order (written by the batch script,
+- ``<p>tm:cart`` / ``<p>tm:winback`` / ``<p>tm:expand`` / ``<p>tm:browse`` sorted sets:
+  a customer's cart-abandonment timer, scored by the newest cart add, win-back and
+  channel-expansion timers, scored by the last order, and browse-abandonment timer, scored
+  by a return to a product viewed before (written by the batch script,
   ``state/lua/apply_batch.lua``, with the events themselves);
 - ``<p>of:n:<customer>`` hash: offers per day and per campaign per day (the frequency caps)
   and per timer the trigger time last offered for (no second offer for the same trigger);
@@ -51,6 +52,8 @@ class StoredCart:
     counters: dict[str, str]
     #: SKU -> since when the customer waits for it to be back in stock online
     waits: dict[str, int] = field(default_factory=dict)
+    #: SKU -> last view (recently viewed)
+    views: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -103,11 +106,12 @@ class OfferStore:
             pipe.zrange(pre + "b:" + c, 0, -1, withscores=True)
             pipe.hgetall(pre + "of:n:" + c)
             pipe.hgetall(pre + "bisq:" + c)
+            pipe.zrange(pre + "v:" + c, 0, -1, withscores=True)
         pipe.hgetall(pre + "of:spent")
         res = pipe.execute()
         out = []
         for i, c in enumerate(customers):
-            fields, cart_raw, bought, counters, waits = res[5 * i : 5 * i + 5]
+            fields, cart_raw, bought, counters, waits, views = res[6 * i : 6 * i + 6]
             clear = int(cart_raw.pop(b"_clr", 0) or 0)
             cart: dict[str, list[int]] = {}
             for f, q in cart_raw.items():
@@ -126,6 +130,7 @@ class OfferStore:
                     {_s(s): int(ts) for s, ts in bought},
                     {_s(k): _s(v) for k, v in counters.items()},
                     {_s(k): int(v) for k, v in waits.items()},
+                    {_s(sku): int(ts) for sku, ts in views},
                 )
             )
         spent = {_s(k): int(v) for k, v in res[-1].items()}

@@ -177,3 +177,39 @@ def test_back_in_stock_offers_what_is_back_and_waits_for_the_rest() -> None:
     # wanted too long ago: forgotten
     old = TimerState(who(), {}, {}, waits={"LAMP": NOW - 15 * 24 * HOUR})
     assert fire_timer("bis", ID, 0, old, [BACK], CODEC, NOW).action == "drop"
+
+
+BROWSE = Campaign(
+    id="browse-5",
+    trigger="browse_abandonment",
+    benefit=Benefit(kind="percent_off", value=5),
+    reason="Still thinking about {sku}?",
+    channels=["email"],
+    valid_days=3,
+    wait_minutes=120,
+)
+
+
+def test_browse_abandonment_reminds_of_what_was_viewed_and_not_carted_or_bought() -> None:
+    back = NOW - 3 * HOUR  # the return to a product viewed before
+    views = {"LAMP": back, "MUG": back - 10 * 60_000, "OLD": back - 30 * HOUR}
+    st = TimerState(who(), {}, {}, views=views)
+    out = fire_timer("browse", ID, back, st, [BROWSE], CODEC, NOW)
+    assert out.action == "offer" and out.offer is not None
+    assert out.offer.items == ["LAMP", "MUG"]  # the newest first; a day-old view is not
+    assert out.offer.reason == "Still thinking about LAMP?" and out.trigger_ms == back
+    # not before the campaign's wait
+    assert fire_timer("browse", ID, back, st, [BROWSE], CODEC, back + HOUR).action == "later"
+    # the mug bought in a store since: only the lamp; both bought: nothing
+    bought = TimerState(who(), {}, {"MUG": back + 1}, views=views)
+    out = fire_timer("browse", ID, back, bought, [BROWSE], CODEC, NOW)
+    assert out.offer is not None and out.offer.items == ["LAMP"]
+    both = TimerState(who(), {}, {"MUG": back + 1, "LAMP": back + 1}, views=views)
+    assert fire_timer("browse", ID, back, both, [BROWSE], CODEC, NOW).action == "drop"
+    # carted after coming back: the cart timer's business
+    carted = TimerState(who(), {"LAMP": (1, back + 5)}, {}, views=views)
+    assert fire_timer("browse", ID, back, carted, [BROWSE], CODEC, NOW).action == "drop"
+    # the lamp out of stock online: the mug alone, and the customer waits for the lamp
+    out = fire_timer("browse", ID, back, st, [BROWSE], CODEC, NOW, out_of_stock=frozenset({"LAMP"}))
+    assert out.offer is not None and out.offer.items == ["MUG"]
+    assert out.waits == (("LAMP", back),)

@@ -560,6 +560,64 @@ def test_a_cart_of_what_ran_out_gets_a_back_in_stock_offer_once_it_is_back(
     assert len(offers_on_topic(s)) == 1
 
 
+BROWSE = """
+  - id: browse-5
+    trigger: browse_abandonment
+    benefit: {kind: percent_off, value: 5}
+    reason: "Still thinking about {sku}?"
+    channels: [email]
+    valid_days: 3
+    wait_minutes: 60
+"""
+
+
+def view(n: int, who: str, sku: str, ts: int) -> dict[str, Any]:
+    return {"event_type": "product_view", "event_id": f"view-{n}", "event_time": iso(ts),
+            "channel": "web", "session_id": f"s-{who}", "customer": {"loyalty_id": who},
+            "sku": sku}  # fmt: skip
+
+
+def test_a_return_to_a_product_without_a_cart_gets_a_browse_abandonment_offer(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """ANA views the lamp, comes back to it 5 minutes later and leaves: a reminder once
+    the wait has passed. BEN looks once: nothing. CARL comes back and carts it: the cart
+    offer, not a browse one. DORA comes back in a later run (the stored views): hers too."""
+    s = offers_settings(settings, tmp_path)
+    (tmp_path / "campaigns.yaml").write_text(CATALOGUE + BROWSE)
+    t = (int(time.time() * 1000) // MINUTE - 180) * MINUTE  # three hours ago
+    consents = [
+        ("customer", consent(i, w, t - MINUTE))
+        for i, w in enumerate(("ANA", "BEN", "CARL", "DORA"))
+    ]
+    send(s, [
+        *consents,
+        ("clickstream", view(1, "ANA", "LAMP", t)),
+        ("clickstream", view(2, "ANA", "LAMP", t + 5 * MINUTE)),
+        ("clickstream", view(3, "BEN", "LAMP", t)),
+        ("clickstream", view(4, "CARL", "LAMP", t)),
+        ("clickstream", view(5, "CARL", "LAMP", t + 5 * MINUTE)),
+        ("clickstream", add(6, "CARL", "LAMP", t + 6 * MINUTE)),
+        ("clickstream", view(7, "DORA", "MUG", t)),
+    ])  # fmt: skip
+    run(s)
+    send(s, [("clickstream", view(8, "DORA", "MUG", t + 10 * MINUTE))])
+    run(s)
+    profiles = ProfileStore(connect(s.redis_url), s.redis_prefix)
+    ana, carl, dora = (profiles.resolve(f"loyalty:{w}") for w in ("ANA", "CARL", "DORA"))
+    got = {(o["customer_id"], o["trigger"]): o for o in offers_on_topic(s)}
+    assert set(got) == {
+        (ana, "browse_abandonment"),
+        (carl, "cart_abandonment"),
+        (dora, "browse_abandonment"),
+    }
+    assert got[(ana, "browse_abandonment")]["reason"] == "Still thinking about LAMP?"
+    assert got[(dora, "browse_abandonment")]["items"] == ["MUG"]
+    assert OfferStore(connect(s.redis_url), s.redis_prefix).timers()["browse"] == 0
+    run(s)  # once
+    assert len(offers_on_topic(s)) == 3
+
+
 def test_guard_rails_on_real_services_and_a_catalogue_reloaded_while_running(
     settings: Settings, tmp_path: Path
 ) -> None:

@@ -77,11 +77,12 @@ if torn then return {'TORN', torn} end
 -- refused whole, before any write, and the caller sets its event aside.
 for ri, row in ipairs(p.c) do
   local why = nil
-  if type(row) ~= 'table' or #row ~= 12 then why = 'row shape'
+  if type(row) ~= 'table' or #row ~= 13 then why = 'row shape'
   elseif #row[1] < 1 or #row[1] > 4096 then why = 'identifiers'
   elseif #row[9] > 2 * max_views then why = 'recently viewed'
   elseif #row[10] > 2 * max_bought then why = 'recently bought'
   elseif #row[11] > 3 * max_cart then why = 'cart entries'
+  elseif type(row[13]) ~= 'number' then why = 'viewed-again time'
   end
   if why then return {'INVALID', tostring(ri - 1), why .. ' over the limit'} end
 end
@@ -388,11 +389,33 @@ local function winback_timer(cid, maxs)
   end
 end
 
+-- A product viewed again, at least a minute after its last view (not the same page
+-- load; in_batch: such a return within the batch itself, found by the plan), starts (or restarts) the customer's browse-abandonment timer: <p>tm:browse, scored
+-- by that view's event time (GT); the offers stage fires it once the campaign's wait has
+-- passed without a cart or a purchase of what was viewed. Reads the views kept before
+-- they are updated: call it first.
+local function browse_timer(cid, vk, flat, in_batch)
+  local again = nil
+  if in_batch > 0 then again = in_batch end
+  for i = 1, #flat, 2 do
+    local before = redis.call('ZSCORE', vk, flat[i])
+    if before and flat[i + 1] >= tonumber(before) + 60000
+        and (again == nil or flat[i + 1] > again) then
+      again = flat[i + 1]
+    end
+  end
+  if again then redis.call('ZADD', prefix .. 'tm:browse', 'GT', again, cid) end
+end
+
 local function apply_delta(cid, d, b)
   local pk = prefix .. 'p:' .. cid
   update_fields(pk, d[b], d[b + 1], d[b + 2], d[b + 3], d[b + 4])
   winback_timer(cid, d[b + 2])
-  if #d[b + 5] > 0 then zset_max(prefix .. 'v:' .. cid, d[b + 5], max_views) end
+  if #d[b + 5] > 0 then
+    local vk = prefix .. 'v:' .. cid
+    browse_timer(cid, vk, d[b + 5], d[b + 9])
+    zset_max(vk, d[b + 5], max_views)
+  end
   if #d[b + 6] > 0 then zset_max(prefix .. 'b:' .. cid, d[b + 6], max_bought) end
   if #d[b + 7] > 0 or d[b + 8] > 0 then cart_add(cid, prefix .. 'cart:' .. cid, d[b + 7], d[b + 8]) end
 end
@@ -432,7 +455,7 @@ local function merge_profile(survivor, loser)
       cart[#cart + 1] = ch[i + 1]
     end
   end
-  apply_delta(survivor, {sums, mins, maxs, logs, lww, {}, {}, cart, clear}, 1)
+  apply_delta(survivor, {sums, mins, maxs, logs, lww, {}, {}, cart, clear, 0}, 1)
   for _, z in ipairs({{'v:', max_views}, {'b:', max_bought}}) do
     local src, dst = prefix .. z[1] .. loser, prefix .. z[1] .. survivor
     if redis.call('EXISTS', src) == 1 then
@@ -449,6 +472,7 @@ local function merge_profile(survivor, loser)
   redis.call('ZREM', prefix .. 'tm:cart', loser)
   redis.call('ZREM', prefix .. 'tm:winback', loser)
   redis.call('ZREM', prefix .. 'tm:expand', loser)
+  redis.call('ZREM', prefix .. 'tm:browse', loser)
   -- what the loser waited for, back in stock, the survivor waits for
   local lw, sw = prefix .. 'bisq:' .. loser, prefix .. 'bisq:' .. survivor
   local waits = redis.call('HGETALL', lw)

@@ -29,6 +29,7 @@ redis.call('ZREM', prefix .. 'tm:cart', cid)
 redis.call('ZREM', prefix .. 'tm:winback', cid)
 redis.call('ZREM', prefix .. 'tm:expand', cid)
 redis.call('ZREM', prefix .. 'tm:bis', cid)
+redis.call('ZREM', prefix .. 'tm:browse', cid)
 redis.call('DEL', prefix .. 'bisq:' .. cid)
 local refusals = redis.call('XRANGE', prefix .. 'refusals', '-', '+')
 for _, entry in ipairs(refusals) do
