@@ -3,6 +3,7 @@ Redis, the detectors on worker 0, messages on the topic once, across restarts.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -109,6 +110,24 @@ def test_minutes_the_pipeline_did_not_run_are_not_silence(settings: Settings) ->
     assert store.load()[1] == MONDAY_MIN + 12 * 60 - 1
 
 
+def trained_stage(
+    s: Settings, usual: Callable[[int], dict[str, int]]
+) -> tuple[HealthStore, dict[str, int], Callable[[], float], pipeline.ChannelHealthStage]:
+    """The stage of a pipeline whose detectors learnt two weeks of ``usual(open)`` counts
+    a minute (``open``: 1 at opening hours, else 0), stopped on Monday at 09:59; its clock
+    reads ``now["ms"]``."""
+    board = HealthBoard()
+    for minute in range(MONDAY_MIN - 2 * WEEK_MIN, MONDAY_MIN):
+        board.learn_minute(minute * MINUTE_MS, usual(int(busy(minute))))
+    store = HealthStore(connect(s.redis_url), s.redis_prefix)
+    store.commit(board.to_state(), MONDAY_MIN + 10 * 60 - 1, [])
+    now = {"ms": 0}
+    clock = lambda: now["ms"] / 1000  # noqa: E731
+    p = ProfileStore(connect(s.redis_url), s.redis_prefix)
+    producer = CheckedProducer(s.kafka_config(), what="test health")
+    return store, now, clock, pipeline.health(pipeline_setup(s), p, producer, clock=clock)
+
+
 def view(channel: str) -> Accepted:
     ev = ProductView(event_id="v", event_time=None, channel=channel, session_id="s", sku="A")  # type: ignore[arg-type]
     return Accepted("c", 0, 0, "clickstream", "product_view", "v", 0, channel, None, {}, ev)
@@ -120,17 +139,7 @@ def test_app_browsing_that_stops_is_a_collapse_and_offers_avoid_the_app(
     """The app stops sending events while its few sales trickle in from earlier sessions:
     browsing (views) is the signal that sees it."""
     s = settings
-    board = HealthBoard()
-    for minute in range(MONDAY_MIN - 2 * WEEK_MIN, MONDAY_MIN):
-        n = busy(minute)
-        board.learn_minute(minute * MINUTE_MS, {"activity:app": 40 * n, "sales:app": 1 * n})
-    store = HealthStore(connect(s.redis_url), s.redis_prefix)
-    store.commit(board.to_state(), MONDAY_MIN + 10 * 60 - 1, [])
-    now = {"ms": 0}
-    clock = lambda: now["ms"] / 1000  # noqa: E731
-    p = ProfileStore(connect(s.redis_url), s.redis_prefix)
-    producer = CheckedProducer(s.kafka_config(), what="test health")
-    h = pipeline.health(pipeline_setup(s), p, producer, clock=clock)
+    store, now, clock, h = trained_stage(s, lambda n: {"activity:app": 40 * n, "sales:app": n})
     counts = ChannelCounts(store, clock=clock)
     t = MONDAY_MIN + 10 * 60
     for minute in range(t, t + 4):
@@ -177,20 +186,10 @@ def test_a_regions_tills_going_down_is_that_regions_collapse(settings: Settings)
     s = settings.model_copy(
         update={"store_regions": {f"{r}{i}": r for r in ("north", "south") for i in range(20)}}
     )
-    per_store = {f"{r}{i}": 1 for r in ("north", "south") for i in range(20)}
-    board = HealthBoard()
-    for minute in range(MONDAY_MIN - 2 * WEEK_MIN, MONDAY_MIN):
-        n = busy(minute)
-        board.learn_minute(minute * MINUTE_MS, {"sales:store": 40 * n, "region:north": 20 * n,
-                                                "region:south": 20 * n} | {
-            f"store:{k}": v * n for k, v in per_store.items()})  # fmt: skip
-    store = HealthStore(connect(s.redis_url), s.redis_prefix)
-    store.commit(board.to_state(), MONDAY_MIN + 10 * 60 - 1, [])
-    now = {"ms": 0}
-    clock = lambda: now["ms"] / 1000  # noqa: E731
-    p = ProfileStore(connect(s.redis_url), s.redis_prefix)
-    producer = CheckedProducer(s.kafka_config(), what="test health")
-    h = pipeline.health(pipeline_setup(s), p, producer, clock=clock)
+    stores = [f"{r}{i}" for r in ("north", "south") for i in range(20)]
+    store, now, clock, h = trained_stage(s, lambda n: {
+        "sales:store": 40 * n, "region:north": 20 * n, "region:south": 20 * n,
+        **{f"store:{k}": n for k in stores}})  # fmt: skip
     counts = ChannelCounts(store, clock=clock, regions=pipeline_setup(s).store_regions)
     t = MONDAY_MIN + 10 * 60
     for minute in range(t, t + 4):
