@@ -157,37 +157,39 @@ def decide(
     why: Suppression | None = None
     rerouted = False
     eligible: list[tuple[Campaign, str]] = []
+    caps = caps or FrequencyCaps()
+    spent = spent or {}
+    per_campaign = customer.sent_campaign_week or {}
     for c in candidates:
         budget = c.budget.max_offers
-        if isinstance(budget, int) and (spent or {}).get(c.id, 0) >= budget:
+        if isinstance(budget, int) and spent.get(c.id, 0) >= budget:
             why = why or "budget"
             continue
-        capped = (caps or FrequencyCaps()).check(
-            customer.sent_today,
-            customer.sent_week,
-            (customer.sent_campaign_week or {}).get(c.id, 0),
-        )
+        capped = caps.check(customer.sent_today, customer.sent_week, per_campaign.get(c.id, 0))
         if capped == "frequency_campaign":
             why = why or capped
             continue
         if capped is not None:  # a cap across all campaigns: no other campaign may go
             return Decision(None, capped, c.id)
-        channel = _channel(c, customer, down)
+        usual = _channel(c, customer)
+        channel = _channel(c, customer, down) if down else usual
         if channel is None:
             # consented only through channels that are down: held, not refused
-            why = why or ("channel_down" if _channel(c, customer) is not None else "no_consent")
+            why = why or ("channel_down" if usual is not None else "no_consent")
             continue
-        rerouted = rerouted or channel != _channel(c, customer)
+        rerouted = rerouted or channel != usual
         eligible.append((c, channel))
         if policy is None:
             break  # the rules: the first eligible campaign, in catalogue order
     if not eligible:
         return Decision(None, why)
-    contexts = [
-        offer_context(customer.segment, ch, trigger.kind, customer.basket_minor,
-                      trigger.units, customer.sent_week, customer.responses)
-        for _, ch in eligible
-    ]  # fmt: skip
+    by_channel: dict[str, dict[str, float]] = {}  # the context depends on the channel only
+    for _, ch in eligible:
+        if ch not in by_channel:
+            by_channel[ch] = offer_context(customer.segment, ch, trigger.kind,
+                                           customer.basket_minor, trigger.units,
+                                           customer.sent_week, customer.responses)  # fmt: skip
+    contexts = [by_channel[ch] for _, ch in eligible]
     if policy is None:
         chosen, propensity, version = 0, 1.0, MODEL_VERSION
     else:
@@ -259,8 +261,13 @@ def _eligible(c: Campaign, who: CustomerView, trigger: TriggerEvent | None = Non
 def _channel(c: Campaign, who: CustomerView, down: frozenset[str] = frozenset()) -> str | None:
     """The first channel of the campaign the customer consented to, their preferred one
     first, skipping channels that are ``down`` (collapsed: the offer goes to the next)."""
-    order = sorted(c.channels, key=lambda ch: ch != who.preferred_channel)
-    return next((ch for ch in order if ch not in down and consented(who.consents, ch)), None)
+    pref = who.preferred_channel
+    if pref in c.channels and pref not in down and consented(who.consents, pref):
+        return pref
+    for ch in c.channels:
+        if ch != pref and ch not in down and consented(who.consents, ch):
+            return ch
+    return None
 
 
 #: the sales channel whose health a delivery channel depends on (email and SMS go through
