@@ -233,7 +233,8 @@ WEBHOOK_ALERTS = Counter(
 WEBHOOK_REQUESTS = Counter(
     "omnicanal_webhook_requests",
     "Notifications `omnicanal webhook` answered, by outcome: ok, invalid (not an "
-    "Alertmanager webhook), too_large, unavailable (Redis could not be written: retried).",
+    "Alertmanager webhook), unauthorized (no or a wrong bearer token), too_large, "
+    "unavailable (Redis could not be written: retried).",
     ["outcome"],
 )
 ORDERS = Counter(

@@ -541,8 +541,9 @@ def webhook(
     channel, the running pipeline's offers avoid that channel: rerouted to the customer's
     next reachable channel, or held, exactly as for a collapse the in-stream detectors
     see; its resolution ends it (or 2 hours without a new notification). Every alert is
-    counted and logged. Runs until SIGTERM or Ctrl-C; needs only Redis
-    (`OMNICANAL_REDIS_URL`)."""
+    counted and logged. With `OMNICANAL_WEBHOOK_TOKEN` set, a notification must carry it
+    as a bearer token (Alertmanager's `http_config.authorization`). Runs until SIGTERM or
+    Ctrl-C; needs only Redis (`OMNICANAL_REDIS_URL`)."""
     import signal
     import threading
 
@@ -557,7 +558,12 @@ def webhook(
     except Exception as e:
         fail(f"cannot reach Redis at {redact_url(settings.redis_url)}: {e}", 1)
     try:
-        httpd = server(WebhookReceiver(HealthStore(r, settings.redis_prefix)), addr, port)
+        httpd = server(
+            WebhookReceiver(HealthStore(r, settings.redis_prefix)),
+            addr,
+            port,
+            token=settings.webhook_token,
+        )
     except OSError as e:
         fail(f"cannot listen on {addr}:{port}: {e}", 1)
 

@@ -93,6 +93,12 @@ class Settings(BaseSettings):
         description="secret key that signs coupon codes (>= 16 bytes); tills that verify "
         "codes offline hold the same key",
     )
+    webhook_token: str = Field(
+        "",
+        description="bearer token `omnicanal webhook` requires of Alertmanager (its "
+        "webhook_config http_config.authorization); empty: none asked (bind it to a "
+        "private address then)",
+    )
     campaigns_file: str = Field(
         "",
         description="campaign catalogue (YAML or JSON) of the offers, reloaded while running "

@@ -7,13 +7,15 @@ reads): offers for the channel are rerouted or held until the alert resolves. Ev
 is counted in ``omnicanal_webhook_alerts_total{alertname,status}`` and logged. The same
 port serves ``/metrics`` and ``/healthz``.
 
-Answers: 200 with what was done; 400 for a body that is not an Alertmanager webhook (the
-reason says why); 413 past 1 MiB; 503 while Redis cannot be written (Alertmanager sends the
+Answers: 200 with what was done; 401 without the bearer token ``OMNICANAL_WEBHOOK_TOKEN``
+(when one is set); 400 for a body that is not an Alertmanager webhook (the reason says
+why); 413 past 1 MiB; 503 while Redis cannot be written (Alertmanager sends the
 notification again).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -75,8 +77,10 @@ class WebhookReceiver:
         return 200, {"down": sorted(a.down), "up": sorted(a.up), "ignored": a.ignored}
 
 
-def server(receiver: WebhookReceiver, addr: str, port: int) -> ThreadingHTTPServer:
-    """The HTTP server (not started: call ``serve_forever``)."""
+def server(receiver: WebhookReceiver, addr: str, port: int, token: str = "") -> ThreadingHTTPServer:
+    """The HTTP server (not started: call ``serve_forever``). With a ``token``, a POST
+    must carry ``Authorization: Bearer <token>``."""
+    expected = f"Bearer {token}".encode() if token else b""
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "omnicanal-webhook"
@@ -99,6 +103,11 @@ def server(receiver: WebhookReceiver, addr: str, port: int) -> ThreadingHTTPServ
         def do_POST(self) -> None:
             if self.path != PATH:
                 self._answer(404, orjson.dumps({"error": f"no {self.path}: POST {PATH}"}))
+                return
+            given = self.headers.get("Authorization", "").encode()
+            if expected and not hmac.compare_digest(given, expected):
+                m.WEBHOOK_REQUESTS.labels("unauthorized").inc()
+                self._answer(401, orjson.dumps({"error": "a bearer token is required"}))
                 return
             try:
                 length = int(self.headers.get("Content-Length", ""))

@@ -192,3 +192,32 @@ def test_a_notification_while_redis_is_down_is_refused_for_alertmanager_to_retry
     code, answer = WebhookReceiver(closed).handle(orjson.dumps(note))
     assert code == 503 and "Redis unavailable" in answer["error"]
     assert m.counter_total(m.WEBHOOK_REQUESTS, outcome="unavailable") - before == 1
+
+
+def test_with_a_token_set_only_notifications_carrying_it_act(settings: Settings) -> None:
+    import threading
+
+    from omnicanal.webhook import WebhookReceiver, server
+
+    store = HealthStore(connect(settings.redis_url), settings.redis_prefix)
+    httpd = server(WebhookReceiver(store), "127.0.0.1", 0, token="s3cret-token")
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/alertmanager"
+    note = orjson.dumps({"version": "4", "status": "firing", "alerts": [
+        {"status": "firing", "labels": {"alertname": STOPPED, "channel": "web"}}]})  # fmt: skip
+    try:
+        assert request(url, note)[0] == 401
+        req = urllib.request.Request(url, data=note, method="POST")
+        req.add_header("Authorization", "Bearer wrong")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 401
+        assert store.external_down(int(time.time() * 1000)) == frozenset()
+        req = urllib.request.Request(url, data=note, method="POST")
+        req.add_header("Authorization", "Bearer s3cret-token")
+        with urllib.request.urlopen(req, timeout=10) as res:
+            assert res.status == 200
+        assert store.external_down(int(time.time() * 1000)) == {"web"}
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
