@@ -24,11 +24,21 @@ from state.outbox import Outbox
 #: seconds a minute's counts are kept
 KEEP_SECONDS = 2 * 86_400
 
-# Adds counts to a minute's hash. Channel keys (sales:, activity:) always; a store key only
-# if the hash has it already or holds fewer than the cap of fields. Returns the events not
-# counted. Arguments were checked by the caller (integers, fields as built by omnicanal).
+# Adds counts to a minute's hash. Channel and region keys always (bounded by the contracts
+# and the configuration); a store key only if the hash has it already or holds fewer than
+# the cap of fields. Returns the events not counted. Every argument is checked before the
+# first write: a bad one fails the call with nothing written.
 _ADD_LUA = """
-local cap = tonumber(ARGV[1])
+local cap, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+if not cap or not ttl or (#ARGV - 2) % 2 ~= 0 then
+  return redis.error_reply('INVALID channel-health counts')
+end
+for i = 3, #ARGV, 2 do
+  local c = tonumber(ARGV[i + 1])
+  if #ARGV[i] > 256 or not c or c < 1 or c ~= math.floor(c) then
+    return redis.error_reply('INVALID channel-health count ' .. tostring((i - 1) / 2))
+  end
+end
 local n = redis.call('HLEN', KEYS[1])
 local dropped = 0
 for i = 3, #ARGV, 2 do
@@ -39,7 +49,7 @@ for i = 3, #ARGV, 2 do
     dropped = dropped + c
   end
 end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+redis.call('EXPIRE', KEYS[1], ttl)
 return dropped
 """
 

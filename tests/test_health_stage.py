@@ -221,3 +221,15 @@ def test_a_new_channel_shows_on_the_health_gauge_before_its_first_minute(
     # one store's key waits for its detector (ids come from events: no gauge per made-up id)
     assert "store:S-new" not in {s.labels["key"] for s in m.CHANNEL_HEALTH.collect()[0].samples}
     h.close()
+
+
+def test_the_count_script_checks_every_count_before_its_first_write(settings: Settings) -> None:
+    import redis
+
+    store = HealthStore(connect(settings.redis_url), settings.redis_prefix)
+    key = f"{settings.redis_prefix}ch:min:1"
+    for bad in (["store:a", 1, "store:b", "x"], ["store:a", 1, "store:b", 0],
+                ["store:a", 1, "s" * 300, 1], ["store:a"]):  # fmt: skip
+        with pytest.raises(redis.ResponseError, match="INVALID"):
+            store._add(keys=[key], args=[10, 100, *bad])
+        assert store.r.exists(key) == 0, bad
