@@ -58,7 +58,7 @@ def actions(payload: AlertmanagerWebhook) -> Actions:
             continue
         channel = alert.labels.get("channel", "")
         if channel not in _CHANNELS:
-            out.ignored.append(f"{name}: unknown channel {channel or '(none)'}")
+            out.ignored.append(f"{name}: unknown channel {channel[:64] or '(none)'}")  # (logged)
             continue
         (out.down if alert.status == "firing" else out.up).add(channel)
     out.up -= out.down
