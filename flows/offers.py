@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from flows.cross_sell import CrossSellRanks
 from flows.outbox import OutboxSender
 from monitoring import metrics as m
 from operators.coupons import CouponCodec, day_of
@@ -67,8 +68,11 @@ class Offers:
         tz: str = "UTC",
         stock: tuple[StockStore, StockRules] | None = None,
         down: Callable[[], frozenset[str]] | None = None,
+        xsell: CrossSellRanks | None = None,
     ) -> None:
         self.store = store
+        #: ranks what goes with a basket (cross-sell), and names the items' categories
+        self._xsell = xsell
         self.ledger = ledger
         self.codec: CouponCodec = ledger.codec
         self.out = sender
@@ -155,12 +159,22 @@ class Offers:
         self, timer: str, timers: list[tuple[str, int]], running: list[Campaign], now_ms: int
     ) -> None:
         stored, spent = self.store.read([c for c, _ in timers])
+        ranked: dict[str, list[tuple[str, str]]] = {}
+        cats: dict[str, str] = {}
+        if timer == "xsell" and self._xsell is not None:
+            ranked = self._xsell.rank(timers, stored)
+        elif timer == "browse" and self._xsell is not None:
+            cats = self._xsell.co.categories(sorted({s for st in stored for s in st.views}))
         oos: frozenset[str] = frozenset()
-        if timer in ("cart", "bis", "browse") and self._stock is not None:
+        if timer in ("cart", "bis", "browse", "xsell") and self._stock is not None:
             stock, rules = self._stock
-            of = {"cart": "cart", "bis": "waits", "browse": "views"}[timer]
-            skus = sorted({sku for st in stored for sku in getattr(st, of)})
+            if timer == "xsell":
+                skus = sorted({sku for r in ranked.values() for sku, _ in r})
+            else:
+                of = {"cart": "cart", "bis": "waits", "browse": "views"}[timer]
+                skus = sorted({sku for st in stored for sku in getattr(st, of)})
             oos = out_of_stock_online([sku for sku, _ in stock.read(skus)], rules)
+        ranked_by = self._xsell.version if ranked and self._xsell is not None else ""
         today = day_of(now_ms)
         down = self._down()
         outcomes: list[TimerOutcome] = []
@@ -173,6 +187,9 @@ class Offers:
                     offer_counts(st.counters, today),
                     st.waits,
                     st.views,
+                    ranked.get(cid, ()),
+                    ranked_by,
+                    cats,
                 )
                 outcome = fire_timer(
                     timer, cid, seen, state, running, self.codec, now_ms,
@@ -192,6 +209,8 @@ class Offers:
                 spent[outcome.offer.campaign_id] = spent.get(outcome.offer.campaign_id, 0) + 1
             outcomes.append(outcome)
         self._write(timer, outcomes, today, now_ms)
+        if timer == "xsell" and self._xsell is not None:
+            self._xsell.checkpoint()  # after the decisions: what was learnt is kept
 
     def _write(self, timer: str, outcomes: list[TimerOutcome], today: int, now_ms: int) -> None:
         offers = [o.offer for o in outcomes if o.offer is not None]

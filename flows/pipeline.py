@@ -12,8 +12,11 @@
                        stock moves and offsets: one fenced Redis call     operators/, state/
       4 metrics        events, dead letters, lag                         flows/stages.py
       5 stock alerts   evaluate the SKUs that moved, outbox, send        flows/alerts.py
-        offers         worker 0: fire due cart timers, decide, coupons,  flows/offers.py
-                       outbox, send (timers were written by the apply)
+        cross-sell     learn which items sell together from the applied  flows/cross_sell.py
+                       sales; add the counts to Redis every 30 s
+        offers         worker 0: fire due timers, rank cross-sell items, flows/offers.py
+                       decide, coupons, outbox, send (timers were
+                       written by the apply)
         health         count sales per channel and store per minute;     flows/health.py
                        worker 0: detectors per complete minute, outbox
       6 commit         copy the applied offsets to the consumer group    flows/stages.py
@@ -39,6 +42,7 @@ from bytewax.dataflow import Dataflow
 
 from flows.alerts import StockAlerts
 from flows.coupons import CouponRedemptions
+from flows.cross_sell import CoPurchaseCounts, CrossSellRanks
 from flows.health import ChannelCounts, ChannelHealthStage
 from flows.kafka import CheckedProducer, GroupOffsets
 from flows.offers import Offers
@@ -63,6 +67,7 @@ from operators.validate import Validator
 from schemas.campaigns import Campaign
 from schemas.envelope import Accepted, Rejected
 from state.coupons import CouponLedger
+from state.cross_sell import CoPurchaseStore, RankerStore
 from state.health import HealthStore
 from state.offers import OfferStore, PolicyStore
 from state.profiles import ProfileStore
@@ -136,7 +141,9 @@ class WorkerPipeline:
         offers: Offers | None = None,
         counts: ChannelCounts | None = None,
         health: ChannelHealthStage | None = None,
+        copurchase: CoPurchaseCounts | None = None,
     ) -> None:
+        self.copurchase = copurchase
         self.fence = fence
         self.dead_letters = dead_letters
         self.coupons = coupons
@@ -158,6 +165,8 @@ class WorkerPipeline:
         if self._latency is not None:
             self._latency.write(done.items)
         count_applied(done.items)  # 4
+        if self.copurchase is not None:
+            self.copurchase.add(done.items)
         if done.moved:  # 5: at most one round of evaluations per interval
             self.alerts.moved(done.moved)
         else:
@@ -179,6 +188,8 @@ class WorkerPipeline:
         """Input is idle: evaluate the alerts that wait for their interval, fire the offer
         timers that are due."""
         self.alerts.due()
+        if self.copurchase is not None:
+            self.copurchase.add(())  # flushes when it is time
         if self.offers is not None:
             self.offers.due()
             self.offers.ack()
@@ -197,6 +208,8 @@ class WorkerPipeline:
             steps.insert(1, ("offers", self.offers.close))
         if self.health is not None:
             steps.insert(1, ("channel health", self.health.close))
+        if self.copurchase is not None:
+            steps.insert(0, ("cross-sell counts", self.copurchase.close))
         for what, step in steps:
             try:
                 step()
@@ -259,6 +272,9 @@ def worker_pipeline(
         if setup.health_topic
         else None,
         watch,
+        CoPurchaseCounts(CoPurchaseStore(store.r, store.prefix))
+        if setup.campaigns is not None
+        else None,
     )
 
 
@@ -315,6 +331,9 @@ def offers(
         tz=setup.offer_timezone,
         stock=(stock or StockStore(store.r, store.prefix), setup.stock_rules),
         down=down,
+        xsell=CrossSellRanks(
+            CoPurchaseStore(store.r, store.prefix), RankerStore(store.r, store.prefix)
+        ),
     )
 
 

@@ -184,8 +184,8 @@ OFFER_SUPPRESSIONS = Counter(
 )
 OFFER_TIMERS = Gauge(
     "omnicanal_offer_timers",
-    "Offer timers pending, by kind (cart, browse, winback, expand, bis; Redis-wide: worker 0 "
-    "only, the worker that fires them).",
+    "Offer timers pending, by kind (cart, browse, winback, expand, bis, xsell; Redis-wide: "
+    "worker 0 only, the worker that fires them).",
     ["timer"],
 )
 OFFER_OUTCOMES = Counter(
@@ -199,6 +199,27 @@ OFFER_MODEL_LOSS = Histogram(
     "Progressive validation of the offer policy's model: the log-loss of its prediction for "
     "each outcome, made before learning it (lower is better; 0.69 is a coin).",
     buckets=(0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 0.69, 1.0, 2.0, 5.0),
+)
+CROSS_SELL_BASKETS = Counter(
+    "omnicanal_cross_sell_baskets",
+    "Baskets (sales of any channel) the co-purchase counts learnt from, by result: added "
+    "(flushed to Redis, where every worker's counts are summed) or lost (a delta dropped "
+    "after Redis refused it for too long).",
+    ["result"],
+)
+PREFERENCE_MODEL_LOSS = Histogram(
+    "omnicanal_preference_model_log_loss",
+    "Progressive validation of the cross-sell ranker: for each item it ranked at a "
+    "customer's purchase, the log-loss of its prediction that the customer buys it next (in "
+    "any channel), made before learning it.",
+    buckets=(0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 0.69, 1.0, 2.0, 5.0),
+)
+PREFERENCE_EXAMPLES = Counter(
+    "omnicanal_preference_examples",
+    "Items the cross-sell ranker learnt from, by label: bought (the customer bought the "
+    "ranked item after the ranking, in any channel) or not_bought. bought / all is the hit "
+    "rate of its rankings.",
+    ["label"],
 )
 CHANNEL_HEALTH = Gauge(
     "omnicanal_channel_health",
@@ -304,6 +325,9 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     OFFER_TIMERS,
     OFFER_OUTCOMES,
     OFFER_MODEL_LOSS,
+    CROSS_SELL_BASKETS,
+    PREFERENCE_MODEL_LOSS,
+    PREFERENCE_EXAMPLES,
     CHANNEL_HEALTH,
     CHANNEL_HEALTH_EVENTS,
     CHANNEL_HEALTH_UNCOUNTED,

@@ -9,7 +9,7 @@ already bought).
 
 >>> cart = {"MUG": (1, 1_000), "LAMP": (2, 2_000)}
 >>> abandoned_cart(cart, bought={"MUG": 5_000}, now_ms=2_000 + 3_600_000, wait_ms=3_600_000)
-TriggerEvent(kind='cart_abandonment', at_ms=2000, skus=('LAMP',), units=2)
+TriggerEvent(kind='cart_abandonment', at_ms=2000, skus=('LAMP',), units=2, category='', ranked_by='')
 >>> abandoned_cart(cart, bought={"MUG": 5_000, "LAMP": 6_000}, now_ms=10**9, wait_ms=60_000)
 """
 
@@ -41,6 +41,11 @@ class TriggerEvent:
     at_ms: int
     skus: tuple[str, ...] = ()
     units: int = 0
+    #: the category of the first SKU, where known (the reason's ``{category}``, and the
+    #: campaigns' ``eligibility.categories``)
+    category: str = ""
+    #: the model that chose the SKUs (cross-sell: the ranker's version), "" for none
+    ranked_by: str = ""
 
 
 def abandoned_cart(
@@ -197,6 +202,8 @@ def decide(
         u, pick = draws(customer.customer_id, trigger.kind, trigger.at_ms)
         chosen, propensity = choose(scores, epsilon, u, pick)
         version = policy.version
+    if trigger.ranked_by:
+        version = f"{version}+{trigger.ranked_by}"
     c, channel = eligible[chosen]
     oid = offer_id(customer.customer_id, c.id, trigger.at_ms)
     expiry = day_of(now_ms) + c.valid_days
@@ -213,7 +220,7 @@ def decide(
             reason=c.reason.format(
                 items=trigger.units,
                 sku=trigger.skus[0] if trigger.skus else "",
-                category="",
+                category=trigger.category,
                 store=customer.chosen_store or "",
             ),
             decided_at=now.isoformat().replace("+00:00", "Z"),
@@ -242,16 +249,19 @@ def _running(c: Campaign, now: datetime) -> bool:
 
 def _eligible(c: Campaign, who: CustomerView, trigger: TriggerEvent | None = None) -> bool:
     """Segment and basket. For channel expansion, ``trigger_channels`` are the channels the
-    customer buys in (all of them must be listed). A cart or a win-back keeps neither its
-    channels nor categories: a campaign that asks for them never matches (no offer rather
-    than a wrong one)."""
+    customer buys in (all of them must be listed). ``categories``: the category of the
+    trigger's first item (browse abandonment, cross-sell), where it is known. A cart or a
+    win-back keeps neither its channels nor categories: a campaign that asks for them never
+    matches (no offer rather than a wrong one)."""
     e = c.eligibility
     if isinstance(e.trigger_channels, list) and trigger and trigger.kind == "channel_expansion":
         if not set(who.orders_by_channel or {}) <= set(e.trigger_channels):
             return False
     elif isinstance(e.trigger_channels, list):
         return False
-    if isinstance(e.categories, list):
+    if isinstance(e.categories, list) and (
+        trigger is None or not trigger.category or trigger.category not in e.categories
+    ):
         return False
     if isinstance(e.segments, list) and who.segment not in e.segments:
         return False
@@ -296,7 +306,10 @@ TIMERS: Final[dict[str, Trigger]] = {
     "expand": "channel_expansion",
     "bis": "back_in_stock",
     "browse": "browse_abandonment",
+    "xsell": "cross_sell",
 }
+#: a cross-sell offer suggests at most this many items, the ranker's best first
+CROSS_SELL_ITEMS: Final = 3
 #: browse abandonment offers the products viewed this long before the return to one
 BROWSE_WINDOW_MS: Final = 24 * 3_600_000
 #: and at most this many of them, the most recently viewed first
@@ -398,6 +411,13 @@ class TimerState:
     waits: Mapping[str, int] | None = None
     #: SKU -> last view (the recently viewed products)
     views: Mapping[str, int] | None = None
+    #: cross-sell: what goes with the newest basket, ranked for the customer, as (SKU,
+    #: category or ""); the stage ranks them (``flows/cross_sell.py``)
+    suggestions: Sequence[tuple[str, str]] = ()
+    #: the version of the model that ranked them
+    ranked_by: str = ""
+    #: SKU -> category, where known (browse: the reason's ``{category}``)
+    categories: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -475,6 +495,9 @@ def fire_timer(
     - **expand** (score: the last order): a customer who buys on one side only
       (:func:`expansion`), invited to the other once the campaign's wait after an order has
       passed; at most once in :data:`EXPANSION_EVERY_MS`.
+    - **xsell** (score: the last order): what goes with the newest basket, bought in any
+      channel (``state.suggestions``, ranked for the customer by the cross-sell ranker), at
+      most :data:`CROSS_SELL_ITEMS` items in stock online; none left: no offer.
 
     An offer through an :data:`INTRUSIVE` channel during ``quiet`` hours (in the customer's
     time zone, or ``tz`` when it is not known) is held: the timer is put off to the end of
@@ -544,7 +567,8 @@ def fire_timer(
         skus = tuple(sku for sku in skus if sku not in out_of_stock)
         if not skus:
             return out("drop", suppressed="out_of_stock", waits=waits)
-        trigger = TriggerEvent(kind, seen, skus, len(skus))
+        cats = state.categories or {}
+        trigger = TriggerEvent(kind, seen, skus, len(skus), cats.get(skus[0], ""))
     elif timer == "bis":
         live = {
             sku: since
@@ -557,6 +581,12 @@ def fire_timer(
         if not back:
             return out("later", later=now_ms + BIS_POLL_MS - shortest)
         trigger = TriggerEvent(kind, max(live[sku] for sku in back), back, len(back))
+    elif timer == "xsell":
+        fits = [(sku, cat) for sku, cat in state.suggestions if sku not in out_of_stock]
+        if not fits:
+            return out("drop")  # nothing known to go with it (or nothing in stock)
+        chosen = tuple(sku for sku, _ in fits[:CROSS_SELL_ITEMS])
+        trigger = TriggerEvent(kind, seen, chosen, len(chosen), fits[0][1], state.ranked_by)
     elif timer == "expand":
         last = who.last_order_ms
         if last is None or expansion(who) is None:

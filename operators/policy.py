@@ -62,12 +62,7 @@ class RedemptionModel:
     def to_state(self) -> dict[str, Any]:
         """JSON-able: weights, intercept and counts (:meth:`from_state` restores an equal
         model; never pickled)."""
-        return {
-            "w": dict(self.model._weights),
-            "b": self.model.intercept,
-            "n": self.learnt,
-            "it": self.model.optimizer.n_iterations,
-        }
+        return lr_to_state(self.model, self.learnt)
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> RedemptionModel:
@@ -78,11 +73,27 @@ class RedemptionModel:
         (True, 'lr-1')
         """
         m = cls()
-        m.model._weights = VectorDict({str(k): float(v) for k, v in state["w"].items()})
-        m.model.intercept = float(state["b"])
-        m.model.optimizer.n_iterations = int(state["it"])
-        m.learnt = int(state["n"])
+        m.learnt = lr_from_state(m.model, state)
         return m
+
+
+def lr_to_state(model: linear_model.LogisticRegression, learnt: int) -> dict[str, Any]:
+    """A River ``LogisticRegression`` (plain SGD) as JSON: weights, intercept, the
+    optimiser's step count, and the examples learnt."""
+    return {
+        "w": dict(model._weights),
+        "b": model.intercept,
+        "n": learnt,
+        "it": model.optimizer.n_iterations,
+    }
+
+
+def lr_from_state(model: linear_model.LogisticRegression, state: Mapping[str, Any]) -> int:
+    """Restore :func:`lr_to_state` into a fresh ``model``; returns the examples learnt."""
+    model._weights = VectorDict({str(k): float(v) for k, v in state["w"].items()})
+    model.intercept = float(state["b"])
+    model.optimizer.n_iterations = int(state["it"])
+    return int(state["n"])
 
 
 def offer_context(

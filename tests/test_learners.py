@@ -6,6 +6,7 @@ in ``NO_LUA``, so that the question is answered for every new one)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import pkgutil
@@ -21,6 +22,7 @@ import operators
 from flows import pipeline
 from omnicanal.config import Settings
 from omnicanal.wiring import pipeline_setup
+from operators.cross_sell import CoPurchase
 from operators.identity import IdentityRules
 from operators.learners import Learner
 from operators.privacy import PiiHasher
@@ -28,6 +30,7 @@ from operators.profile import CategoryInterests
 from operators.stock import HourOfWeekProfile, Velocity
 from operators.validate import Validator
 from schemas.envelope import Accepted
+from state.cross_sell import CoPurchaseStore
 from state.profiles import ProfileStore, connect
 from tests.conftest import TEST_PII_KEY
 
@@ -96,10 +99,11 @@ T0 = datetime(2024, 5, 6, tzinfo=UTC)
 T0_MS = int(T0.timestamp() * 1000)
 
 
-def _feed(settings: Settings, batches: list[list[dict[str, Any]]]) -> ProfileStore:
+def _feed(settings: Settings, batches: list[list[dict[str, Any]]], **setup: Any) -> ProfileStore:
     """Each list of events as one batch of the real pipeline stages."""
     v = Validator(settings.topic_contracts(), HASH)
-    part = pipeline.state_sink(pipeline_setup(settings, identity=IdentityRules(), hasher=HASH))
+    base = pipeline_setup(settings, identity=IdentityRules(), hasher=HASH)
+    part = pipeline.state_sink(dataclasses.replace(base, **setup))
     sink = part.build("state", 0, 1)
     n = 0
     try:
@@ -169,7 +173,34 @@ def _interests(settings: Settings, sales: list[tuple[int, int, str]]) -> tuple[L
     )
 
 
+def _copurchase(settings: Settings, sales: list[tuple[int, int, str]]) -> tuple[Learner, Learner]:
+    """Baskets of 1-5 of the check stream's SKUs (and returns), through the pipeline: the
+    counts the workers add to Redis are those the learner has."""
+    rng = random.Random(3)
+    events, baskets, returned = [], [], []
+    for i, (ms, _, cat) in enumerate(sales):
+        skus = rng.sample([f"S{k}" for k in range(12)], rng.randint(1, 5))
+        ev = _sale(i, ms, 1, cat)
+        ev["lines"] = [{"sku": s, "quantity": 1, "unit_price_minor": 100} for s in skus]
+        if i % 10 == 0:
+            ev["lines"].append({"sku": "FEE", "quantity": 1, "unit_price_minor": 5, "kind": "fee"})
+        if i % 7 == 0:
+            ev["event_type"], ev["original_order_id"] = "return", f"o{i}"
+            returned.append(skus)
+        else:
+            baskets.append(skus)
+        events.append(ev)
+    store = _feed(settings, [events[:150], events[150:151], events[151:]], campaigns=lambda: [])
+    python = CoPurchase()
+    for b in baskets:
+        python.learn_one(b)
+    for r in returned:
+        python.learn_return(r)
+    return CoPurchaseStore(store.r, settings.redis_prefix).learnt(), python
+
+
 LUA_PARITY: dict[type[Learner], Callable[..., tuple[Learner, Learner]]] = {
+    CoPurchase: _copurchase,
     Velocity: _velocity,
     HourOfWeekProfile: _season,
     CategoryInterests: _interests,

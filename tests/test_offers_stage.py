@@ -22,8 +22,10 @@ from omnicanal.config import Settings
 from omnicanal.runner import recover_offers
 from omnicanal.wiring import pipeline_setup
 from operators.coupons import CouponCodec
+from operators.cross_sell import CrossSellRanker
 from operators.offers import TIMERS
 from state.coupons import CouponLedger
+from state.cross_sell import CoPurchaseStore, RankerStore
 from state.offers import OfferStore, Outcome, PolicyStore
 from state.profiles import ProfileStore, connect
 from tests.test_faults import cli
@@ -661,3 +663,67 @@ def test_guard_rails_on_real_services_and_a_catalogue_reloaded_while_running(
     dora = ProfileStore(connect(s.redis_url), s.redis_prefix).resolve("loyalty:DORA")
     (latest,) = [o for o in offers_on_topic(s) if o["customer_id"] == dora]
     assert latest["campaign_id"] == "cart-web" and latest["channel"] == "web"
+
+
+CROSS_SELL = """
+version: 1
+campaigns:
+  - id: goes-with
+    trigger: cross_sell
+    benefit: {kind: percent_off, value: 15}
+    reason: "Goes well with what you bought: 15% off {sku} ({category})"
+    channels: [email]
+    valid_days: 14
+    wait_minutes: 60
+"""
+
+
+def basket(n: int, who: str, skus: list[str], ts: int, channel: str = "web") -> dict[str, Any]:
+    ev = web_sale(n, who, skus[0], ts) if channel == "web" else store_sale(n, who, skus[0], ts)
+    ev["lines"] = [{"sku": s, "quantity": 1, "unit_price_minor": 1500, "category": "camping"}
+                   for s in skus]  # fmt: skip
+    return ev
+
+
+def test_cross_sell_learns_from_web_baskets_offers_after_a_store_purchase_and_learns_back(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """What web customers buy together is offered to a customer who bought in the store
+    (the best match first, named in the reason); their next purchase, online, teaches the
+    ranker what they did buy; a replay sends nothing more."""
+    s = offers_settings(settings, tmp_path)
+    (tmp_path / "campaigns.yaml").write_text(CROSS_SELL)
+    t = (int(time.time() * 1000) // MINUTE - 180) * MINUTE  # 3 hours ago
+    web = [["TENT", "MAT"]] * 6 + [["TENT", "STOVE"]] * 3 + [["TENT", "MILK"], ["MAT", "LAMP"]]
+    send(s, [("transaction", basket(i, f"W{i}", b, t)) for i, b in enumerate(web)])
+    send(s, [("customer", consent(1, "ANA", t))])  # before her purchase (another topic)
+    run(s)  # the counts are in Redis at the end of the run (flushed at close)
+    co = CoPurchaseStore(connect(s.redis_url), s.redis_prefix).learnt()
+    assert co.baskets == 11 and co.pairs["TENT"] == {"MAT": 6, "STOVE": 3, "MILK": 1}
+    assert co.categories["MAT"] == "camping"
+
+    send(s, [("transaction", basket(20, "ANA", ["TENT"], t + 30 * MINUTE, "store"))])
+    run(s)
+    profiles = ProfileStore(connect(s.redis_url), s.redis_prefix)
+    ana = profiles.resolve("loyalty:ANA")
+    (offer,) = [o for o in offers_on_topic(s) if o["customer_id"] == ana]
+    assert offer["trigger"] == "cross_sell" and offer["channel"] == "email"
+    assert offer["items"] == ["MAT", "STOVE", "MILK"]  # the most confident first, untrained
+    assert offer["reason"] == "Goes well with what you bought: 15% off MAT (camping)"
+    assert offer["model_version"].endswith("+xs-0")
+    ranks = RankerStore(connect(s.redis_url), s.redis_prefix)
+    (made, kept) = ranks.rankings([ana])[ana]
+    assert made == t + 30 * MINUTE and [sku for sku, _ in kept][:3] == ["MAT", "STOVE", "MILK"]
+
+    # ANA buys the mat online: the ranking made at her store purchase is learnt from, once
+    send(s, [("transaction", basket(21, "ANA", ["MAT"], t + 60 * MINUTE))])
+    run(s)
+    run(s)  # a replay: nothing learnt twice, nothing sent twice
+    state = ranks.load()
+    assert state is not None and state["n"] == len(kept)
+    ranker = CrossSellRanker.from_state(state)
+    x = dict(kept)
+    assert ranker.predict_one(x["MAT"]) > ranker.predict_one(x["MILK"])  # it learnt the mat
+    assert len([o for o in offers_on_topic(s) if o["customer_id"] == ana]) <= 2
+    ids = [o["offer_id"] for o in offers_on_topic(s)]
+    assert len(ids) == len(set(ids))

@@ -375,7 +375,8 @@ end
 -- An order starts (or restarts) the customer's win-back timer: <p>tm:winback, scored by the
 -- last order's event time (GT); the offers stage fires it once the customer is overdue.
 -- It also starts the channel-expansion timer, <p>tm:expand, the same way: the stage looks
--- whether the customer buys on one side only once the campaign's wait has passed.
+-- whether the customer buys on one side only once the campaign's wait has passed; and the
+-- cross-sell timer, <p>tm:xsell: what goes with the newest basket, after the campaign's wait.
 local function winback_timer(cid, maxs)
   local last = nil
   for i = 1, #maxs, 2 do
@@ -386,6 +387,7 @@ local function winback_timer(cid, maxs)
   if last then
     redis.call('ZADD', prefix .. 'tm:winback', 'GT', last, cid)
     redis.call('ZADD', prefix .. 'tm:expand', 'GT', last, cid)
+    redis.call('ZADD', prefix .. 'tm:xsell', 'GT', last, cid)
   end
 end
 
@@ -472,7 +474,9 @@ local function merge_profile(survivor, loser)
   redis.call('ZREM', prefix .. 'tm:cart', loser)
   redis.call('ZREM', prefix .. 'tm:winback', loser)
   redis.call('ZREM', prefix .. 'tm:expand', loser)
+  redis.call('ZREM', prefix .. 'tm:xsell', loser)
   redis.call('ZREM', prefix .. 'tm:browse', loser)
+  redis.call('DEL', prefix .. 'xs:rank:' .. loser)
   -- what the loser waited for, back in stock, the survivor waits for
   local lw, sw = prefix .. 'bisq:' .. loser, prefix .. 'bisq:' .. survivor
   local waits = redis.call('HGETALL', lw)

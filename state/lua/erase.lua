@@ -28,9 +28,10 @@ redis.call('DEL', mkey, prefix .. 'p:' .. cid, prefix .. 'v:' .. cid, prefix .. 
 redis.call('ZREM', prefix .. 'tm:cart', cid)
 redis.call('ZREM', prefix .. 'tm:winback', cid)
 redis.call('ZREM', prefix .. 'tm:expand', cid)
+redis.call('ZREM', prefix .. 'tm:xsell', cid)
 redis.call('ZREM', prefix .. 'tm:bis', cid)
 redis.call('ZREM', prefix .. 'tm:browse', cid)
-redis.call('DEL', prefix .. 'bisq:' .. cid)
+redis.call('DEL', prefix .. 'bisq:' .. cid, prefix .. 'xs:rank:' .. cid)
 local refusals = redis.call('XRANGE', prefix .. 'refusals', '-', '+')
 for _, entry in ipairs(refusals) do
   local fields = entry[2]

@@ -5,7 +5,7 @@
 --                suppression | "", later score, trigger ms, timer, offer id | "",
 --                context json | "", expires at ms, coupon code | "",
 --                waits [[sku, since ms], ...], back-in-stock timer score], ...]
---         timer: "cart" | "winback" | "expand" | "bis" | "browse", the sorted set
+--         timer: "cart" | "winback" | "expand" | "bis" | "browse" | "xsell", the sorted set
 --                <p>tm:<timer>
 --         waits (offer or drop): SKUs carted (or viewed again) while out of stock online; kept in
 --                <p>bisq:<customer> (the first time each was wanted, at most 50) and the
@@ -24,7 +24,8 @@
 -- first write. Returns {{skipped customer, ...}, {outbox id of each offer written, ...}}.
 local prefix = ARGV[1]
 local items = cjson.decode(ARGV[2])
-local TIMERS = {cart = true, winback = true, expand = true, bis = true, browse = true}
+local TIMERS = {cart = true, winback = true, expand = true, bis = true, browse = true,
+  xsell = true}
 if #items > 10000 then return redis.error_reply('INVALID too many timer outcomes') end
 for i, it in ipairs(items) do
   if type(it) ~= 'table' or #it ~= 16 or type(it[1]) ~= 'string' or type(it[2]) ~= 'number'

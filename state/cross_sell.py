@@ -1,0 +1,174 @@
+"""Cross-sell in Redis: the co-purchase counts every worker adds to, and the ranker worker 0
+learns. The only code that reads or writes them.
+
+- ``<p>xs:n`` (baskets), ``<p>xs:i`` (baskets per SKU), ``<p>xs:r`` (returns per SKU),
+  ``<p>xs:c`` (SKU -> category) and ``<p>xs:p:<sku>`` sorted sets (co-SKU -> baskets with
+  both; the :data:`KEEP` most co-bought are kept): the sum of every worker's flushes, each
+  added once (``<p>xs:f:<flush id>``), so the counts are those one worker would have
+  learnt from every basket (``state/lua/cross_sell.lua``);
+- ``<p>xs:model``: the ranker's JSON state, and ``<p>xs:rank:<customer>``: the ranking made
+  at the customer's last purchase (time and each candidate's features), learnt from at
+  their next one. Both are written in one transaction: after a crash the model and what
+  it has learnt agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+import redis
+
+from operators.cross_sell import CO_ITEMS, CoPurchase, CoView
+
+_LUA = (Path(__file__).with_name("lua") / "cross_sell.lua").read_text()
+#: co-items kept per SKU in Redis (the ranking reads the first :data:`CO_ITEMS`)
+KEEP: Final = 100
+#: entries per script call: a large flush is cut in pieces, each added once, so that no
+#: call blocks Redis for long
+CHUNK: Final = 20_000
+#: a customer's kept ranking is forgotten after this long without a purchase
+RANK_TTL_SECONDS: Final = 60 * 86_400
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def chunks(delta: CoPurchase, size: int = CHUNK) -> list[dict[str, Any]]:
+    """A flush as script arguments of at most about ``size`` entries each (a pair row is
+    never split; the basket count goes with the first).
+
+    >>> co = CoPurchase(); co.learn_one(["a", "b", "c"])
+    >>> [sorted(c["p"]) for c in chunks(co, size=4)]
+    [['a'], ['b', 'c']]
+    """
+    out: list[dict[str, Any]] = []
+    cur: dict[str, Any] = {"n": delta.baskets, "i": dict(delta.items), "r": dict(delta.returns),
+                           "c": dict(delta.categories), "p": {}}  # fmt: skip
+    size_now = len(cur["i"]) + len(cur["r"]) + len(cur["c"])
+    for a, row in delta.pairs.items():
+        if cur["p"] and size_now + len(row) > size:
+            out.append(cur)
+            cur, size_now = {"n": 0, "i": {}, "r": {}, "c": {}, "p": {}}, 0
+        cur["p"][a] = row
+        size_now += len(row)
+    out.append(cur)
+    return out
+
+
+class CoPurchaseStore:
+    """The shared co-purchase counts. One instance per worker."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "oc:") -> None:
+        self.r = client
+        self.prefix = prefix
+        self._add = client.register_script(_LUA)
+
+    def add(self, delta: CoPurchase, flush_id: str) -> int:
+        """Add a worker's counts, once per ``flush_id`` (a retried flush is not counted
+        twice). Returns the pieces added now."""
+        added = 0
+        for k, piece in enumerate(chunks(delta)):
+            added += int(
+                self._add(args=[self.prefix, f"{flush_id}:{k}", orjson.dumps(piece), KEEP])
+            )
+        return added
+
+    def view(self, skus: Sequence[str], top: int = CO_ITEMS) -> CoView:
+        """What decisions about baskets of ``skus`` read: two round trips."""
+        pre = self.prefix
+        basket = sorted(set(skus))
+        pipe = self.r.pipeline(transaction=False)
+        for a in basket:
+            pipe.zrevrange(f"{pre}xs:p:{a}", 0, top - 1, withscores=True)
+        pipe.get(pre + "xs:n")
+        res = pipe.execute()
+        co = {
+            a: {_s(b): int(n) for b, n in sorted(rows, key=lambda r: (-r[1], r[0]))}
+            for a, rows in zip(basket, res[:-1], strict=True)
+        }
+        n = int(res[-1] or 0)
+        every = sorted(set(basket) | {b for row in co.values() for b in row})
+        if not every:
+            return CoView(n, {}, co)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(pre + "xs:i", every)
+        pipe.hmget(pre + "xs:r", every)
+        pipe.hmget(pre + "xs:c", every)
+        counts, returns, cats = pipe.execute()
+        return CoView(
+            n,
+            {s: int(v) for s, v in zip(every, counts, strict=True) if v is not None},
+            co,
+            {s: int(v) for s, v in zip(every, returns, strict=True) if v is not None},
+            {s: _s(v) for s, v in zip(every, cats, strict=True) if v is not None},
+        )
+
+    def categories(self, skus: Sequence[str]) -> dict[str, str]:
+        """The category of each SKU, where a sale line named it."""
+        if not skus:
+            return {}
+        raw = self.r.hmget(self.prefix + "xs:c", list(skus))
+        return {s: _s(v) for s, v in zip(skus, raw, strict=True) if v is not None}
+
+    def learnt(self) -> CoPurchase:
+        """Everything stored, as one learner (tests, tools; reads every pair set)."""
+        pre = self.prefix
+        c = CoPurchase()
+        c.baskets = int(self.r.get(pre + "xs:n") or 0)
+        c.items = {_s(k): int(v) for k, v in self.r.hgetall(pre + "xs:i").items()}
+        c.returns = {_s(k): int(v) for k, v in self.r.hgetall(pre + "xs:r").items()}
+        c.categories = {_s(k): _s(v) for k, v in self.r.hgetall(pre + "xs:c").items()}
+        for key in self.r.scan_iter(match=pre + "xs:p:*", count=1000):
+            a = _s(key)[len(pre) + 5 :]
+            rows: Any = self.r.zrange(key, 0, -1, withscores=True)
+            c.pairs[a] = {_s(b): int(n) for b, n in rows}
+        return c
+
+
+Ranking = tuple[int, list[tuple[str, dict[str, float]]]]
+
+
+class RankerStore:
+    """The cross-sell ranker's state and the rankings it learns from."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "oc:") -> None:
+        self.r = client
+        self.prefix = prefix
+
+    def load(self) -> dict[str, Any] | None:
+        raw = self.r.get(self.prefix + "xs:model")
+        return orjson.loads(raw) if raw else None
+
+    def rankings(self, customers: Sequence[str]) -> dict[str, Ranking]:
+        """Each customer's kept ranking: (time made, [(SKU, features), ...])."""
+        if not customers:
+            return {}
+        raw = self.r.mget([self.prefix + "xs:rank:" + c for c in customers])
+        out: dict[str, Ranking] = {}
+        for c, v in zip(customers, raw, strict=True):
+            if v:
+                doc = orjson.loads(v)
+                out[c] = (int(doc["t"]), [(str(s), dict(x)) for s, x in doc["x"]])
+        return out
+
+    def checkpoint(
+        self, state: Mapping[str, Any], kept: Mapping[str, Ranking], learnt: Sequence[str]
+    ) -> None:
+        """Store the model, the new rankings, and forget the rankings learnt from (and not
+        replaced), in one transaction."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(self.prefix + "xs:model", orjson.dumps(state))
+        for c, (t, ranking) in kept.items():
+            pipe.set(
+                self.prefix + "xs:rank:" + c,
+                orjson.dumps({"t": t, "x": ranking}),
+                ex=RANK_TTL_SECONDS,
+            )
+        gone = [self.prefix + "xs:rank:" + c for c in learnt if c not in kept]
+        if gone:
+            pipe.delete(*gone)
+        pipe.execute()
