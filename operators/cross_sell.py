@@ -70,7 +70,7 @@ class CoPurchase(Learner):
             items[a] = items.get(a, 0) + 1
         if categories:
             self.categories.update(categories)
-        if len(distinct) > MAX_PAIR_BASKET:
+        if not 2 <= len(distinct) <= MAX_PAIR_BASKET:
             return
         pairs = self.pairs
         for a in distinct:
