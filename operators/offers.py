@@ -8,8 +8,9 @@ carted items cancels it (single-channel tools send that customer a coupon for wh
 already bought).
 
 >>> cart = {"MUG": (1, 1_000), "LAMP": (2, 2_000)}
->>> abandoned_cart(cart, bought={"MUG": 5_000}, now_ms=2_000 + 3_600_000, wait_ms=3_600_000)
-TriggerEvent(kind='cart_abandonment', at_ms=2000, skus=('LAMP',), units=2, category='', ranked_by='')
+>>> t = abandoned_cart(cart, bought={"MUG": 5_000}, now_ms=2_000 + 3_600_000, wait_ms=3_600_000)
+>>> t.kind, t.at_ms, t.skus, t.units
+('cart_abandonment', 2000, ('LAMP',), 2)
 >>> abandoned_cart(cart, bought={"MUG": 5_000, "LAMP": 6_000}, now_ms=10**9, wait_ms=60_000)
 """
 

@@ -12,12 +12,12 @@ from typing import Any
 import orjson
 import pytest
 
+from omnicanal.config import Settings
 from omnicanal.tools.datagen import Generator
 from omnicanal.tools.demo import DEMO_CAMPAIGNS, produce
 from omnicanal.tools.services import LocalKafka, LocalRedis
 from operators.cross_sell import CoPurchase
 from state.cross_sell import KEEP, CoPurchaseStore
-from omnicanal.config import Settings
 from state.profiles import ProfileStore, connect
 from tests.conftest import make_settings
 from tests.test_faults import applied, cli, copy_of, kill9, start
