@@ -72,7 +72,7 @@ class CoPurchaseCounts:
     def __init__(
         self,
         store: CoPurchaseStore,
-        interval: float = 30.0,
+        interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store

@@ -13,7 +13,7 @@
       4 metrics        events, dead letters, lag                         flows/stages.py
       5 stock alerts   evaluate the SKUs that moved, outbox, send        flows/alerts.py
         cross-sell     learn which items sell together from the applied  flows/cross_sell.py
-                       sales; add the counts to Redis every 30 s
+                       sales; add the counts to Redis every 5 s
         offers         worker 0: fire due timers, rank cross-sell items, flows/offers.py
                        decide, coupons, outbox, send (timers were
                        written by the apply)

@@ -156,6 +156,16 @@ def _print_summary(s: Any, keep: bool) -> None:
             else " (none redeemed or expired yet)"
         ),
     )
+    t.add_row(
+        "cross-sell",
+        f"{s.cross_sell_baskets:,} baskets counted; ranker {s.cross_sell_model}: "
+        + (
+            f"{s.cross_sell_learnt:,} ranked items learnt, {s.cross_sell_hit_rate:.1%} bought "
+            f"next, progressive log-loss {s.cross_sell_log_loss}"
+            if s.cross_sell_hit_rate is not None
+            else "nothing learnt yet (a customer's next purchase teaches it)"
+        ),
+    )
     events = ", ".join(f"{k} {v}" for k, v in s.channel_health_events.items()) or "none"
     t.add_row(
         "channel health",

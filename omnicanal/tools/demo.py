@@ -24,6 +24,7 @@ from omnicanal.tools.datagen import Generator, Message
 from omnicanal.tools.services import LocalKafka, LocalRedis
 from operators.guardrails import in_holdout
 from operators.offers import MODEL_VERSION
+from state.cross_sell import RankerStore
 from state.health import HealthStore
 from state.offers import OfferStore, PolicyStore
 from state.profiles import ProfileStore, connect
@@ -73,6 +74,13 @@ class Summary:
     offers_model: str = MODEL_VERSION
     offer_outcomes_learnt: int = 0
     offer_model_log_loss: float | None = None
+    #: cross-sell: baskets in the co-purchase counts (Redis), the ranker's version and its
+    #: progressive validation (ranked items learnt, share bought next, mean log-loss)
+    cross_sell_baskets: int = 0
+    cross_sell_model: str = "xs-0"
+    cross_sell_learnt: int = 0
+    cross_sell_hit_rate: float | None = None
+    cross_sell_log_loss: float | None = None
     produce_seconds: float = 0.0
     pipeline_seconds: float = 0.0
     sample_customer: str | None = None
@@ -283,6 +291,15 @@ def _offers(settings: Settings, summary: Summary) -> None:
         summary.offers_model = f"lr-{summary.offer_outcomes_learnt}"
     n, total = m.histogram_totals(m.OFFER_MODEL_LOSS)
     summary.offer_model_log_loss = round(total / n, 4) if n else None
+    summary.cross_sell_baskets = int(client.get(settings.redis_prefix + "xs:n") or 0)
+    ranker = RankerStore(client, settings.redis_prefix).load()
+    summary.cross_sell_learnt = int(ranker["n"]) if ranker else 0
+    summary.cross_sell_model = f"xs-{summary.cross_sell_learnt}"
+    n, total = m.histogram_totals(m.PREFERENCE_MODEL_LOSS)
+    summary.cross_sell_log_loss = round(total / n, 4) if n else None
+    labels = m.counter_by(m.PREFERENCE_EXAMPLES, "label")
+    seen = sum(labels.values())
+    summary.cross_sell_hit_rate = round(labels.get("bought", 0) / seen, 4) if seen else None
     client.close()
 
 
