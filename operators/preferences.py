@@ -73,7 +73,7 @@ class PurchaseHistory:
         own = self.items.setdefault(customer, {})
         self.baskets[customer] = self.baskets.get(customer, 0) + 1
         cats = self.categories.setdefault(customer, {})
-        for item in set(items):
+        for item in sorted(set(items)):  # sorted: the same stream, the same model
             st = own.get(item)
             if st is None:
                 st = own[item] = _ItemStats()

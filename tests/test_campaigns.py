@@ -38,7 +38,7 @@ def _cat(*campaigns: dict[str, object]) -> str:
 def test_the_example_catalogue_loads_and_matches_the_published_schema() -> None:
     cat = load_catalogue(EXAMPLE)
     assert [c.trigger for c in cat.campaigns] == [
-        "cart_abandonment", "browse_abandonment", "win_back", "channel_expansion"
+        "cart_abandonment", "browse_abandonment", "cross_sell", "win_back", "channel_expansion"
     ]  # fmt: skip
     schema = json.loads((JSON_DIR / filename("campaign_catalogue")).read_text())
     jsonschema.validate(yaml.safe_load(EXAMPLE.read_text()), schema)
@@ -107,7 +107,7 @@ def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 def test_campaigns_check_from_the_command_line(tmp_path: Path) -> None:
     ok = _cli("campaigns", "check", str(EXAMPLE))
-    assert ok.returncode == 0 and "4 campaign(s)" in ok.stdout, ok.stderr
+    assert ok.returncode == 0 and "5 campaign(s)" in ok.stdout, ok.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text(_cat(GOOD | {"benefit": {"kind": "discount"}}))
     res = _cli("campaigns", "check", str(bad))

@@ -101,3 +101,17 @@ def test_ndcg_on_a_known_list() -> None:
     expected = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
     assert reco_eval._ndcg(["a", "x", "b"], {"a", "b"}) == pytest.approx(expected)
     assert reco_eval._ndcg(["x", "y"], {"a"}) == 0.0
+
+
+def test_the_cross_sell_ranker_replayed_as_the_pipeline_runs_it(result: dict[str, object]) -> None:
+    xs: dict[str, object] = result["cross_sell"]  # type: ignore[assignment]
+    recall: dict[str, float] = xs["recall_at_10"]  # type: ignore[assignment]
+    assert set(recall) == {"model", "confidence", "g_topfreq"}
+    assert all(0.0 <= v <= 1.0 for v in recall.values())
+    assert 0 < xs["households"] <= result["households"]  # type: ignore[operator]
+    # Progressive validation: better than always predicting the rate at which ranked items
+    # are bought next (the best constant), so the features carry signal
+    h: float = xs["hit_rate"]  # type: ignore[assignment]
+    constant = -(h * math.log(h) + (1 - h) * math.log(1 - h))
+    assert 0 < h < 0.5 and xs["progressive_log_loss"] < constant  # type: ignore[operator]
+    assert xs["ranked_items_learnt"] > 10_000  # type: ignore[operator]
