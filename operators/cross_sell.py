@@ -44,6 +44,8 @@ MAX_PAIR_BASKET: Final = 30
 #: co-bought items read per basket item, and candidates ranked per decision
 CO_ITEMS: Final = 20
 CANDIDATES: Final = 50
+#: the most bought items ranked too, besides the co-bought ones
+POPULAR: Final = 20
 #: the ranking kept per customer to learn from at their next purchase
 KEPT: Final = 10
 
@@ -114,18 +116,21 @@ class CoPurchase(Learner):
 
     def view(self, basket: Sequence[str], top: int = CO_ITEMS) -> CoView:
         """What a decision about ``basket`` reads (the same as from Redis: the ``top``
-        most co-bought items of each basket item, ties by SKU)."""
+        most co-bought items of each basket item and the most bought items, ties by SKU)."""
         co = {
             a: dict(sorted(self.pairs.get(a, {}).items(), key=lambda kv: (-kv[1], kv[0]))[:top])
             for a in basket
         }
-        skus = set(basket) | {b for row in co.values() for b in row}
+        popular = [s for s, _ in sorted(self.items.items(), key=lambda kv: (-kv[1], kv[0]))]
+        popular = popular[:POPULAR]
+        skus = set(basket) | set(popular) | {b for row in co.values() for b in row}
         return CoView(
             self.baskets,
             {s: self.items.get(s, 0) for s in skus},
             co,
             {s: self.returns[s] for s in skus if s in self.returns},
             {s: self.categories[s] for s in skus if s in self.categories},
+            popular,
         )
 
     def to_state(self) -> dict[str, Any]:
@@ -162,6 +167,8 @@ class CoView:
     co: Mapping[str, Mapping[str, int]]
     returns: Mapping[str, int] = field(default_factory=dict)
     category: Mapping[str, str] = field(default_factory=dict)
+    #: the most bought items (candidates too: what sells best may go with anything)
+    popular: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -190,36 +197,38 @@ def category_shares(fields: Mapping[str, str]) -> dict[str, float]:
     return {c: v / total for c, v in w.items()}
 
 
+def _co_stats(view: CoView, basket: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """Per item bought with the basket's (not in it): its best confidence, support (baskets
+    with it) and lift over the basket's items, in one pass over their co-item rows."""
+    inside = set(basket)
+    n = max(1, view.baskets)
+    count = view.count
+    out: dict[str, tuple[float, float, float]] = {}
+    for a in basket:
+        na = max(1, count.get(a, 0))
+        for b, c in view.co.get(a, {}).items():
+            if b in inside:
+                continue
+            conf, lift = c / na, c * n / (na * max(1, count.get(b, 0)))
+            old = out.get(b)
+            if old is None:
+                out[b] = (conf, float(c), lift)
+            else:
+                out[b] = (max(old[0], conf), max(old[1], float(c)), max(old[2], lift))
+    return out
+
+
 def candidates(view: CoView, basket: Sequence[str], limit: int = CANDIDATES) -> list[str]:
     """The items bought with the basket's, not in it: the most confident first."""
-    inside = set(basket)
-    best: dict[str, float] = {}
-    for a in basket:
-        na = max(1, view.count.get(a, 0))
-        for b, n in view.co.get(a, {}).items():
-            if b not in inside:
-                best[b] = max(best.get(b, 0.0), n / na)
-    return sorted(best, key=lambda b: (-best[b], b))[:limit]
+    stats = _co_stats(view, basket)
+    return sorted(stats, key=lambda b: (-stats[b][0], b))[:limit]
 
 
-def features(view: CoView, basket: Sequence[str], sku: str, who: Shopper) -> dict[str, float]:
-    """What the ranker knows of a candidate ``sku`` after ``basket`` for a customer.
-
-    >>> v = CoView(100, {"tent": 10, "mat": 20}, {"tent": {"mat": 8}})
-    >>> x = features(v, ["tent"], "mat", Shopper(owned=frozenset({"mat"})))
-    >>> x["conf"], round(x["lift"], 3), x["owned"]
-    (0.8, 0.462, 1.0)
-    """
-    conf = lift = support = 0.0
+def _features(
+    view: CoView, sku: str, stats: tuple[float, float, float] | None, who: Shopper
+) -> dict[str, float]:
+    conf, support, lift = stats or (0.0, 0.0, 0.0)
     nb = view.count.get(sku, 0)
-    for a in basket:
-        n = view.co.get(a, {}).get(sku, 0)
-        if not n:
-            continue
-        na = max(1, view.count.get(a, 0))
-        conf = max(conf, n / na)
-        support = max(support, float(n))
-        lift = max(lift, n * max(1, view.baskets) / (na * max(1, nb)))
     x = {
         "conf": conf,
         "lift": max(-1.0, min(2.0, math.log(lift) / 3.0)) if lift > 0 else -1.0,
@@ -237,6 +246,17 @@ def features(view: CoView, basket: Sequence[str], sku: str, who: Shopper) -> dic
     if sku in who.owned:
         x["owned"] = 1.0
     return x
+
+
+def features(view: CoView, basket: Sequence[str], sku: str, who: Shopper) -> dict[str, float]:
+    """What the ranker knows of a candidate ``sku`` after ``basket`` for a customer.
+
+    >>> v = CoView(100, {"tent": 10, "mat": 20}, {"tent": {"mat": 8}})
+    >>> x = features(v, ["tent"], "mat", Shopper(owned=frozenset({"mat"})))
+    >>> x["conf"], round(x["lift"], 3), x["owned"]
+    (0.8, 0.462, 1.0)
+    """
+    return _features(view, sku, _co_stats(view, basket).get(sku), who)
 
 
 class CrossSellRanker:
@@ -260,10 +280,21 @@ class CrossSellRanker:
     ) -> list[tuple[str, dict[str, float], float]]:
         """The ``k`` best candidates, as (SKU, features, probability): the most likely first
         (ties, as before any learning: the most confident, then the SKU)."""
+        stats = _co_stats(view, basket)
+        best = sorted(stats, key=lambda b: (-stats[b][0], b))[:CANDIDATES]
+        inside = set(basket)
+        for sku in view.popular[:POPULAR]:
+            if sku not in stats and sku not in inside:
+                stats[sku] = (0.0, 0.0, 0.0)
+                best.append(sku)
+        # the model's score, without River's per-call overhead (the same sigmoid of the
+        # same dot product: tested equal to predict_one)
+        w, b0 = self.model._weights, self.model.intercept
         scored = []
-        for sku in candidates(view, basket):
-            x = features(view, basket, sku, who)
-            scored.append((sku, x, self.predict_one(x)))
+        for sku in best:
+            x = _features(view, sku, stats[sku], who)
+            z = b0 + sum(w.get(f, 0.0) * v for f, v in x.items())
+            scored.append((sku, x, _sigmoid(z)))
         scored.sort(key=lambda t: (-t[2], -t[1]["conf"], t[0]))
         return scored[:k]
 
@@ -285,6 +316,15 @@ class CrossSellRanker:
         r = cls()
         r.learnt = lr_from_state(r.model, state)
         return r
+
+
+def _sigmoid(z: float) -> float:
+    """River's (``river.utils.math.sigmoid``), for :meth:`CrossSellRanker.rank`."""
+    if z < -30:
+        return 0.0
+    if z > 30:
+        return 1.0
+    return 1.0 / (1.0 + math.exp(-z))
 
 
 def labelled(

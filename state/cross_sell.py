@@ -1,7 +1,8 @@
 """Cross-sell in Redis: the co-purchase counts every worker adds to, and the ranker worker 0
 learns. The only code that reads or writes them.
 
-- ``<p>xs:n`` (baskets), ``<p>xs:i`` (baskets per SKU), ``<p>xs:r`` (returns per SKU),
+- ``<p>xs:n`` (baskets), ``<p>xs:i`` (sorted set: baskets per SKU, whose most bought are
+  candidates too), ``<p>xs:r`` (returns per SKU),
   ``<p>xs:c`` (SKU -> category) and ``<p>xs:p:<sku>`` sorted sets (co-SKU -> baskets with
   both; the :data:`KEEP` most co-bought are kept): the sum of every worker's flushes, each
   added once (``<p>xs:f:<flush id>``), so the counts are those one worker would have
@@ -21,7 +22,7 @@ from typing import Any, Final
 import orjson
 import redis
 
-from operators.cross_sell import CO_ITEMS, CoPurchase, CoView
+from operators.cross_sell import CO_ITEMS, POPULAR, CoPurchase, CoView
 
 _LUA = (Path(__file__).with_name("lua") / "cross_sell.lua").read_text()
 #: co-items kept per SKU in Redis (the ranking reads the first :data:`CO_ITEMS`)
@@ -85,17 +86,19 @@ class CoPurchaseStore:
         for a in basket:
             pipe.zrevrange(f"{pre}xs:p:{a}", 0, top - 1, withscores=True)
         pipe.get(pre + "xs:n")
+        pipe.zrevrange(pre + "xs:i", 0, POPULAR - 1, withscores=True)
         res = pipe.execute()
         co = {
             a: {_s(b): int(n) for b, n in sorted(rows, key=lambda r: (-r[1], r[0]))}
-            for a, rows in zip(basket, res[:-1], strict=True)
+            for a, rows in zip(basket, res[:-2], strict=True)
         }
-        n = int(res[-1] or 0)
-        every = sorted(set(basket) | {b for row in co.values() for b in row})
+        n = int(res[-2] or 0)
+        popular = [_s(s) for s, _ in sorted(res[-1], key=lambda r: (-r[1], r[0]))]
+        every = sorted(set(basket) | set(popular) | {b for row in co.values() for b in row})
         if not every:
             return CoView(n, {}, co)
         pipe = self.r.pipeline(transaction=False)
-        pipe.hmget(pre + "xs:i", every)
+        pipe.zmscore(pre + "xs:i", every)
         pipe.hmget(pre + "xs:r", every)
         pipe.hmget(pre + "xs:c", every)
         counts, returns, cats = pipe.execute()
@@ -105,6 +108,7 @@ class CoPurchaseStore:
             co,
             {s: int(v) for s, v in zip(every, returns, strict=True) if v is not None},
             {s: _s(v) for s, v in zip(every, cats, strict=True) if v is not None},
+            popular,
         )
 
     def categories(self, skus: Sequence[str]) -> dict[str, str]:
@@ -119,7 +123,8 @@ class CoPurchaseStore:
         pre = self.prefix
         c = CoPurchase()
         c.baskets = int(self.r.get(pre + "xs:n") or 0)
-        c.items = {_s(k): int(v) for k, v in self.r.hgetall(pre + "xs:i").items()}
+        items: Any = self.r.zrange(pre + "xs:i", 0, -1, withscores=True)
+        c.items = {_s(k): int(v) for k, v in items}
         c.returns = {_s(k): int(v) for k, v in self.r.hgetall(pre + "xs:r").items()}
         c.categories = {_s(k): _s(v) for k, v in self.r.hgetall(pre + "xs:c").items()}
         for key in self.r.scan_iter(match=pre + "xs:p:*", count=1000):

@@ -33,6 +33,7 @@ import numpy as np
 from operators.cross_sell import (
     CO_ITEMS,
     KEPT,
+    POPULAR,
     CoPurchase,
     CoView,
     CrossSellRanker,
@@ -236,13 +237,15 @@ def cross_sell(
                 best = heapq.nsmallest(CO_ITEMS, row.items(), key=lambda kv: (-kv[1], kv[0]))
                 top = tops[a] = (n, dict(best))
             rows[a] = top[1]
+        pop = _popular(co)[:POPULAR]
         skus = set(basket) | {b for r in rows.values() for b in r}
         return CoView(
             co.baskets,
-            {s: co.items.get(s, 0) for s in skus},
+            {s: co.items.get(s, 0) for s in skus | set(pop)},
             rows,
             {},
-            {s: category[s] for s in skus if s in category},
+            {s: category[s] for s in skus | set(pop) if s in category},
+            pop,
         )
 
     for hh, ts, items in baskets:

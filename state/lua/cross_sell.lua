@@ -7,7 +7,8 @@
 --               "c": {sku: category}, "p": {sku: {co-sku: baskets}}}
 -- ARGV[4] co-items kept per item: past 1.5 times that, the least co-bought go
 --
--- Keys: <p>xs:n (baskets), <p>xs:i / <p>xs:r / <p>xs:c hashes, <p>xs:p:<sku> sorted sets.
+-- Keys: <p>xs:n (baskets), <p>xs:i sorted set (baskets per SKU: the most bought are read
+-- too), <p>xs:r / <p>xs:c hashes, <p>xs:p:<sku> sorted sets.
 -- Everything is checked before the first write: a bad argument writes nothing.
 -- Returns 1 (added) or 0 (this flush was added before).
 local prefix, id, keep = ARGV[1], ARGV[2], tonumber(ARGV[4])
@@ -41,7 +42,7 @@ end
 if redis.call('SET', prefix .. 'xs:f:' .. id, '1', 'NX', 'EX', 86400) == false then return 0 end
 local function fmt(n) return string.format('%d', n) end
 if d.n > 0 then redis.call('INCRBY', prefix .. 'xs:n', fmt(d.n)) end
-for k, v in pairs(d.i) do redis.call('HINCRBY', prefix .. 'xs:i', k, fmt(v)) end
+for k, v in pairs(d.i) do redis.call('ZINCRBY', prefix .. 'xs:i', fmt(v), k) end
 for k, v in pairs(d.r) do redis.call('HINCRBY', prefix .. 'xs:r', k, fmt(v)) end
 for k, v in pairs(d.c) do redis.call('HSET', prefix .. 'xs:c', k, v) end
 local cap = math.floor(keep * 1.5)
