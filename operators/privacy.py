@@ -38,8 +38,31 @@ _PHONE_DIGITS = re.compile(r"[^0-9+]")
 _PHONE_TEXT = re.compile(
     rb"(?<![\w+/.-])\+?\(?\d(?:[ .()/-]{0,2}\d){8,14}(?![\w:])(?![.-]\d)", re.ASCII
 )
-#: Quick test: could these bytes hold anything to scrub? (Most dead letters hold none.)
-_MAYBE_PII = re.compile(rb"(?i)@|\\u|mail|phone|mobile|msisdn|tel|fax|cell|gsm|\d[\d .()/-]{7}")
+
+_DIGITS = b"0123456789"
+_WORDS = (b"mail", b"phone", b"mobile", b"msisdn", b"tel", b"fax", b"cell", b"gsm")
+_DIGIT_RUN = re.compile(rb"\d[\d .()/-]{7}")
+#: where the first phone number could begin: 9 digits, at most 2 separators between two
+#: (a charset first: the regex engine scans for it fast, unlike _PHONE_TEXT's lookbehind)
+_PHONE_QUICK = re.compile(rb"\d(?:[ .()/-]{0,2}\d){8}")
+
+
+def _few_digits(raw: bytes) -> bool:
+    """Fewer than 9 digits in all: no phone number can be there (C speed, any size)."""
+    return len(raw) - len(raw.translate(None, _DIGITS)) < 9
+
+
+def _maybe_pii(raw: bytes) -> bool:
+    """Could these bytes hold anything to scrub? (Most dead letters hold none.) The same
+    answer as one regex of the alternatives, several times faster on large payloads."""
+    if b"@" in raw or b"\\u" in raw:
+        return True
+    low = raw.lower()
+    if any(w in low for w in _WORDS):
+        return True
+    return not _few_digits(raw) and _DIGIT_RUN.search(raw) is not None
+
+
 #: The next JSON token in a scan: punctuation, a string or a number.
 _TOKEN = re.compile(rb'[{}\[\]:,"]|-?\d[\d.eE+-]*')
 _STRING_END = re.compile(rb'["\\]')
@@ -110,7 +133,18 @@ class PiiHasher:
         """
         if b"@" in raw:
             raw = self._scrub_emails(raw)
-        return _PHONE_TEXT.sub(lambda m: self.token("phone", m.group().decode()).encode(), raw)
+        if _few_digits(raw):  # a phone number has 9 digits at least
+            return raw
+        first = _PHONE_QUICK.search(raw)
+        if first is None:
+            return raw
+        # No number starts before the first quick match's "+(" (the slice keeps one more
+        # byte before it: the lookbehind's context).
+        cut = max(0, first.start() - 3)
+        tail = _PHONE_TEXT.sub(
+            lambda m: self.token("phone", m.group().decode()).encode(), raw[cut:]
+        )
+        return raw[:cut] + tail
 
     def scrub_payload(self, raw: bytes) -> bytes:
         """The bytes of a rejected payload with personal data replaced, for dead letters.
@@ -129,7 +163,7 @@ class PiiHasher:
         >>> h.scrub_payload(b'{"sku": "A1", "qty": 2}')
         b'{"sku": "A1", "qty": 2}'
         """
-        if not _MAYBE_PII.search(raw):
+        if not _maybe_pii(raw):
             return raw
         out = bytearray()
         copied = 0  # raw[:copied] is in out
@@ -199,6 +233,8 @@ class PiiHasher:
         """A JSON string token with emails/phones replaced; ``tok`` itself if none."""
         if text is None:  # not a valid JSON string: patterns on the bytes
             return tok
+        if b"@" not in tok and b"\\" not in tok and _few_digits(tok):
+            return tok  # nothing an email or a phone number needs (escapes: decoded below)
         clean = self.scrub_text(text)
         return tok if clean == text else _quoted(clean)
 
