@@ -49,6 +49,9 @@ def test_quick_bench_reports_pipeline_bare_latency_memory_and_stages(tmp_path: P
     assert 0 < o["offers"] < o["decisions"]  # some carts are bought, some people unreachable
     assert 0 < o["us_per_decision_p50"] <= o["us_per_decision_p99"]
     assert 0 < o["us_per_model_update_p50"] <= o["us_per_model_update_p99"]
+    xs = o["cross_sell"]
+    assert 0 < xs["us_per_ranking_p50"] <= xs["us_per_ranking_p99"]
+    assert 0 < xs["us_per_ranker_update_p50"] <= xs["us_per_ranker_update_p99"]
 
 
 def test_bench_on_the_configured_services_needs_a_confirmation() -> None:

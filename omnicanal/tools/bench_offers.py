@@ -14,8 +14,9 @@ def decision_cost(decisions: int = 20_000, seed: int = 7) -> dict[str, Any]:
     eligibility, caps, consent, the learnt policy's scores of every eligible campaign, the
     ε-greedy choice, coupon code), in-process on generated customers: µs per decision, p50
     and p99 over ``decisions``, in batches of 100 timed together (a single call is below the
-    clock's resolution). Then the policy's model update, per outcome learnt, the same way:
-    the pipeline's only per-outcome learning (the preference model is not in it)."""
+    clock's resolution). Then the policy's model update, per outcome learnt, the same way;
+    and the cross-sell ranker's: one ranking of a basket's candidates, and one update per
+    ranked item learnt (:func:`cross_sell_cost`)."""
     import random
 
     from operators.coupons import CouponCodec
@@ -83,6 +84,59 @@ def decision_cost(decisions: int = 20_000, seed: int = 7) -> dict[str, Any]:
         "us_per_decision_p99": _pct(per, 99),
         "us_per_model_update_p50": _pct(upd, 50),
         "us_per_model_update_p99": _pct(upd, 99),
+        "cross_sell": cross_sell_cost(decisions // 4, seed),
+    }
+
+
+def cross_sell_cost(rankings: int = 5_000, seed: int = 7) -> dict[str, Any]:
+    """The cross-sell ranker (``operators.cross_sell``), in-process: one ranking of a basket
+    of 1-6 items (the 20 most co-bought items of each and 20 best sellers: up to 70
+    candidates, scored and sorted), and one model update per ranked item learnt; µs, p50
+    and p99 over batches of 50. The co-purchase counts are learnt from 20,000 generated
+    baskets of 2,000 SKUs (popular ones more often), as the stage reads them from Redis."""
+    import random
+
+    from operators.cross_sell import CoPurchase, CrossSellRanker, Shopper
+
+    rng = random.Random(seed)
+    skus = [f"S{i}" for i in range(2_000)]
+
+    def basket() -> list[str]:
+        return [skus[min(int(rng.paretovariate(0.8)), 1_999)] for _ in range(rng.randint(1, 6))]
+
+    co = CoPurchase()
+    for _ in range(20_000):
+        co.learn_one(basket(), {s: f"cat{int(s[1:]) % 40}" for s in skus[:300]})
+    ranker = CrossSellRanker()
+    cases = []
+    for _ in range(rankings):
+        b = sorted(set(basket()))
+        who = Shopper({f"cat{rng.randrange(40)}": 0.3}, frozenset(basket()), frozenset(),
+                      frozenset(basket()))  # fmt: skip
+        cases.append((co.view(b), b, who))
+    for view, b, who in cases[:500]:  # a ranker that has learnt something
+        for _, x, _ in ranker.rank(view, b, who):
+            ranker.learn_one(x, rng.random() < 0.05)
+    per: list[float] = []
+    learnt: list[dict[str, float]] = []
+    for k in range(0, rankings, 50):
+        t0 = time.perf_counter()
+        for view, b, who in cases[k : k + 50]:
+            ranked = ranker.rank(view, b, who)
+        per.append((time.perf_counter() - t0) / len(cases[k : k + 50]) * 1e6)
+        learnt.extend(x for _, x, _ in ranked)
+    upd: list[float] = []
+    for k in range(0, len(learnt), 50):
+        t0 = time.perf_counter()
+        for x in learnt[k : k + 50]:
+            ranker.learn_one(x, rng.random() < 0.05)
+        upd.append((time.perf_counter() - t0) / len(learnt[k : k + 50]) * 1e6)
+    return {
+        "rankings": rankings,
+        "us_per_ranking_p50": _pct(per, 50),
+        "us_per_ranking_p99": _pct(per, 99),
+        "us_per_ranker_update_p50": _pct(upd, 50),
+        "us_per_ranker_update_p99": _pct(upd, 99),
     }
 
 
