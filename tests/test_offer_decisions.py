@@ -213,3 +213,52 @@ def test_browse_abandonment_reminds_of_what_was_viewed_and_not_carted_or_bought(
     out = fire_timer("browse", ID, back, st, [BROWSE], CODEC, NOW, out_of_stock=frozenset({"LAMP"}))
     assert out.offer is not None and out.offer.items == ["MUG"]
     assert out.waits == (("LAMP", back),)
+
+
+XSELL = Campaign(
+    id="camping-extras",
+    trigger="cross_sell",
+    benefit=Benefit(kind="percent_off", value=15),
+    reason="Goes well with your {category}: 15% off {sku}",
+    channels=["email"],
+    valid_days=14,
+    wait_minutes=60,
+    eligibility=Eligibility(categories=["camping"]),
+)
+
+
+def test_cross_sell_offers_the_ranked_items_in_stock_and_campaigns_match_their_category() -> None:
+    order = NOW - 2 * HOUR
+    ranked = [("MAT", "camping"), ("STOVE", "camping"), ("MUG", "kitchen"), ("LAMP", "camping")]
+    st = TimerState(who(), {}, {"TENT": order}, suggestions=ranked, ranked_by="xs-12")
+    out = fire_timer("xsell", ID, order, st, [XSELL], CODEC, NOW, out_of_stock=frozenset({"STOVE"}))
+    assert out.action == "offer" and out.offer is not None
+    assert out.offer.items == ["MAT", "MUG", "LAMP"]  # the best 3 in stock online, in order
+    assert out.offer.reason == "Goes well with your camping: 15% off MAT"
+    assert out.offer.model_version == "rules-1+xs-12" and out.trigger_ms == order
+    # not before the wait; nothing ranked (or nothing in stock): no offer
+    assert fire_timer("xsell", ID, order, st, [XSELL], CODEC, order + HOUR // 2).action == "later"
+    none = TimerState(who(), {}, {"TENT": order})
+    assert fire_timer("xsell", ID, order, none, [XSELL], CODEC, NOW).action == "drop"
+    # the best item's category decides the campaign: a kitchen suggestion gets none of this one
+    kitchen = TimerState(who(), {}, {"TENT": order}, suggestions=[("MUG", "kitchen")])
+    assert fire_timer("xsell", ID, order, kitchen, [XSELL], CODEC, NOW).offer is None
+    unknown = TimerState(who(), {}, {"TENT": order}, suggestions=[("MUG", "")])
+    assert fire_timer("xsell", ID, order, unknown, [XSELL], CODEC, NOW).offer is None
+    # a cart campaign that asks for categories still never matches (a cart keeps none)
+    cats = msgspec.structs.replace(CART10, eligibility=Eligibility(categories=["camping"]))
+    assert decide(TRIGGER, who(), [cats], CODEC, NOW).offer is None
+
+
+def test_browse_abandonment_campaigns_match_the_viewed_products_category() -> None:
+    back = NOW - 3 * HOUR
+    toys = msgspec.structs.replace(
+        BROWSE,
+        eligibility=Eligibility(categories=["toys"]),
+        reason="Still thinking about {category}?",
+    )
+    st = TimerState(who(), {}, {}, views={"LAMP": back}, categories={"LAMP": "toys"})
+    out = fire_timer("browse", ID, back, st, [toys], CODEC, NOW)
+    assert out.offer is not None and out.offer.reason == "Still thinking about toys?"
+    other = TimerState(who(), {}, {}, views={"LAMP": back}, categories={"LAMP": "lamps"})
+    assert fire_timer("browse", ID, back, other, [toys], CODEC, NOW).offer is None
