@@ -1,4 +1,5 @@
-"""The check suite of the River models (``operators/policy.py``, ``operators/preferences.py``).
+"""The check suite of the River models (``operators/policy.py``, ``operators/preferences.py``,
+``operators/cross_sell.py``).
 
 Unlike the stream's small learners (``tests/test_learners.py``), an SGD model depends on the
 order it learns in, so it cannot merge; what it must do instead: learn something real
@@ -118,3 +119,51 @@ def test_the_preference_model_ranks_each_customers_own_items_first() -> None:
         popular_hits += len(set(top) & set(basket))
     assert hits > 1.5 * popular_hits, (hits, popular_hits)
     assert m.log_loss < math.log(2)  # better than a coin on what it was asked
+
+
+def _ranked_stream(n: int, seed: int = 4) -> list[tuple[dict[str, float], bool]]:
+    """Ranked items as the cross-sell ranker learns them: bought next mostly when they go
+    well with the basket and suit the customer's category interest."""
+    from operators.cross_sell import CoPurchase, Shopper, features
+
+    rng = random.Random(seed)
+    co = CoPurchase()
+    skus = [f"S{i}" for i in range(40)]
+    for _ in range(2000):
+        co.learn_one(rng.sample(skus, rng.randint(2, 4)), {s: f"c{int(s[1:]) % 5}" for s in skus})
+    out = []
+    for _ in range(n):
+        basket = rng.sample(skus, 2)
+        view = co.view(basket)
+        sku = rng.choice([s for s in skus if s not in basket])
+        who = Shopper({f"c{rng.randrange(5)}": 0.8}, owned=frozenset(rng.sample(skus, 3)))
+        x = features(view, basket, sku, who)
+        p = 0.02 + 0.5 * x.get("category", 0.0) + 0.3 * x["conf"]
+        out.append((x, rng.random() < p))
+    return out
+
+
+def test_the_cross_sell_ranker_passes_the_same_checks() -> None:
+    from operators.cross_sell import CrossSellRanker
+
+    stream = _ranked_stream(4000)
+    m, seen, yes, model_loss, base_loss = CrossSellRanker(), 0, 0, 0.0, 0.0
+    x0 = dict(stream[0][0])
+    assert m.predict_one(stream[0][0]) == 0.5  # nothing learnt: nothing known
+    for x, y in stream:
+        model_loss += log_loss(m.predict_one(x), y)
+        base_loss += log_loss((yes + 1) / (seen + 2), y)
+        m.learn_one(x, y)
+        seen, yes = seen + 1, yes + y
+    assert stream[0][0] == x0  # inputs left alone
+    assert model_loss < 0.9 * base_loss, (model_loss / seen, base_loss / seen)
+    half = CrossSellRanker()
+    for x, y in stream[:2000]:
+        half.learn_one(x, y)
+    restored = CrossSellRanker.from_state(orjson.loads(orjson.dumps(half.to_state())))
+    again = CrossSellRanker()
+    for x, y in stream:
+        again.learn_one(x, y)
+    for x, y in stream[2000:]:
+        restored.learn_one(x, y)
+    assert restored.to_state() == again.to_state() == m.to_state()  # the same stream, model
