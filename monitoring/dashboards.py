@@ -139,6 +139,15 @@ BOARDS: dict[str, tuple[str, list[Panel]]] = {
                   "short",
                   (("sum by (outcome) (increase(omnicanal_coupon_redemptions_total[5m]))",
                     "{{outcome}}"),)),
+
+            Panel("Cross-sell learning", "Baskets (any channel) added to the co-purchase "
+                  "counts per 5 minutes (lost: dropped after Redis refused them too long), and "
+                  "the items the cross-sell ranker learnt from, by whether the customer bought "
+                  "them next (bought / all is its hit rate).", "short",
+                  (("sum by (result) (increase(omnicanal_cross_sell_baskets_total[5m]))",
+                    "baskets {{result}}"),
+                   ("sum by (label) (increase(omnicanal_preference_examples_total[5m]))",
+                    "ranked items {{label}}"))),
         ],
     ),
 }  # fmt: skip
