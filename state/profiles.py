@@ -473,6 +473,23 @@ class ProfileStore:
                 "bought": dict(raw.bought),
                 "cart_entries": raw.cart,
             },
+            "offers": self._offer_data(customer_id),
+        }
+
+    def _offer_data(self, customer_id: str) -> dict[str, Any]:
+        """What the offers keep about a customer: their offer counters (per day, campaign and
+        trigger), the SKUs they wait for (back in stock), and the cross-sell ranking made at
+        their last purchase (SKUs and the features the ranker saw)."""
+        pre = self.prefix
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(f"{pre}of:n:{customer_id}")
+        pipe.hgetall(f"{pre}bisq:{customer_id}")
+        pipe.get(f"{pre}xs:rank:{customer_id}")
+        counters, waits, ranking = pipe.execute()
+        return {
+            "counters": {_s(k): _s(v) for k, v in sorted(counters.items())},
+            "waiting_for": {_s(k): int(v) for k, v in sorted(waits.items())},
+            "cross_sell_ranking": orjson.loads(ranking) if ranking else None,
         }
 
     # ------------------------------------------------------------------ reads

@@ -714,6 +714,10 @@ def test_cross_sell_learns_from_web_baskets_offers_after_a_store_purchase_and_le
     ranks = RankerStore(connect(s.redis_url), s.redis_prefix)
     (made, kept) = ranks.rankings([ana])[ana]
     assert made == t + 30 * MINUTE and [sku for sku, _ in kept][:3] == ["MAT", "STOVE", "MILK"]
+    # right of access: the ranking kept about her is in her export
+    doc = profiles.export(ana)
+    assert doc is not None and doc["offers"]["cross_sell_ranking"]["t"] == made
+    assert doc["offers"]["counters"]["f:xsell"] == str(made)
 
     # ANA buys the mat online: the ranking made at her store purchase is learnt from, once
     send(s, [("transaction", basket(21, "ANA", ["MAT"], t + 60 * MINUTE))])
@@ -727,3 +731,6 @@ def test_cross_sell_learns_from_web_baskets_offers_after_a_store_purchase_and_le
     assert len([o for o in offers_on_topic(s) if o["customer_id"] == ana]) <= 2
     ids = [o["offer_id"] for o in offers_on_topic(s)]
     assert len(ids) == len(set(ids))
+    # right to erasure: nothing of hers is left, the kept ranking included
+    assert profiles.erase(ana) is not None
+    assert ranks.rankings([ana]) == {} and profiles.export(ana) is None
