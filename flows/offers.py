@@ -173,7 +173,7 @@ class Offers:
             else:
                 of = {"cart": "cart", "bis": "waits", "browse": "views"}[timer]
                 skus = sorted({sku for st in stored for sku in getattr(st, of)})
-            oos = out_of_stock_online([sku for sku, _ in stock.read(skus)], rules)
+            oos = out_of_stock_online(stock.levels(skus), rules)
         ranked_by = self._xsell.version if ranked and self._xsell is not None else ""
         today = day_of(now_ms)
         down = self._down()

@@ -55,6 +55,23 @@ class StockStore:
             out.append((SkuState.from_fields(sku, fields), alerts))
         return out
 
+    def levels(self, skus: Sequence[str]) -> list[SkuState]:
+        """Each SKU's levels and counts only (what an offer needs to know whether the
+        online channels can sell it): one round trip, without the alerts or the models."""
+        pipe = self.r.pipeline(transaction=False)
+        for sku in skus:
+            pipe.hgetall(f"{self.prefix}sku:{sku}")
+        out = []
+        for sku, h in zip(skus, pipe.execute(), strict=True):
+            st = SkuState(sku)
+            for k, v in h.items():
+                if k[:2] == b"q:":
+                    st.levels[k[2:].decode()] = int(v)
+                elif k[:3] == b"st:":
+                    st.snapshot_ms[k[3:].decode()] = int(v)
+            out.append(st)
+        return out
+
     def sku(self, sku: str) -> SkuState | None:
         """One SKU's stored state (None if omnicanal never saw it)."""
         fields = self.r.hgetall(f"{self.prefix}sku:{sku}")
