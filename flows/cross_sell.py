@@ -21,7 +21,14 @@ import redis
 from msgspec import UNSET
 
 from monitoring import metrics as m
-from operators.cross_sell import CoPurchase, CrossSellRanker, Shopper, category_shares, labelled
+from operators.cross_sell import (
+    CoPurchase,
+    CoView,
+    CrossSellRanker,
+    Shopper,
+    category_shares,
+    labelled,
+)
 from operators.policy import log_loss
 from schemas.envelope import Accepted
 from state.cross_sell import CoPurchaseStore, RankerStore, Ranking
@@ -158,27 +165,46 @@ class CrossSellRanks:
         self._kept, self._learnt = {}, []
         out: dict[str, list[tuple[str, str]]] = {}
         for (cid, seen), st in zip(timers, stored, strict=True):
-            old = before.get(cid)
-            if old is not None and old[0] < seen:  # a purchase since: learn, once
-                for x, y in labelled(old[1], old[0], st.bought):
-                    m.PREFERENCE_MODEL_LOSS.observe(log_loss(trial.predict_one(x), y))
-                    m.PREFERENCE_EXAMPLES.labels("bought" if y else "not_bought").inc()
-                    trial.learn_one(x, y)
-                self._learnt.append(cid)
-            basket = baskets[cid]
-            if not basket:
+            try:
+                ranked = self._one(trial, view, cid, seen, st, before.get(cid), baskets[cid])
+            except Exception as e:  # one customer's problem, never the pipeline's
+                log.error(
+                    "step 'state' (cross-sell): %s not ranked, no suggestion: %s: %s",
+                    cid, type(e).__name__, e,
+                )  # fmt: skip
                 continue
-            who = Shopper(
-                category_shares(st.fields),
-                frozenset(st.views),
-                frozenset(s for s, (q, _) in st.cart.items() if q > 0),
-                frozenset(s for s, t in st.bought.items() if t < seen),
-            )
-            ranked = trial.rank(view, basket, who)
-            self._kept[cid] = (seen, [(sku, x) for sku, x, _ in ranked])
-            out[cid] = [(sku, view.category.get(sku, "")) for sku, _, _ in ranked]
+            if ranked is not None:
+                out[cid] = ranked
         self._trial = trial
         return out
+
+    def _one(
+        self,
+        trial: CrossSellRanker,
+        view: CoView,
+        cid: str,
+        seen: int,
+        st: StoredCart,
+        old: Ranking | None,
+        basket: list[str],
+    ) -> list[tuple[str, str]] | None:
+        if old is not None and old[0] < seen:  # a purchase since: learn, at most once
+            self._learnt.append(cid)
+            for x, y in labelled(old[1], old[0], st.bought):
+                m.PREFERENCE_MODEL_LOSS.observe(log_loss(trial.predict_one(x), y))
+                m.PREFERENCE_EXAMPLES.labels("bought" if y else "not_bought").inc()
+                trial.learn_one(x, y)
+        if not basket:
+            return None
+        who = Shopper(
+            category_shares(st.fields),
+            frozenset(st.views),
+            frozenset(s for s, (q, _) in st.cart.items() if q > 0),
+            frozenset(s for s, t in st.bought.items() if t < seen),
+        )
+        ranked = trial.rank(view, basket, who)
+        self._kept[cid] = (seen, [(sku, x) for sku, x, _ in ranked])
+        return [(sku, view.category.get(sku, "")) for sku, _, _ in ranked]
 
     @property
     def version(self) -> str:

@@ -15,6 +15,7 @@ learns. The only code that reads or writes them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -24,6 +25,7 @@ import redis
 
 from operators.cross_sell import CO_ITEMS, POPULAR, CoPurchase, CoView
 
+log = logging.getLogger(__name__)
 _LUA = (Path(__file__).with_name("lua") / "cross_sell.lua").read_text()
 #: co-items kept per SKU in Redis (the ranking reads the first :data:`CO_ITEMS`)
 KEEP: Final = 100
@@ -155,9 +157,17 @@ class RankerStore:
         raw = self.r.mget([self.prefix + "xs:rank:" + c for c in customers])
         out: dict[str, Ranking] = {}
         for c, v in zip(customers, raw, strict=True):
-            if v:
+            if not v:
+                continue
+            try:
                 doc = orjson.loads(v)
-                out[c] = (int(doc["t"]), [(str(s), dict(x)) for s, x in doc["x"]])
+                ranking = [(str(s), {str(f): float(n) for f, n in x.items()}) for s, x in doc["x"]]
+                if not all(abs(n) <= 100.0 for _, x in ranking for n in x.values()):
+                    raise ValueError("a feature out of range")  # NaN included: never learnt
+                out[c] = (int(doc["t"]), ranking)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+                # not written by this version: nothing to learn from (it is replaced)
+                log.warning("cross-sell ranking of %s unreadable, not learnt from: %s", c, e)
         return out
 
     def checkpoint(

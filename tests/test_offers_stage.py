@@ -734,3 +734,41 @@ def test_cross_sell_learns_from_web_baskets_offers_after_a_store_purchase_and_le
     # right to erasure: nothing of hers is left, the kept ranking included
     assert profiles.erase(ana) is not None
     assert ranks.rankings([ana]) == {} and profiles.export(ana) is None
+
+
+def test_an_unreadable_kept_ranking_costs_only_what_it_would_have_taught(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A kept ranking this version cannot read (another writer, a corrupted value, a feature
+    out of range) is not learnt from and is replaced; the run goes on and the customer still
+    gets the cross-sell of their new basket."""
+    s = offers_settings(settings, tmp_path)
+    (tmp_path / "campaigns.yaml").write_text(CROSS_SELL)
+    t = (int(time.time() * 1000) // MINUTE - 180) * MINUTE
+    web = [["TENT", "MAT"]] * 4 + [["MAT", "LAMP"]] * 3
+    send(s, [("transaction", basket(i, f"W{i}", b, t)) for i, b in enumerate(web)])
+    send(s, [("customer", consent(1, "ANA", t)), ("customer", consent(2, "BEN", t))])
+    run(s)
+    send(s, [("transaction", basket(20, "ANA", ["TENT"], t + 30 * MINUTE, "store")),
+             ("transaction", basket(21, "BEN", ["TENT"], t + 30 * MINUTE, "store"))])  # fmt: skip
+    run(s)
+    profiles = ProfileStore(connect(s.redis_url), s.redis_prefix)
+    ana, ben = profiles.resolve("loyalty:ANA"), profiles.resolve("loyalty:BEN")
+    key = f"{s.redis_prefix}xs:rank:"
+    profiles.r.set(key + ana, b'{"t": 1, "x": [["MAT", {"conf": 1e300}]]}')  # out of range
+    profiles.r.set(key + ben, b"\x00not json")
+    send(s, [("transaction", basket(22, "ANA", ["MAT"], t + 60 * MINUTE)),
+             ("transaction", basket(23, "BEN", ["MAT"], t + 60 * MINUTE))])  # fmt: skip
+    run(s)
+    ranks = RankerStore(connect(s.redis_url), s.redis_prefix)
+    state = ranks.load()
+    assert state is not None and state["n"] == 0  # nothing learnt from either
+    kept = ranks.rankings([ana, ben])
+    assert {c: made for c, (made, _) in kept.items()} == {
+        ana: t + 60 * MINUTE,
+        ben: t + 60 * MINUTE,
+    }
+    mats = [
+        o for o in offers_on_topic(s) if o["customer_id"] in (ana, ben) and "LAMP" in o["items"]
+    ]
+    assert len(mats) == 2  # the mat's partner, offered to both after their second purchase
