@@ -516,7 +516,9 @@ def evaluate_recommendations(
 ) -> None:
     """Next-basket Recall@10, NDCG@10 and PHR@10 of the preference model against the
     G-, P- and GP-TopFreq baselines, on a year of real baskets (Dunnhumby Complete Journey)
-    replayed in time order: each household's last basket is the target.
+    replayed in time order: each household's last basket is the target. Then the pipeline's
+    cross-sell ranker on the same replay, learning at every basket as in the pipeline: the
+    ranking made at the basket before the last, against the last basket's new items.
 
     Needs the data extra: pip install 'omnicanal[data]'. The README explains the method."""
     from omnicanal.tools import reco_eval
@@ -552,6 +554,14 @@ def evaluate_recommendations(
         f"model / GP-TopFreq Recall@10: {res['model_over_gp_topfreq_recall']} "
         f"(gain 95% interval {lo:+.1%} .. {hi:+.1%}; target +5%); "
         f"progressive log-loss {res['model']['progressive_log_loss']}; {res['seconds']} s"
+    )
+    xs = res["cross_sell"]
+    r = xs["recall_at_10"]
+    out.print(
+        f"[bold]Cross-sell ranker[/], {xs['households']:,} households: Recall@10 of the last "
+        f"basket's new items {r['model']} (confidence alone {r['confidence']}, G-TopFreq "
+        f"{r['g_topfreq']}); {xs['ranked_items_learnt']:,} ranked items learnt, "
+        f"{xs['hit_rate']:.1%} bought next, progressive log-loss {xs['progressive_log_loss']}"
     )
 
 
