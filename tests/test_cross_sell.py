@@ -63,7 +63,7 @@ def test_two_processes_count_each_basket_once_and_a_kill_never_twice(
             update={"coupon_key": "test-coupon-key-0123456789",
                     "campaigns_file": str(DEMO_CAMPAIGNS)}
         )  # fmt: skip
-        msgs = list(Generator(seed=5, customers=600, bad_share=0.0).messages(20_000))
+        msgs = list(Generator(seed=5, customers=600, bad_share=0.0).messages(12_000))
         produce(base, msgs)
         want = expected(msgs)
         assert want.baskets > 500 and sum(len(r) for r in want.pairs.values()) > 1000
