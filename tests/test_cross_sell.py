@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+import redis
 
 from omnicanal.config import Settings
 from omnicanal.tools.datagen import Generator
@@ -101,3 +102,59 @@ def test_two_processes_count_each_basket_once_and_a_kill_never_twice(
     finally:
         clean_redis.stop()
         crash_redis.stop()
+
+
+def _snapshot(r: Any, prefix: str) -> dict[bytes, Any]:
+    return {k: r.dump(k) for k in sorted(r.keys(prefix + "*"))}
+
+
+def test_a_flush_is_added_once_and_a_bad_one_writes_nothing(redis_server: LocalRedis) -> None:
+    r = connect(redis_server.url)
+    store = CoPurchaseStore(r, "t:")
+    delta = CoPurchase()
+    delta.learn_one(["TENT", "MAT"], {"TENT": "camping"})
+    delta.learn_return(["MAT"])
+    assert store.add(delta, "w1:0") == 1
+    assert store.add(delta, "w1:0") == 0  # the reply was lost, the call retried: not twice
+    got = store.learnt()
+    assert (got.baskets, got.items, got.pairs, got.returns) == (
+        1, {"MAT": 1, "TENT": 1}, {"MAT": {"TENT": 1}, "TENT": {"MAT": 1}}, {"MAT": 1},
+    )  # fmt: skip
+    before = _snapshot(r, "t:")
+    script = r.register_script((Path(__file__).parents[1] / "state/lua/cross_sell.lua").read_text())
+    good = {"n": 1, "i": {"A": 1}, "r": {}, "c": {}, "p": {"A": {"B": 1}}}
+    bad = [
+        {**good, "n": -1},
+        {**good, "i": {"A": 0}},
+        {**good, "i": {"A": 1.5}},
+        {**good, "c": {"A": "x" * 65}},
+        {**good, "p": {"A": {"B": 1}, "x" * 129: {"B": 1}}},
+        {**good, "p": {"A": {"B": "1"}}},
+        {**good, "p": {"A": {"B": 1, "C": 0}}},  # the last entry is bad: nothing before it
+    ]
+    for k, doc in enumerate(bad):
+        with pytest.raises(redis.ResponseError, match="INVALID"):
+            script(args=["t:", f"bad:{k}", orjson.dumps(doc), 100])
+    with pytest.raises(redis.ResponseError, match="INVALID"):
+        script(args=["t:", "bad:json", b"{not json", 100])
+    assert _snapshot(r, "t:") == before  # not even the flush id
+
+
+def test_a_flush_redis_refused_is_kept_and_added_once_later(redis_server: LocalRedis) -> None:
+    from flows.cross_sell import CoPurchaseCounts
+    from schemas.envelope import Accepted
+    from schemas.events import Sale, TransactionLine
+
+    store = CoPurchaseStore(connect(redis_server.url), "t:")
+    counts = CoPurchaseCounts(store, interval=3600)
+    lines = [TransactionLine(sku=s, quantity=1, unit_price_minor=100) for s in ("TENT", "MAT")]
+    sale = Sale(event_id="e", event_time=None, channel="web", currency="EUR", lines=lines)
+    ev = Accepted("t", 0, 1, "transactions", "sale", "e", 1, "web", "C1", {}, sale)
+    counts.add([ev])
+    counts.store = CoPurchaseStore(connect("redis://127.0.0.1:1", socket_timeout=0.2), "t:")
+    assert counts.flush() is False  # Redis away: kept, nothing lost
+    counts.add([ev])  # a second basket, in a new flush of its own
+    counts.store = store
+    assert counts.flush() is True
+    assert counts.flush() is True  # nothing left: nothing added again
+    assert store.learnt().pairs == {"MAT": {"TENT": 2}, "TENT": {"MAT": 2}}
