@@ -238,17 +238,13 @@ class GroupOffsets:
         self._c.close()
 
 
-def end_offsets(config: dict[str, Any], topic: str, timeout: float = 10.0) -> dict[int, int]:
-    """Each partition's high watermark (the offset the next message will get)."""
-    parts = partitions_of(config, [topic])[topic]
-    c = Consumer({**config, "group.id": "omnicanal-reader", "enable.auto.commit": False})
-    try:
-        return {
-            p: int(c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1])
-            for p in range(parts)
-        }
-    finally:
-        c.close()
+def end_offsets(
+    config: dict[str, Any], topic: str, *, starts: dict[int, int] | None = None
+) -> dict[int, int]:
+    """Each partition's end (the offset the next message will get), found by reading it to
+    its end (partition EOF) from ``starts`` (partition -> offset; the beginning otherwise),
+    not from the watermarks, which Tansu can report wrong."""
+    return scan_topic(config, topic, starts=starts)[1]
 
 
 def read_topic(
@@ -261,6 +257,18 @@ def read_topic(
     """Every message of a topic from the beginning (or from ``starts``, partition -> first
     offset) to its current end: (partition, offset, key, value). For tools, tests and
     recoveries, not the hot path."""
+    return scan_topic(config, topic, idle_timeout=idle_timeout, starts=starts)[0]
+
+
+def scan_topic(
+    config: dict[str, Any],
+    topic: str,
+    *,
+    idle_timeout: float = 5.0,
+    starts: dict[int, int] | None = None,
+) -> tuple[list[tuple[int, int, bytes | None, bytes | None]], dict[int, int]]:
+    """:func:`read_topic`'s messages, and each partition's end as its end-of-partition
+    event gives it (the offset after the last message)."""
     parts = partitions_of(config, [topic])[topic]
     starts = starts or {}
     c = Consumer(
@@ -269,14 +277,23 @@ def read_topic(
             "group.id": "omnicanal-reader",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            # a start past the end (a bound recorded from a wrong watermark) reads from the end
+            "auto.offset.reset": "latest",
         }
     )
     try:
+        if starts:  # a start past the end never reaches an end (Tansu): the high watermark
+            # bounds it (a watermark too high leaves the start as it is, one too low only
+            # reads a few messages more)
+            starts = {
+                p: min(o, c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
+                for p, o in starts.items()
+            }
         c.assign([TopicPartition(topic, p, starts.get(p, OFFSET_BEGINNING)) for p in range(parts)])
         out = []
-        eof: set[int] = set()
+        ends: dict[int, int] = {}
         deadline = time.monotonic() + idle_timeout
-        while len(eof) < parts:
+        while len(ends) < parts:
             msgs = c.consume(1000, 0.05)
             if msgs:
                 deadline = time.monotonic() + idle_timeout
@@ -288,9 +305,9 @@ def read_topic(
                 if err is None:
                     out.append((part, offset, msg.key(), msg.value()))
                 elif err.code() == KafkaError._PARTITION_EOF:
-                    eof.add(part)
+                    ends[part] = offset
                 else:
                     raise RuntimeError(f"reading {topic}: {err.str()}")
-        return out
+        return out, ends
     finally:
         c.close()

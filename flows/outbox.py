@@ -117,7 +117,8 @@ class OutboxSender:
             # Everything on the topic now is resolved: a later recovery looks after it only
             # (no sender runs during a recovery, so none has a message in flight). With an
             # empty outbox the bound stays: still safe, only older.
-            ends = end_offsets(self._kafka_config, self._topic)
+            starts = {p: o + 1 for p, o in self.outbox.sent_offsets().items()}
+            ends = end_offsets(self._kafka_config, self._topic, starts=starts)
             self.outbox.set_sent({p: end - 1 for p, end in ends.items()})
         return sent, found
 

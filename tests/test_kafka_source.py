@@ -117,3 +117,23 @@ def test_consumer_lag_is_what_the_worker_has_not_read(
         assert [m.CONSUMER_LAG.labels("lag-a", str(n))._value.get() for n in (0, 1)] == [0, 0]
     finally:
         part.close()
+
+
+def test_end_offsets_come_from_the_end_of_each_partition(kafka: LocalKafka) -> None:
+    """The outbox's recovery bound: the offset after each partition's last message, read to
+    the end (not the watermarks), from a start or the beginning; a start past the end (a
+    bound recorded wrong) still finds the end."""
+    from flows.kafka import end_offsets
+
+    cfg = {"bootstrap.servers": kafka.bootstrap}
+    topic = f"ends-{time.monotonic_ns()}"
+    create_topics(cfg, [topic], 3)
+    p = Producer({**cfg, "linger.ms": 5})
+    for i in range(5):
+        p.produce(topic, f"m{i}".encode(), partition=0)
+    for i in range(2):
+        p.produce(topic, f"n{i}".encode(), partition=2)
+    assert p.flush(30) == 0
+    assert end_offsets(cfg, topic) == {0: 5, 1: 0, 2: 2}
+    assert end_offsets(cfg, topic, starts={0: 3, 2: 2}) == {0: 5, 1: 0, 2: 2}
+    assert end_offsets(cfg, topic, starts={0: 50}) == {0: 5, 1: 0, 2: 2}
