@@ -62,14 +62,18 @@ def learn(delta: CoPurchase, items: Sequence[Any]) -> int:
         kind = a.event_type
         if kind != "sale" and kind != "return":
             continue
-        lines = [ln for ln in a.event.lines if ln.kind is UNSET or ln.kind == "product"]
-        if kind == "return":
-            delta.learn_return(ln.sku for ln in lines)
-            continue
-        if lines:
-            cats = {ln.sku: ln.category for ln in lines if ln.category is not UNSET}
-            delta.learn_one([ln.sku for ln in lines], cats)
-            n += 1
+        try:
+            lines = [ln for ln in a.event.lines if ln.kind is UNSET or ln.kind == "product"]
+            if kind == "return":
+                delta.learn_return(ln.sku for ln in lines)
+                continue
+            if lines:
+                cats = {ln.sku: ln.category for ln in lines if ln.category is not UNSET}
+                delta.learn_one([ln.sku for ln in lines], cats)
+                n += 1
+        except Exception as e:  # one event's problem: it is not counted, the batch goes on
+            log.error("step 'state' (cross-sell counts): %s not counted: %s: %s",
+                      a.event_id, type(e).__name__, e)  # fmt: skip
     return n
 
 
@@ -114,6 +118,13 @@ class CoPurchaseCounts:
             try:
                 self.store.add(delta, fid)
             except redis.RedisError as e:
+                if isinstance(e, redis.ResponseError) and "INVALID" in str(e):
+                    # refused for good (the script's checks: a bug), so never retried
+                    log.error("step 'state' (cross-sell counts): %d baskets not counted: %s",
+                              baskets, e)  # fmt: skip
+                    m.CROSS_SELL_BASKETS.labels("lost").inc(baskets)
+                    self._unsent.pop(0)
+                    continue
                 log.warning("step 'state' (cross-sell counts): kept for the next flush: %s", e)
                 while len(self._unsent) > 1 and sum(len(u[1]) for u in self._unsent) > (
                     MAX_DELTA_ENTRIES

@@ -158,3 +158,11 @@ def test_a_flush_redis_refused_is_kept_and_added_once_later(redis_server: LocalR
     assert counts.flush() is True
     assert counts.flush() is True  # nothing left: nothing added again
     assert store.learnt().pairs == {"MAT": {"TENT": 2}, "TENT": {"MAT": 2}}
+    # a flush the script refuses for good (a SKU no contract allows) is dropped, not retried
+    # forever: what comes after it is added
+    counts._delta.learn_one(["X" * 200, "TENT"])
+    counts._baskets += 1
+    assert counts.flush() is True and counts._unsent == []
+    counts.add([ev])
+    assert counts.flush() is True
+    assert store.learnt().pairs == {"MAT": {"TENT": 3}, "TENT": {"MAT": 3}}
