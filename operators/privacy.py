@@ -85,6 +85,20 @@ def pii_kind(name: str) -> str | None:
     return None
 
 
+def looks_personal(text: str) -> bool:
+    """Does a short free-text value (a category) hold an email address or a phone number?
+
+    >>> looks_personal("garden tools"), looks_personal("ana@example.com")
+    (False, True)
+    >>> looks_personal("call +44 7700 900123"), looks_personal("size 2024-05")
+    (True, False)
+    """
+    raw = text.encode("utf-8", "surrogatepass")
+    if b"@" in raw and _EMAIL_RE.search(raw):
+        return True
+    return not _few_digits(raw) and _PHONE_TEXT.search(raw) is not None
+
+
 class PiiHasher:
     """Keyed HMAC of personal identifiers. The key comes from the environment, never code."""
 

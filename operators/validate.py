@@ -31,7 +31,7 @@ from typing import Any, Final
 import msgspec
 from msgspec import UNSET
 
-from operators.privacy import PiiHasher
+from operators.privacy import PiiHasher, looks_personal
 from schemas.deadletter import DeadLetter, SourcePosition
 from schemas.envelope import ID_PRIORITY, Accepted, Rejected
 from schemas.events import CONTRACT_OF_TYPE, CONTRACTS, CustomerIds, line_amount
@@ -240,6 +240,11 @@ class Validator:
             )
         if contract == "transaction":
             _check_transaction(ev, event_type)
+            for i, line in enumerate(ev.lines):
+                if line.category is not UNSET:
+                    _check_category(line.category, f"lines[{i}].category", event_type)
+        elif getattr(ev, "category", UNSET) is not UNSET:
+            _check_category(ev.category, "category", event_type)
         elif event_type == "consent_changed":
             if not any(getattr(ev.consents, f) is not UNSET for f in ev.consents.__struct_fields__):
                 raise _Reject("missing_field", "consents must set at least one purpose", event_type)
@@ -359,6 +364,18 @@ def time_zones() -> frozenset[str]:
     (True, False)
     """
     return frozenset(zoneinfo.available_timezones())
+
+
+def _check_category(category: str, where: str, event_type: str) -> None:
+    """A category is kept in clear (profiles, stock, the cross-sell counts shared by every
+    customer): one that holds an email address or a phone number is refused, never echoed."""
+    if ("@" in category or sum(c.isdigit() for c in category) >= 9) and looks_personal(category):
+        raise _Reject(
+            "invalid_value",
+            f"{where} looks like an email address or a phone number: personal data is not "
+            "kept in categories",
+            event_type,
+        )
 
 
 def _check_transaction(ev: Any, event_type: str) -> None:

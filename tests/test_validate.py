@@ -308,6 +308,23 @@ def test_a_consents_time_zone_must_be_a_real_one() -> None:
         assert reason(orjson.dumps(base | {"time_zone": bad}), "cust") == why, bad
 
 
+def test_a_category_holding_an_email_or_a_phone_number_is_refused_never_kept() -> None:
+    """Categories are kept in clear (profiles, stock, the cross-sell counts every customer
+    shares): personal data there is refused, and the dead letter does not repeat it."""
+    line = {"sku": "A1", "quantity": 1, "unit_price_minor": 100}
+    ok = decode(orjson.dumps(sale(lines=[line | {"category": "garden tools 2024"}])))
+    assert isinstance(ok, Accepted)
+    for bad in ("ana.lopez@example.com", "call +44 7700 900123", "447700900123"):
+        r = decode(orjson.dumps(sale(lines=[line, line | {"sku": "B", "category": bad}])))
+        assert isinstance(r, Rejected) and r.reason == "invalid_value", bad
+        assert b"lines[1].category" in r.record and bad.encode() not in r.record
+    view = {"event_type": "product_view", "event_id": "v1", "event_time": "2024-05-01T10:00:00Z",
+            "channel": "web", "session_id": "s", "sku": "A1",
+            "category": "ana@example.com"}  # fmt: skip
+    assert reason(orjson.dumps(view), "click") == "invalid_value"
+    assert isinstance(decode(orjson.dumps(view | {"category": "toys"}), "click"), Accepted)
+
+
 # ------------------------------------------------------------------ hostile input (issue 12)
 EMAIL = "ana.lopez@example.com"
 PHONE_DIGITS = "447700900123"
