@@ -113,6 +113,10 @@ class CoPurchaseStore:
             popular,
         )
 
+    def baskets(self) -> int:
+        """Baskets counted so far, by every worker."""
+        return int(self.r.get(self.prefix + "xs:n") or 0)
+
     def categories(self, skus: Sequence[str]) -> dict[str, str]:
         """The category of each SKU, where a sale line named it."""
         if not skus:
@@ -124,7 +128,7 @@ class CoPurchaseStore:
         """Everything stored, as one learner (tests, tools; reads every pair set)."""
         pre = self.prefix
         c = CoPurchase()
-        c.baskets = int(self.r.get(pre + "xs:n") or 0)
+        c.baskets = self.baskets()
         items: Any = self.r.zrange(pre + "xs:i", 0, -1, withscores=True)
         c.items = {_s(k): int(v) for k, v in items}
         c.returns = {_s(k): int(v) for k, v in self.r.hgetall(pre + "xs:r").items()}

@@ -24,7 +24,7 @@ from omnicanal.tools.datagen import Generator, Message
 from omnicanal.tools.services import LocalKafka, LocalRedis
 from operators.guardrails import in_holdout
 from operators.offers import MODEL_VERSION
-from state.cross_sell import RankerStore
+from state.cross_sell import CoPurchaseStore, RankerStore
 from state.health import HealthStore
 from state.offers import OfferStore, PolicyStore
 from state.profiles import ProfileStore, connect
@@ -291,7 +291,7 @@ def _offers(settings: Settings, summary: Summary) -> None:
         summary.offers_model = f"lr-{summary.offer_outcomes_learnt}"
     n, total = m.histogram_totals(m.OFFER_MODEL_LOSS)
     summary.offer_model_log_loss = round(total / n, 4) if n else None
-    summary.cross_sell_baskets = int(client.get(settings.redis_prefix + "xs:n") or 0)
+    summary.cross_sell_baskets = CoPurchaseStore(client, settings.redis_prefix).baskets()
     ranker = RankerStore(client, settings.redis_prefix).load()
     summary.cross_sell_learnt = int(ranker["n"]) if ranker else 0
     summary.cross_sell_model = f"xs-{summary.cross_sell_learnt}"
