@@ -99,6 +99,32 @@ def looks_personal(text: str) -> bool:
     return not _few_digits(raw) and _PHONE_TEXT.search(raw) is not None
 
 
+#: A phone number in international notation ("+" and 8 to 15 digits, single separators).
+_PHONE_INTL = re.compile(rb"\+\(?\d(?:[ .()/-]{0,2}\d){7,14}", re.ASCII)
+
+
+def holds_contact(value: str) -> bool:
+    """Does an identifier (a SKU, a location, order, session or loyalty id) hold an email
+    address or an international phone number? Identifiers are kept in clear, so such a
+    value must not reach Redis. Bare digit strings pass: EAN codes, loyalty numbers and
+    card tokens look the same as a national phone number (a phone belongs in
+    ``customer.phone``, which is hashed).
+
+    >>> holds_contact("SKU-123"), holds_contact("4006381333931"), holds_contact("a.b@x.org")
+    (False, False, True)
+    >>> holds_contact("+34 612 345 678"), holds_contact("loyalty+44(0)7700900123")
+    (True, True)
+    >>> holds_contact("size+2"), holds_contact("@home")
+    (False, False)
+    """
+    if "@" not in value and "+" not in value:
+        return False
+    raw = value.encode("utf-8", "surrogatepass")
+    if b"@" in raw and _EMAIL_RE.search(raw):
+        return True
+    return b"+" in raw and _PHONE_INTL.search(raw) is not None
+
+
 class PiiHasher:
     """Keyed HMAC of personal identifiers. The key comes from the environment, never code."""
 

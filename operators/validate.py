@@ -31,7 +31,7 @@ from typing import Any, Final
 import msgspec
 from msgspec import UNSET
 
-from operators.privacy import PiiHasher, looks_personal
+from operators.privacy import PiiHasher, holds_contact, looks_personal
 from schemas.deadletter import DeadLetter, SourcePosition
 from schemas.envelope import ID_PRIORITY, Accepted, Rejected
 from schemas.events import CONTRACT_OF_TYPE, CONTRACTS, CustomerIds, line_amount
@@ -254,6 +254,8 @@ class Validator:
                     f"time_zone {ev.time_zone!r} is not an IANA time zone (e.g. Europe/Madrid)",
                     event_type,
                 )
+        if b"@" in raw or b"+" in raw:  # else no identifier can hold an email or a phone
+            _check_identifiers(ev, event_type)
         ids = self._identifiers(ev)
         customer = None
         for kind in ID_PRIORITY:
@@ -374,6 +376,47 @@ def _check_category(category: str, where: str, event_type: str) -> None:
             "invalid_value",
             f"{where} looks like an email address or a phone number: personal data is not "
             "kept in categories",
+            event_type,
+        )
+
+
+#: Identifier fields kept in clear (Redis keys and values: profiles, identity links, stock,
+#: coupons ledger, cross-sell counts); ``customer.email`` and ``customer.phone`` are hashed.
+_CLEAR_IDS: Final = (
+    "event_id", "sku", "location_id", "order_id", "original_order_id", "session_id",
+    "device_id", "offer_id",
+)  # fmt: skip
+_CLEAR_CUSTOMER_IDS: Final = ("loyalty_id", "account_id", "device_id", "cookie_id", "card_token")
+
+
+def _check_identifiers(ev: Any, event_type: str) -> None:
+    """An identifier holding an email address or an international phone number is
+    refused (``invalid_value``, the value never echoed): identifiers are kept in clear,
+    and an erasure could not find personal data hidden in them."""
+    where = None
+    for name in _CLEAR_IDS:
+        v = getattr(ev, name, UNSET)
+        if type(v) is str and holds_contact(v):
+            where = name
+            break
+    if where is None:
+        c = getattr(ev, "customer", UNSET)
+        if c is not UNSET:
+            for name in _CLEAR_CUSTOMER_IDS:
+                v = getattr(c, name)
+                if type(v) is str and holds_contact(v):
+                    where = f"customer.{name}"
+                    break
+    if where is None:
+        for i, line in enumerate(getattr(ev, "lines", ())):
+            if holds_contact(line.sku):
+                where = f"lines[{i}].sku"
+                break
+    if where is not None:
+        raise _Reject(
+            "invalid_value",
+            f"{where} holds an email address or a phone number: identifiers are kept in "
+            "clear, so personal data goes in customer.email or customer.phone (hashed)",
             event_type,
         )
 

@@ -325,6 +325,35 @@ def test_a_category_holding_an_email_or_a_phone_number_is_refused_never_kept() -
     assert isinstance(decode(orjson.dumps(view | {"category": "toys"}), "click"), Accepted)
 
 
+def test_an_identifier_holding_an_email_or_a_phone_number_is_refused_never_kept() -> None:
+    """Identifiers are kept in clear (identity links, stock, the coupon ledger, cross-sell
+    counts): an email or an international phone number in one is refused, not echoed, in
+    every identifier field; EAN codes and plain numbers are not mistaken for phones."""
+    line = {"sku": "4006381333931", "quantity": 1, "unit_price_minor": 100}
+    base = sale(lines=[line]) | {"location_id": "store-7", "order_id": "10023456789012"}
+    base["customer"] = {"loyalty_id": "9900123456", "card_token": "tok+1", "email": EMAIL}
+    assert isinstance(decode(orjson.dumps(base)), Accepted)
+    for bad in ("ana.lopez@example.com", "+44 7700 900123"):
+        cases = {
+            "location_id": base | {"location_id": bad},
+            "order_id": base | {"order_id": bad},
+            "event_id": base | {"event_id": bad},
+            "customer.loyalty_id": base | {"customer": {"loyalty_id": bad}},
+            "customer.cookie_id": base | {"customer": {"cookie_id": "c", "device_id": bad}},
+            "lines[1].sku": base | {"lines": [line, line | {"sku": bad}]},
+        }
+        cases["customer.device_id"] = cases.pop("customer.cookie_id")
+        for where, ev in cases.items():
+            r = decode(orjson.dumps(ev))
+            assert isinstance(r, Rejected) and r.reason == "invalid_value", (where, bad)
+            assert where.encode() in r.record and bad.encode() not in r.record, (where, bad)
+    view = {"event_type": "product_view", "event_id": "v2", "event_time": "2024-05-01T10:00:00Z",
+            "channel": "web", "session_id": "s", "sku": "A1"}  # fmt: skip
+    assert isinstance(decode(orjson.dumps(view), "click"), Accepted)
+    for field in ("session_id", "sku"):
+        assert reason(orjson.dumps(view | {field: EMAIL}), "click") == "invalid_value", field
+
+
 # ------------------------------------------------------------------ hostile input (issue 12)
 EMAIL = "ana.lopez@example.com"
 PHONE_DIGITS = "447700900123"
