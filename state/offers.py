@@ -31,12 +31,23 @@ from operators.offers import TIMERS
 from state.outbox import Outbox
 
 _LUA = (Path(__file__).with_name("lua") / "offers.lua").read_text()
+_READ_LUA = (Path(__file__).with_name("lua") / "offers_read.lua").read_text()
 #: the timers the batch script keeps
 TIMER_KINDS = tuple(TIMERS)
 
 
 def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
+
+
+def _pairs(flat: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """[k1, v1, k2, v2, ...] (HGETALL or ZRANGE WITHSCORES in a script) -> [(k1, v1), ...]
+
+    >>> _pairs([b"a", b"1", b"b", b"2"])
+    [(b'a', b'1'), (b'b', b'2')]
+    """
+    it = iter(flat)
+    return list(zip(it, it, strict=True))
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,7 @@ class OfferStore:
         self.r = client
         self.prefix = prefix
         self._commit = client.register_script(_LUA)
+        self._read = client.register_script(_READ_LUA)
         self.outbox = Outbox(client, prefix, "offers")
 
     def due(self, timer: str, until_ms: int, limit: int) -> list[tuple[str, int]]:
@@ -96,25 +108,20 @@ class OfferStore:
         return [(_s(c), int(score)) for c, score in raw]
 
     def read(self, customers: Sequence[str]) -> tuple[list[StoredCart], dict[str, int]]:
-        """Each customer's profile fields, cart, recently bought, offer counters and the
-        SKUs they wait for, and the offers made per campaign: one round trip."""
-        pre = self.prefix
-        pipe = self.r.pipeline(transaction=False)
-        for c in customers:
-            pipe.hgetall(pre + "p:" + c)
-            pipe.hgetall(pre + "cart:" + c)
-            pipe.zrange(pre + "b:" + c, 0, -1, withscores=True)
-            pipe.hgetall(pre + "of:n:" + c)
-            pipe.hgetall(pre + "bisq:" + c)
-            pipe.zrange(pre + "v:" + c, 0, -1, withscores=True)
-        pipe.hgetall(pre + "of:spent")
-        res = pipe.execute()
+        """Each customer's profile fields, cart, recently bought, offer counters, the SKUs
+        they wait for and recently viewed, and the offers made per campaign: one script
+        call (``state/lua/offers_read.lua``)."""
+        res: list[list[bytes]] = self._read(args=[self.prefix, *customers])
         out = []
         for i, c in enumerate(customers):
-            fields, cart_raw, bought, counters, waits, views = res[6 * i : 6 * i + 6]
-            clear = int(cart_raw.pop(b"_clr", 0) or 0)
+            fields, cart_raw, bought, counters, waits, views = (
+                _pairs(x) for x in res[6 * i : 6 * i + 6]
+            )
+            clear = next((int(q) for f, q in cart_raw if f == b"_clr"), 0)
             cart: dict[str, list[int]] = {}
-            for f, q in cart_raw.items():
+            for f, q in cart_raw:
+                if f == b"_clr":
+                    continue
                 sku, _, ts = _s(f).rpartition("|")
                 if int(ts) <= clear:
                     continue
@@ -125,15 +132,15 @@ class OfferStore:
             out.append(
                 StoredCart(
                     c,
-                    {_s(k): _s(v) for k, v in fields.items()},
+                    {k.decode(): v.decode() for k, v in fields},
                     {s: (q, ts) for s, (q, ts) in cart.items()},
-                    {_s(s): int(ts) for s, ts in bought},
-                    {_s(k): _s(v) for k, v in counters.items()},
-                    {_s(k): int(v) for k, v in waits.items()},
-                    {_s(sku): int(ts) for sku, ts in views},
+                    {s.decode(): int(float(ts)) for s, ts in bought},
+                    {k.decode(): v.decode() for k, v in counters},
+                    {k.decode(): int(v) for k, v in waits},
+                    {sku.decode(): int(float(ts)) for sku, ts in views},
                 )
             )
-        spent = {_s(k): int(v) for k, v in res[-1].items()}
+        spent = {k.decode(): int(v) for k, v in _pairs(res[-1])}
         return out, spent
 
     def commit(self, outcomes: Sequence[Outcome]) -> tuple[list[str], list[str]]:
