@@ -363,6 +363,16 @@ def test_thousands_of_skus_across_dozens_of_locations(
     }
     probe = stock.sku("S0001")
     assert probe is not None and probe.levels["store-00"] == level[(1, 0)]
+    # what offers read (levels only, one script call per 5,000 SKUs) is what the alerts read
+    names = [f"S{i:04d}" for i in range(skus)]
+    asked = [*names, "NEVER-SEEN", *names, *names]  # past one call's 5,000 keys
+    got = stock.levels(asked)
+    assert [g.sku for g in got] == asked and got[skus].levels == {} == got[skus].snapshot_ms
+    full = dict(zip(names, (st for st, _ in stock.read(names)), strict=True))
+    for g in got[:skus] + got[-skus:]:
+        assert g.levels == full[g.sku].levels and g.snapshot_ms == full[g.sku].snapshot_ms
+        i = int(g.sku[1:])
+        assert g.levels == {f"store-{j:02d}": level[(i, j)] for j in range(locations)}
 
 
 def test_a_hot_sku_is_evaluated_once_per_interval_and_when_input_goes_idle(
