@@ -27,6 +27,48 @@ from operators.cross_sell import CO_ITEMS, POPULAR, CoPurchase, CoView
 
 log = logging.getLogger(__name__)
 _LUA = (Path(__file__).with_name("lua") / "cross_sell.lua").read_text()
+#: What one decision reads (reads only), in one call instead of two pipelines of one command
+#: per item (redis-py's packing and parsing cost more than Redis's reads). ARGV: prefix, top,
+#: popular, basket SKUs. Returns {rows per basket SKU (ZREVRANGE WITHSCORES), baskets,
+#: popular (ZREVRANGE WITHSCORES), every SKU named, and per SKU named its baskets, returns
+#: and category ("" when unknown)}.
+_VIEW_LUA = """
+local p, top, npop = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+-- the k highest scored, ties at the cut by member ascending (ZREVRANGE would keep the
+-- greatest members): the same rows as CoPurchase.view
+local function best(key, k)
+  local r = redis.call('ZREVRANGE', key, 0, k - 1, 'WITHSCORES')
+  if #r < 2 * k then return r end
+  local cut, out, tied = r[#r], {}, 0
+  for j = 1, #r, 2 do
+    if r[j + 1] == cut then tied = tied + 1 else out[#out + 1] = r[j]; out[#out + 1] = r[j + 1] end
+  end
+  local low = redis.call('ZRANGEBYSCORE', key, cut, cut, 'WITHSCORES', 'LIMIT', 0, tied)
+  for j = 1, #low do out[#out + 1] = low[j] end
+  return out
+end
+local seen, every, rows = {}, {}, {}
+local function named(s)
+  if not seen[s] then seen[s] = true; every[#every + 1] = s end
+end
+for i = 4, #ARGV do
+  local a = ARGV[i]
+  named(a)
+  local r = best(p .. 'xs:p:' .. a, top)
+  rows[#rows + 1] = r
+  for j = 1, #r, 2 do named(r[j]) end
+end
+local n = redis.call('GET', p .. 'xs:n') or '0'
+local pop = best(p .. 'xs:i', npop)
+for j = 1, #pop, 2 do named(pop[j]) end
+local counts, rets, cats = {}, {}, {}
+for i, x in ipairs(every) do
+  counts[i] = redis.call('ZSCORE', p .. 'xs:i', x) or ''
+  rets[i] = redis.call('HGET', p .. 'xs:r', x) or ''
+  cats[i] = redis.call('HGET', p .. 'xs:c', x) or ''
+end
+return {rows, n, pop, every, counts, rets, cats}
+"""
 #: co-items kept per SKU in Redis (the ranking reads the first :data:`CO_ITEMS`)
 KEEP: Final = 100
 #: entries per script call: a large flush is cut in pieces, each added once, so that no
@@ -69,6 +111,7 @@ class CoPurchaseStore:
         self.r = client
         self.prefix = prefix
         self._add = client.register_script(_LUA)
+        self._view = client.register_script(_VIEW_LUA)
 
     def add(self, delta: CoPurchase, flush_id: str) -> int:
         """Add a worker's counts, once per ``flush_id`` (a retried flush is not counted
@@ -81,35 +124,24 @@ class CoPurchaseStore:
         return added
 
     def view(self, skus: Sequence[str], top: int = CO_ITEMS) -> CoView:
-        """What decisions about baskets of ``skus`` read: two round trips."""
-        pre = self.prefix
+        """What decisions about baskets of ``skus`` read: one script call."""
         basket = sorted(set(skus))
-        pipe = self.r.pipeline(transaction=False)
-        for a in basket:
-            pipe.zrevrange(f"{pre}xs:p:{a}", 0, top - 1, withscores=True)
-        pipe.get(pre + "xs:n")
-        pipe.zrevrange(pre + "xs:i", 0, POPULAR - 1, withscores=True)
-        res = pipe.execute()
+        raw: Any = self._view(args=[self.prefix, top, POPULAR, *basket])
+        rows, n, pop, every, counts, returns, cats = raw
         co = {
-            a: {_s(b): int(n) for b, n in sorted(rows, key=lambda r: (-r[1], r[0]))}
-            for a, rows in zip(basket, res[:-2], strict=True)
+            a: {_s(b): int(float(x)) for b, x in sorted(_pairs(r), key=_by_count)}
+            for a, r in zip(basket, rows, strict=True)
         }
-        n = int(res[-2] or 0)
-        popular = [_s(s) for s, _ in sorted(res[-1], key=lambda r: (-r[1], r[0]))]
-        every = sorted(set(basket) | set(popular) | {b for row in co.values() for b in row})
+        popular = [_s(x) for x, _ in sorted(_pairs(pop), key=_by_count)]
         if not every:
-            return CoView(n, {}, co)
-        pipe = self.r.pipeline(transaction=False)
-        pipe.zmscore(pre + "xs:i", every)
-        pipe.hmget(pre + "xs:r", every)
-        pipe.hmget(pre + "xs:c", every)
-        counts, returns, cats = pipe.execute()
+            return CoView(int(n), {}, co)
+        names = [_s(x) for x in every]
         return CoView(
-            n,
-            {s: int(v) for s, v in zip(every, counts, strict=True) if v is not None},
+            int(n),
+            {x: int(float(v)) for x, v in zip(names, counts, strict=True) if v != b""},
             co,
-            {s: int(v) for s, v in zip(every, returns, strict=True) if v is not None},
-            {s: _s(v) for s, v in zip(every, cats, strict=True) if v is not None},
+            {x: int(v) for x, v in zip(names, returns, strict=True) if v != b""},
+            {x: _s(v) for x, v in zip(names, cats, strict=True) if v != b""},
             popular,
         )
 
@@ -141,6 +173,16 @@ class CoPurchaseStore:
 
 
 Ranking = tuple[int, list[tuple[str, dict[str, float]]]]
+
+
+def _pairs(flat: list[bytes]) -> list[tuple[bytes, bytes]]:
+    it = iter(flat)
+    return list(zip(it, it, strict=True))
+
+
+def _by_count(row: tuple[bytes, bytes]) -> tuple[float, bytes]:
+    """Most first, then by name (ties in the same order whoever reads)."""
+    return (-float(row[1]), row[0])
 
 
 class RankerStore:

@@ -166,3 +166,29 @@ def test_a_flush_redis_refused_is_kept_and_added_once_later(redis_server: LocalR
     counts.add([ev])
     assert counts.flush() is True
     assert store.learnt().pairs == {"MAT": {"TENT": 3}, "TENT": {"MAT": 3}}
+
+
+def test_a_decision_reads_from_redis_what_the_learner_would_give(redis_server: LocalRedis) -> None:
+    """``CoPurchaseStore.view`` (one script call) equals ``CoPurchase.view`` on the same
+    baskets: the top rows and best sellers, ties at the cut by SKU (many ties here), the
+    counts, returns and categories of every SKU named, an unknown SKU and an empty basket."""
+    import random
+
+    rng = random.Random(7)
+    skus = [f"S{i:03d}" for i in range(40)]
+    co = CoPurchase()
+    for _ in range(400):
+        b = rng.sample(skus, rng.randint(2, 4))
+        co.learn_one(b, {s: f"cat-{int(s[1:]) % 5}" for s in b if rng.random() < 0.8})
+    co.learn_return(["S001", "S002", "S001"])
+    store = CoPurchaseStore(connect(redis_server.url), "vw:")
+    assert store.add(co, "f1") >= 1
+    for basket in (["S000"], ["S003", "S017", "S039"], ["NEW", "S005"], [], skus[:12]):
+        for top in (3, 5, 20):
+            want, got = co.view(basket, top), store.view(basket, top)
+            assert (got.baskets, got.co, got.popular) == (want.baskets, want.co, want.popular)
+            assert dict(got.count) == {s: n for s, n in want.count.items() if n}
+            assert (dict(got.returns), dict(got.category)) == (
+                dict(want.returns),
+                dict(want.category),
+            )
