@@ -45,15 +45,14 @@ class CouponRedemptions:
 
     def redeem(self, items: list[Item]) -> None:
         found: list[tuple[Accepted, str, str]] = []
-        dismissed: list[str] = []
+        dismissed: list[Accepted] = []
         for i in items:
             if type(i) is Accepted and (i.event_type == "sale" or i.event_type == "offer_redeemed"):
                 found.extend((i, code, order) for code, order in redemptions_of(i))
             elif type(i) is Accepted and i.event_type == "offer_dismissed":
-                dismissed.append(i.event.offer_id)
+                dismissed.append(i)
         if dismissed and self._policy is not None:
-            policy = self._policy
-            self._wait.run(lambda: policy.dismissed(dismissed))
+            self._dismiss(self._policy, dismissed)
         if not found:
             return
         # The customer as Redis knows them now; one not known yet (first seen in this
@@ -88,3 +87,18 @@ class CouponRedemptions:
                 offers[ko] = offers.get(ko, 0) + 1
         for ko, n in offers.items():
             m.OFFER_REDEMPTIONS.labels(*ko).inc(n)
+
+    def _dismiss(self, policy: PolicyStore, dismissed: list[Accepted]) -> None:
+        """Record the dismissals of offers made to the customers who dismiss them (the
+        customer as Redis knows them now, with the ids merged into them)."""
+        people = {a.customer for a in dismissed if a.customer}
+        ids = self._wait.run(lambda: self._store.resolve_many(people))
+        known = {c for c in ids.values() if c}
+        merged = self._wait.run(lambda: self._store.merged_into(known)) if known else {}
+        who = []
+        for a in dismissed:
+            cid = ids.get(a.customer or "") or ""
+            who.append((a.event.offer_id, frozenset((cid, *merged.get(cid, ()))) - {""}))
+        ok = self._wait.run(lambda: policy.dismissed(who))
+        for good in ok:
+            m.OFFER_DISMISSALS.labels("accepted" if good else "wrong_customer").inc()

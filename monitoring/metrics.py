@@ -194,6 +194,12 @@ OFFER_OUTCOMES = Counter(
     "expired unredeemed.",
     ["outcome"],
 )
+OFFER_DISMISSALS = Counter(
+    "omnicanal_offer_dismissals",
+    "offer_dismissed events: accepted (a negative for the offer policy), or refused because "
+    "the offer was made to another customer (wrong_customer).",
+    ["result"],
+)
 OFFER_MODEL_LOSS = Histogram(
     "omnicanal_offer_model_log_loss",
     "Progressive validation of the offer policy's model: the log-loss of its prediction for "
@@ -324,6 +330,7 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     OFFER_SUPPRESSIONS,
     OFFER_TIMERS,
     OFFER_OUTCOMES,
+    OFFER_DISMISSALS,
     OFFER_MODEL_LOSS,
     CROSS_SELL_BASKETS,
     PREFERENCE_MODEL_LOSS,

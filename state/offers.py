@@ -247,15 +247,26 @@ class PolicyStore:
         negatives = [(oid, False) for oid, s in zip(exp, pipe.execute(), strict=True) if s != b"r"]
         return redeemed + negatives, new_cursor, exp, ctx
 
-    def dismissed(self, offer_ids: Sequence[str]) -> None:
-        """Offers the customer dismissed: negatives, learnt at once (not at expiry). Sent
-        again on a replay, harmlessly: an offer is learnt from once (its context goes)."""
-        if not offer_ids:
-            return
+    def dismissed(self, dismissals: Sequence[tuple[str, frozenset[str]]]) -> list[bool]:
+        """Offers dismissed, each with the customer ids the dismissing customer is (their
+        id and the ids merged into it): negatives, learnt at once (not at expiry). One made
+        to someone else is refused (False), so that nobody who learns an offer id can teach
+        the policy about another customer's offer; an offer whose context is gone (learnt,
+        expired, or never kept) is recorded and learnt from by no one. Sent again on a
+        replay, harmlessly: an offer is learnt from once (its context goes)."""
+        if not dismissals:
+            return []
         pipe = self.r.pipeline(transaction=False)
-        for oid in offer_ids:
-            pipe.xadd(self.prefix + "of:feedback", {"o": oid, "y": "0"}, maxlen=1_000_000)
+        for oid, _ in dismissals:
+            pipe.hget(self.prefix + "of:ctx:" + oid, "u")
+        owners = pipe.execute()
+        ok = [o is None or _s(o) in who for (_, who), o in zip(dismissals, owners, strict=True)]
+        pipe = self.r.pipeline(transaction=False)
+        for (oid, _), good in zip(dismissals, ok, strict=True):
+            if good:
+                pipe.xadd(self.prefix + "of:feedback", {"o": oid, "y": "0"}, maxlen=1_000_000)
         pipe.execute()
+        return ok
 
     def checkpoint(
         self, state: dict[str, Any], cursor: str, expired: Sequence[str], learnt: Sequence[str]

@@ -96,6 +96,13 @@ def run(s: Settings) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
 
 
+def run_in_process(s: Settings) -> None:
+    """``omnicanal run --until-eof`` in this process (its metrics are this test's to read)."""
+    from omnicanal import runner
+
+    runner.run(s, runner.plan(s).starts, until_eof=True, serve_metrics=False)
+
+
 def stage_at(s: Settings, now_ms: int) -> pipeline.Offers:
     store = ProfileStore(connect(s.redis_url), s.redis_prefix)
     producer = CheckedProducer(s.kafka_config(), what="test offers")
@@ -386,15 +393,25 @@ def test_a_dismissal_is_learnt_at_once_as_a_negative_and_only_once(
     s = offers_settings(settings, tmp_path)
     t = (int(time.time() * 1000) // MINUTE - 120) * MINUTE
     send(s, [("customer", consent(1, "CARL", t - MINUTE)),
+             ("customer", consent(2, "BEN", t - MINUTE)),
              ("clickstream", add(1, "CARL", "LAMP", t))])  # fmt: skip
     run(s)
     (offer,) = offers_on_topic(s)
     dismiss = {"event_type": "offer_dismissed", "event_id": "dis-1",
                "event_time": iso(t + 30 * MINUTE), "channel": "app",
                "customer": {"loyalty_id": "CARL"}, "offer_id": offer["offer_id"]}  # fmt: skip
+    # BEN (known) and a stranger dismiss CARL's offer first: refused, nothing learnt
+    others = [dismiss | {"event_id": f"dis-x{n}", "customer": {"loyalty_id": who}}
+              for n, who in enumerate(("BEN", "NOBODY"))]  # fmt: skip
+    send(s, [("offer_feedback", others[0]), ("offer_feedback", others[1])])
+    refused = m.counter_total(m.OFFER_DISMISSALS, result="wrong_customer")
+    run_in_process(s)
+    assert m.counter_total(m.OFFER_DISMISSALS, result="wrong_customer") - refused == 2
+    policy = PolicyStore(connect(s.redis_url), s.redis_prefix)
+    assert policy.r.xlen(s.redis_prefix + "of:feedback") == 0
+    assert policy.r.exists(s.redis_prefix + f"of:ctx:{offer['offer_id']}") == 1
     send(s, [("offer_feedback", dismiss), ("offer_feedback", dismiss | {"event_id": "dis-2"})])
     run(s)  # (the run learns it: its metrics are its own)
-    policy = PolicyStore(connect(s.redis_url), s.redis_prefix)
     state, _ = policy.load()
     assert state is not None and state["n"] == 1
     rows = policy.r.xrange(s.redis_prefix + "of:feedback")

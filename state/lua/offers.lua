@@ -14,7 +14,8 @@
 --         action "offer": the timer goes; the offer goes to the outbox (<p>offers:outbox,
 --                field "m"), the customer's counters (<p>of:n:<customer>: d:<day>,
 --                c:<campaign>:<day>, f:<timer> = the trigger's time) and the campaign's spend
---                (<p>of:spent) move; its context (<p>of:ctx:<offer id>) is kept until
+--                (<p>of:spent) move; its context (<p>of:ctx:<offer id>: x context, k campaign,
+--                c coupon code, u customer) is kept until
 --                it expires (<p>tm:expiry, scored by the expiry), for the policy to learn
 --                from its outcome
 --         action "drop":  the timer goes; a suppression is counted (<p>of:stats s:<reason>)
@@ -77,7 +78,7 @@ for i, it in ipairs(items) do
         redis.call('HINCRBY', prefix .. 'of:stats', 'offers', 1)
         ids[#ids + 1] = redis.call('XADD', prefix .. 'offers:outbox', '*', 'm', it[4])
         local ck = prefix .. 'of:ctx:' .. it[11]
-        redis.call('HSET', ck, 'x', it[12], 'k', it[5], 'c', it[14])
+        redis.call('HSET', ck, 'x', it[12], 'k', it[5], 'c', it[14], 'u', cid)
         redis.call('EXPIREAT', ck, math.floor(it[13] / 1000) + 7 * 86400)
         redis.call('ZADD', prefix .. 'tm:expiry', fmt(it[13]), it[11])
       elseif it[7] ~= '' then
