@@ -167,6 +167,16 @@ def connect(
     )
 
 
+def pairs(flat: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """A flat reply of a script (``HGETALL``, ``ZRANGE ... WITHSCORES``) as pairs.
+
+    >>> pairs([b"a", b"1", b"b", b"2"])
+    [(b'a', b'1'), (b'b', b'2')]
+    """
+    it = iter(flat)
+    return list(zip(it, it, strict=True))
+
+
 def redact_url(url: str) -> str:
     """A Redis or broker URL without its password, for messages and logs.
 

@@ -24,6 +24,7 @@ import orjson
 import redis
 
 from operators.cross_sell import CO_ITEMS, POPULAR, CoPurchase, CoView
+from state.connection import pairs
 
 log = logging.getLogger(__name__)
 _LUA = (Path(__file__).with_name("lua") / "cross_sell.lua").read_text()
@@ -129,10 +130,10 @@ class CoPurchaseStore:
         raw: Any = self._view(args=[self.prefix, top, POPULAR, *basket])
         rows, n, pop, every, counts, returns, cats = raw
         co = {
-            a: {_s(b): int(float(x)) for b, x in sorted(_pairs(r), key=_by_count)}
+            a: {_s(b): int(float(x)) for b, x in sorted(pairs(r), key=_by_count)}
             for a, r in zip(basket, rows, strict=True)
         }
-        popular = [_s(x) for x, _ in sorted(_pairs(pop), key=_by_count)]
+        popular = [_s(x) for x, _ in sorted(pairs(pop), key=_by_count)]
         if not every:
             return CoView(int(n), {}, co)
         names = [_s(x) for x in every]
@@ -173,11 +174,6 @@ class CoPurchaseStore:
 
 
 Ranking = tuple[int, list[tuple[str, dict[str, float]]]]
-
-
-def _pairs(flat: list[bytes]) -> list[tuple[bytes, bytes]]:
-    it = iter(flat)
-    return list(zip(it, it, strict=True))
 
 
 def _by_count(row: tuple[bytes, bytes]) -> tuple[float, bytes]:

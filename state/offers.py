@@ -28,6 +28,7 @@ import orjson
 import redis
 
 from operators.offers import TIMERS
+from state.connection import pairs
 from state.outbox import Outbox
 
 _LUA = (Path(__file__).with_name("lua") / "offers.lua").read_text()
@@ -38,16 +39,6 @@ TIMER_KINDS = tuple(TIMERS)
 
 def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
-
-
-def _pairs(flat: list[bytes]) -> list[tuple[bytes, bytes]]:
-    """[k1, v1, k2, v2, ...] (HGETALL or ZRANGE WITHSCORES in a script) -> [(k1, v1), ...]
-
-    >>> _pairs([b"a", b"1", b"b", b"2"])
-    [(b'a', b'1'), (b'b', b'2')]
-    """
-    it = iter(flat)
-    return list(zip(it, it, strict=True))
 
 
 @dataclass(frozen=True)
@@ -115,7 +106,7 @@ class OfferStore:
         out = []
         for i, c in enumerate(customers):
             fields, cart_raw, bought, counters, waits, views = (
-                _pairs(x) for x in res[6 * i : 6 * i + 6]
+                pairs(x) for x in res[6 * i : 6 * i + 6]
             )
             clear = next((int(q) for f, q in cart_raw if f == b"_clr"), 0)
             cart: dict[str, list[int]] = {}
@@ -140,7 +131,7 @@ class OfferStore:
                     {sku.decode(): int(float(ts)) for sku, ts in views},
                 )
             )
-        spent = {k.decode(): int(v) for k, v in _pairs(res[-1])}
+        spent = {k.decode(): int(v) for k, v in pairs(res[-1])}
         return out, spent
 
     def commit(self, outcomes: Sequence[Outcome]) -> tuple[list[str], list[str]]:
