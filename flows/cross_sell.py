@@ -22,6 +22,7 @@ from msgspec import UNSET
 
 from monitoring import metrics as m
 from operators.cross_sell import (
+    KEPT,
     CoPurchase,
     CoView,
     CrossSellRanker,
@@ -201,7 +202,7 @@ class CrossSellRanks:
     ) -> list[tuple[str, str]] | None:
         if old is not None and old[0] < seen:  # a purchase since: learn, at most once
             self._learnt.append(cid)
-            for x, y in labelled(old[1], old[0], st.bought):
+            for x, y in labelled(old[1], old[0], st.bought, st.returned):
                 m.PREFERENCE_MODEL_LOSS.observe(log_loss(trial.predict_one(x), y))
                 m.PREFERENCE_EXAMPLES.labels("bought" if y else "not_bought").inc()
                 trial.learn_one(x, y)
@@ -213,7 +214,10 @@ class CrossSellRanks:
             frozenset(s for s, (q, _) in st.cart.items() if q > 0),
             frozenset(s for s, t in st.bought.items() if t < seen),
         )
-        ranked = trial.rank(view, basket, who)
+        # what the customer returned is never suggested to them again
+        back = st.returned
+        ranked = [r for r in trial.rank(view, basket, who, k=KEPT + len(back)) if r[0] not in back]
+        ranked = ranked[:KEPT]
         self._kept[cid] = (seen, [(sku, x) for sku, x, _ in ranked])
         return [(sku, view.category.get(sku, "")) for sku, _, _ in ranked]
 

@@ -352,12 +352,23 @@ def _sigmoid(z: float) -> float:
 
 
 def labelled(
-    ranking: Sequence[tuple[str, Mapping[str, float]]], since_ms: int, bought: Mapping[str, int]
+    ranking: Sequence[tuple[str, Mapping[str, float]]],
+    since_ms: int,
+    bought: Mapping[str, int],
+    returned: Mapping[str, int] | None = None,
 ) -> list[tuple[Mapping[str, float], bool]]:
     """A kept ranking's examples: each candidate is a positive when the customer bought it
-    after ``since_ms`` (in any channel: ``bought`` maps SKU to its last purchase).
+    after ``since_ms`` (in any channel: ``bought`` maps SKU to its last purchase) and did not
+    return it since (``returned``: SKU to its last return; returns are a negative signal).
 
-    >>> labelled([("mat", {"conf": 0.8}), ("milk", {"conf": 0.1})], 10, {"mat": 20, "milk": 5})
+    >>> rk = [("mat", {"conf": 0.8}), ("milk", {"conf": 0.1})]
+    >>> labelled(rk, 10, {"mat": 20, "milk": 5})
     [({'conf': 0.8}, True), ({'conf': 0.1}, False)]
+    >>> [y for _, y in labelled(rk, 10, {"mat": 20, "milk": 30}, {"mat": 25, "milk": 12})]
+    [False, True]
     """
-    return [(x, bought.get(sku, -1) > since_ms) for sku, x in ranking]
+    back = returned or {}
+    return [
+        (x, bought.get(sku, -1) > since_ms and back.get(sku, -1) < bought[sku])
+        for sku, x in ranking
+    ]

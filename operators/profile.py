@@ -167,8 +167,8 @@ class CustomerDelta:
     """One batch's effects on one customer, grouped by how each field combines."""
 
     __slots__ = (
-        "bought", "cart", "cart_clear_ms", "logs", "lww", "maxs", "mins", "sums", "views",
-        "views_first",
+        "bought", "cart", "cart_clear_ms", "logs", "lww", "maxs", "mins", "returned", "sums",
+        "views", "views_first",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -182,6 +182,8 @@ class CustomerDelta:
         #: the first view of each SKU in the batch (a second, a minute later, is a return)
         self.views_first: dict[str, int] = {}
         self.bought: dict[str, int] = {}
+        #: SKUs returned (a negative: never suggested to this customer again)
+        self.returned: dict[str, int] = {}
         self.cart: dict[tuple[str, int], int] = {}
         self.cart_clear_ms = 0
 
@@ -215,6 +217,8 @@ def fold(events: Iterable[Accepted], into: CustomerDelta | None = None) -> Custo
                             d.bought[line.sku] = ts
                         if line.category is not UNSET:
                             _interest(d, line.category, "sale", ts)
+                    elif ts > d.returned.get(line.sku, -1):
+                        d.returned[line.sku] = ts
             if et == "sale":
                 sums[f_o] = sums.get(f_o, 0) + 1
                 sums[f_i] = sums.get(f_i, 0) + units
@@ -280,8 +284,9 @@ def _latest(d: CustomerDelta, field: str, ts: int, v: str) -> None:
 
 def to_row(d: CustomerDelta) -> list[Any]:
     """Compact form of a delta for the Redis script (``state/lua/apply_batch.lua``):
-    ``[sums, mins, maxs, logs, lww, views, bought, cart, cart_clear_ms, viewed_again_ms]``,
-    each a flat list; the last is the newest view of a SKU already viewed at least
+    ``[sums, mins, maxs, logs, lww, views, bought, cart, cart_clear_ms, viewed_again_ms,
+    returned]``, each a flat list; ``viewed_again_ms`` is the newest view of a SKU already
+    viewed at least
     :data:`VIEWED_AGAIN_MS` earlier in the same batch (0: none; the script compares the
     batch's views with the stored ones too: the browse-abandonment timer).
 
@@ -292,12 +297,12 @@ def to_row(d: CustomerDelta) -> list[Any]:
 
     >>> d = CustomerDelta(); d.sums["web:e"] = 2; d.lww["cs:sms"] = (5, "0")
     >>> to_row(d)
-    [['web:e', 2], [], [], [], ['cs:sms', 5, '0'], [], [], [], 0, 0]
+    [['web:e', 2], [], [], [], ['cs:sms', 5, '0'], [], [], [], 0, 0, []]
     >>> d.views = {f"S{i}": i for i in range(4500)}
     >>> row = to_row(d); len(row[5]) // 2, row[5][:2]
     (20, ['S4499', 4499])
     >>> d.views, d.views_first = {"A": 90_000, "B": 95_000}, {"A": 10_000, "B": 94_000}
-    >>> to_row(d)[-1]   # A viewed again 80 s later; B twice within a second: not a return
+    >>> to_row(d)[9]   # A viewed again 80 s later; B twice within a second: not a return
     90000
     """
     clear = d.cart_clear_ms
@@ -318,6 +323,7 @@ def to_row(d: CustomerDelta) -> list[Any]:
             (t for sku, t in d.views.items() if t - d.views_first.get(sku, t) >= VIEWED_AGAIN_MS),
             default=0,
         ),
+        [x for kv in _most_recent(d.returned, RECENT_BOUGHT) for x in kv],
     ]
 
 

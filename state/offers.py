@@ -56,6 +56,8 @@ class StoredCart:
     waits: dict[str, int] = field(default_factory=dict)
     #: SKU -> last view (recently viewed)
     views: dict[str, int] = field(default_factory=dict)
+    #: SKU -> last return (never suggested to this customer again)
+    returned: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,8 @@ class OfferStore:
         res: list[list[bytes]] = self._read(args=[self.prefix, *customers])
         out = []
         for i, c in enumerate(customers):
-            fields, cart_raw, bought, counters, waits, views = (
-                pairs(x) for x in res[6 * i : 6 * i + 6]
+            fields, cart_raw, bought, counters, waits, views, returned = (
+                pairs(x) for x in res[7 * i : 7 * i + 7]
             )
             clear = next((int(q) for f, q in cart_raw if f == b"_clr"), 0)
             cart: dict[str, list[int]] = {}
@@ -129,6 +131,7 @@ class OfferStore:
                     {k.decode(): v.decode() for k, v in counters},
                     {k.decode(): int(v) for k, v in waits},
                     {sku.decode(): int(float(ts)) for sku, ts in views},
+                    {sku.decode(): int(float(ts)) for sku, ts in returned},
                 )
             )
         spent = {k.decode(): int(v) for k, v in pairs(res[-1])}

@@ -14,6 +14,7 @@ Layout (``oc:`` is the configurable prefix)::
     oc:p:<cid>             hash  profile fields (operators/profile_fields.py: every field
                                  with the rule that combines two of its values)
     oc:v:<cid>, oc:b:<cid> zset  sku -> last viewed / bought ms (most recent N)
+    oc:rt:<cid>            zset  sku -> last returned ms (most recent N): never suggested again
     oc:cart:<cid>          hash  "<sku>|<ts ms>" -> quantity delta, "_clr" -> last checkout ms
     oc:seq                 int   last canonical id number
     oc:stats:<name>        int   customers, identifiers, merges, refused, suppressed, erased
@@ -471,10 +472,16 @@ class ProfileStore:
                 "profile_fields": dict(sorted(raw.fields.items())),
                 "viewed": dict(raw.views),
                 "bought": dict(raw.bought),
+                "returned": self.returned(customer_id),
                 "cart_entries": raw.cart,
             },
             "offers": self._offer_data(customer_id),
         }
+
+    def returned(self, customer_id: str) -> dict[str, int]:
+        """SKUs the customer returned (most recent kept), with when: never suggested again."""
+        raw: Any = self.r.zrange(self.prefix + "rt:" + customer_id, 0, -1, withscores=True)
+        return {_s(s): int(ts) for s, ts in raw}
 
     def _offer_data(self, customer_id: str) -> dict[str, Any]:
         """What the offers keep about a customer: their offer counters (per day, campaign and
@@ -543,7 +550,9 @@ class ProfileStore:
     def memory_usage(self, customer_id: str) -> int:
         """Bytes Redis uses for one customer's keys (identity links included)."""
         pre = self.prefix
-        keys = [pre + k + customer_id for k in ("p:", "v:", "b:", "cart:", "members:", "mg:")]
+        keys = [
+            pre + k + customer_id for k in ("p:", "v:", "b:", "rt:", "cart:", "members:", "mg:")
+        ]
         total = sum(int(self.r.memory_usage(k) or 0) for k in keys)
         for m in self.members(customer_id):  # its share of the bucket holding each link
             bucket = pre + "ids:" + id_bucket(m, self.buckets())

@@ -29,6 +29,10 @@ def at(minute: int) -> str:
     return (T0 + timedelta(minutes=minute)).isoformat()
 
 
+def _ms(minute: int) -> int:
+    return int((T0 + timedelta(minutes=minute)).timestamp() * 1000)
+
+
 def click(kind: str, minute: int, customer: dict[str, str], **fields: Any) -> dict[str, Any]:
     return {"event_type": kind, "event_id": f"c{minute}-{kind}", "event_time": at(minute),
             "channel": "web", "session_id": "s1", "customer": customer} | fields  # fmt: skip
@@ -94,9 +98,13 @@ def test_two_known_customers_merge_and_a_replay_changes_nothing(
 ) -> None:
     settings = make_settings(kafka, redis_server.url)
     store_history = [sale(i, {"loyalty_id": "L2"}) for i in range(3)]
+    # each returns something: what both returned is the merged customer's (never suggested)
+    store_history.append(sale(3, {"loyalty_id": "L2"}, event_type="return"))
     web_history = [
         click("login", 5, {"account_id": "A2", "cookie_id": "ck-2"}),
         sale(6, {"account_id": "A2"}, channel="web"),
+        sale(8, {"account_id": "A2"}, channel="web", event_type="return",
+             lines=[{"sku": "LAMP", "quantity": 1, "unit_price_minor": 2000}]),
         {"event_type": "consent_changed", "event_id": "k1", "event_time": at(7),
          "channel": "web", "customer": {"account_id": "A2"}, "consents": {"sms": True}},
     ]  # fmt: skip
@@ -115,6 +123,8 @@ def test_two_known_customers_merge_and_a_replay_changes_nothing(
     assert p["customer_id"] == older and store.read_profile(newer or "") is None
     assert p["orders"] == 5 and p["channels"]["store"]["orders"] == 3
     assert p["consents"]["sms"]["granted"] is True
+    assert store.returned(older or "") == {"MUG": _ms(3), "LAMP": _ms(8)}
+    assert store.returned(newer or "") == {}
     (record,) = store.merges(older or "")
     assert record["merged"] == newer and record["why"].endswith(" t60")
     assert m.counter_total(m.IDENTITY_MERGES) - merges_before == 1

@@ -708,24 +708,37 @@ def test_cross_sell_learns_from_web_baskets_offers_after_a_store_purchase_and_le
     """What web customers buy together is offered to a customer who bought in the store
     (the best match first, named in the reason); their next purchase, online, teaches the
     ranker what they did buy; a replay sends nothing more. A kept ranking this version
-    cannot read (BEN's: corrupted) is not learnt from and is replaced, and the run goes on."""
+    cannot read (BEN's: corrupted) is not learnt from and is replaced, and the run goes on.
+    What a customer returned (CARL, the mat) is never suggested to them."""
     s = offers_settings(settings, tmp_path)
     (tmp_path / "campaigns.yaml").write_text(CROSS_SELL)
     t = (int(time.time() * 1000) // MINUTE - 180) * MINUTE  # 3 hours ago
     web = [["TENT", "MAT"]] * 6 + [["TENT", "STOVE"]] * 3 + [["TENT", "MILK"], ["MAT", "LAMP"]]
     send(s, [("transaction", basket(i, f"W{i}", b, t)) for i, b in enumerate(web)])
     send(s, [("customer", consent(1, "ANA", t))])  # before her purchase (another topic)
-    send(s, [("customer", consent(2, "BEN", t))])
+    send(s, [("customer", consent(2, "BEN", t)), ("customer", consent(3, "CARL", t))])
+    returned = basket(40, "CARL", ["MAT"], t + 10 * MINUTE, "store") | {"event_type": "return"}
+    send(s, [("transaction", returned)])
     run(s)  # the counts are in Redis at the end of the run (flushed at close)
     co = CoPurchaseStore(connect(s.redis_url), s.redis_prefix).learnt()
     assert co.baskets == 11 and co.pairs["TENT"] == {"MAT": 6, "STOVE": 3, "MILK": 1}
     assert co.categories["MAT"] == "camping"
 
     send(s, [("transaction", basket(20, "ANA", ["TENT"], t + 30 * MINUTE, "store")),
-             ("transaction", basket(30, "BEN", ["TENT"], t + 30 * MINUTE, "store"))])  # fmt: skip
+             ("transaction", basket(30, "BEN", ["TENT"], t + 30 * MINUTE, "store")),
+             ("transaction", basket(41, "CARL", ["TENT"], t + 30 * MINUTE, "store"))])  # fmt: skip
     run(s)
     profiles = ProfileStore(connect(s.redis_url), s.redis_prefix)
     ana, ben = profiles.resolve("loyalty:ANA"), profiles.resolve("loyalty:BEN")
+    carl = profiles.resolve("loyalty:CARL")
+    (to_carl,) = [o for o in offers_on_topic(s) if o["customer_id"] == carl]
+    assert "MAT" not in to_carl["items"] and to_carl["items"][0] == "STOVE"  # he returned it
+    assert carl is not None and "MAT" not in dict(
+        RankerStore(connect(s.redis_url), s.redis_prefix).rankings([carl])[carl][1]
+    )
+    assert profiles.export(carl)["stored"]["returned"] == {"MAT": t + 10 * MINUTE}  # type: ignore[index]
+    assert profiles.erase(carl) is not None
+    assert not profiles.r.exists(f"{s.redis_prefix}rt:{carl}")
     (offer,) = [o for o in offers_on_topic(s) if o["customer_id"] == ana]
     assert offer["trigger"] == "cross_sell" and offer["channel"] == "email"
     assert offer["items"] == ["MAT", "STOVE", "MILK"]  # the most confident first, untrained

@@ -10,7 +10,9 @@
 --          timestamp of the message at max (0: unknown), kept in <p>offsets:ts so that a
 --          restart can tell a recreated topic from the one it read
 --          row   = [identifiers, link 0|1, why, sums, mins, maxs, logs, lww, views, bought,
---                   cart, cart_clear_ms]   (operators/batch.py, operators/profile.py)
+--                   cart, cart_clear_ms, viewed_again_ms, returned]
+--                  (operators/batch.py, operators/profile.py); returned: SKUs the customer
+--                  returned, kept in <p>rt:<customer> like bought (never suggested again)
 -- ARGV[3]  recent views kept, ARGV[4] cart entries kept, ARGV[5] recently bought kept
 --
 --          "st": stock section (state/lua/stock.lua, prepended to this script), optional
@@ -77,12 +79,13 @@ if torn then return {'TORN', torn} end
 -- refused whole, before any write, and the caller sets its event aside.
 for ri, row in ipairs(p.c) do
   local why = nil
-  if type(row) ~= 'table' or #row ~= 13 then why = 'row shape'
+  if type(row) ~= 'table' or #row ~= 14 then why = 'row shape'
   elseif #row[1] < 1 or #row[1] > 4096 then why = 'identifiers'
   elseif #row[9] > 2 * max_views then why = 'recently viewed'
   elseif #row[10] > 2 * max_bought then why = 'recently bought'
   elseif #row[11] > 3 * max_cart then why = 'cart entries'
   elseif type(row[13]) ~= 'number' then why = 'viewed-again time'
+  elseif type(row[14]) ~= 'table' or #row[14] > 2 * max_bought then why = 'recently returned'
   end
   if why then return {'INVALID', tostring(ri - 1), why .. ' over the limit'} end
 end
@@ -419,6 +422,7 @@ local function apply_delta(cid, d, b)
     zset_max(vk, d[b + 5], max_views)
   end
   if #d[b + 6] > 0 then zset_max(prefix .. 'b:' .. cid, d[b + 6], max_bought) end
+  if #d[b + 10] > 0 then zset_max(prefix .. 'rt:' .. cid, d[b + 10], max_bought) end
   if #d[b + 7] > 0 or d[b + 8] > 0 then cart_add(cid, prefix .. 'cart:' .. cid, d[b + 7], d[b + 8]) end
 end
 
@@ -457,8 +461,8 @@ local function merge_profile(survivor, loser)
       cart[#cart + 1] = ch[i + 1]
     end
   end
-  apply_delta(survivor, {sums, mins, maxs, logs, lww, {}, {}, cart, clear, 0}, 1)
-  for _, z in ipairs({{'v:', max_views}, {'b:', max_bought}}) do
+  apply_delta(survivor, {sums, mins, maxs, logs, lww, {}, {}, cart, clear, 0, {}}, 1)
+  for _, z in ipairs({{'v:', max_views}, {'b:', max_bought}, {'rt:', max_bought}}) do
     local src, dst = prefix .. z[1] .. loser, prefix .. z[1] .. survivor
     if redis.call('EXISTS', src) == 1 then
       redis.call('ZUNIONSTORE', dst, 2, dst, src, 'AGGREGATE', 'MAX')
@@ -469,7 +473,8 @@ local function merge_profile(survivor, loser)
   for _, rec in ipairs(redis.call('LRANGE', lm, 0, -1)) do
     redis.call('RPUSH', prefix .. 'mg:' .. survivor, rec)
   end
-  redis.call('DEL', lp, lc, prefix .. 'v:' .. loser, prefix .. 'b:' .. loser, lm)
+  redis.call('DEL', lp, lc, prefix .. 'v:' .. loser, prefix .. 'b:' .. loser,
+    prefix .. 'rt:' .. loser, lm)
   -- its cart and orders (and their timers) are the survivor's
   redis.call('ZREM', prefix .. 'tm:cart', loser)
   redis.call('ZREM', prefix .. 'tm:winback', loser)

@@ -23,6 +23,7 @@ for i = 1, #pairs_, 2 do
   quoted[m] = true
 end
 redis.call('DEL', mkey, prefix .. 'p:' .. cid, prefix .. 'v:' .. cid, prefix .. 'b:' .. cid,
+  prefix .. 'rt:' .. cid,
   prefix .. 'cart:' .. cid, prefix .. 'mg:' .. cid, prefix .. 'of:n:' .. cid)
 -- no offer for an erased person
 redis.call('ZREM', prefix .. 'tm:cart', cid)

@@ -1,10 +1,11 @@
 -- Read what the offer decisions of a slice of due timers need, in one call.
 --
 -- ARGV[1] key prefix; ARGV[2..] customer ids (at most 10,000)
--- Returns, per customer, six flat arrays: the profile (<p>p:<c>, HGETALL), the open cart
+-- Returns, per customer, seven flat arrays: the profile (<p>p:<c>, HGETALL), the open cart
 -- (<p>cart:<c>, HGETALL), recently bought (<p>b:<c>, ZRANGE WITHSCORES), the offer counters
--- (<p>of:n:<c>, HGETALL), the SKUs waited for (<p>bisq:<c>, HGETALL) and recently viewed
--- (<p>v:<c>, ZRANGE WITHSCORES); then the offers made per campaign (<p>of:spent, HGETALL).
+-- (<p>of:n:<c>, HGETALL), the SKUs waited for (<p>bisq:<c>, HGETALL), recently viewed
+-- (<p>v:<c>, ZRANGE WITHSCORES) and returned (<p>rt:<c>, ZRANGE WITHSCORES); then the
+-- offers made per campaign (<p>of:spent, HGETALL).
 -- Reads only. One script instead of six pipelined commands per customer: redis-py spends
 -- most of a pipelined read packing the commands and parsing the replies, ~3.5x this call.
 local p = ARGV[1]
@@ -18,6 +19,7 @@ for i = 2, #ARGV do
   out[#out + 1] = redis.call('HGETALL', p .. 'of:n:' .. c)
   out[#out + 1] = redis.call('HGETALL', p .. 'bisq:' .. c)
   out[#out + 1] = redis.call('ZRANGE', p .. 'v:' .. c, 0, -1, 'WITHSCORES')
+  out[#out + 1] = redis.call('ZRANGE', p .. 'rt:' .. c, 0, -1, 'WITHSCORES')
 end
 out[#out + 1] = redis.call('HGETALL', p .. 'of:spent')
 return out
