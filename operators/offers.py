@@ -646,6 +646,10 @@ def fire_timer(
     return out("drop", suppressed=d.suppressed, waits=waits)
 
 
+def _as_is(ms: int | None) -> int | None:
+    return ms
+
+
 def customer_view(customer_id: str, fields: dict[str, str], now_ms: int) -> CustomerView | None:
     """What a decision needs of a stored profile hash (None: no profile).
 
@@ -658,7 +662,7 @@ def customer_view(customer_id: str, fields: dict[str, str], now_ms: int) -> Cust
     """
     if not fields:
         return None
-    p = build_profile(customer_id, fields, [], [], {}, [], now_ms)
+    p = build_profile(customer_id, fields, [], [], {}, [], now_ms, iso=_as_is)
     basket = max(p["average_basket_minor"].values(), default=0)
     firsts = [int(v) for f, v in fields.items() if f.endswith(":f")]
     lasts = [int(v) for f, v in fields.items() if f.endswith(":lo")]

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -399,8 +399,12 @@ def build_profile(
     cart: dict[str, int],
     identifiers: list[str],
     as_of_ms: int,
+    *,
+    iso: Callable[[int | None], Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the stored pieces into the profile document.
+    """Assemble the stored pieces into the profile document. Times are ISO 8601 text;
+    ``iso`` (e.g. ``lambda ms: ms``) formats them otherwise, for callers that compute with
+    them (offer decisions) and need not pay for the text.
 
     >>> p = build_profile("C000000000007", {"store:o": "2", "store:s:GBP": "1250",
     ...     "store:f": "0", "store:l": "60000", "store:lo": "60000", "store:e": "2",
@@ -409,7 +413,11 @@ def build_profile(
     (2, {'GBP': 1250}, 'S1', 'new')
     >>> p["consents"]["sms"]
     {'granted': False, 'at': '1970-01-01T00:00:00.005000+00:00'}
+    >>> build_profile("C000000000007", {"cs:sms": "5:0"}, [], [], {}, [], 60000,
+    ...     iso=lambda ms: ms)["consents"]["sms"]
+    {'granted': False, 'at': 5}
     """
+    iso = iso or _iso
     channels: dict[str, dict[str, Any]] = {}
     locations: dict[str, int] = {}
     categories: dict[str, float] = {}
@@ -431,20 +439,19 @@ def build_profile(
             continue
         if head == "cs":
             ts, _, v = raw.partition(":")
-            consents[rest] = {"granted": v == "1", "at": _iso(int(ts))}
+            consents[rest] = {"granted": v == "1", "at": iso(int(ts))}
             continue
         value = int(raw)
-        c = channels.setdefault(
-            head,
-            {
+        c = channels.get(head)
+        if c is None:  # (not setdefault: its default would be built for every field)
+            c = channels[head] = {
                 **dict.fromkeys(COUNTERS.values(), 0),
                 "spend_minor": {},
                 "refund_minor": {},
                 "first_seen": None,
                 "last_seen": None,
                 "last_order": None,
-            },
-        )
+            }
         if rest in COUNTERS:
             c[COUNTERS[rest]] = value
         elif rest == "f":
@@ -472,7 +479,7 @@ def build_profile(
     )
     for c in channels.values():
         for k in ("first_seen", "last_seen", "last_order"):
-            c[k] = _iso(c[k])
+            c[k] = iso(c[k])
     clear = cart.pop("_clr", 0)
     entries = []
     for f, q in cart.items():
@@ -490,8 +497,8 @@ def build_profile(
     return {
         "customer_id": customer_id,
         "identifiers": identifiers,
-        "first_seen": _iso(min(firsts)) if firsts else None,
-        "last_seen": _iso(max(lasts)) if lasts else None,
+        "first_seen": iso(min(firsts)) if firsts else None,
+        "last_seen": iso(max(lasts)) if lasts else None,
         "orders": orders,
         "spend_minor": spend,
         "average_basket_minor": {k: round(v / orders) for k, v in spend.items()} if orders else {},
@@ -507,10 +514,10 @@ def build_profile(
         ],
         "consents": {p: consents.get(p, {"granted": False, "at": None}) for p in CONSENT_PURPOSES},
         "channels": dict(sorted(channels.items())),
-        "recently_viewed": [{"sku": s, "at": _iso(ts)} for s, ts in views],
-        "recently_bought": [{"sku": s, "at": _iso(ts)} for s, ts in bought],
+        "recently_viewed": [{"sku": s, "at": iso(ts)} for s, ts in views],
+        "recently_bought": [{"sku": s, "at": iso(ts)} for s, ts in bought],
         "cart": cart_lines(entries, clear),
-        "cart_cleared_at": _iso(clear) if clear else None,
+        "cart_cleared_at": iso(clear) if clear else None,
     }
 
 
