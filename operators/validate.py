@@ -254,8 +254,8 @@ class Validator:
                     f"time_zone {ev.time_zone!r} is not an IANA time zone (e.g. Europe/Madrid)",
                     event_type,
                 )
-        if b"@" in raw or b"+" in raw:  # else no identifier can hold an email or a phone
-            _check_identifiers(ev, event_type)
+        if b"@" in raw or b"+" in raw or b"\\u" in raw:  # else (\u0040 is an "@" too) no
+            _check_identifiers(ev, event_type)  # identifier can hold an email or a phone
         ids = self._identifiers(ev)
         customer = None
         for kind in ID_PRIORITY:
@@ -371,7 +371,9 @@ def time_zones() -> frozenset[str]:
 def _check_category(category: str, where: str, event_type: str) -> None:
     """A category is kept in clear (profiles, stock, the cross-sell counts shared by every
     customer): one that holds an email address or a phone number is refused, never echoed."""
-    if ("@" in category or sum(c.isdigit() for c in category) >= 9) and looks_personal(category):
+    if (
+        "@" in category or (len(category) >= 9 and sum(map(str.isdigit, category)) >= 9)
+    ) and looks_personal(category):
         raise _Reject(
             "invalid_value",
             f"{where} looks like an email address or a phone number: personal data is not "

@@ -352,6 +352,11 @@ def test_an_identifier_holding_an_email_or_a_phone_number_is_refused_never_kept(
     assert isinstance(decode(orjson.dumps(view), "click"), Accepted)
     for field in ("session_id", "sku"):
         assert reason(orjson.dumps(view | {field: EMAIL}), "click") == "invalid_value", field
+    # an "@" or a "+" written as a JSON escape is the same character
+    escaped = orjson.dumps(view).replace(b'"sku":"A1"', b'"sku":"ana\\u0040example.com"')
+    assert b"@" not in escaped and reason(escaped, "click") == "invalid_value"
+    escaped = orjson.dumps(view).replace(b'"sku":"A1"', b'"sku":"\\u002b34 612 345 678"')
+    assert b"+" not in escaped and reason(escaped, "click") == "invalid_value"
 
 
 # ------------------------------------------------------------------ hostile input (issue 12)
