@@ -28,6 +28,7 @@ Suppression = Literal[
     "frequency_campaign",
     "out_of_stock",
     "duplicate_trigger",
+    "too_late",
     "budget",
     "decision_error",
     "channel_down",

@@ -320,6 +320,12 @@ BROWSE_ITEMS: Final = 5
 BIS_POLL_MS: Final = 5 * 60_000
 #: and forgotten this long after the customer wanted it
 BIS_MAX_WAIT_MS: Final = 14 * 86_400_000
+#: a moment no longer worth an offer this long after a campaign's wait has passed
+#: (``too_late``): timers that waited for a campaign to start, or for a pipeline that was
+#: down for days, do not send "you left 2 items in your cart" about last month's cart.
+#: Win-back and channel expansion are about time passing: no limit; back in stock has its
+#: own (:data:`BIS_MAX_WAIT_MS`).
+TOO_LATE_MS: Final = {"cart": 3 * 86_400_000, "browse": 3 * 86_400_000, "xsell": 7 * 86_400_000}
 #: a customer gets at most one channel-expansion offer in this long
 EXPANSION_EVERY_MS: Final = 90 * 86_400_000
 #: where omnicanal sells online (a customer who buys only here is "online only")
@@ -606,6 +612,9 @@ def fire_timer(
         return out("drop")  # bought (in any channel) or emptied: nothing to recover
     if trigger.at_ms <= state.counts.fired_ms(timer):
         return out("drop", suppressed="duplicate_trigger")
+    late = TOO_LATE_MS.get(timer)
+    if late is not None and now_ms - trigger.at_ms > max(wait_ms(c) for c in running) + late:
+        return out("drop", suppressed="too_late")
     if due_at > now_ms:  # not overdue against the customer's own rhythm yet
         return out("later", later=due_at - shortest)
     if in_holdout(customer_id, holdout_share):

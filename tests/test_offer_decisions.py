@@ -262,3 +262,22 @@ def test_browse_abandonment_campaigns_match_the_viewed_products_category() -> No
     assert out.offer is not None and out.offer.reason == "Still thinking about toys?"
     other = TimerState(who(), {}, {}, views={"LAMP": back}, categories={"LAMP": "lamps"})
     assert fire_timer("browse", ID, back, other, [toys], CODEC, NOW).offer is None
+
+
+def test_a_moment_long_past_is_too_late_for_an_offer() -> None:
+    """A cart abandoned days ago (a campaign started since, or the pipeline was down) gets
+    no "you left items in your cart" now: dropped as too_late; a cross-sell a week after
+    the purchase too. Win-back is about time passing: never too late."""
+    day = 24 * HOUR
+    for age, action in ((2 * HOUR, "offer"), (3 * day, "offer"), (3 * day + 2 * HOUR, "drop")):
+        st = TimerState(who(), {"LAMP": (1, NOW - age)}, {})
+        out = fire_timer("cart", ID, NOW - age, st, [CART10], CODEC, NOW, holdout_share=0.0)
+        assert out.action == action, age
+        assert out.suppressed == ("too_late" if action == "drop" else None)
+    xsell = Campaign(id="xs", trigger="cross_sell", benefit=Benefit(kind="percent_off", value=5),
+                     reason="{sku}", channels=["email"], valid_days=7, wait_minutes=60)  # fmt: skip
+    for age, action in ((6 * day, "offer"), (8 * day, "drop")):
+        st = TimerState(who(last_order_ms=NOW - age), {}, {"TENT": NOW - age},
+                        suggestions=(("MAT", "camping"),))  # fmt: skip
+        out = fire_timer("xsell", ID, NOW - age, st, [xsell], CODEC, NOW, holdout_share=0.0)
+        assert out.action == action, age
