@@ -12,6 +12,7 @@ twice), and it writes nothing the apply depends on.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from flows.stages import Item, RedisWait
 from monitoring import metrics as m
@@ -55,12 +56,9 @@ class CouponRedemptions:
             self._dismiss(self._policy, dismissed)
         if not found:
             return
-        # The customer as Redis knows them now; one not known yet (first seen in this
-        # batch) redeems on the code alone, as at a till that does not know them.
-        people = {a.customer for a, _, _ in found if a.customer}
-        ids = self._wait.run(lambda: self._store.resolve_many(people))
-        known = {c for c in ids.values() if c}
-        merged = self._wait.run(lambda: self._store.merged_into(known)) if known else {}
+        # One not known yet (first seen in this batch) redeems on the code alone, as at a
+        # till that does not know them.
+        ids, merged = self._known(a for a, _, _ in found)
         reds = [
             Redemption(
                 code,
@@ -88,13 +86,21 @@ class CouponRedemptions:
         for ko, n in offers.items():
             m.OFFER_REDEMPTIONS.labels(*ko).inc(n)
 
-    def _dismiss(self, policy: PolicyStore, dismissed: list[Accepted]) -> None:
-        """Record the dismissals of offers made to the customers who dismiss them (the
-        customer as Redis knows them now, with the ids merged into them)."""
-        people = {a.customer for a in dismissed if a.customer}
+    def _known(
+        self, events: Iterable[Accepted]
+    ) -> tuple[dict[str, str | None], dict[str, tuple[str, ...]]]:
+        """The customers of ``events`` as Redis knows them now (identifier -> customer id,
+        None: not known yet), and the ids merged into each known one."""
+        people = {a.customer for a in events if a.customer}
         ids = self._wait.run(lambda: self._store.resolve_many(people))
         known = {c for c in ids.values() if c}
         merged = self._wait.run(lambda: self._store.merged_into(known)) if known else {}
+        return ids, merged
+
+    def _dismiss(self, policy: PolicyStore, dismissed: list[Accepted]) -> None:
+        """Record the dismissals of offers made to the customers who dismiss them (the
+        customer as Redis knows them now, with the ids merged into them)."""
+        ids, merged = self._known(dismissed)
         who = []
         for a in dismissed:
             cid = ids.get(a.customer or "") or ""

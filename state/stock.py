@@ -81,7 +81,7 @@ class StockStore:
         the models."""
         out: list[SkuState] = []
         res: list[list[bytes]] = []
-        for i in range(0, len(skus), 5000):  # a script's arguments are bounded (unpack)
+        for i in range(0, len(skus), 5000):  # bounded calls: a script blocks Redis while it runs
             res += self._levels(keys=[f"{self.prefix}sku:{s}" for s in skus[i : i + 5000]])
         for sku, flat in zip(skus, res, strict=True):
             st = SkuState(sku)
