@@ -91,7 +91,7 @@ class CouponCodec:
 
     def _mac(self, serial: int, expiry_day: int) -> int:
         msg = serial.to_bytes(8, "big") + expiry_day.to_bytes(4, "big")
-        digest = hmac.new(self._key, msg, hashlib.sha256).digest()
+        digest = hmac.digest(self._key, msg, "sha256")  # one-shot: C, no HMAC object
         return int.from_bytes(digest[:8], "big") >> (64 - MAC_BITS)
 
     def issue(self, offer_id: str, expiry_day: int, salt: int = 0) -> str:
@@ -151,8 +151,20 @@ def redemptions_of(a: Accepted) -> list[tuple[str, str]]:
     return [(ev.coupon_code, order)] if isinstance(ev.coupon_code, str) else []
 
 
+#: Crockford's symbols, then the five extra ones of the check symbol (mod 37)
+_SYMBOLS: Final = b32.symbols + b32.check_symbols
+#: where each body symbol's 5 bits are in the 100-bit code, most significant first
+_SHIFTS: Final = tuple(range(5 * (BODY_SYMBOLS - 1), -1, -5))
+
+
 def _format(n: int) -> str:
-    body = b32.encode(n).rjust(BODY_SYMBOLS, "0")
-    check = b32.encode(n, checksum=True)[-1]
-    groups = [body[i : i + GROUP] for i in range(0, BODY_SYMBOLS, GROUP)]
-    return "-".join([*groups, check])
+    """The code as written: four groups of five symbols, a hyphen, the check symbol (what
+    ``base32_crockford.encode`` gives, zero-padded and grouped, without its loops).
+
+    >>> n = (1 << 100) - 12345
+    >>> _format(n) == "-".join([*(lambda b: [b[i:i + 5] for i in range(0, 20, 5)])(
+    ...     b32.encode(n).rjust(20, "0")), b32.encode(n, checksum=True)[-1]])
+    True
+    """
+    s = "".join([_SYMBOLS[(n >> k) & 31] for k in _SHIFTS])
+    return f"{s[:5]}-{s[5:10]}-{s[10:15]}-{s[15:]}-{_SYMBOLS[n % 37]}"
