@@ -199,7 +199,11 @@ def decide(
     if policy is None:
         chosen, propensity, version = 0, 1.0, MODEL_VERSION
     else:
-        scores = [policy.predict_one(x, c.id) for x, (c, _) in zip(contexts, eligible, strict=True)]
+        scores = [0.0] * len(eligible)
+        for ch, x in by_channel.items():  # one call per context (usually one)
+            at = [i for i, (_, c_ch) in enumerate(eligible) if c_ch == ch]
+            for i, p in zip(at, policy.scores(x, [eligible[i][0].id for i in at]), strict=True):
+                scores[i] = p
         u, pick = draws(customer.customer_id, trigger.kind, trigger.at_ms)
         chosen, propensity = choose(scores, epsilon, u, pick)
         version = policy.version

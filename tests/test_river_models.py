@@ -77,6 +77,21 @@ def test_the_redemption_model_restored_mid_stream_goes_on_as_if_it_never_stopped
     assert restored.to_state() == straight.to_state()
 
 
+def test_scoring_every_campaign_at_once_is_predicting_each_even_while_learning() -> None:
+    """The decisions' fast path (``scores``) reads a copy of the weights: it must be made
+    again after each outcome learnt, or decisions would use a stale model."""
+    m = RedemptionModel()
+    campaigns = [*CAMPAIGNS, "never-learnt"]
+    for i, (ctx, camp, y) in enumerate(_stream(300)):
+        if i % 7 == 0:
+            for c, p in zip(campaigns, m.scores(ctx, campaigns), strict=True):
+                assert math.isclose(p, m.predict_one(ctx, c), rel_tol=1e-12, abs_tol=1e-15)
+        m.learn_one(ctx, camp, y)
+    restored = RedemptionModel.from_state(m.to_state())
+    ctx = _stream(1, seed=5)[0][0]
+    assert restored.scores(ctx, campaigns) == m.scores(ctx, campaigns)
+
+
 def test_the_same_stream_learns_the_same_models() -> None:
     a, b = RedemptionModel(), RedemptionModel()
     for obs in _stream(300):
