@@ -26,6 +26,7 @@ from monitoring import metrics as m
 from operators.coupons import CouponCodec, day_of
 from operators.guardrails import FrequencyCaps, QuietHours
 from operators.offers import (
+    READS,
     TIMERS,
     TimerOutcome,
     TimerState,
@@ -158,7 +159,7 @@ class Offers:
     def _decide(
         self, timer: str, timers: list[tuple[str, int]], running: list[Campaign], now_ms: int
     ) -> None:
-        stored, spent = self.store.read([c for c, _ in timers])
+        stored, spent = self.store.read([c for c, _ in timers], READS[timer])
         ranked: dict[str, list[tuple[str, str]]] = {}
         cats: dict[str, str] = {}
         if timer == "xsell" and self._xsell is not None:

@@ -313,6 +313,17 @@ TIMERS: Final[dict[str, Trigger]] = {
     "browse": "browse_abandonment",
     "xsell": "cross_sell",
 }
+#: what :func:`fire_timer` reads of a customer per timer, besides the profile and the offer
+#: counters (:meth:`state.offers.OfferStore.read`'s parts: c cart, b recently bought, w the
+#: SKUs waited for, v recently viewed, r returned): a win-back decision needs no cart
+READS: Final[dict[str, str]] = {
+    "cart": "cb",
+    "winback": "",
+    "expand": "",
+    "bis": "bw",
+    "browse": "cbv",
+    "xsell": "cbvr",  # the ranker's shopper: views, cart, purchases; returns are left out
+}
 #: a cross-sell offer suggests at most this many items, the ranker's best first
 CROSS_SELL_ITEMS: Final = 3
 #: browse abandonment offers the products viewed this long before the return to one

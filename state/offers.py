@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import redis
@@ -33,6 +33,8 @@ from state.outbox import Outbox
 
 _LUA = (Path(__file__).with_name("lua") / "offers.lua").read_text()
 _READ_LUA = (Path(__file__).with_name("lua") / "offers_read.lua").read_text()
+#: every part of a customer :meth:`OfferStore.read` can read besides the profile and counters
+ALL_PARTS: Final = "cbwvr"
 #: the timers the batch script keeps
 TIMER_KINDS = tuple(TIMERS)
 
@@ -100,11 +102,16 @@ class OfferStore:
         )
         return [(_s(c), int(score)) for c, score in raw]
 
-    def read(self, customers: Sequence[str]) -> tuple[list[StoredCart], dict[str, int]]:
-        """Each customer's profile fields, cart, recently bought, offer counters, the SKUs
-        they wait for and recently viewed, and the offers made per campaign: one script
-        call (``state/lua/offers_read.lua``)."""
-        res: list[list[bytes]] = self._read(args=[self.prefix, *customers])
+    def read(
+        self, customers: Sequence[str], parts: str = ALL_PARTS
+    ) -> tuple[list[StoredCart], dict[str, int]]:
+        """Each customer's profile fields, offer counters and the ``parts`` asked for (one
+        letter each: ``c`` cart, ``b`` recently bought, ``w`` the SKUs they wait for, ``v``
+        recently viewed, ``r`` returned; the others come back empty), and the offers made
+        per campaign: one script call (``state/lua/offers_read.lua``)."""
+        if set(parts) - set(ALL_PARTS):
+            raise ValueError(f"unknown parts {parts!r} (known: {ALL_PARTS})")
+        res: list[list[bytes]] = self._read(args=[self.prefix, parts, *customers])
         out = []
         for i, c in enumerate(customers):
             fields, cart_raw, bought, counters, waits, views, returned = (

@@ -281,3 +281,54 @@ def test_a_moment_long_past_is_too_late_for_an_offer() -> None:
                         suggestions=(("MAT", "camping"),))  # fmt: skip
         out = fire_timer("xsell", ID, NOW - age, st, [xsell], CODEC, NOW, holdout_share=0.0)
         assert out.action == action, age
+
+
+def test_each_timer_decides_from_what_the_stage_reads_for_it_and_nothing_else() -> None:
+    """The offers stage reads of a customer only the parts ``READS`` names for the timer (a
+    win-back reads no cart): blanking every other part never changes a decision."""
+    import random
+
+    from operators.offers import READS, TIMERS
+
+    rng = random.Random(11)
+    skus = [f"S{i}" for i in range(8)]
+    campaigns = [
+        Campaign(id=f"c-{t}", trigger=kind, benefit=Benefit(kind="percent_off", value=10),
+                 reason="For you", channels=["email", "sms"], valid_days=7, wait_minutes=30)
+        for t, kind in TIMERS.items()
+    ]  # fmt: skip
+
+    def times(n: int) -> dict[str, int]:
+        return {s: NOW - rng.randrange(1, 96) * HOUR for s in rng.sample(skus, n)}
+
+    offers = dict.fromkeys(TIMERS, 0)
+    for _ in range(300):
+        last = NOW - rng.randrange(1, 90 * 24) * HOUR
+        customer = who(last_order_ms=last, order_interval_ms=rng.choice([None, 7 * 24 * HOUR]),
+                       orders_by_channel={"web": 2}, chosen_store="S-1")  # fmt: skip
+        full = {
+            "cart": {s: (rng.randint(1, 3), t) for s, t in times(rng.randint(0, 4)).items()},
+            "bought": times(rng.randint(0, 4)),
+            "waits": times(rng.randint(0, 3)),
+            "views": times(rng.randint(0, 5)),
+        }
+        suggestions = [(s, "home") for s in rng.sample(skus, rng.randint(0, 3))]
+        gone = frozenset(rng.sample(skus, rng.randint(0, 3)))
+        seen = NOW - rng.randrange(1, 72) * HOUR
+        for timer in TIMERS:
+            reads = READS[timer]
+            blank = {
+                "cart": full["cart"] if "c" in reads else {},
+                "bought": full["bought"] if "b" in reads else {},
+                "waits": full["waits"] if "w" in reads else {},
+                "views": full["views"] if "v" in reads else {},
+            }
+            outs = [
+                fire_timer(timer, ID, seen, TimerState(customer, **parts, suggestions=suggestions),
+                           campaigns, CODEC, NOW, holdout_share=0.0, out_of_stock=gone)
+                for parts in (full, blank)
+            ]  # fmt: skip
+            assert outs[0] == outs[1], (timer, full)
+            offers[timer] += outs[0].offer is not None
+    # every kind offered at least sometimes: the comparison saw real decisions
+    assert all(offers.values()), offers

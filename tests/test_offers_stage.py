@@ -126,6 +126,16 @@ def test_timers_survive_the_run_fire_after_the_wait_and_a_store_purchase_cancels
     run(s)  # the run ends before the 60-minute wait: nothing sent, two timers left
     offer_store = OfferStore(connect(s.redis_url), s.redis_prefix)
     assert offer_store.timers()["cart"] == 2 and offers_on_topic(s) == []
+    # A decision reads the parts of a customer its timer needs; the rest comes back empty
+    ben = ProfileStore(connect(s.redis_url), s.redis_prefix).resolve("loyalty:BEN") or ""
+    (full,), _ = offer_store.read([ben])
+    (bare,), _ = offer_store.read([ben], "")
+    (cart,), _ = offer_store.read([ben], "c")
+    assert list(full.cart) == ["LAMP"] and list(full.bought) == ["LAMP"] and full.fields
+    assert (bare.cart, bare.bought, bare.fields) == ({}, {}, full.fields)
+    assert (cart.cart, cart.bought) == (full.cart, {})
+    with pytest.raises(ValueError, match="unknown parts"):
+        offer_store.read([ben], "x")
 
     early = stage_at(s, t + 1000 + 59 * MINUTE)
     early.due()
