@@ -25,7 +25,7 @@ from typing import Any, Final, Literal
 from operators.coupons import EPOCH, CouponCodec, day_of
 from operators.guardrails import FrequencyCaps, QuietHours, Suppression, consented, in_holdout
 from operators.policy import EPSILON, RedemptionModel, choose, draws, offer_context
-from operators.profile import build_profile
+from operators.profile import CONSENT_PURPOSES, rfm
 from schemas.campaigns import Campaign, Trigger
 from schemas.offers import Offer
 
@@ -670,12 +670,11 @@ def fire_timer(
     return out("drop", suppressed=d.suppressed, waits=waits)
 
 
-def _as_is(ms: int | None) -> int | None:
-    return ms
-
-
 def customer_view(customer_id: str, fields: dict[str, str], now_ms: int) -> CustomerView | None:
-    """What a decision needs of a stored profile hash (None: no profile).
+    """What a decision needs of a stored profile hash (None: no profile): what
+    :func:`operators.profile.build_profile` says of it (segment, preferred channel, consents,
+    average basket...), read straight from the fields without building the 360° document
+    (a decision pays for 6 numbers per channel, not 40 fields; tested equal).
 
     >>> v = customer_view("C000000000001", {"web:o": "2", "web:s:GBP": "5000", "web:e": "9",
     ...     "web:lo": "1700000000000", "cs:email": "5:1"}, 1_700_000_000_000)
@@ -686,28 +685,63 @@ def customer_view(customer_id: str, fields: dict[str, str], now_ms: int) -> Cust
     """
     if not fields:
         return None
-    p = build_profile(customer_id, fields, [], [], {}, [], now_ms, iso=_as_is)
-    basket = max(p["average_basket_minor"].values(), default=0)
-    firsts = [int(v) for f, v in fields.items() if f.endswith(":f")]
-    lasts = [int(v) for f, v in fields.items() if f.endswith(":lo")]
-    last = max(lasts) if lasts else None
-    orders = p["orders"]
+    #: per channel: orders, offers redeemed + responses, events, last seen
+    channels: dict[str, list[int]] = {}
+    spend: dict[str, int] = {}
+    consents: dict[str, dict[str, Any]] = {}
+    chosen_store = time_zone = None
+    firsts: list[int] = []
+    last: int | None = None
+    for field, raw in fields.items():
+        if field == "hs":
+            chosen_store = raw.partition(":")[2]
+            continue
+        if field == "tz":
+            time_zone = raw.partition(":")[2]
+            continue
+        head, _, rest = field.partition(":")
+        if head == "cs":
+            ts, _, v = raw.partition(":")
+            consents[rest] = {"granted": v == "1", "at": int(ts)}
+            continue
+        if head == "loc" or head == "cat":
+            continue
+        c = channels.get(head)
+        if c is None:
+            c = channels[head] = [0, 0, 0, 0]
+        if rest == "o":
+            c[0] = int(raw)
+        elif rest == "red" or rest == "rsp":
+            c[1] += int(raw)
+        elif rest == "e":
+            c[2] = int(raw)
+        elif rest == "l":
+            c[3] = int(raw)
+        elif rest == "f":
+            firsts.append(int(raw))
+        elif rest == "lo":
+            t = int(raw)
+            last = t if last is None or t > last else last
+        elif rest.startswith("s:"):
+            spend[rest[2:]] = spend.get(rest[2:], 0) + int(raw)
+    orders = sum(c[0] for c in channels.values())
+    main = max(spend, key=lambda k: (spend[k], k), default=None)
+    segment = rfm(last, orders, spend[main] if main else 0, now_ms)["segment"]
+    preferred = max(channels, key=lambda n: (channels[n][0] + channels[n][1], channels[n][2],
+                                            channels[n][3], n), default=None)  # fmt: skip
     interval = None
     if last is not None and firsts and orders >= 2:  # first seen: a bound for the first order
         interval = (last - min(firsts)) // (orders - 1)
     return CustomerView(
         customer_id,
-        p["segment"],
-        p["consents"],
-        p["preferred_channel"],
-        basket_minor=basket,
+        segment,
+        {p: consents.get(p, {"granted": False, "at": None}) for p in CONSENT_PURPOSES},
+        preferred,
+        basket_minor=max((round(v / orders) for v in spend.values()), default=0) if orders else 0,
         last_order_ms=last,
         order_interval_ms=interval,
-        orders_by_channel={ch: c["orders"] for ch, c in p["channels"].items() if c["orders"]},
-        chosen_store=p["home_store"] if p["home_store_source"] == "chosen" else None,
-        time_zone=p["time_zone"],
-        responses=sum(
-            c.get("offer_responses", 0) + c.get("offers_redeemed", 0)
-            for c in p["channels"].values()
-        ),
+        orders_by_channel={ch: c[0] for ch, c in sorted(channels.items()) if c[0]},
+        chosen_store=chosen_store,
+        time_zone=time_zone,
+        responses=sum(c[1] for c in channels.values()),
     )

@@ -332,3 +332,62 @@ def test_each_timer_decides_from_what_the_stage_reads_for_it_and_nothing_else() 
             offers[timer] += outs[0].offer is not None
     # every kind offered at least sometimes: the comparison saw real decisions
     assert all(offers.values()), offers
+
+
+def _view_from_the_profile(cid: str, fields: dict[str, str], now_ms: int) -> CustomerView | None:
+    """The decision's view as the 360° profile document states it (how it was first written)."""
+    from operators.profile import build_profile
+
+    if not fields:
+        return None
+    p = build_profile(cid, fields, [], [], {}, [], now_ms, iso=lambda ms: ms)
+    lasts = [c["last_order"] for c in p["channels"].values() if c["last_order"] is not None]
+    firsts = [c["first_seen"] for c in p["channels"].values() if c["first_seen"] is not None]
+    last = max(lasts, default=None)
+    interval = None
+    if last is not None and firsts and p["orders"] >= 2:
+        interval = (last - min(firsts)) // (p["orders"] - 1)
+    return CustomerView(
+        cid, p["segment"], p["consents"], p["preferred_channel"],
+        basket_minor=max(p["average_basket_minor"].values(), default=0),
+        last_order_ms=last, order_interval_ms=interval,
+        orders_by_channel={ch: c["orders"] for ch, c in p["channels"].items() if c["orders"]},
+        chosen_store=p["home_store"] if p["home_store_source"] == "chosen" else None,
+        time_zone=p["time_zone"],
+        responses=sum(c["offer_responses"] + c["offers_redeemed"] for c in p["channels"].values()),
+    )  # fmt: skip
+
+
+def test_the_decisions_view_of_a_profile_is_what_the_360_profile_says() -> None:
+    """``customer_view`` reads the stored fields directly (a decision need not build the
+    whole document): on any mix of fields it gives what ``build_profile`` gives."""
+    import random
+
+    from operators.offers import customer_view
+    from operators.profile_fields import COUNTERS
+
+    rng = random.Random(5)
+    day = 86_400_000
+    for _ in range(2_000):
+        fields: dict[str, str] = {}
+        for ch in rng.sample(["web", "app", "store", "email", "sms"], rng.randint(0, 4)):
+            for code in rng.sample(sorted(COUNTERS), rng.randint(0, len(COUNTERS))):
+                fields[f"{ch}:{code}"] = str(rng.choice([0, 1, 2, 5, 40]))
+            for code in ("f", "l", "lo"):
+                if rng.random() < 0.6:
+                    fields[f"{ch}:{code}"] = str(NOW - rng.randrange(0, 400) * day)
+            for cur in rng.sample(["GBP", "EUR"], rng.randint(0, 2)):
+                fields[f"{ch}:s:{cur}"] = str(rng.choice([0, 999, 25_000, 300_000]))
+            if rng.random() < 0.2:
+                fields[f"{ch}:rf:GBP"] = "500"
+        for purpose in rng.sample(["email", "sms", "push", "in_store"], rng.randint(0, 4)):
+            fields[f"cs:{purpose}"] = f"{rng.randrange(10**12)}:{rng.choice('01')}"
+        if rng.random() < 0.3:
+            fields["hs"] = f"{NOW}:S-{rng.randrange(9)}"
+        if rng.random() < 0.3:
+            fields["tz"] = f"{NOW}:Europe/Madrid"
+        for k in range(rng.randint(0, 2)):
+            fields[f"loc:S-{k}"] = str(rng.randint(1, 9))
+            fields[f"cat:toys{k}"] = str(rng.random())
+        got = customer_view(ID, fields, NOW)
+        assert got == _view_from_the_profile(ID, fields, NOW), fields
