@@ -336,11 +336,32 @@ BIS_POLL_MS: Final = 5 * 60_000
 #: and forgotten this long after the customer wanted it
 BIS_MAX_WAIT_MS: Final = 14 * 86_400_000
 #: a moment no longer worth an offer this long after a campaign's wait has passed
-#: (``too_late``): timers that waited for a campaign to start, or for a pipeline that was
-#: down for days, do not send "you left 2 items in your cart" about last month's cart.
-#: Win-back and channel expansion are about time passing: no limit; back in stock has its
-#: own (:data:`BIS_MAX_WAIT_MS`).
+#: (``too_late``), unless the campaign sets its own ``too_late_hours``: timers that waited
+#: for a campaign to start, or for a pipeline that was down for days, do not send "you left
+#: 2 items in your cart" about last month's cart. Win-back and channel expansion are about
+#: time passing: no limit by default; back in stock has its own (:data:`BIS_MAX_WAIT_MS`).
 TOO_LATE_MS: Final = {"cart": 3 * 86_400_000, "browse": 3 * 86_400_000, "xsell": 7 * 86_400_000}
+
+
+def too_late(c: Campaign, timer: str, age_ms: int) -> bool:
+    """Is a moment ``age_ms`` old past what campaign ``c`` still offers for?
+
+    >>> from schemas.campaigns import Benefit
+    >>> c = Campaign(id="c", trigger="cart_abandonment", channels=["email"], valid_days=7,
+    ...     benefit=Benefit(kind="percent_off", value=10), reason="r", wait_minutes=60)
+    >>> h = 3_600_000
+    >>> too_late(c, "cart", (1 + 72) * h), too_late(c, "cart", (1 + 72) * h + 1)
+    (False, True)
+    >>> import msgspec
+    >>> quick = msgspec.structs.replace(c, too_late_hours=2)
+    >>> too_late(quick, "cart", 3 * h + 1), too_late(c, "winback", 10**12)
+    (True, False)
+    """
+    hours = c.too_late_hours
+    late = hours * 3_600_000 if isinstance(hours, int) else TOO_LATE_MS.get(timer)
+    return late is not None and age_ms > wait_ms(c) + late
+
+
 #: a customer gets at most one channel-expansion offer in this long
 EXPANSION_EVERY_MS: Final = 90 * 86_400_000
 #: where omnicanal sells online (a customer who buys only here is "online only")
@@ -627,8 +648,8 @@ def fire_timer(
         return out("drop")  # bought (in any channel) or emptied: nothing to recover
     if trigger.at_ms <= state.counts.fired_ms(timer):
         return out("drop", suppressed="duplicate_trigger")
-    late = TOO_LATE_MS.get(timer)
-    if late is not None and now_ms - trigger.at_ms > max(wait_ms(c) for c in running) + late:
+    running = [c for c in running if not too_late(c, timer, now_ms - trigger.at_ms)]
+    if not running:
         return out("drop", suppressed="too_late")
     if due_at > now_ms:  # not overdue against the customer's own rhythm yet
         return out("later", later=due_at - shortest)

@@ -88,6 +88,10 @@ class Campaign(_Strict):
     budget: Budget = field(default_factory=Budget)
     #: minutes the trigger waits before firing (abandonment: time to buy anyway)
     wait_minutes: Annotated[int, Meta(ge=0, le=30 * 24 * 60)] = 60
+    #: hours past the wait after which the moment is too old for this campaign (a cart
+    #: abandoned days ago, while the campaign had not started or the pipeline was down).
+    #: Absent: 72 for carts and browsing, 168 for cross-sell, no limit for the others
+    too_late_hours: Annotated[int, Meta(ge=1, le=366 * 24)] | UnsetType = UNSET
     starts_at: Time | UnsetType = UNSET
     ends_at: Time | UnsetType = UNSET
     enabled: bool = True

@@ -58,6 +58,7 @@ def test_the_example_catalogue_loads_and_matches_the_published_schema() -> None:
         ({"starts_at": "2026-02-01T00:00:00Z", "ends_at": "2026-01-01T00:00:00Z"}, "not after"),
         ({"starts_at": "2026-02-01T00:00:00"}, "needs a UTC offset"),
         ({"channels": []}, "Expected `array` of length >= 1 - at `$.campaigns[0].channels`"),
+        ({"too_late_hours": 0}, "Expected `int` >= 1 - at `$.campaigns[0].too_late_hours`"),
     ],
 )
 def test_every_mistake_is_named_with_its_place(change: dict[str, object], message: str) -> None:

@@ -283,6 +283,35 @@ def test_a_moment_long_past_is_too_late_for_an_offer() -> None:
         assert out.action == action, age
 
 
+def test_a_campaign_sets_how_late_is_too_late_for_it() -> None:
+    """``too_late_hours`` overrides the default per campaign: a cart campaign for the same
+    day only stays out of a cart 5 hours old while the default one offers; a win-back
+    campaign may leave customers gone for years alone."""
+    quick = msgspec.structs.replace(CART10, id="cart-today", too_late_hours=2)
+    st = TimerState(who(), {"LAMP": (1, NOW - 5 * HOUR)}, {})
+    out = fire_timer("cart", ID, NOW - 5 * HOUR, st, [quick], CODEC, NOW, holdout_share=0.0)
+    assert (out.action, out.suppressed) == ("drop", "too_late")
+    both = fire_timer(
+        "cart", ID, NOW - 5 * HOUR, st, [quick, CART10], CODEC, NOW, holdout_share=0.0
+    )
+    assert both.offer is not None and both.offer.campaign_id == "cart-10"
+    fresh = TimerState(who(), {"LAMP": (1, NOW - 2 * HOUR)}, {})
+    out = fire_timer("cart", ID, NOW - 2 * HOUR, fresh, [quick], CODEC, NOW, holdout_share=0.0)
+    assert out.offer is not None and out.offer.campaign_id == "cart-today"
+    winback = Campaign(
+        id="wb", trigger="win_back", benefit=Benefit(kind="points", value=300),
+        reason="We miss you", channels=["email"], valid_days=30, wait_minutes=60,
+    )  # fmt: skip
+    year = 365 * 24 * HOUR
+    half_year = msgspec.structs.replace(winback, too_late_hours=180 * 24)
+    for campaign, action in ((winback, "offer"), (half_year, "drop")):
+        st = TimerState(who(last_order_ms=NOW - 2 * year), {}, {})
+        out = fire_timer(
+            "winback", ID, NOW - 2 * year, st, [campaign], CODEC, NOW, holdout_share=0.0
+        )
+        assert out.action == action, campaign.too_late_hours
+
+
 def test_each_timer_decides_from_what_the_stage_reads_for_it_and_nothing_else() -> None:
     """The offers stage reads of a customer only the parts ``READS`` names for the timer (a
     win-back reads no cart): blanking every other part never changes a decision."""
