@@ -153,9 +153,18 @@ class CrossSellRanks:
     are stored together after the decisions are written (:meth:`checkpoint`); until then
     the learning is on a copy, so a failed slice learns nothing twice."""
 
-    def __init__(self, co: CoPurchaseStore, ranks: RankerStore) -> None:
+    def __init__(
+        self,
+        co: CoPurchaseStore,
+        ranks: RankerStore,
+        counted: Callable[[], object] | None = None,
+    ) -> None:
         self.co = co
         self.ranks = ranks
+        #: adds the worker's own co-purchase counts to Redis before a ranking reads them:
+        #: a basket decided soon after it was bought (a replay, traffic a day old, a demo)
+        #: is ranked on counts that include the baskets just before it, not on none
+        self._counted = counted
         state = ranks.load()
         self.model = CrossSellRanker.from_state(state) if state else CrossSellRanker()
         self._trial: CrossSellRanker | None = None
@@ -167,6 +176,8 @@ class CrossSellRanks:
     ) -> dict[str, list[tuple[str, str]]]:
         """Per customer, the ranked candidates for their newest basket (the SKUs bought at
         the timer's time), as (SKU, category); learns from the previous rankings first."""
+        if self._counted is not None:
+            self._counted()  # never raises: what Redis refused is added later
         trial = CrossSellRanker.from_state(self.model.to_state())
         baskets = {
             cid: sorted(sku for sku, t in st.bought.items() if t == seen)

@@ -241,6 +241,11 @@ def worker_pipeline(
     fence = Fence(store, wait, plan_floors(starts))
     dead_letters = DeadLetters(producer, setup.dead_letter_topic)
     watch = health(setup, store, producer) if worker_index == 0 and setup.health_topic else None
+    counts = (
+        CoPurchaseCounts(CoPurchaseStore(store.r, store.prefix))
+        if setup.campaigns is not None
+        else None
+    )
     return WorkerPipeline(
         fence,
         dead_letters,
@@ -265,16 +270,21 @@ def worker_pipeline(
         )
         if setup.coupon_codec is not None and setup.hasher is not None
         else None,
-        offers(setup, store, producer, stock=stock, down=watch.down if watch else None)
+        offers(
+            setup,
+            store,
+            producer,
+            stock=stock,
+            down=watch.down if watch else None,
+            counted=counts.flush if counts is not None else None,
+        )
         if worker_index == 0
         else None,
         ChannelCounts(HealthStore(store.r, store.prefix), regions=setup.store_regions)
         if setup.health_topic
         else None,
         watch,
-        CoPurchaseCounts(CoPurchaseStore(store.r, store.prefix))
-        if setup.campaigns is not None
-        else None,
+        counts,
     )
 
 
@@ -303,9 +313,11 @@ def offers(
     clock: Callable[[], float] = time.time,
     stock: StockStore | None = None,
     down: Callable[[], frozenset[str]] | None = None,
+    counted: Callable[[], object] | None = None,
 ) -> Offers | None:
     """The offers stage, when the setup has campaigns, a coupon codec and a topic
-    (``clock``: the wall clock the timers are compared with)."""
+    (``clock``: the wall clock the timers are compared with; ``counted``: adds this
+    worker's co-purchase counts to Redis, before cross-sell ranks)."""
     if setup.campaigns is None or setup.coupon_codec is None or not setup.offers_topic:
         return None
     offer_store = OfferStore(store.r, store.prefix)
@@ -332,7 +344,7 @@ def offers(
         stock=(stock or StockStore(store.r, store.prefix), setup.stock_rules),
         down=down,
         xsell=CrossSellRanks(
-            CoPurchaseStore(store.r, store.prefix), RankerStore(store.r, store.prefix)
+            CoPurchaseStore(store.r, store.prefix), RankerStore(store.r, store.prefix), counted
         ),
     )
 

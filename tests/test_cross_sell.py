@@ -168,6 +168,33 @@ def test_a_flush_redis_refused_is_kept_and_added_once_later(redis_server: LocalR
     assert store.learnt().pairs == {"MAT": {"TENT": 3}, "TENT": {"MAT": 3}}
 
 
+def test_a_ranking_first_adds_the_workers_own_counts(redis_server: LocalRedis) -> None:
+    """A basket decided soon after the baskets before it (a replay, a day-old feed, the
+    demo) is ranked on counts that include them: worker 0 adds its pending counts to Redis
+    first. Without that, a cross-sell campaign started on a fresh Redis offered nothing for
+    the first 5 seconds of counts (the demo never made a cross-sell offer)."""
+    from flows.cross_sell import CoPurchaseCounts, CrossSellRanks
+    from schemas.envelope import Accepted
+    from schemas.events import Sale, TransactionLine
+    from state.cross_sell import RankerStore
+    from state.offers import StoredCart
+
+    def sale(i: int, skus: tuple[str, ...]) -> Accepted:
+        lines = [TransactionLine(sku=s, quantity=1, unit_price_minor=100) for s in skus]
+        ev = Sale(event_id=f"e{i}", event_time=None, channel="web", currency="EUR", lines=lines)
+        return Accepted("t", 0, i, "transactions", "sale", f"e{i}", 1, "web", f"C{i}", {}, ev)
+
+    for prefix, flush in (("rk1:", True), ("rk2:", False)):
+        r = connect(redis_server.url)
+        counts = CoPurchaseCounts(CoPurchaseStore(r, prefix), interval=3600)  # never on its own
+        counts.add([sale(i, ("TENT", "MAT", "LAMP")) for i in range(5)])
+        ranks = CrossSellRanks(CoPurchaseStore(r, prefix), RankerStore(r, prefix),
+                               counts.flush if flush else None)  # fmt: skip
+        bought = StoredCart("C9", {}, {}, {"TENT": 1000}, {})
+        ranked = ranks.rank([("C9", 1000)], [bought])
+        assert {sku for sku, _ in ranked.get("C9", [])} == ({"MAT", "LAMP"} if flush else set())
+
+
 def test_a_decision_reads_from_redis_what_the_learner_would_give(redis_server: LocalRedis) -> None:
     """``CoPurchaseStore.view`` (one script call) equals ``CoPurchase.view`` on the same
     baskets: the top rows and best sellers, ties at the cut by SKU (many ties here), the
