@@ -26,6 +26,7 @@ from operators.coupons import EPOCH, CouponCodec, day_of
 from operators.guardrails import FrequencyCaps, QuietHours, Suppression, consented, in_holdout
 from operators.policy import EPSILON, RedemptionModel, choose, draws, offer_context
 from operators.profile import CONSENT_PURPOSES, rfm
+from operators.profile_fields import COUNTERS
 from schemas.campaigns import Campaign, Trigger
 from schemas.offers import Offer
 
@@ -322,7 +323,7 @@ READS: Final[dict[str, str]] = {
     "expand": "",
     "bis": "bw",
     "browse": "cbv",
-    "xsell": "cbvr",  # the ranker's shopper: views, cart, purchases; returns are left out
+    "xsell": "cbvr",  # the ranker's shopper (views, cart, purchases) and returns (left out)
 }
 #: a cross-sell offer suggests at most this many items, the ranker's best first
 CROSS_SELL_ITEMS: Final = 3
@@ -691,6 +692,13 @@ def fire_timer(
     return out("drop", suppressed=d.suppressed, waits=waits)
 
 
+#: the stored codes of the per-channel counters a decision reads (operators/profile_fields.py)
+_ORDERS, _REDEEMED, _RESPONSES, _EVENTS = (
+    {name: code for code, name in COUNTERS.items()}[n]
+    for n in ("orders", "offers_redeemed", "offer_responses", "events")
+)
+
+
 def customer_view(customer_id: str, fields: dict[str, str], now_ms: int) -> CustomerView | None:
     """What a decision needs of a stored profile hash (None: no profile): what
     :func:`operators.profile.build_profile` says of it (segment, preferred channel, consents,
@@ -730,11 +738,11 @@ def customer_view(customer_id: str, fields: dict[str, str], now_ms: int) -> Cust
         c = channels.get(head)
         if c is None:
             c = channels[head] = [0, 0, 0, 0]
-        if rest == "o":
+        if rest == _ORDERS:
             c[0] = int(raw)
-        elif rest == "red" or rest == "rsp":
+        elif rest in (_REDEEMED, _RESPONSES):
             c[1] += int(raw)
-        elif rest == "e":
+        elif rest == _EVENTS:
             c[2] = int(raw)
         elif rest == "l":
             c[3] = int(raw)
