@@ -55,9 +55,9 @@ class RedemptionModel:
 
     def scores(self, context: Mapping[str, float], campaigns: Sequence[str]) -> list[float]:
         """:meth:`predict_one` of each campaign in one context, without building each
-        campaign's features: the weights are read one by one and the context's own part of
-        the dot product is summed once. The same probabilities up to the order of the float
-        additions.
+        campaign's features: the weights (a plain-dict copy, made again after each outcome
+        learnt) are read one by one and the context's own part of the dot product is summed
+        once. The same probabilities up to the order of the float additions.
 
         >>> m = RedemptionModel()
         >>> for y in (True, False, True):
