@@ -22,10 +22,12 @@ import msgspec
 
 from flows.cross_sell import CrossSellRanks
 from flows.outbox import OutboxSender
+from flows.preferences import NextBasket
 from monitoring import metrics as m
 from operators.coupons import CouponCodec, day_of
 from operators.guardrails import FrequencyCaps, QuietHours
 from operators.offers import (
+    CROSS_SELL_ITEMS,
     READS,
     TIMERS,
     TimerOutcome,
@@ -70,8 +72,11 @@ class Offers:
         stock: tuple[StockStore, StockRules] | None = None,
         down: Callable[[], frozenset[str]] | None = None,
         xsell: CrossSellRanks | None = None,
+        prefs: NextBasket | None = None,
     ) -> None:
         self.store = store
+        #: the next-basket model: learns from baskets, names a win-back offer's items
+        self._prefs = prefs
         #: ranks what goes with a basket (cross-sell), and names the items' categories
         self._xsell = xsell
         self.ledger = ledger
@@ -120,6 +125,9 @@ class Offers:
         self._full = False
         now_ms = int(self._clock() * 1000)
         self._learn(now_ms)
+        if self._prefs is not None:
+            self._prefs.learn()
+            self._full = self._prefs.more  # more baskets to learn from: look again soon
         campaigns = self._campaigns()
         pending = self.store.timers()
         for timer, kind in TIMERS.items():
@@ -162,20 +170,25 @@ class Offers:
         stored, spent = self.store.read([c for c, _ in timers], READS[timer])
         ranked: dict[str, list[tuple[str, str]]] = {}
         cats: dict[str, str] = {}
+        ranked_by = ""
         if timer == "xsell" and self._xsell is not None:
             ranked = self._xsell.rank(timers, stored)
+            ranked_by = self._xsell.version
+        elif timer == "winback" and self._prefs is not None:
+            # a few more than an offer names: some may be out of stock online
+            ranked = self._prefs.rank(stored, now_ms, 2 * CROSS_SELL_ITEMS)
+            ranked_by = self._prefs.version
         elif timer == "browse" and self._xsell is not None:
             cats = self._xsell.co.categories(sorted({s for st in stored for s in st.views}))
         oos: frozenset[str] = frozenset()
-        if timer in ("cart", "bis", "browse", "xsell") and self._stock is not None:
+        if timer in ("cart", "bis", "browse", "xsell", "winback") and self._stock is not None:
             stock, rules = self._stock
-            if timer == "xsell":
+            if timer in ("xsell", "winback"):
                 skus = sorted({sku for r in ranked.values() for sku, _ in r})
             else:
                 of = {"cart": "cart", "bis": "waits", "browse": "views"}[timer]
                 skus = sorted({sku for st in stored for sku in getattr(st, of)})
             oos = out_of_stock_online(stock.levels(skus), rules)
-        ranked_by = self._xsell.version if ranked and self._xsell is not None else ""
         today = day_of(now_ms)
         down = self._down()
         outcomes: list[TimerOutcome] = []

@@ -47,6 +47,7 @@ from flows.health import ChannelCounts, ChannelHealthStage
 from flows.kafka import CheckedProducer, GroupOffsets
 from flows.offers import Offers
 from flows.outbox import OutboxSender
+from flows.preferences import NextBasket
 from flows.sink import StagesSink
 from flows.source import EARLIEST, KafkaWorkerSource
 from flows.stages import (
@@ -70,6 +71,7 @@ from state.coupons import CouponLedger
 from state.cross_sell import CoPurchaseStore, RankerStore
 from state.health import HealthStore
 from state.offers import OfferStore, PolicyStore
+from state.preferences import PreferenceStore
 from state.profiles import ProfileStore
 from state.stock import StockStore
 
@@ -321,6 +323,7 @@ def offers(
     if setup.campaigns is None or setup.coupon_codec is None or not setup.offers_topic:
         return None
     offer_store = OfferStore(store.r, store.prefix)
+    co = CoPurchaseStore(store.r, store.prefix)
     return Offers(
         offer_store,
         CouponLedger(store.r, store.prefix, setup.coupon_codec),
@@ -343,9 +346,8 @@ def offers(
         tz=setup.offer_timezone,
         stock=(stock or StockStore(store.r, store.prefix), setup.stock_rules),
         down=down,
-        xsell=CrossSellRanks(
-            CoPurchaseStore(store.r, store.prefix), RankerStore(store.r, store.prefix), counted
-        ),
+        xsell=CrossSellRanks(co, RankerStore(store.r, store.prefix), counted),
+        prefs=NextBasket(PreferenceStore(store.r, store.prefix), co),
     )
 
 

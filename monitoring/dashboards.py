@@ -148,6 +148,14 @@ BOARDS: dict[str, tuple[str, list[Panel]]] = {
                     "baskets {{result}}"),
                    ("sum by (label) (increase(omnicanal_preference_examples_total[5m]))",
                     "ranked items {{label}}"))),
+            Panel("Next-basket learning", "Baskets (any channel) the next-basket preference "
+                  "model learnt from per 5 minutes (a stable tenth of all), and its progressive "
+                  "validation: the mean log-loss of its predictions made before learning each "
+                  "basket (0.69 is a coin; lower is better).", "short",
+                  (("sum(increase(omnicanal_next_basket_baskets_total[5m]))", "baskets learnt"),
+                   ("sum(increase(omnicanal_next_basket_log_loss_sum[15m])) / "
+                    "sum(increase(omnicanal_next_basket_log_loss_count[15m]))",
+                    "mean log-loss"))),
         ],
     ),
 }  # fmt: skip

@@ -227,6 +227,18 @@ PREFERENCE_EXAMPLES = Counter(
     "rate of its rankings.",
     ["label"],
 )
+NEXT_BASKET_LOSS = Histogram(
+    "omnicanal_next_basket_log_loss",
+    "Progressive validation of the next-basket preference model: for each candidate item of "
+    "a basket it learnt from (bought, or sampled among those not bought), the log-loss of "
+    "its prediction that the customer buys it, made before learning it.",
+    buckets=(0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 0.69, 1.0, 2.0, 5.0),
+)
+NEXT_BASKET_BASKETS = Counter(
+    "omnicanal_next_basket_baskets",
+    "Baskets (sales of any channel) the next-basket preference model learnt from: a stable "
+    "share of all baskets (operators/preferences.py LEARN_SHARE), each learnt once.",
+)
 CHANNEL_HEALTH = Gauge(
     "omnicanal_channel_health",
     "Health of each sales channel (key sales:<channel>), store (store:<location>) and "
@@ -335,6 +347,8 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     CROSS_SELL_BASKETS,
     PREFERENCE_MODEL_LOSS,
     PREFERENCE_EXAMPLES,
+    NEXT_BASKET_LOSS,
+    NEXT_BASKET_BASKETS,
     CHANNEL_HEALTH,
     CHANNEL_HEALTH_EVENTS,
     CHANNEL_HEALTH_UNCOUNTED,

@@ -316,10 +316,11 @@ TIMERS: Final[dict[str, Trigger]] = {
 }
 #: what :func:`fire_timer` reads of a customer per timer, besides the profile and the offer
 #: counters (:meth:`state.offers.OfferStore.read`'s parts: c cart, b recently bought, w the
-#: SKUs waited for, v recently viewed, r returned): a win-back decision needs no cart
+#: SKUs waited for, v recently viewed, r returned, h the baskets kept): a win-back decision
+#: needs no cart
 READS: Final[dict[str, str]] = {
     "cart": "cb",
-    "winback": "",
+    "winback": "h",  # the next-basket model's history: the offer names their likely items
     "expand": "",
     "bis": "bw",
     "browse": "cbv",
@@ -455,8 +456,9 @@ class TimerState:
     waits: Mapping[str, int] | None = None
     #: SKU -> last view (the recently viewed products)
     views: Mapping[str, int] | None = None
-    #: cross-sell: what goes with the newest basket, ranked for the customer, as (SKU,
-    #: category or ""); the stage ranks them (``flows/cross_sell.py``)
+    #: cross-sell: what goes with the newest basket, ranked for the customer; win-back: what
+    #: they are most likely to buy next; as (SKU, category or ""); the stage ranks them
+    #: (``flows/cross_sell.py``, ``flows/preferences.py``)
     suggestions: Sequence[tuple[str, str]] = ()
     #: the version of the model that ranked them
     ranked_by: str = ""
@@ -526,7 +528,10 @@ def fire_timer(
       channel (:func:`abandoned_cart`); a store purchase of what was carted online cancels.
     - **winback** (score: the last order): overdue once the customer has not ordered for
       :data:`WIN_BACK_INTERVALS` times their own mean interval between orders (not one
-      number of days for everyone), and for at least the campaign's wait.
+      number of days for everyone), and for at least the campaign's wait. The offer names
+      the items they are most likely to buy next (``state.suggestions``, ranked by the
+      next-basket model from their baskets in every channel), at most
+      :data:`CROSS_SELL_ITEMS` in stock online; none known: an offer without items.
     - **bis** (score: when to look): the SKUs the customer carted while they were out of
       stock online (recorded when their cart timer was decided), once live stock has one
       of them again; looked at every :data:`BIS_POLL_MS` meanwhile, forgotten after
@@ -642,7 +647,13 @@ def fire_timer(
         last = who.last_order_ms
         if last is None:
             return out("drop")
-        trigger = TriggerEvent(kind, last)
+        # what they are most likely to buy next, in stock online (none known: no items)
+        fits = [(sku, cat) for sku, cat in state.suggestions if sku not in out_of_stock]
+        chosen = tuple(sku for sku, _ in fits[:CROSS_SELL_ITEMS])
+        cat = fits[0][1] if fits else ""
+        trigger = TriggerEvent(
+            kind, last, chosen, len(chosen), cat, state.ranked_by if fits else ""
+        )
         rhythm = who.order_interval_ms
         due_at = last + int(WIN_BACK_INTERVALS * rhythm) if rhythm else last
     if trigger is None:

@@ -1,25 +1,30 @@
 """Customer preferences: which items a customer is likely to buy next, learnt online from
 every purchase in every channel. Pure logic, no I/O.
 
-Two parts:
+The model reads two things, both kept in Redis by the pipeline and replayed the same way
+by ``omnicanal evaluate recommendations``:
 
-- :class:`PurchaseHistory`, the statistics the model reads: per customer and item, how
-  often and how recently it was bought (counts and decayed counts with half-lives of 7 and
-  60 days), per customer and category, and per item, its popularity and how often it is
-  bought again. Counts add up, so two histories merge exactly.
-- :class:`PreferenceModel`, a River ``LogisticRegression`` over features of a (customer,
-  candidate item) pair. It learns from each basket, predict-then-learn: the items bought
-  are positives, candidates not bought (sampled) negatives, since a purchase log has no
-  explicit dislikes. It ranks the customer's own items and the popular ones, so that it
-  learns both "buys it again" (recency, the item's repeat rate) and "will try it"
-  (category affinity, popularity).
+- the customer's last :data:`HISTORY_BASKETS` baskets, from any channel
+  (:class:`Purchases`: per item how often and how recently it was bought, decayed counts
+  with half-lives of 7 and 60 days, the customer's own rhythm for it; per category, how
+  much of what they buy is in it);
+- what every customer buys (:class:`operators.cross_sell.CoView`: baskets per item, the
+  best sellers, items' categories; the co-purchase counts cross-sell keeps).
 
->>> m = PreferenceModel(seed=1)
+:class:`PreferenceModel` is a River ``LogisticRegression`` over features of a (customer,
+candidate item) pair. It learns from each basket, predict-then-learn: the candidates
+bought are positives, candidates not bought (sampled) negatives, since a purchase log has
+no explicit dislikes. It ranks the customer's own items and the best sellers, so it learns
+both "buys it again" (recency, rhythm) and "will try it" (category affinity, popularity).
+
+>>> from operators.cross_sell import CoView
 >>> day = 86_400_000
->>> for d in range(12):
-...     m.learn_basket("ann", ["milk", "bread"] if d % 2 else ["milk"], d * day)
-...     m.learn_basket("bob", ["beer"], d * day)
->>> m.rank("ann", 12 * day, k=2)
+>>> ann = [(d * day, ("bread", "milk") if d % 2 else ("milk",)) for d in range(12)]
+>>> crowd = CoView(100, {"milk": 40, "bread": 20, "beer": 60}, {}, popular=("beer", "milk"))
+>>> m = PreferenceModel()
+>>> for d in range(1, 12):
+...     _ = m.learn_one("ann", Purchases(ann[:d]), ann[d], crowd)
+>>> m.rank(Purchases(ann), 12 * day, crowd, k=2)
 ['milk', 'bread']
 """
 
@@ -27,16 +32,41 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Final
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
 
 from river import linear_model, optim
+
+from operators.cross_sell import CoView
+from operators.policy import lr_from_state, lr_to_state
 
 DAY_MS: Final = 86_400_000
 #: half-lives of the decayed purchase counts, in days
 HALF_LIVES: Final = (7.0, 60.0)
-#: popular items every ranking considers besides the customer's own
-POPULAR: Final = 100
+#: baskets kept per customer (the newest): what the model knows of them
+HISTORY_BASKETS: Final = 50
+#: distinct items kept per basket (a bulk order keeps its first ones, in SKU order)
+BASKET_ITEMS: Final = 50
+#: a basket as the model reads it: (time in ms, its distinct SKUs)
+Basket = tuple[int, Sequence[str]]
+#: the share of baskets learnt from (every basket is kept in the history): learning costs
+#: about 0.5 ms per basket, and a model of a dozen weights needs far fewer examples
+LEARN_SHARE: Final = 0.1
+
+
+def learns(basket: Basket, share: float = LEARN_SHARE) -> bool:
+    """Whether ``basket`` is learnt from: a stable hash of its time and items (the
+    customer id is not known yet where it is decided), so a replay, another worker or the
+    evaluation pick the same baskets.
+
+    >>> sum(learns((t, ["milk"])) for t in range(10_000)), learns((5, ["a"]), 1.0), learns(
+    ...     (5, ["a"]), 0)
+    (1000, True, False)
+    """
+    ts, skus = basket
+    key = str(ts) + "\x1f" + "\x1f".join(skus)
+    return zlib.crc32(key.encode()) < share * 4_294_967_296
 
 
 class _ItemStats:
@@ -44,10 +74,10 @@ class _ItemStats:
 
     __slots__ = ("count", "dec", "first", "last")
 
-    def __init__(self) -> None:
+    def __init__(self, ts: int) -> None:
         self.count = 0
-        self.first = -1
-        self.last = 0
+        self.first = ts
+        self.last = ts
         self.dec = [0.0] * len(HALF_LIVES)
 
 
@@ -55,143 +85,148 @@ def _decay(value: float, dt_ms: int, half_life_days: float) -> float:
     return value * 2.0 ** (-dt_ms / (half_life_days * DAY_MS))
 
 
-class PurchaseHistory:
-    """Purchase statistics per customer, item and category (see the module docstring)."""
+class Purchases:
+    """One customer's baskets (any order; the oldest first is read), as the features see
+    them: per item its count, first and last purchase and decayed counts.
 
-    def __init__(self, category_of: Callable[[str], str | None] | None = None) -> None:
-        self.items: dict[str, dict[str, _ItemStats]] = {}
-        self.baskets: dict[str, int] = {}
-        self.categories: dict[str, dict[str, float]] = {}
-        #: item -> baskets it was in, and how many of those were a repeat for the customer
-        self.popularity: dict[str, int] = {}
-        self.repeats: dict[str, int] = {}
-        self._category_of = category_of or (lambda item: None)
-        self._top: list[str] = []
-        self._top_dirty = 0
+    >>> p = Purchases([(3 * DAY_MS, ("milk",)), (DAY_MS, ("milk", "tea"))])
+    >>> p.baskets, p.items["milk"].count, p.top_frequency(2)
+    (2, 2, ['milk', 'tea'])
+    """
 
-    def learn_basket(self, customer: str, items: Iterable[str], ts_ms: int) -> None:
-        own = self.items.setdefault(customer, {})
-        self.baskets[customer] = self.baskets.get(customer, 0) + 1
-        cats = self.categories.setdefault(customer, {})
-        for item in sorted(set(items)):  # sorted: the same stream, the same model
-            st = own.get(item)
-            if st is None:
-                st = own[item] = _ItemStats()
-            else:
-                self.repeats[item] = self.repeats.get(item, 0) + 1
-            dt = max(0, ts_ms - st.last)
-            st.dec = [_decay(v, dt, h) + 1.0 for v, h in zip(st.dec, HALF_LIVES, strict=True)]
-            st.count += 1
-            st.first = ts_ms if st.first < 0 else min(st.first, ts_ms)
-            st.last = max(st.last, ts_ms)
-            self.popularity[item] = self.popularity.get(item, 0) + 1
-            cat = self._category_of(item)
-            if cat is not None:
-                cats[cat] = cats.get(cat, 0.0) + 1.0
-        self._top_dirty += 1
+    __slots__ = ("baskets", "items")
 
-    def top(self, n: int = POPULAR) -> list[str]:
-        """The ``n`` most popular items (recomputed every 1,000 baskets)."""
-        if self._top_dirty >= 1000 or len(self._top) < min(n, len(self.popularity)):
-            self._top = sorted(self.popularity, key=lambda i: (-self.popularity[i], i))[:n]
-            self._top_dirty = 0
-        return self._top[:n]
+    def __init__(self, baskets: Iterable[Basket]) -> None:
+        items: dict[str, _ItemStats] = {}
+        n = 0
+        for ts, skus in sorted(baskets, key=lambda b: b[0]):
+            n += 1
+            for item in skus:
+                st = items.get(item)
+                if st is None:
+                    st = items[item] = _ItemStats(ts)
+                dt = ts - st.last
+                st.dec = [_decay(v, dt, h) + 1.0 for v, h in zip(st.dec, HALF_LIVES, strict=True)]
+                st.count += 1
+                st.last = ts
+        self.baskets = n
+        self.items = items
 
-    def features(self, customer: str, item: str, now_ms: int) -> dict[str, float]:
-        """What the model knows of ``customer`` and ``item`` at ``now_ms``."""
-        own = self.items.get(customer, {})
-        n = self.baskets.get(customer, 0)
-        pop = self.popularity.get(item, 0)
-        x = {
-            "pop": math.log1p(pop) / 10.0,
-            "repeat_rate": self.repeats.get(item, 0) / (pop + 10.0),
-            "baskets": math.log1p(n) / 5.0,
-        }
-        cat = self._category_of(item)
-        if cat is not None and n:
-            cats = self.categories.get(customer, {})
-            x["category_share"] = cats.get(cat, 0.0) / sum(cats.values() or [1.0])
-        st = own.get(item)
-        if st is None:
-            x["new"] = 1.0
-            x["new_pop"] = x["pop"]
-            x["new_category"] = x.get("category_share", 0.0)
-            return x
-        dt = max(0, now_ms - st.last)
-        x["share"] = st.count / n
-        x["sqrt_share"] = math.sqrt(st.count / n)
-        x["own_repeat_rate"] = x["repeat_rate"]
-        if st.count >= 2:  # the customer's own rhythm for this item: is it due again?
-            interval = (st.last - st.first) / (st.count - 1)
-            due = math.log((dt + DAY_MS) / (interval + DAY_MS))
-            x["due"] = max(-3.0, min(3.0, due)) / 3.0
-            x["due_abs"] = abs(x["due"])
-        x["log_count"] = math.log1p(st.count) / 3.0
-        x["recency"] = math.log1p(dt / DAY_MS) / 5.0
-        for v, h in zip(st.dec, HALF_LIVES, strict=True):
-            x[f"dec{h:g}"] = math.log1p(_decay(v, dt, h)) / 3.0
-        return x
-
-    def candidates(self, customer: str, popular: int = POPULAR) -> list[str]:
-        """The customer's own items, then the popular ones they never bought."""
-        own = self.items.get(customer, {})
-        return list(own) + [i for i in self.top(popular) if i not in own]
-
-    def top_frequency(self, customer: str, k: int) -> list[str]:
-        """P-TopFreq: the customer's ``k`` most bought items (ties: the most recent)."""
-        own = self.items.get(customer, {})
+    def top_frequency(self, k: int) -> list[str]:
+        """P-TopFreq: the ``k`` most bought items (ties: the most recent, then by SKU)."""
+        own = self.items
         return sorted(own, key=lambda i: (-own[i].count, -own[i].last, i))[:k]
+
+    def category_shares(self, category: Mapping[str, str]) -> dict[str, float]:
+        """The share of the customer's item purchases in each known category."""
+        counts: dict[str, float] = {}
+        for item, st in self.items.items():
+            cat = category.get(item)
+            if cat is not None:
+                counts[cat] = counts.get(cat, 0.0) + st.count
+        total = sum(counts.values())
+        return {c: v / total for c, v in counts.items()}
+
+
+def candidates(p: Purchases, crowd: CoView) -> list[str]:
+    """What a ranking considers: the customer's own items, then the best sellers they
+    never bought."""
+    own = p.items
+    return list(own) + [i for i in crowd.popular if i not in own]
+
+
+def features(
+    p: Purchases, item: str, now_ms: int, crowd: CoView, shares: Mapping[str, float]
+) -> dict[str, float]:
+    """What the model knows of the customer (``p``, ``shares``) and ``item`` at ``now_ms``.
+
+    >>> p = Purchases([(0, ("milk",)), (7 * DAY_MS, ("milk",))])
+    >>> x = features(p, "milk", 14 * DAY_MS, CoView(10, {"milk": 5}, {}), {})
+    >>> round(x["due"], 3), x["share"], "new" in x
+    (0.0, 1.0, False)
+    """
+    n = p.baskets
+    pop = math.log1p(crowd.count.get(item, 0)) / 10.0
+    x = {"pop": pop, "baskets": math.log1p(n) / 5.0}
+    cat = crowd.category.get(item)
+    share = shares.get(cat, 0.0) if cat is not None else 0.0
+    if cat is not None and n:
+        x["category_share"] = share
+    st = p.items.get(item)
+    if st is None:
+        x["new"] = 1.0
+        x["new_pop"] = pop
+        x["new_category"] = share
+        return x
+    dt = max(0, now_ms - st.last)
+    x["share"] = st.count / n
+    x["sqrt_share"] = math.sqrt(st.count / n)
+    if st.count >= 2:  # the customer's own rhythm for this item: is it due again?
+        interval = (st.last - st.first) / (st.count - 1)
+        due = math.log((dt + DAY_MS) / (interval + DAY_MS))
+        x["due"] = max(-3.0, min(3.0, due)) / 3.0
+        x["due_abs"] = abs(x["due"])
+    x["log_count"] = math.log1p(st.count) / 3.0
+    x["recency"] = math.log1p(dt / DAY_MS) / 5.0
+    for v, h in zip(st.dec, HALF_LIVES, strict=True):
+        x[f"dec{h:g}"] = math.log1p(_decay(v, dt, h)) / 3.0
+    return x
 
 
 class PreferenceModel:
     """Ranks the items a customer is likely to buy next (see the module docstring).
 
-    ``negatives`` candidates not bought are sampled per item bought (seeded: the same
-    stream learns the same model)."""
+    ``negatives`` candidates not bought are sampled per item bought, seeded by the customer
+    and the basket's time: the same baskets learn the same model, in a replay too."""
 
-    def __init__(
-        self,
-        *,
-        category_of: Callable[[str], str | None] | None = None,
-        negatives: int = 3,
-        learning_rate: float = 0.05,
-        seed: int = 0,
-    ) -> None:
-        self.history = PurchaseHistory(category_of)
+    def __init__(self, *, negatives: int = 3, learning_rate: float = 0.05) -> None:
         self.model = linear_model.LogisticRegression(optimizer=optim.SGD(learning_rate))
         self.negatives = negatives
-        self._rng = random.Random(seed)
+        self.learnt = 0
         #: progressive validation: log-loss of each prediction made before learning
         self.log_loss_sum = 0.0
-        self.learnt = 0
 
-    def learn_basket(self, customer: str, items: Sequence[str], ts_ms: int) -> None:
-        """Learn from one basket (predict first: progressive validation), then count it."""
-        h = self.history
-        bought = set(items)
-        # Learn on the candidates the ranking will see: an item bought from outside them
-        # (new to the customer and not popular) would teach "unknown items sell".
-        cands = h.candidates(customer)
+    def learn_one(
+        self, customer: str, before: Purchases, basket: Basket, crowd: CoView
+    ) -> list[float]:
+        """Learn from one basket, given the customer's purchases before it (predict first:
+        progressive validation). A first basket teaches nothing about the customer.
+        Returns the log-loss of each prediction made before learning."""
+        if not before.baskets:
+            return []
+        ts, skus = basket
+        bought = set(skus)
+        # Learn on the candidates a ranking sees: an item bought from outside them (new to
+        # the customer and not a best seller) would teach "unknown items sell".
+        cands = candidates(before, crowd)
         pos = [i for i in cands if i in bought]
         pool = [i for i in cands if i not in bought]
         k = min(len(pool), self.negatives * max(1, len(pos)))
-        sample = [(i, True) for i in pos] + [(i, False) for i in self._rng.sample(pool, k)]
-        if h.baskets.get(customer):  # a first basket teaches nothing about the customer
-            for item, y in sample:
-                x = h.features(customer, item, ts_ms)
-                p = min(max(self.model.predict_proba_one(x)[True], 1e-7), 1 - 1e-7)
-                self.log_loss_sum -= math.log(p if y else 1 - p)
-                self.model.learn_one(x, y)
-                self.learnt += 1
-        h.learn_basket(customer, bought, ts_ms)
+        rng = random.Random(f"{customer}:{ts}")
+        sample = [(i, True) for i in pos] + [(i, False) for i in rng.sample(pool, k)]
+        shares = before.category_shares(crowd.category)
+        model = self.model
+        losses = []
+        for item, y in sample:
+            x = features(before, item, ts, crowd, shares)
+            p = min(max(model.predict_proba_one(x)[True], 1e-7), 1 - 1e-7)
+            loss = -math.log(p if y else 1 - p)
+            losses.append(loss)
+            model.learn_one(x, y)
+        self.log_loss_sum += sum(losses)
+        self.learnt += len(losses)
+        return losses
 
-    def scores(self, customer: str, now_ms: int, candidates: Iterable[str]) -> dict[str, float]:
-        h, predict = self.history, self.model.predict_proba_one
-        return {i: predict(h.features(customer, i, now_ms))[True] for i in candidates}
+    def scores(self, p: Purchases, now_ms: int, crowd: CoView) -> dict[str, float]:
+        shares = p.category_shares(crowd.category)
+        predict = self.model.predict_proba_one
+        return {
+            i: predict(features(p, i, now_ms, crowd, shares))[True] for i in candidates(p, crowd)
+        }
 
-    def rank(self, customer: str, now_ms: int, k: int = 10) -> list[str]:
+    def rank(self, p: Purchases, now_ms: int, crowd: CoView, k: int = 10) -> list[str]:
         """The ``k`` items the customer is most likely to buy next."""
-        s = self.scores(customer, now_ms, self.history.candidates(customer))
+        s = self.scores(p, now_ms, crowd)
         return sorted(s, key=lambda i: (-s[i], i))[:k]
 
     @property
@@ -199,5 +234,27 @@ class PreferenceModel:
         """Mean progressive-validation log-loss so far."""
         return self.log_loss_sum / self.learnt if self.learnt else math.nan
 
+    @property
+    def version(self) -> str:
+        return f"pm-{self.learnt}"
+
     def weights(self) -> Mapping[str, float]:
         return dict(self.model.weights)
+
+    def to_state(self) -> dict[str, Any]:
+        return {**lr_to_state(self.model, self.learnt), "loss": self.log_loss_sum}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> PreferenceModel:
+        """
+        >>> m = PreferenceModel(); p = Purchases([(0, ("a",))])
+        >>> [round(x, 4) for x in m.learn_one("c", p, (DAY_MS, ("a",)), CoView(1, {"a": 1}, {}))]
+        [0.6931]
+        >>> r = PreferenceModel.from_state(m.to_state())
+        >>> r.rank(p, DAY_MS, CoView(1, {}, {})) == ["a"], r.version, r.log_loss == m.log_loss
+        (True, 'pm-1', True)
+        """
+        m = cls()
+        m.learnt = lr_from_state(m.model, state)
+        m.log_loss_sum = float(state.get("loss", 0.0))
+        return m

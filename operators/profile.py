@@ -40,9 +40,11 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import orjson
 from msgspec import UNSET
 
 from operators.learners import Learner, Stream
+from operators.preferences import BASKET_ITEMS, HISTORY_BASKETS, learns
 from operators.profile_fields import COUNTERS, rule_of
 from schemas.envelope import Accepted
 from schemas.events import CART_CHANNELS, line_amount
@@ -167,8 +169,8 @@ class CustomerDelta:
     """One batch's effects on one customer, grouped by how each field combines."""
 
     __slots__ = (
-        "bought", "cart", "cart_clear_ms", "logs", "lww", "maxs", "mins", "returned", "sums",
-        "views", "views_first",
+        "baskets", "bought", "cart", "cart_clear_ms", "logs", "lww", "maxs", "mins", "returned",
+        "sums", "views", "views_first",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -184,6 +186,8 @@ class CustomerDelta:
         self.bought: dict[str, int] = {}
         #: SKUs returned (a negative: never suggested to this customer again)
         self.returned: dict[str, int] = {}
+        #: each sale's distinct product SKUs, with its time: the next-basket model's history
+        self.baskets: list[tuple[int, list[str]]] = []
         self.cart: dict[tuple[str, int], int] = {}
         self.cart_clear_ms = 0
 
@@ -208,11 +212,13 @@ def fold(events: Iterable[Accepted], into: CustomerDelta | None = None) -> Custo
         if et == "sale" or et == "return":
             amount = 0
             units = 0
+            skus: set[str] = set()
             for line in ev.lines:
                 amount += line_amount(line)
                 if line.kind == "product" or line.kind is UNSET:
                     units += line.quantity
                     if et == "sale":
+                        skus.add(line.sku)
                         if ts > d.bought.get(line.sku, -1):
                             d.bought[line.sku] = ts
                         if line.category is not UNSET:
@@ -220,6 +226,8 @@ def fold(events: Iterable[Accepted], into: CustomerDelta | None = None) -> Custo
                     elif ts > d.returned.get(line.sku, -1):
                         d.returned[line.sku] = ts
             if et == "sale":
+                if skus:
+                    d.baskets.append((ts, sorted(skus)[:BASKET_ITEMS]))
                 sums[f_o] = sums.get(f_o, 0) + 1
                 sums[f_i] = sums.get(f_i, 0) + units
                 k = f"{ch}:s:{ev.currency}"
@@ -285,8 +293,10 @@ def _latest(d: CustomerDelta, field: str, ts: int, v: str) -> None:
 def to_row(d: CustomerDelta) -> list[Any]:
     """Compact form of a delta for the Redis script (``state/lua/apply_batch.lua``):
     ``[sums, mins, maxs, logs, lww, views, bought, cart, cart_clear_ms, viewed_again_ms,
-    returned]``, each a flat list; ``viewed_again_ms`` is the newest view of a SKU already
-    viewed at least
+    returned, baskets]``, each a flat list but ``baskets``: the newest
+    :data:`~operators.preferences.HISTORY_BASKETS` sales as ``[time, SKUs as JSON, "L"]``
+    (``"L"``: to learn from, :func:`~operators.preferences.learns`; ``"-"``: history only);
+    ``viewed_again_ms`` is the newest view of a SKU already viewed at least
     :data:`VIEWED_AGAIN_MS` earlier in the same batch (0: none; the script compares the
     batch's views with the stored ones too: the browse-abandonment timer).
 
@@ -297,7 +307,9 @@ def to_row(d: CustomerDelta) -> list[Any]:
 
     >>> d = CustomerDelta(); d.sums["web:e"] = 2; d.lww["cs:sms"] = (5, "0")
     >>> to_row(d)
-    [['web:e', 2], [], [], [], ['cs:sms', 5, '0'], [], [], [], 0, 0, []]
+    [['web:e', 2], [], [], [], ['cs:sms', 5, '0'], [], [], [], 0, 0, [], []]
+    >>> d.baskets = [(7, ["MAT", "TENT"])]; to_row(d)[11]
+    [[7, '["MAT","TENT"]', 'L']]
     >>> d.views = {f"S{i}": i for i in range(4500)}
     >>> row = to_row(d); len(row[5]) // 2, row[5][:2]
     (20, ['S4499', 4499])
@@ -324,6 +336,10 @@ def to_row(d: CustomerDelta) -> list[Any]:
             default=0,
         ),
         [x for kv in _most_recent(d.returned, RECENT_BOUGHT) for x in kv],
+        [
+            [ts, orjson.dumps(skus).decode(), "L" if learns((ts, skus)) else "-"]
+            for ts, skus in sorted(d.baskets, key=lambda b: b[0])[-HISTORY_BASKETS:]
+        ],
     ]
 
 

@@ -29,8 +29,8 @@ from state.connection import pairs
 log = logging.getLogger(__name__)
 _LUA = (Path(__file__).with_name("lua") / "cross_sell.lua").read_text()
 #: What one decision reads (reads only), in one call instead of two pipelines of one command
-#: per item (redis-py's packing and parsing cost more than Redis's reads). ARGV: prefix, top,
-#: popular, basket SKUs. Returns {rows per basket SKU (ZREVRANGE WITHSCORES), baskets,
+#: per item (redis-py's packing and parsing cost more than Redis's reads). ARGV: prefix, top
+#: (0: no rows), popular, basket SKUs. Returns {rows per basket SKU (ZREVRANGE WITHSCORES), baskets,
 #: popular (ZREVRANGE WITHSCORES), every SKU named, and per SKU named its baskets, returns
 #: and category ("" when unknown)}.
 _VIEW_LUA = """
@@ -55,9 +55,11 @@ end
 for i = 4, #ARGV do
   local a = ARGV[i]
   named(a)
-  local r = best(p .. 'xs:p:' .. a, top)
-  rows[#rows + 1] = r
-  for j = 1, #r, 2 do named(r[j]) end
+  if top > 0 then  -- top 0: the SKUs' own counts only (no co-items)
+    local r = best(p .. 'xs:p:' .. a, top)
+    rows[#rows + 1] = r
+    for j = 1, #r, 2 do named(r[j]) end
+  end
 end
 local n = redis.call('GET', p .. 'xs:n') or '0'
 local pop = best(p .. 'xs:i', npop)
@@ -125,13 +127,14 @@ class CoPurchaseStore:
         return added
 
     def view(self, skus: Sequence[str], top: int = CO_ITEMS) -> CoView:
-        """What decisions about baskets of ``skus`` read: one script call."""
+        """What decisions about baskets of ``skus`` read: one script call. ``top`` 0: only
+        the SKUs' own counts and categories, and the best sellers (the next-basket model)."""
         basket = sorted(set(skus))
         raw: Any = self._view(args=[self.prefix, top, POPULAR, *basket])
         rows, n, pop, every, counts, returns, cats = raw
         co = {
             a: {_s(b): int(float(x)) for b, x in sorted(pairs(r), key=_by_count)}
-            for a, r in zip(basket, rows, strict=True)
+            for a, r in zip(basket if top else (), rows, strict=True)
         }
         popular = [_s(x) for x, _ in sorted(pairs(pop), key=_by_count)]
         if not every:

@@ -30,11 +30,12 @@ import redis
 from operators.offers import TIMERS
 from state.connection import pairs
 from state.outbox import Outbox
+from state.preferences import Kept, parse
 
 _LUA = (Path(__file__).with_name("lua") / "offers.lua").read_text()
 _READ_LUA = (Path(__file__).with_name("lua") / "offers_read.lua").read_text()
 #: every part of a customer :meth:`OfferStore.read` can read besides the profile and counters
-ALL_PARTS: Final = "cbwvr"
+ALL_PARTS: Final = "cbwvrh"
 #: the timers the batch script keeps
 TIMER_KINDS = tuple(TIMERS)
 
@@ -60,6 +61,8 @@ class StoredCart:
     views: dict[str, int] = field(default_factory=dict)
     #: SKU -> last return (never suggested to this customer again)
     returned: dict[str, int] = field(default_factory=dict)
+    #: the baskets kept (the next-basket model's history), the oldest first
+    history: list[Kept] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -107,15 +110,19 @@ class OfferStore:
     ) -> tuple[list[StoredCart], dict[str, int]]:
         """Each customer's profile fields, offer counters and the ``parts`` asked for (one
         letter each: ``c`` cart, ``b`` recently bought, ``w`` the SKUs they wait for, ``v``
-        recently viewed, ``r`` returned; the others come back empty), and the offers made
-        per campaign: one script call (``state/lua/offers_read.lua``)."""
+        recently viewed, ``r`` returned, ``h`` the baskets kept; the others come back empty),
+        and the offers made per campaign: one script call (``state/lua/offers_read.lua``)."""
         if set(parts) - set(ALL_PARTS):
             raise ValueError(f"unknown parts {parts!r} (known: {ALL_PARTS})")
         res: list[list[bytes]] = self._read(args=[self.prefix, parts, *customers])
         out = []
         for i, c in enumerate(customers):
             fields, cart_raw, bought, counters, waits, views, returned = (
-                pairs(x) for x in res[7 * i : 7 * i + 7]
+                pairs(x) for x in res[8 * i : 8 * i + 7]
+            )
+            history = sorted(
+                (k for k in map(parse, res[8 * i + 7]) if k is not None),
+                key=lambda k: (k.ts, k.member),
             )
             clear = next((int(q) for f, q in cart_raw if f == b"_clr"), 0)
             cart: dict[str, list[int]] = {}
@@ -139,6 +146,7 @@ class OfferStore:
                     {k.decode(): int(v) for k, v in waits},
                     {sku.decode(): int(float(ts)) for sku, ts in views},
                     {sku.decode(): int(float(ts)) for sku, ts in returned},
+                    history,
                 )
             )
         spent = {k.decode(): int(v) for k, v in pairs(res[-1])}

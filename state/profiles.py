@@ -45,6 +45,7 @@ import orjson
 import redis
 
 from operators.identity import IdentityRules
+from operators.preferences import HISTORY_BASKETS
 from operators.profile import CART_CAP, RECENT_BOUGHT, RECENT_VIEWS, build_profile
 from operators.profile_fields import lua_rules
 from state.connection import (
@@ -60,6 +61,7 @@ from state.connection import (
     redact_url,
     transient,
 )
+from state.preferences import parse
 
 _LUA = importlib.resources.files("state") / "lua"
 #: The batch script: the stock section (a function) first, then the batch itself.
@@ -302,7 +304,9 @@ class ProfileStore:
             }
         )
         try:
-            res = self._apply(args=[self.prefix, payload, RECENT_VIEWS, CART_CAP, RECENT_BOUGHT])
+            res = self._apply(
+                args=[self.prefix, payload, RECENT_VIEWS, CART_CAP, RECENT_BOUGHT, HISTORY_BASKETS]
+            )
         except redis.ResponseError as e:
             raise self._script_error(e) from e
         status = _s(res[0])
@@ -473,10 +477,17 @@ class ProfileStore:
                 "viewed": dict(raw.views),
                 "bought": dict(raw.bought),
                 "returned": self.returned(customer_id),
+                "baskets": self.baskets(customer_id),
                 "cart_entries": raw.cart,
             },
             "offers": self._offer_data(customer_id),
         }
+
+    def baskets(self, customer_id: str) -> list[dict[str, Any]]:
+        """The customer's kept baskets (the next-basket model's history), the oldest first."""
+        members: Any = self.r.zrange(self.prefix + "ph:" + customer_id, 0, -1)
+        kept = sorted((k for k in map(parse, members) if k is not None), key=lambda k: k.ts)
+        return [{"at": _iso(k.ts), "skus": list(k.skus), "to_learn": k.learn} for k in kept]
 
     def returned(self, customer_id: str) -> dict[str, int]:
         """SKUs the customer returned (most recent kept), with when: never suggested again."""

@@ -13,6 +13,7 @@ from monitoring import metrics as m
 from omnicanal.config import Settings
 from omnicanal.tools.demo import events_from_jsonl, produce
 from omnicanal.tools.services import LocalKafka, LocalRedis
+from operators.preferences import learns
 from operators.privacy import PiiHasher
 from state.profiles import ProfileStore
 from tests import reference
@@ -98,11 +99,14 @@ def test_two_known_customers_merge_and_a_replay_changes_nothing(
 ) -> None:
     settings = make_settings(kafka, redis_server.url)
     store_history = [sale(i, {"loyalty_id": "L2"}) for i in range(3)]
+    # a web basket the next-basket model learns from (a stable share of them is)
+    cup = next(f"CUP{i}" for i in range(1000) if learns((_ms(6), [f"CUP{i}"])))
     # each returns something: what both returned is the merged customer's (never suggested)
     store_history.append(sale(3, {"loyalty_id": "L2"}, event_type="return"))
     web_history = [
         click("login", 5, {"account_id": "A2", "cookie_id": "ck-2"}),
-        sale(6, {"account_id": "A2"}, channel="web"),
+        sale(6, {"account_id": "A2"}, channel="web",
+             lines=[{"sku": cup, "quantity": 1, "unit_price_minor": 900}]),
         sale(8, {"account_id": "A2"}, channel="web", event_type="return",
              lines=[{"sku": "LAMP", "quantity": 1, "unit_price_minor": 2000}]),
         {"event_type": "consent_changed", "event_id": "k1", "event_time": at(7),
@@ -125,6 +129,14 @@ def test_two_known_customers_merge_and_a_replay_changes_nothing(
     assert p["consents"]["sms"]["granted"] is True
     assert store.returned(older or "") == {"MUG": _ms(3), "LAMP": _ms(8)}
     assert store.returned(newer or "") == {}
+    # every sale's basket, from both sides, is the survivor's history, and the baskets it has
+    # to learn from count for it (the loser had some of them)
+    kept = store.baskets(older or "")
+    assert len(kept) == 5  # three in the store, one online, the linking one
+    assert store.baskets(newer or "") == []
+    due = store.r.zscore(settings.redis_prefix + "pf:due", older or "") or 0
+    assert due == sum(b["to_learn"] for b in kept) == 1  # the web basket
+    assert store.r.zscore(settings.redis_prefix + "pf:due", newer or "") is None
     (record,) = store.merges(older or "")
     assert record["merged"] == newer and record["why"].endswith(" t60")
     assert m.counter_total(m.IDENTITY_MERGES) - merges_before == 1

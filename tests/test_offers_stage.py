@@ -6,6 +6,7 @@ none."""
 from __future__ import annotations
 
 import os
+import random
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -241,7 +242,10 @@ def test_win_back_follows_each_customers_own_rhythm(settings: Settings, tmp_path
     got = {o["customer_id"]: o for o in offers_on_topic(s)}
     assert set(got) == {weekly, once}
     assert got[weekly]["trigger"] == "win_back" and got[weekly]["reason"].startswith("We miss")
-    assert "items" not in got[weekly]  # about no item: the default, omitted
+    # the items each is most likely to buy next (the next-basket model: their own, and the
+    # best sellers, which are the others' here)
+    assert "MILK" in got[weekly]["items"] and "LAMP" in got[once]["items"]
+    assert set(got[weekly]["items"]) <= {"MILK", "WINE", "LAMP"}
     # The monthly customer waits, scored to be read again at last order + 2 x 30 days
     offers = OfferStore(connect(s.redis_url), s.redis_prefix)
     assert offers.timers()["winback"] == 1
@@ -781,3 +785,61 @@ def test_cross_sell_learns_from_web_baskets_offers_after_a_store_purchase_and_le
     # right to erasure: nothing of hers is left, the kept ranking included
     assert profiles.erase(ana) is not None
     assert ranks.rankings([ana]) == {} and profiles.export(ana) is None
+
+
+def test_win_back_names_what_the_next_basket_model_learnt_the_customer_buys_in_any_channel(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """150 customers buy their own staples and the crowd's best sellers each week, in the
+    store and online; DORA buys yogurt and waffles in the store and coffee online, then
+    stops. The run keeps everyone's baskets and learns from a share of them; DORA's web
+    win-back offer names her own items, store-bought ones included, not the best sellers
+    (which an unlearnt model, scoring all alike, would name first: they sort first). A
+    replay learns nothing twice; her export lists her baskets; the erasure removes them."""
+    s = offers_settings(settings, tmp_path)
+    (tmp_path / "campaigns.yaml").write_text(WIN_BACK)
+    day = 86_400_000
+    now = (int(time.time() * 1000) // MINUTE) * MINUTE
+    rng = random.Random(7)
+    items = [f"I{i:02d}" for i in range(60)]
+    events = []
+    for c in range(150):
+        staples = rng.sample(items[10:], 3)
+        for week in range(8):
+            skus = {x for x in staples if rng.random() < 0.7} | set(rng.sample(items[:10], 2))
+            ts = now - (8 - week) * 7 * day + c * MINUTE
+            channel = "store" if (c + week) % 2 else "web"
+            events.append(("transaction", basket(1000 * c + week, f"C{c}", sorted(skus), ts,
+                                                 channel)))  # fmt: skip
+    last = now - 20 * day
+    for week in range(6):
+        ts = last - week * 7 * day
+        events.append(("transaction", basket(900_000 + week, "DORA", ["WAFFLES", "YOGURT"], ts,
+                                             "store")))  # fmt: skip
+    events.append(("transaction", basket(900_100, "DORA", ["XCOFFEE"], last - 3 * day)))
+    send(s, events)
+    run(s)
+    r = connect(s.redis_url)
+    p = s.redis_prefix
+    assert r.zcard(p + "pf:due") == 0  # every basket to learn from was learnt
+    state = orjson.loads(r.get(p + "pf:model") or b"{}")
+    assert state["n"] > 500  # samples: about a tenth of the 1,207 baskets, ~10 samples each
+    profiles = ProfileStore(r, p)
+    dora = profiles.resolve("loyalty:DORA")
+    (offer,) = [o for o in offers_on_topic(s) if o["customer_id"] == dora]
+    assert offer["channel"] == "web" and offer["trigger"] == "win_back"
+    assert set(offer["items"]) <= {"WAFFLES", "YOGURT", "XCOFFEE"}, offer["items"]
+    assert {"WAFFLES", "YOGURT"} <= set(offer["items"])  # bought in the store
+    decided_by = int(offer["model_version"].split("+pm-")[1])  # items learnt when it ranked
+    assert 0 < decided_by <= state["n"]
+    # a replay learns nothing twice
+    run(s)
+    assert orjson.loads(r.get(p + "pf:model") or b"{}")["n"] == state["n"]
+    # right of access, then erasure
+    doc = profiles.export(dora)
+    assert doc is not None
+    kept = doc["stored"]["baskets"]
+    assert len(kept) == 7 and kept[-2]["skus"] == ["XCOFFEE"]  # the oldest first
+    assert not any(k["to_learn"] for k in kept)  # each learnt, or history only
+    assert profiles.erase(dora) is not None
+    assert not r.exists(f"{p}ph:{dora}") and r.zscore(p + "pf:due", dora) is None

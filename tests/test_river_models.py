@@ -15,9 +15,11 @@ import random
 from typing import Any
 
 import orjson
+import pytest
 
+from operators.cross_sell import CoPurchase, CoView
 from operators.policy import RedemptionModel, log_loss, offer_context
-from operators.preferences import PreferenceModel
+from operators.preferences import Basket, PreferenceModel, Purchases
 
 SEGMENTS = ("loyal", "new", "at_risk")
 CAMPAIGNS = ("cart-10", "points-200")
@@ -98,12 +100,22 @@ def test_the_same_stream_learns_the_same_models() -> None:
         a.learn_one(*obs)
         b.learn_one(*obs)
     assert a.to_state() == b.to_state()
-    baskets = _baskets()
-    pa, pb = PreferenceModel(seed=1), PreferenceModel(seed=1)
-    for args in baskets:
-        pa.learn_basket(*args)
-        pb.learn_basket(*args)
+    pa, pb = PreferenceModel(), PreferenceModel()
+    _replay(pa, _baskets())
+    _replay(pb, _baskets())
     assert pa.weights() == pb.weights() and pa.log_loss == pb.log_loss
+
+
+def test_the_preference_model_goes_on_from_its_checkpoint_as_if_it_never_stopped() -> None:
+    baskets = _baskets()
+    whole = PreferenceModel()
+    _replay(whole, baskets)
+    first = PreferenceModel()
+    crowd, kept = _replay(first, baskets[:900])
+    restored = PreferenceModel.from_state(orjson.loads(orjson.dumps(first.to_state())))
+    _replay(restored, baskets[900:], crowd, kept)
+    assert restored.weights() == whole.weights() and restored.learnt == whole.learnt
+    assert restored.log_loss == pytest.approx(whole.log_loss, rel=1e-12)
 
 
 def _baskets(customers: int = 150, rounds: int = 12, seed: int = 5) -> list[tuple[Any, ...]]:
@@ -121,15 +133,38 @@ def _baskets(customers: int = 150, rounds: int = 12, seed: int = 5) -> list[tupl
     return out
 
 
+def _replay(
+    m: PreferenceModel,
+    baskets: list[tuple[Any, ...]],
+    crowd: CoPurchase | None = None,
+    kept: dict[str, list[Basket]] | None = None,
+) -> tuple[CoPurchase, dict[str, list[Basket]]]:
+    """Learn every basket as the pipeline does: from the customer's kept baskets before it,
+    with the crowd's counts as they were."""
+    crowd = crowd or CoPurchase()
+    kept = {} if kept is None else kept
+    for customer, items, ts in baskets:
+        mine = kept.setdefault(customer, [])
+        view = CoView(crowd.baskets, dict(crowd.items), {}, popular=_best(crowd))
+        m.learn_one(customer, Purchases(mine), (ts, items), view)
+        crowd.learn_one(items)
+        mine.append((ts, items))
+    return crowd, kept
+
+
+def _best(crowd: CoPurchase, n: int = 20) -> list[str]:
+    return sorted(crowd.items, key=lambda i: (-crowd.items[i], i))[:n]
+
+
 def test_the_preference_model_ranks_each_customers_own_items_first() -> None:
     baskets = _baskets()
-    m = PreferenceModel(seed=0)
-    for args in baskets[:-150]:
-        m.learn_basket(*args)
+    m = PreferenceModel()
+    crowd, kept = _replay(m, baskets[:-150])
+    top = _best(crowd, 3)
+    view = CoView(crowd.baskets, crowd.items, {}, popular=_best(crowd))
     hits = popular_hits = 0
-    top = m.history.top(3)
     for customer, basket, ts in baskets[-150:]:
-        ranked = m.rank(customer, ts, k=3)
+        ranked = m.rank(Purchases(kept[customer]), ts, view, k=3)
         hits += len(set(ranked) & set(basket))
         popular_hits += len(set(top) & set(basket))
     assert hits > 1.5 * popular_hits, (hits, popular_hits)

@@ -166,6 +166,16 @@ def _print_summary(s: Any, keep: bool) -> None:
             else "nothing learnt yet (a customer's next purchase teaches it)"
         ),
     )
+    t.add_row(
+        "next basket",
+        f"model {s.next_basket_model}: "
+        + (
+            f"{s.next_basket_learnt:,} items learnt from a share of the baskets, progressive "
+            f"log-loss {s.next_basket_log_loss} (names a win-back offer's items)"
+            if s.next_basket_log_loss is not None
+            else "nothing learnt yet (it learns from a tenth of the baskets)"
+        ),
+    )
     events = ", ".join(f"{k} {v}" for k, v in s.channel_health_events.items()) or "none"
     t.add_row(
         "channel health",

@@ -24,9 +24,11 @@ from omnicanal.tools.datagen import Generator, Message
 from omnicanal.tools.services import LocalKafka, LocalRedis
 from operators.guardrails import in_holdout
 from operators.offers import MODEL_VERSION
+from operators.preferences import PreferenceModel
 from state.cross_sell import CoPurchaseStore, RankerStore
 from state.health import HealthStore
 from state.offers import OfferStore, PolicyStore
+from state.preferences import PreferenceStore
 from state.profiles import ProfileStore, connect
 from state.stock import StockStore
 
@@ -81,6 +83,11 @@ class Summary:
     cross_sell_learnt: int = 0
     cross_sell_hit_rate: float | None = None
     cross_sell_log_loss: float | None = None
+    #: the next-basket preference model: its version, the candidate items it learnt from
+    #: and its progressive validation (mean log-loss of its predictions before learning)
+    next_basket_model: str = "pm-0"
+    next_basket_learnt: int = 0
+    next_basket_log_loss: float | None = None
     produce_seconds: float = 0.0
     pipeline_seconds: float = 0.0
     sample_customer: str | None = None
@@ -300,6 +307,11 @@ def _offers(settings: Settings, summary: Summary) -> None:
     labels = m.counter_by(m.PREFERENCE_EXAMPLES, "label")
     seen = sum(labels.values())
     summary.cross_sell_hit_rate = round(labels.get("bought", 0) / seen, 4) if seen else None
+    prefs = PreferenceStore(client, settings.redis_prefix).load()
+    if prefs:
+        model = PreferenceModel.from_state(prefs)
+        summary.next_basket_model, summary.next_basket_learnt = model.version, model.learnt
+        summary.next_basket_log_loss = round(model.log_loss, 4) if model.learnt else None
     client.close()
 
 

@@ -3,11 +3,18 @@ frequency baselines, with the next-basket protocol of Li et al., "A Next Basket
 Recommendation Reality Check" (ACM TOIS 2023).
 
 Protocol. The Dunnhumby Complete Journey baskets are replayed in time order through
-:class:`operators.preferences.PreferenceModel`, which learns basket by basket (predict,
-then learn). Households with at least 3 baskets are evaluated on their last basket, at its
-time, before it is learnt: the model and the baselines rank from everything before it, and
-items seen fewer than ``min_item_count`` times in the whole data are left out (as the paper
-does). Per household, with the target basket T and the top-10 list P:
+:class:`operators.preferences.PreferenceModel` as the pipeline runs it
+(``flows/preferences.py``): each household keeps its last
+:data:`~operators.preferences.HISTORY_BASKETS` baskets, the items' popularity and
+categories are the co-purchase counts (:class:`operators.cross_sell.CoPurchase`), and the
+model learns the same stable share of the baskets (:func:`operators.preferences.learns`),
+each from the baskets kept before it (predict, then learn). Two differences, for speed and
+simplicity: the counts are exact at every basket (the pipeline's are flushed every few
+seconds) and the best sellers are recomputed every 1,000 baskets. Households with at least
+3 baskets are evaluated on their last basket, at its time, before it is learnt: the model
+ranks from the baskets kept, the baselines from every basket before it, and items seen
+fewer than ``min_item_count`` times in the whole data are left out (as the paper does). Per
+household, with the target basket T and the top-10 list P:
 
 - Recall@10 = |P ∩ T| / |T|; NDCG@10 with binary gains; PHR@10 = 1 if P ∩ T is not empty;
 - the same recall split into **repeat** items (bought by the household before) and **new**
@@ -41,7 +48,15 @@ from operators.cross_sell import (
     candidates,
     category_shares,
 )
-from operators.preferences import PreferenceModel
+from operators.preferences import (
+    BASKET_ITEMS,
+    HISTORY_BASKETS,
+    LEARN_SHARE,
+    Basket,
+    PreferenceModel,
+    Purchases,
+    learns,
+)
 from operators.profile import CategoryInterests
 
 K = 10
@@ -102,6 +117,7 @@ def run(
     min_item_count: int = 10,
     min_baskets: int = 3,
     seed: int = 0,
+    learn_share: float = LEARN_SHARE,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Replay, rank, score; see the module docstring."""
@@ -111,28 +127,42 @@ def run(
     for hh, _, _ in baskets:
         n_of[hh] = n_of.get(hh, 0) + 1
     seen: dict[str, int] = {}
-    model = PreferenceModel(category_of=category.get, seed=seed)
-    h = model.history
+    model = PreferenceModel()
+    co = CoPurchase()  # what every customer buys, as the pipeline's co-purchase counts
+    kept: dict[str, list[Basket]] = {}  # each household's last baskets, as Redis keeps them
+    full: dict[str, list[Basket]] = {}  # and all of them, for the baselines
     rows: dict[str, list[tuple[float, float, float, float, float]]] = {m: [] for m in METHODS}
     split: dict[str, dict[str, list[float]]] = {m: {"repeat": [], "new": []} for m in METHODS}
     if progress:
         progress(f"replaying {len(baskets):,} baskets of {len(n_of):,} households")
     step = max(1, len(baskets) // 10)
+    _POPULAR.clear()
     for n, (hh, ts, items) in enumerate(baskets):
         if progress and n and n % step == 0:
             progress(f"  {n / len(baskets):.0%} ({time.perf_counter() - t0:.0f}s)")
         seen[hh] = seen.get(hh, 0) + 1
+        basket: Basket = (ts, tuple(sorted(set(items))[:BASKET_ITEMS]))
+        mine = kept.setdefault(hh, [])
+        everything = full.setdefault(hh, [])
+        crowd = CoView(co.baskets, co.items, {}, {}, category, _popular(co)[:POPULAR])
         if seen[hh] < n_of[hh] or n_of[hh] < min_baskets:
-            model.learn_basket(hh, items, ts)
+            # the pipeline learns a share of the baskets, each from the baskets kept before it
+            if learns(basket, learn_share):
+                model.learn_one(hh, Purchases(mine[-(HISTORY_BASKETS - 1) :]), basket, crowd)
+            co.learn_one(items)
+            mine.append(basket)
+            del mine[:-HISTORY_BASKETS]
+            everything.append(basket)
             continue
         target = set(items)
-        own = h.items.get(hh, {})
+        history = Purchases(everything)
+        own = history.items
         repeat = {i for i in target if i in own}
         new = target - repeat
-        p_top = h.top_frequency(hh, K)
-        g_top = h.top(K)
+        p_top = history.top_frequency(K)
+        g_top = _popular(co)[:K]
         lists = {
-            "model": model.rank(hh, ts, K),
+            "model": model.rank(Purchases(mine), ts, crowd, K),
             "p_topfreq": p_top,
             "gp_topfreq": p_top + [i for i in g_top if i not in p_top][: K - len(p_top)],
             "g_topfreq": g_top,
@@ -186,6 +216,8 @@ def run(
         "target_gain": 0.05,
         "model": {
             "kind": "river.linear_model.LogisticRegression over purchase-history features",
+            "history_baskets": HISTORY_BASKETS,
+            "learn_share": learn_share,
             "progressive_log_loss": round(model.log_loss, 4),
             "samples_learnt": model.learnt,
             "weights": {k: round(v, 4) for k, v in sorted(model.weights().items())},

@@ -10,10 +10,13 @@
 --          timestamp of the message at max (0: unknown), kept in <p>offsets:ts so that a
 --          restart can tell a recreated topic from the one it read
 --          row   = [identifiers, link 0|1, why, sums, mins, maxs, logs, lww, views, bought,
---                   cart, cart_clear_ms, viewed_again_ms, returned]
+--                   cart, cart_clear_ms, viewed_again_ms, returned, baskets]
 --                  (operators/batch.py, operators/profile.py); returned: SKUs the customer
---                  returned, kept in <p>rt:<customer> like bought (never suggested again)
--- ARGV[3]  recent views kept, ARGV[4] cart entries kept, ARGV[5] recently bought kept
+--                  returned, kept in <p>rt:<customer> like bought (never suggested again);
+--                  baskets: [[time, SKUs as JSON, "L" | "-"], ...], kept in <p>ph:<customer>
+--                  (the next-basket model's history; "L": to learn from, <p>pf:due)
+-- ARGV[3]  recent views kept, ARGV[4] cart entries kept, ARGV[5] recently bought kept,
+-- ARGV[6]  baskets kept per customer
 --
 --          "st": stock section (state/lua/stock.lua, prepended to this script), optional
 --          "dd": [[key, expire at (s), [event id hash, ...]], ...]: the batch's events, for
@@ -44,6 +47,7 @@
 local prefix = ARGV[1]
 local p = cjson.decode(ARGV[2])
 local max_views, max_cart, max_bought = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local max_baskets = tonumber(ARGV[6])
 local offsets_key = prefix .. 'offsets'
 
 local function fmt(n) return string.format('%d', n) end
@@ -79,13 +83,22 @@ if torn then return {'TORN', torn} end
 -- refused whole, before any write, and the caller sets its event aside.
 for ri, row in ipairs(p.c) do
   local why = nil
-  if type(row) ~= 'table' or #row ~= 14 then why = 'row shape'
+  if type(row) ~= 'table' or #row ~= 15 then why = 'row shape'
   elseif #row[1] < 1 or #row[1] > 4096 then why = 'identifiers'
   elseif #row[9] > 2 * max_views then why = 'recently viewed'
   elseif #row[10] > 2 * max_bought then why = 'recently bought'
   elseif #row[11] > 3 * max_cart then why = 'cart entries'
   elseif type(row[13]) ~= 'number' then why = 'viewed-again time'
   elseif type(row[14]) ~= 'table' or #row[14] > 2 * max_bought then why = 'recently returned'
+  elseif type(row[15]) ~= 'table' or #row[15] > max_baskets then why = 'baskets'
+  else
+    for _, e in ipairs(row[15]) do
+      if type(e) ~= 'table' or type(e[1]) ~= 'number' or e[1] < 0 or type(e[2]) ~= 'string'
+          or #e[2] > 8192 or (e[3] ~= 'L' and e[3] ~= '-') then
+        why = 'basket'
+        break
+      end
+    end
   end
   if why then return {'INVALID', tostring(ri - 1), why .. ' over the limit'} end
 end
@@ -412,6 +425,21 @@ local function browse_timer(cid, vk, flat, in_batch)
   if again then redis.call('ZADD', prefix .. 'tm:browse', 'GT', again, cid) end
 end
 
+-- The customer's last baskets, in any channel: <p>ph:<customer>, member
+-- "<time>|<L or ->|<SKUs as JSON>", score the time, the newest ARGV[6] kept (the next-basket
+-- model's history). A basket to learn from ("L") counts in <p>pf:due, which worker 0 reads.
+local function basket_history(cid, baskets)
+  local key, args, learn = prefix .. 'ph:' .. cid, {}, 0
+  for _, e in ipairs(baskets) do
+    args[#args + 1] = fmt(e[1])
+    args[#args + 1] = fmt(e[1]) .. '|' .. e[3] .. '|' .. e[2]
+    if e[3] == 'L' then learn = learn + 1 end
+  end
+  redis.call('ZADD', key, unpack(args))
+  redis.call('ZREMRANGEBYRANK', key, 0, -(max_baskets + 1))
+  if learn > 0 then redis.call('ZINCRBY', prefix .. 'pf:due', learn, cid) end
+end
+
 local function apply_delta(cid, d, b)
   local pk = prefix .. 'p:' .. cid
   update_fields(pk, d[b], d[b + 1], d[b + 2], d[b + 3], d[b + 4])
@@ -424,6 +452,7 @@ local function apply_delta(cid, d, b)
   if #d[b + 6] > 0 then zset_max(prefix .. 'b:' .. cid, d[b + 6], max_bought) end
   if #d[b + 10] > 0 then zset_max(prefix .. 'rt:' .. cid, d[b + 10], max_bought) end
   if #d[b + 7] > 0 or d[b + 8] > 0 then cart_add(cid, prefix .. 'cart:' .. cid, d[b + 7], d[b + 8]) end
+  if #d[b + 11] > 0 then basket_history(cid, d[b + 11]) end
 end
 
 -- Move everything of `loser` into `survivor`, combining each field as its kind says.
@@ -461,8 +490,9 @@ local function merge_profile(survivor, loser)
       cart[#cart + 1] = ch[i + 1]
     end
   end
-  apply_delta(survivor, {sums, mins, maxs, logs, lww, {}, {}, cart, clear, 0, {}}, 1)
-  for _, z in ipairs({{'v:', max_views}, {'b:', max_bought}, {'rt:', max_bought}}) do
+  apply_delta(survivor, {sums, mins, maxs, logs, lww, {}, {}, cart, clear, 0, {}, {}}, 1)
+  for _, z in ipairs({{'v:', max_views}, {'b:', max_bought}, {'rt:', max_bought},
+                      {'ph:', max_baskets}}) do
     local src, dst = prefix .. z[1] .. loser, prefix .. z[1] .. survivor
     if redis.call('EXISTS', src) == 1 then
       redis.call('ZUNIONSTORE', dst, 2, dst, src, 'AGGREGATE', 'MAX')
@@ -474,7 +504,13 @@ local function merge_profile(survivor, loser)
     redis.call('RPUSH', prefix .. 'mg:' .. survivor, rec)
   end
   redis.call('DEL', lp, lc, prefix .. 'v:' .. loser, prefix .. 'b:' .. loser,
-    prefix .. 'rt:' .. loser, lm)
+    prefix .. 'rt:' .. loser, prefix .. 'ph:' .. loser, lm)
+  -- the baskets it had to learn from are the survivor's
+  local due = redis.call('ZSCORE', prefix .. 'pf:due', loser)
+  if due then
+    redis.call('ZINCRBY', prefix .. 'pf:due', due, survivor)
+    redis.call('ZREM', prefix .. 'pf:due', loser)
+  end
   -- its cart and orders (and their timers) are the survivor's
   redis.call('ZREM', prefix .. 'tm:cart', loser)
   redis.call('ZREM', prefix .. 'tm:winback', loser)

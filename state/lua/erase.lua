@@ -2,7 +2,7 @@
 --
 -- ARGV[1] key prefix, ARGV[2] canonical customer id, ARGV[3] erasure time (ms)
 --
--- Deletes the profile, recently viewed/bought, cart, offer timers and counters, merge
+-- Deletes the profile, recently viewed/bought, the basket history, cart, offer timers and counters, merge
 -- records, identity links and the refusal records that quote the customer's identifiers.
 -- Each identifier is kept only as a tombstone ("erased" hash: identifier -> erasure ms) so
 -- that a replay of events up to the erasure cannot bring the customer back; the erasure
@@ -23,7 +23,7 @@ for i = 1, #pairs_, 2 do
   quoted[m] = true
 end
 redis.call('DEL', mkey, prefix .. 'p:' .. cid, prefix .. 'v:' .. cid, prefix .. 'b:' .. cid,
-  prefix .. 'rt:' .. cid,
+  prefix .. 'rt:' .. cid, prefix .. 'ph:' .. cid,
   prefix .. 'cart:' .. cid, prefix .. 'mg:' .. cid, prefix .. 'of:n:' .. cid)
 -- no offer for an erased person
 redis.call('ZREM', prefix .. 'tm:cart', cid)
@@ -32,6 +32,7 @@ redis.call('ZREM', prefix .. 'tm:expand', cid)
 redis.call('ZREM', prefix .. 'tm:xsell', cid)
 redis.call('ZREM', prefix .. 'tm:bis', cid)
 redis.call('ZREM', prefix .. 'tm:browse', cid)
+redis.call('ZREM', prefix .. 'pf:due', cid)
 redis.call('DEL', prefix .. 'bisq:' .. cid, prefix .. 'xs:rank:' .. cid)
 local refusals = redis.call('XRANGE', prefix .. 'refusals', '-', '+')
 for _, entry in ipairs(refusals) do
