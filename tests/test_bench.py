@@ -52,6 +52,10 @@ def test_quick_bench_reports_pipeline_bare_latency_memory_and_stages(tmp_path: P
     xs = o["cross_sell"]
     assert 0 < xs["us_per_ranking_p50"] <= xs["us_per_ranking_p99"]
     assert 0 < xs["us_per_ranker_update_p50"] <= xs["us_per_ranker_update_p99"]
+    nb = o["next_basket"]
+    assert 0 < nb["us_per_basket_learnt_p50"] <= nb["us_per_basket_learnt_p99"]
+    assert nb["us_per_sale"] == pytest.approx(nb["us_per_basket_learnt_p50"] * 0.1, abs=0.01)
+    assert 0 < nb["us_per_ranking_p50"] <= nb["us_per_ranking_p99"]
 
 
 def test_bench_on_the_configured_services_needs_a_confirmation() -> None:

@@ -16,7 +16,8 @@ def decision_cost(decisions: int = 20_000, seed: int = 7) -> dict[str, Any]:
     and p99 over ``decisions``, in batches of 100 timed together (a single call is below the
     clock's resolution). Then the policy's model update, per outcome learnt, the same way;
     and the cross-sell ranker's: one ranking of a basket's candidates, and one update per
-    ranked item learnt (:func:`cross_sell_cost`)."""
+    ranked item learnt (:func:`cross_sell_cost`); and the next-basket model's: one basket
+    learnt, one ranking (:func:`next_basket_cost`)."""
     import random
 
     from operators.coupons import CouponCodec
@@ -85,6 +86,7 @@ def decision_cost(decisions: int = 20_000, seed: int = 7) -> dict[str, Any]:
         "us_per_model_update_p50": _pct(upd, 50),
         "us_per_model_update_p99": _pct(upd, 99),
         "cross_sell": cross_sell_cost(decisions // 4, seed),
+        "next_basket": next_basket_cost(decisions // 20, seed),
     }
 
 
@@ -137,6 +139,64 @@ def cross_sell_cost(rankings: int = 5_000, seed: int = 7) -> dict[str, Any]:
         "us_per_ranking_p99": _pct(per, 99),
         "us_per_ranker_update_p50": _pct(upd, 50),
         "us_per_ranker_update_p99": _pct(upd, 99),
+    }
+
+
+def next_basket_cost(baskets: int = 1_000, seed: int = 7) -> dict[str, Any]:
+    """The next-basket preference model (``operators.preferences``) as worker 0 runs it,
+    in-process: learning one basket (the customer's kept baskets read into features, the
+    candidates bought and 3 sampled per item bought predicted, then learnt) and one ranking
+    for a win-back offer (every candidate: the customer's items and 20 best sellers); µs,
+    p50 and p99 over batches of 20. Customers have 49 kept baskets of 1-12 items among
+    2,000 SKUs, each with a few staples. ``us_per_sale`` is the learning's cost spread over
+    every sale: only a stable share of the baskets is learnt."""
+    import random
+
+    from operators.cross_sell import CoView
+    from operators.preferences import DAY_MS, LEARN_SHARE, PreferenceModel, Purchases
+
+    rng = random.Random(seed)
+    skus = [f"S{i}" for i in range(2_000)]
+
+    def sku() -> str:
+        return skus[min(int(rng.paretovariate(0.8)), 1_999)]
+
+    counts = {s: 2_000 // (i + 1) + 1 for i, s in enumerate(skus)}
+    crowd = CoView(100_000, counts, {}, category={s: f"cat{i % 40}" for i, s in enumerate(skus)},
+                   popular=skus[:20])  # fmt: skip
+    cases = []
+    for c in range(baskets):
+        staples = [sku() for _ in range(4)]
+        kept = []
+        for w in range(50):
+            items = {s for s in staples if rng.random() < 0.5} | {
+                sku() for _ in range(rng.randint(1, 8))
+            }
+            kept.append((w * 3 * DAY_MS, sorted(items)))
+        cases.append((f"C{c}", kept))
+    model = PreferenceModel()
+    for cid, kept in cases[: baskets // 5]:  # a model that has learnt something
+        model.learn_one(cid, Purchases(kept[:-1]), kept[-1], crowd)
+    learn: list[float] = []
+    rank: list[float] = []
+    for k in range(0, baskets, 20):
+        batch = cases[k : k + 20]
+        t0 = time.perf_counter()
+        for cid, kept in batch:
+            model.learn_one(cid, Purchases(kept[:-1]), kept[-1], crowd)
+        learn.append((time.perf_counter() - t0) / len(batch) * 1e6)
+        t0 = time.perf_counter()
+        for _, kept in batch:
+            model.rank(Purchases(kept), 150 * DAY_MS, crowd, 6)
+        rank.append((time.perf_counter() - t0) / len(batch) * 1e6)
+    return {
+        "baskets": baskets,
+        "learn_share": LEARN_SHARE,
+        "us_per_basket_learnt_p50": _pct(learn, 50),
+        "us_per_basket_learnt_p99": _pct(learn, 99),
+        "us_per_sale": round(_pct(learn, 50) * LEARN_SHARE, 2),
+        "us_per_ranking_p50": _pct(rank, 50),
+        "us_per_ranking_p99": _pct(rank, 99),
     }
 
 
