@@ -320,7 +320,7 @@ TIMERS: Final[dict[str, Trigger]] = {
 #: needs no cart
 READS: Final[dict[str, str]] = {
     "cart": "cb",
-    "winback": "h",  # the next-basket model's history: the offer names their likely items
+    "winback": "hr",  # the next-basket history: the offer names their likely items (not returns)
     "expand": "",
     "bis": "bw",
     "browse": "cbv",

@@ -792,8 +792,9 @@ def test_win_back_names_what_the_next_basket_model_learnt_the_customer_buys_in_a
 ) -> None:
     """150 customers buy their own staples and the crowd's best sellers each week, in the
     store and online; DORA buys yogurt and waffles in the store and coffee online, then
-    stops. The run keeps everyone's baskets and learns from a share of them; DORA's web
-    win-back offer names her own items, store-bought ones included, not the best sellers
+    stops; she brings the tea she bought online back to the store. The run keeps everyone's
+    baskets and learns from a share of them; DORA's web win-back offer names her own items,
+    store-bought ones included, never the tea she returned, and not the best sellers
     (which an unlearnt model, scoring all alike, would name first: they sort first). A
     replay learns nothing twice; her export lists her baskets; the erasure removes them."""
     s = offers_settings(settings, tmp_path)
@@ -817,13 +818,16 @@ def test_win_back_names_what_the_next_basket_model_learnt_the_customer_buys_in_a
         events.append(("transaction", basket(900_000 + week, "DORA", ["WAFFLES", "YOGURT"], ts,
                                              "store")))  # fmt: skip
     events.append(("transaction", basket(900_100, "DORA", ["XCOFFEE"], last - 3 * day)))
+    events.append(("transaction", basket(900_101, "DORA", ["XTEA"], last - 2 * day)))
+    returned = basket(900_102, "DORA", ["XTEA"], last - day, "store") | {"event_type": "return"}
+    events.append(("transaction", returned))  # brought back to the store: never suggested
     send(s, events)
     run(s)
     r = connect(s.redis_url)
     p = s.redis_prefix
     assert r.zcard(p + "pf:due") == 0  # every basket to learn from was learnt
     state = orjson.loads(r.get(p + "pf:model") or b"{}")
-    assert state["n"] > 500  # samples: about a tenth of the 1,207 baskets, ~10 samples each
+    assert state["n"] > 500  # samples: about a tenth of the 1,208 baskets, ~10 samples each
     profiles = ProfileStore(r, p)
     dora = profiles.resolve("loyalty:DORA")
     (offer,) = [o for o in offers_on_topic(s) if o["customer_id"] == dora]
@@ -839,7 +843,7 @@ def test_win_back_names_what_the_next_basket_model_learnt_the_customer_buys_in_a
     doc = profiles.export(dora)
     assert doc is not None
     kept = doc["stored"]["baskets"]
-    assert len(kept) == 7 and kept[-2]["skus"] == ["XCOFFEE"]  # the oldest first
+    assert len(kept) == 8 and [k["skus"] for k in kept[-3:-1]] == [["XCOFFEE"], ["XTEA"]]
     assert not any(k["to_learn"] for k in kept)  # each learnt, or history only
     assert profiles.erase(dora) is not None
     assert not r.exists(f"{p}ph:{dora}") and r.zscore(p + "pf:due", dora) is None
