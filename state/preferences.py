@@ -45,14 +45,18 @@ def parse(member: bytes | str) -> Kept | None:
 
     >>> parse(b'17|L|["MAT","TENT"]')
     Kept(member='17|L|["MAT","TENT"]', ts=17, skus=('MAT', 'TENT'), learn=True)
-    >>> parse("x|L|[]") is None, parse('5|-|[1]') is None
-    (True, True)
+    >>> parse("x|L|[]") is None, parse('5|-|[1]') is None, parse("+5|L|[]") is None
+    (True, True, True)
+    >>> parse('5|L|"AB"') is None, parse("5|-|[]").learn
+    (True, False)
     """
     m = member.decode() if isinstance(member, bytes) else member
     try:
         ts, flag, raw = m.split("|", 2)
         skus = orjson.loads(raw)
-        if flag not in ("L", "-") or not all(type(s) is str for s in skus):
+        if not (ts.isascii() and ts.isdigit()) or flag not in ("L", "-"):
+            return None  # the checkpoint script takes only what the batch script writes
+        if type(skus) is not list or not all(type(s) is str for s in skus):
             return None
         return Kept(m, int(ts), tuple(skus), flag == "L")
     except (ValueError, TypeError, orjson.JSONDecodeError):

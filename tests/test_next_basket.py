@@ -86,3 +86,19 @@ def test_a_basket_added_while_a_slice_is_learnt_stays_due(redis_server: LocalRed
     r.delete(f"{P}ph:C1")
     assert store.checkpoint(PreferenceModel().to_state(), [("C1", new)], [("C1", 1)]) == 0
     assert not r.exists(f"{P}ph:C1") and store.due(10) == []
+
+
+def test_a_stored_basket_this_version_cannot_read_is_left_out_and_the_rest_goes_on(
+    redis_server: LocalRedis,
+) -> None:
+    """Another writer's members (a signed time, a SKU list that is not a list) are not
+    learnt from, nor given to the checkpoint script (which would refuse them all); the
+    customer's readable baskets are."""
+    r = connect(redis_server.url)
+    good = [_member(DAY_MS * w, ["MILK"], w == 2) for w in range(3)]
+    r.zadd(f"{P}ph:C9", {m: i for i, m in enumerate([*good, "+5|L|[]", '7|L|"MILK"'])})
+    r.zincrby(f"{P}pf:due", 3, "C9")
+    nb = NextBasket(PreferenceStore(r, P), CoPurchaseStore(r, P))
+    assert nb.learn() == 1 and nb.model.learnt > 0
+    assert r.zcard(f"{P}pf:due") == 0
+    assert r.zscore(f"{P}ph:C9", "+5|L|[]") is not None  # left as it is
