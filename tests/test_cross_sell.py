@@ -1,23 +1,30 @@
 """The co-purchase counts the cross-sell ranker reads, on real services: two worker processes
 each learn the baskets of their partitions, and Redis holds exactly the counts one learner
 would have from every basket of the input; a run killed with SIGKILL and resumed never
-counts a basket twice (it may lose what was learnt since the last flush, by design)."""
+counts a basket twice (it may lose what was learnt since the last flush, by design). The
+next-basket model's history is exact in both: every basket kept once, every marked one
+learnt."""
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import redis
+from msgspec import UNSET
 
 from omnicanal.config import Settings
 from omnicanal.tools.datagen import Generator
 from omnicanal.tools.demo import DEMO_CAMPAIGNS, produce
 from omnicanal.tools.services import LocalKafka, LocalRedis
+from omnicanal.wiring import pipeline_setup
 from operators.cross_sell import CoPurchase
+from operators.preferences import BASKET_ITEMS, HISTORY_BASKETS
+from schemas.envelope import Accepted
 from state.cross_sell import KEEP, CoPurchaseStore
 from state.profiles import ProfileStore, connect
 from tests.conftest import make_settings
@@ -44,6 +51,31 @@ def expected(msgs: list[Any]) -> CoPurchase:
     return co
 
 
+def expected_kept(s: Settings, msgs: list[Any]) -> Counter[str]:
+    """Each customer's newest :data:`HISTORY_BASKETS` sales, worked out from the input: the
+    pipeline's validator decodes each sale, Redis's identity graph says whose it is (after
+    every merge), and an anonymous till sale has no history to keep."""
+    validator = pipeline_setup(s).validator
+    store = ProfileStore(connect(s.redis_url), s.redis_prefix)
+    topic = s.contract_topics()["transaction"]
+    now = int(time.time() * 1000)
+    per: dict[str, set[tuple[int, str]]] = {}
+    for i, msg in enumerate(msgs):
+        if msg.contract != "transaction":
+            continue
+        a = validator.decode(topic, 0, i, msg.key, msg.value, now_ms=now)
+        if type(a) is not Accepted or a.event_type != "sale" or a.customer is None:
+            continue
+        skus = sorted({ln.sku for ln in a.event.lines if ln.kind in (UNSET, "product")})
+        cid = store.resolve(a.customer)
+        if skus and cid is not None:
+            per.setdefault(cid, set()).add((a.ts_ms, orjson.dumps(skus[:BASKET_ITEMS]).decode()))
+    out: Counter[str] = Counter()
+    for baskets in per.values():
+        out.update(f"{ts}|{skus}" for ts, skus in sorted(baskets)[-HISTORY_BASKETS:])
+    return out
+
+
 def sold(s: Settings) -> int:
     """Transactions applied so far."""
     offsets = ProfileStore(connect(s.redis_url), s.redis_prefix).load_offsets()
@@ -52,6 +84,20 @@ def sold(s: Settings) -> int:
 
 def counts(redis_url: str, prefix: str) -> CoPurchase:
     return CoPurchaseStore(connect(redis_url), prefix).learnt()
+
+
+def kept_baskets(redis_url: str, prefix: str) -> Counter[str]:
+    """Every customer's kept baskets (the next-basket model's history), as time and SKUs,
+    and checks that none is left to learn from (worker 0 learnt every marked one)."""
+    r = connect(redis_url)
+    out: Counter[str] = Counter()
+    for key in r.scan_iter(match=prefix + "ph:*", count=1000):
+        for member in r.zrange(key, 0, -1):
+            ts, flag, skus = member.decode().split("|", 2)
+            assert flag == "-", member  # learnt (or history only)
+            out[f"{ts}|{skus}"] += 1
+    assert r.zcard(prefix + "pf:due") == 0
+    return out
 
 
 def test_two_processes_count_each_basket_once_and_a_kill_never_twice(
@@ -77,6 +123,12 @@ def test_two_processes_count_each_basket_once_and_a_kill_never_twice(
         small = [a for a, row in want.pairs.items() if len(row) <= KEEP * 1.5]
         assert small and all(got.pairs[a] == want.pairs[a] for a in small)
         assert all(n <= want.pairs[a][b] for a, row in got.pairs.items() for b, n in row.items())
+        # every sale's basket is kept once with its customer, whichever worker applied it,
+        # and worker 0 learnt every basket marked to learn from
+        kept = kept_baskets(base.redis_url, base.redis_prefix)
+        assert kept == expected_kept(base, msgs) and sum(kept.values()) > 500
+        model = orjson.loads(connect(base.redis_url).get(base.redis_prefix + "pf:model") or b"{}")
+        assert model["n"] > 0
 
         crashed = copy_of(base, crash_redis.url)
         crashed = crashed.model_copy(update={"topic_offers": base.topic_offers + "-crash"})
@@ -99,6 +151,8 @@ def test_two_processes_count_each_basket_once_and_a_kill_never_twice(
         assert all(n <= want.pairs[a].get(b, 0) for a, row in after.pairs.items()
                    for b, n in row.items() if a in small)  # fmt: skip
         assert all(n <= want.returns[a] for a, n in after.returns.items())
+        # the kept baskets are exact across the kill: none twice, none lost, all learnt
+        assert kept_baskets(crashed.redis_url, crashed.redis_prefix) == kept
     finally:
         clean_redis.stop()
         crash_redis.stop()
