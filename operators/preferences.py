@@ -36,6 +36,7 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
+import orjson
 from river import linear_model, optim
 
 from operators.cross_sell import CoView
@@ -48,12 +49,38 @@ HALF_LIVES: Final = (7.0, 60.0)
 HISTORY_BASKETS: Final = 50
 #: distinct items kept per basket (a bulk order keeps its first ones, in SKU order)
 BASKET_ITEMS: Final = 50
+#: bytes of a kept basket's SKUs as JSON, at most: a basket of long SKUs full of escapes keeps
+#: its first ones (the batch script refuses more than twice this, a bug)
+BASKET_BYTES: Final = 4096
 #: a basket as the model reads it: (time in ms, its distinct SKUs)
 Basket = tuple[int, Sequence[str]]
 #: the share of baskets learnt from (every basket is kept in the history): learning costs
 #: about 140 µs per basket, and a model of a dozen weights needs far fewer examples (on
 #: real baskets a tenth learns as well as all: README, Preferences)
 LEARN_SHARE: Final = 0.1
+
+
+def basket_json(skus: Sequence[str]) -> str:
+    """A basket's SKUs as the batch script keeps them: JSON, at most :data:`BASKET_BYTES`
+    bytes (the first SKUs, in order, that fit).
+
+    >>> basket_json(["MAT", "TENT"])
+    '["MAT","TENT"]'
+    >>> long = basket_json(["\x01" * 64] * 50)  # each character escaped as \u0001
+    >>> len(long.encode()) <= BASKET_BYTES, long.count(",") + 1
+    (True, 10)
+    """
+    raw = orjson.dumps(list(skus))
+    if len(raw) <= BASKET_BYTES:
+        return raw.decode()
+    kept: list[str] = []
+    size = 2
+    for sku in skus:
+        size += len(orjson.dumps(sku)) + (1 if kept else 0)
+        if size > BASKET_BYTES:
+            break
+        kept.append(sku)
+    return orjson.dumps(kept).decode()
 
 
 def learns(basket: Basket, share: float = LEARN_SHARE) -> bool:

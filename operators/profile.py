@@ -40,11 +40,10 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import orjson
 from msgspec import UNSET
 
 from operators.learners import Learner, Stream
-from operators.preferences import BASKET_ITEMS, HISTORY_BASKETS, learns
+from operators.preferences import BASKET_ITEMS, HISTORY_BASKETS, basket_json, learns
 from operators.profile_fields import COUNTERS, rule_of
 from schemas.envelope import Accepted
 from schemas.events import CART_CHANNELS, line_amount
@@ -337,7 +336,7 @@ def to_row(d: CustomerDelta) -> list[Any]:
         ),
         [x for kv in _most_recent(d.returned, RECENT_BOUGHT) for x in kv],
         [
-            [ts, orjson.dumps(skus).decode(), "L" if learns((ts, skus)) else "-"]
+            [ts, basket_json(skus), "L" if learns((ts, skus)) else "-"]
             for ts, skus in sorted(d.baskets, key=lambda b: b[0])[-HISTORY_BASKETS:]
         ],
     ]

@@ -23,7 +23,7 @@ from omnicanal.tools.demo import DEMO_CAMPAIGNS, produce
 from omnicanal.tools.services import LocalKafka, LocalRedis
 from omnicanal.wiring import pipeline_setup
 from operators.cross_sell import CoPurchase
-from operators.preferences import BASKET_ITEMS, HISTORY_BASKETS
+from operators.preferences import BASKET_ITEMS, HISTORY_BASKETS, basket_json
 from schemas.envelope import Accepted
 from state.cross_sell import KEEP, CoPurchaseStore
 from state.profiles import ProfileStore, connect
@@ -69,7 +69,7 @@ def expected_kept(s: Settings, msgs: list[Any]) -> Counter[str]:
         skus = sorted({ln.sku for ln in a.event.lines if ln.kind in (UNSET, "product")})
         cid = store.resolve(a.customer)
         if skus and cid is not None:
-            per.setdefault(cid, set()).add((a.ts_ms, orjson.dumps(skus[:BASKET_ITEMS]).decode()))
+            per.setdefault(cid, set()).add((a.ts_ms, basket_json(skus[:BASKET_ITEMS])))
     out: Counter[str] = Counter()
     for baskets in per.values():
         out.update(f"{ts}|{skus}" for ts, skus in sorted(baskets)[-HISTORY_BASKETS:])

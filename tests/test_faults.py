@@ -25,6 +25,7 @@ from omnicanal.config import Settings
 from omnicanal.tools.datagen import Generator
 from omnicanal.tools.demo import events_from_jsonl, produce
 from omnicanal.tools.services import LocalKafka, LocalRedis
+from operators.preferences import BASKET_BYTES
 from state.profiles import ProfileStore, connect
 from tests import reference
 from tests.conftest import TEST_PII_KEY, make_settings
@@ -160,6 +161,14 @@ def hostile_messages() -> list[tuple[str, bytes, bytes | None, str | None]]:
             "malformed_json",
         ),
     ]
+    # One basket of 50 distinct 64-character SKUs, each character escaped in JSON (\u0001):
+    # 18 KB as JSON, more than the kept basket may take; applied, its history trimmed.
+    escaped = [{"sku": "\x01" * 60 + f"{i:04d}", "quantity": 1, "unit_price_minor": 100}
+               for i in range(50)]  # fmt: skip
+    out.append(
+        ("escaped SKUs", orjson.dumps(sale(10_005, customer={"loyalty_id": "ESC"}, lines=escaped)),
+         None, None)
+    )  # fmt: skip
     out += [("bot view", v, b"bot-cookie", None) for v in views]
     return out
 
@@ -192,7 +201,10 @@ def test_hostile_messages_never_stop_the_pipeline_nor_leak(
             continue
         send_good(50)
         producer.produce(topics["transaction"], value, key)
-        bad_expected[reason or ""] += 1
+        if reason is None:
+            good.append(orjson.loads(value))
+        else:
+            bad_expected[reason] += 1
     # An upstream retry: the same event twice, at two offsets.
     dup = sale(20_000, customer={"loyalty_id": "DUP"})
     for _ in range(2):
@@ -242,6 +254,9 @@ def test_hostile_messages_never_stop_the_pipeline_nor_leak(
     bot = store.read_profile(store.resolve("cookie:bot-cookie") or "")
     assert bot is not None and bot["channels"]["web"]["events"] == 4500
     assert len(bot["recently_viewed"]) == 20
+    (kept,) = store.baskets(store.resolve("loyalty:ESC") or "")  # its first SKUs that fit
+    assert 5 < len(kept["skus"]) < 50 and kept["skus"] == sorted(kept["skus"])
+    assert len(orjson.dumps(kept["skus"])) <= BASKET_BYTES
     dup_profile = store.read_profile(store.resolve("loyalty:DUP") or "")
     assert dup_profile is not None and dup_profile["orders"] == 1
     c = store.read_profile(store.resolve("loyalty:CONSENT") or "")

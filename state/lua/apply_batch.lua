@@ -94,7 +94,7 @@ for ri, row in ipairs(p.c) do
   else
     for _, e in ipairs(row[15]) do
       if type(e) ~= 'table' or type(e[1]) ~= 'number' or e[1] < 0 or type(e[2]) ~= 'string'
-          or #e[2] > 8192 or (e[3] ~= 'L' and e[3] ~= '-') then
+          or #e[2] > 8192 or (e[3] ~= 'L' and e[3] ~= '-') then  -- 8192: 2 x BASKET_BYTES
         why = 'basket'
         break
       end
