@@ -30,7 +30,7 @@ import redis
 from operators.offers import TIMERS
 from state.connection import pairs
 from state.outbox import Outbox
-from state.preferences import Kept, parse
+from state.preferences import Kept, history
 
 _LUA = (Path(__file__).with_name("lua") / "offers.lua").read_text()
 _READ_LUA = (Path(__file__).with_name("lua") / "offers_read.lua").read_text()
@@ -114,16 +114,14 @@ class OfferStore:
         and the offers made per campaign: one script call (``state/lua/offers_read.lua``)."""
         if set(parts) - set(ALL_PARTS):
             raise ValueError(f"unknown parts {parts!r} (known: {ALL_PARTS})")
-        res: list[list[bytes]] = self._read(args=[self.prefix, parts, *customers])
+        # per customer seven flat arrays and the kept baskets' string; then the spending
+        res: list[Any] = self._read(args=[self.prefix, parts, *customers])
         out = []
         for i, c in enumerate(customers):
             fields, cart_raw, bought, counters, waits, views, returned = (
                 pairs(x) for x in res[8 * i : 8 * i + 7]
             )
-            history = sorted(
-                (k for k in map(parse, res[8 * i + 7]) if k is not None),
-                key=lambda k: (k.ts, k.member),
-            )
+            baskets = history(res[8 * i + 7])
             clear = next((int(q) for f, q in cart_raw if f == b"_clr"), 0)
             cart: dict[str, list[int]] = {}
             for f, q in cart_raw:
@@ -146,7 +144,7 @@ class OfferStore:
                     {k.decode(): int(v) for k, v in waits},
                     {sku.decode(): int(float(ts)) for sku, ts in views},
                     {sku.decode(): int(float(ts)) for sku, ts in returned},
-                    history,
+                    baskets,
                 )
             )
         spent = {k.decode(): int(v) for k, v in pairs(res[-1])}

@@ -1,9 +1,10 @@
 """The next-basket model's data in Redis: the only code that reads or writes it.
 
 - ``<p>ph:<customer>``: the customer's last :data:`~operators.preferences.HISTORY_BASKETS`
-  baskets from any channel, written by the batch script with the sale (member
-  ``"<time>|<L or ->|<SKUs as JSON>"``, score the time; ``L``: to learn from), merged into
-  the survivor of an identity merge, erased with the customer;
+  baskets from any channel, written by the batch script with the sale: one string, a line
+  ``"<time>|<L or ->|<SKUs as JSON>"`` a basket, in time order (``L``: to learn from; JSON
+  never holds a raw newline); merged into the survivor of an identity merge, erased with
+  the customer;
 - ``<p>pf:due``: customers with baskets to learn from (score: how many);
 - ``<p>pf:model``: worker 0's model, stored with the baskets it learnt marked as learnt, in
   one call (``state/lua/preferences.lua``).
@@ -40,8 +41,27 @@ class Kept:
         return (self.ts, self.skus)
 
 
+def history(raw: bytes | str | None) -> list[Kept]:
+    """A customer's stored baskets (``<p>ph:<customer>``), the oldest first; lines this
+    version did not write are left out.
+
+    >>> [(k.ts, k.skus) for k in history(b'9|-|["A"]\\n3|L|["B","C"]\\nnot a basket')]
+    [(3, ('B', 'C')), (9, ('A',))]
+    >>> history(None), history(b"")
+    ([], [])
+    """
+    if not raw:
+        return []
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    lines = text.split("\n")
+    kept = [k for k in map(parse, lines) if k is not None]
+    if len(kept) < len(lines):
+        log.warning("%d stored baskets unreadable, left out", len(lines) - len(kept))
+    return sorted(kept, key=lambda k: (k.ts, k.member))
+
+
 def parse(member: bytes | str) -> Kept | None:
-    """A stored basket, or None for one this version did not write.
+    """A stored basket (one line), or None for one this version did not write.
 
     >>> parse(b'17|L|["MAT","TENT"]')
     Kept(member='17|L|["MAT","TENT"]', ts=17, skus=('MAT', 'TENT'), learn=True)
@@ -86,17 +106,10 @@ class PreferenceStore:
 
     def histories(self, customers: Sequence[str]) -> dict[str, list[Kept]]:
         """Each customer's kept baskets, the oldest first (unreadable ones left out)."""
-        pipe = self.r.pipeline(transaction=False)
-        for c in customers:
-            pipe.zrange(self.prefix + "ph:" + c, 0, -1)
-        out: dict[str, list[Kept]] = {}
-        for c, members in zip(customers, pipe.execute(), strict=True):
-            kept = [k for k in map(parse, members) if k is not None]
-            if len(kept) < len(members):
-                log.warning("%d stored baskets of %s unreadable, left out",
-                            len(members) - len(kept), c)  # fmt: skip
-            out[c] = sorted(kept, key=lambda k: (k.ts, k.member))
-        return out
+        if not customers:
+            return {}
+        raw = self.r.mget([self.prefix + "ph:" + c for c in customers])
+        return {c: history(v) for c, v in zip(customers, raw, strict=True)}
 
     def checkpoint(
         self,

@@ -61,7 +61,7 @@ from state.connection import (
     redact_url,
     transient,
 )
-from state.preferences import parse
+from state.preferences import history
 
 _LUA = importlib.resources.files("state") / "lua"
 #: The batch script: the stock section (a function) first, then the batch itself.
@@ -485,8 +485,7 @@ class ProfileStore:
 
     def baskets(self, customer_id: str) -> list[dict[str, Any]]:
         """The customer's kept baskets (the next-basket model's history), the oldest first."""
-        members: Any = self.r.zrange(self.prefix + "ph:" + customer_id, 0, -1)
-        kept = sorted((k for k in map(parse, members) if k is not None), key=lambda k: k.ts)
+        kept = history(self.r.get(self.prefix + "ph:" + customer_id))
         return [{"at": _iso(k.ts), "skus": list(k.skus), "to_learn": k.learn} for k in kept]
 
     def returned(self, customer_id: str) -> dict[str, int]:
@@ -562,7 +561,8 @@ class ProfileStore:
         """Bytes Redis uses for one customer's keys (identity links included)."""
         pre = self.prefix
         keys = [
-            pre + k + customer_id for k in ("p:", "v:", "b:", "rt:", "cart:", "members:", "mg:")
+            pre + k + customer_id
+            for k in ("p:", "v:", "b:", "rt:", "cart:", "members:", "mg:", "ph:")
         ]
         total = sum(int(self.r.memory_usage(k) or 0) for k in keys)
         for m in self.members(customer_id):  # its share of the bucket holding each link

@@ -23,7 +23,7 @@ from omnicanal.tools.demo import DEMO_CAMPAIGNS, produce
 from omnicanal.tools.services import LocalKafka, LocalRedis
 from omnicanal.wiring import pipeline_setup
 from operators.cross_sell import CoPurchase
-from operators.preferences import BASKET_ITEMS, HISTORY_BASKETS, basket_json
+from operators.preferences import BASKET_ITEMS, HISTORY_BASKETS, basket_json, learns
 from schemas.envelope import Accepted
 from state.cross_sell import KEEP, CoPurchaseStore
 from state.profiles import ProfileStore, connect
@@ -59,7 +59,7 @@ def expected_kept(s: Settings, msgs: list[Any]) -> Counter[str]:
     store = ProfileStore(connect(s.redis_url), s.redis_prefix)
     topic = s.contract_topics()["transaction"]
     now = int(time.time() * 1000)
-    per: dict[str, set[tuple[int, str]]] = {}
+    per: dict[str, list[tuple[int, str]]] = {}
     for i, msg in enumerate(msgs):
         if msg.contract != "transaction":
             continue
@@ -69,10 +69,13 @@ def expected_kept(s: Settings, msgs: list[Any]) -> Counter[str]:
         skus = sorted({ln.sku for ln in a.event.lines if ln.kind in (UNSET, "product")})
         cid = store.resolve(a.customer)
         if skus and cid is not None:
-            per.setdefault(cid, set()).add((a.ts_ms, basket_json(skus[:BASKET_ITEMS])))
+            first = skus[:BASKET_ITEMS]
+            line = f"{a.ts_ms}|{'L' if learns((a.ts_ms, first)) else '-'}|{basket_json(first)}"
+            per.setdefault(cid, []).append((a.ts_ms, line))
     out: Counter[str] = Counter()
-    for baskets in per.values():
-        out.update(f"{ts}|{skus}" for ts, skus in sorted(baskets)[-HISTORY_BASKETS:])
+    for baskets in per.values():  # the newest kept, ties at the cut by the stored line
+        for ts, line in sorted(baskets)[-HISTORY_BASKETS:]:
+            out[f"{ts}|{line.split('|', 2)[2]}"] += 1
     return out
 
 
@@ -92,9 +95,9 @@ def kept_baskets(redis_url: str, prefix: str) -> Counter[str]:
     r = connect(redis_url)
     out: Counter[str] = Counter()
     for key in r.scan_iter(match=prefix + "ph:*", count=1000):
-        for member in r.zrange(key, 0, -1):
-            ts, flag, skus = member.decode().split("|", 2)
-            assert flag == "-", member  # learnt (or history only)
+        for line in r.get(key).decode().split("\n"):
+            ts, flag, skus = line.split("|", 2)
+            assert flag == "-", line  # learnt (or history only)
             out[f"{ts}|{skus}"] += 1
     assert r.zcard(prefix + "pf:due") == 0
     return out

@@ -13,7 +13,8 @@
 --                   cart, cart_clear_ms, viewed_again_ms, returned, baskets]
 --                  (operators/batch.py, operators/profile.py); returned: SKUs the customer
 --                  returned, kept in <p>rt:<customer> like bought (never suggested again);
---                  baskets: [[time, SKUs as JSON, "L" | "-"], ...], kept in <p>ph:<customer>
+--                  baskets: [[time, SKUs as JSON, "L" | "-"], ...] in time order, kept in
+--                  <p>ph:<customer> (one string, a line a basket)
 --                  (the next-basket model's history; "L": to learn from, <p>pf:due)
 -- ARGV[3]  recent views kept, ARGV[4] cart entries kept, ARGV[5] recently bought kept,
 -- ARGV[6]  baskets kept per customer
@@ -425,18 +426,54 @@ local function browse_timer(cid, vk, flat, in_batch)
   if again then redis.call('ZADD', prefix .. 'tm:browse', 'GT', again, cid) end
 end
 
--- The customer's last baskets, in any channel: <p>ph:<customer>, member
--- "<time>|<L or ->|<SKUs as JSON>", score the time, the newest ARGV[6] kept (the next-basket
--- model's history). A basket to learn from ("L") counts in <p>pf:due, which worker 0 reads.
+-- The customer's last baskets, in any channel: <p>ph:<customer>, a string of lines
+-- "<time>|<L or ->|<SKUs as JSON>" (JSON never holds a raw newline) in time order, ties by
+-- the line, the newest ARGV[6] kept: the next-basket model's history, one string rather than
+-- a sorted set (a set's entry costs ~150 bytes more past 64-byte members). A basket to learn
+-- from ("L") counts in <p>pf:due, which worker 0 reads.
+local function line_ts(line) return tonumber(string.match(line, '^(%d+)|')) or 0 end
+local function sorted_lines(text)
+  local all = {}
+  for line in string.gmatch(text, '[^\n]+') do all[#all + 1] = line end
+  table.sort(all, function(a, b)
+    local ta, tb = line_ts(a), line_ts(b)
+    if ta ~= tb then return ta < tb end
+    return a < b
+  end)
+  return all
+end
+-- keep the newest `keep` lines of a time-ordered text (cut at newlines, no parsing)
+local function newest_lines(text, keep)
+  local _, newlines = string.gsub(text, '\n', '')
+  local drop = newlines + 1 - keep
+  if drop <= 0 then return text end
+  local cut = 0
+  for _ = 1, drop do cut = string.find(text, '\n', cut + 1, true) end
+  return string.sub(text, cut + 1)
+end
+local function keep_history(key, text)
+  redis.call('SET', key, newest_lines(text, max_baskets))
+end
 local function basket_history(cid, baskets)
-  local key, args, learn = prefix .. 'ph:' .. cid, {}, 0
+  local key, lines, learn = prefix .. 'ph:' .. cid, {}, 0
+  local newest = -1
+  local in_order = true
   for _, e in ipairs(baskets) do
-    args[#args + 1] = fmt(e[1])
-    args[#args + 1] = fmt(e[1]) .. '|' .. e[3] .. '|' .. e[2]
+    if e[1] <= newest then in_order = false end
+    newest = e[1]
+    lines[#lines + 1] = fmt(e[1]) .. '|' .. e[3] .. '|' .. e[2]
     if e[3] == 'L' then learn = learn + 1 end
   end
-  redis.call('ZADD', key, unpack(args))
-  redis.call('ZREMRANGEBYRANK', key, 0, -(max_baskets + 1))
+  local old = redis.call('GET', key)
+  local text
+  if not old or old == '' then
+    text = table.concat(in_order and lines or sorted_lines(table.concat(lines, '\n')), '\n')
+  elseif in_order and baskets[1][1] > line_ts(string.match(old, '([^\n]*)$')) then
+    text = old .. '\n' .. table.concat(lines, '\n')  -- the usual case: newer than all kept
+  else  -- a late basket, or several at one time: sorted again
+    text = table.concat(sorted_lines(old .. '\n' .. table.concat(lines, '\n')), '\n')
+  end
+  keep_history(key, text)
   if learn > 0 then redis.call('ZINCRBY', prefix .. 'pf:due', learn, cid) end
 end
 
@@ -491,21 +528,28 @@ local function merge_profile(survivor, loser)
     end
   end
   apply_delta(survivor, {sums, mins, maxs, logs, lww, {}, {}, cart, clear, 0, {}, {}}, 1)
-  for _, z in ipairs({{'v:', max_views}, {'b:', max_bought}, {'rt:', max_bought},
-                      {'ph:', max_baskets}}) do
+  for _, z in ipairs({{'v:', max_views}, {'b:', max_bought}, {'rt:', max_bought}}) do
     local src, dst = prefix .. z[1] .. loser, prefix .. z[1] .. survivor
     if redis.call('EXISTS', src) == 1 then
       redis.call('ZUNIONSTORE', dst, 2, dst, src, 'AGGREGATE', 'MAX')
       redis.call('ZREMRANGEBYRANK', dst, 0, -(z[2] + 1))
     end
   end
+  local lh = redis.call('GET', prefix .. 'ph:' .. loser)
+  if lh == '' then lh = false end
   local lm = prefix .. 'mg:' .. loser
   for _, rec in ipairs(redis.call('LRANGE', lm, 0, -1)) do
     redis.call('RPUSH', prefix .. 'mg:' .. survivor, rec)
   end
   redis.call('DEL', lp, lc, prefix .. 'v:' .. loser, prefix .. 'b:' .. loser,
     prefix .. 'rt:' .. loser, prefix .. 'ph:' .. loser, lm)
-  -- the baskets it had to learn from are the survivor's
+  -- its baskets are the survivor's (a merged history: sorted again, the newest kept), and
+  -- so are those it had to learn from
+  if lh then
+    local sh = redis.call('GET', prefix .. 'ph:' .. survivor)
+    local both = (sh and sh ~= '') and (sh .. '\n' .. lh) or lh
+    keep_history(prefix .. 'ph:' .. survivor, table.concat(sorted_lines(both), '\n'))
+  end
   local due = redis.call('ZSCORE', prefix .. 'pf:due', loser)
   if due then
     redis.call('ZINCRBY', prefix .. 'pf:due', due, survivor)

@@ -9,7 +9,7 @@
 -- (<p>cart:<c>, HGETALL), recently bought (<p>b:<c>, ZRANGE WITHSCORES), the offer counters
 -- (<p>of:n:<c>, HGETALL), the SKUs waited for (<p>bisq:<c>, HGETALL), recently viewed
 -- (<p>v:<c>, ZRANGE WITHSCORES), returned (<p>rt:<c>, ZRANGE WITHSCORES) and the baskets
--- kept (<p>ph:<c>, ZRANGE: the next-basket model's history); then the
+-- kept (<p>ph:<c>, GET, a line a basket: the next-basket model's history); then the
 -- offers made per campaign (<p>of:spent, HGETALL).
 -- Reads only. One script instead of six pipelined commands per customer: redis-py spends
 -- most of a pipelined read packing the commands and parsing the replies, ~3.5x this call.
@@ -30,7 +30,7 @@ for i = 3, #ARGV do
   out[#out + 1] = waits and redis.call('HGETALL', p .. 'bisq:' .. c) or none
   out[#out + 1] = views and redis.call('ZRANGE', p .. 'v:' .. c, 0, -1, 'WITHSCORES') or none
   out[#out + 1] = returned and redis.call('ZRANGE', p .. 'rt:' .. c, 0, -1, 'WITHSCORES') or none
-  out[#out + 1] = baskets and redis.call('ZRANGE', p .. 'ph:' .. c, 0, -1) or none
+  out[#out + 1] = baskets and redis.call('GET', p .. 'ph:' .. c) or ''
 end
 out[#out + 1] = redis.call('HGETALL', p .. 'of:spent')
 return out

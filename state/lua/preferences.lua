@@ -5,7 +5,7 @@
 -- ARGV[1] key prefix
 -- ARGV[2] the model's JSON state (<p>pf:model)
 -- ARGV[3] JSON {"learnt": [[customer, member], ...], "due": [[customer, count read], ...]}
---         member: "<time>|L|<SKUs>" in <p>ph:<customer>, rewritten "<time>|-|<SKUs>"
+--         member: the line "<time>|L|<SKUs>" of <p>ph:<customer>, rewritten "<time>|-|<SKUs>"
 --         (a basket merged or erased since is left as it is); count read: <p>pf:due's
 --         score as read, taken off (a basket added since stays due)
 -- Everything is checked before the first write. Returns the baskets marked learnt.
@@ -19,7 +19,7 @@ ok = pcall(cjson.decode, model)
 if not ok then return redis.error_reply('INVALID next-basket model') end
 for _, e in ipairs(d.learnt) do
   if type(e) ~= 'table' or type(e[1]) ~= 'string' or type(e[2]) ~= 'string'
-      or not string.match(e[2], '^%d+|L|') then
+      or not string.match(e[2], '^%d+|L|') or string.find(e[2], '\n', 1, true) then
     return redis.error_reply('INVALID learnt basket')
   end
 end
@@ -30,13 +30,26 @@ for _, e in ipairs(d.due) do
 end
 redis.call('SET', prefix .. 'pf:model', model)
 local marked = 0
+-- the line `member` of `text`, marked learnt ('L' -> '-'), or nil when it is not a line of it
+local function mark(text, member)
+  local from = 1
+  while true do
+    local i, j = string.find(text, member, from, true)
+    if not i then return nil end
+    local next_char = string.sub(text, j + 1, j + 1)
+    if (i == 1 or string.sub(text, i - 1, i - 1) == '\n') and (next_char == '' or next_char == '\n') then
+      local ts, rest = string.match(member, '^(%d+)|L|(.*)$')
+      return string.sub(text, 1, i - 1) .. ts .. '|-|' .. rest .. string.sub(text, j + 1)
+    end
+    from = i + 1
+  end
+end
 for _, e in ipairs(d.learnt) do
   local key = prefix .. 'ph:' .. e[1]
-  local score = redis.call('ZSCORE', key, e[2])
-  if score then
-    local ts, rest = string.match(e[2], '^(%d+)|L|(.*)$')
-    redis.call('ZREM', key, e[2])
-    redis.call('ZADD', key, score, ts .. '|-|' .. rest)
+  local text = redis.call('GET', key)
+  local marked_text = text and mark(text, e[2])
+  if marked_text then
+    redis.call('SET', key, marked_text)
     marked = marked + 1
   end
 end
