@@ -47,6 +47,7 @@ class NextBasket:
         due = self.store.due(self.SLICE)
         self.more = len(due) == self.SLICE
         if not due:
+            m.NEXT_BASKET_PENDING.set(0)
             return 0
         kept = self.store.histories([c for c, _ in due])
         crowd = self.co.view(sorted({s for ks in kept.values() for k in ks for s in k.skus}), 0)
@@ -69,6 +70,8 @@ class NextBasket:
                 learnt.append((cid, k.member))
         self.store.checkpoint(trial.to_state(), learnt, due)
         self.model = trial
+        # what is left (a slice that was not full left nothing but what came meanwhile)
+        m.NEXT_BASKET_PENDING.set(self.store.pending() if self.more else 0)
         m.NEXT_BASKET_BASKETS.inc(len(learnt))
         for x in losses:
             m.NEXT_BASKET_LOSS.observe(x)

@@ -149,13 +149,15 @@ BOARDS: dict[str, tuple[str, list[Panel]]] = {
                    ("sum by (label) (increase(omnicanal_preference_examples_total[5m]))",
                     "ranked items {{label}}"))),
             Panel("Next-basket learning", "Baskets (any channel) the next-basket preference "
-                  "model learnt from per 5 minutes (a stable tenth of all), and its progressive "
+                  "model learnt from per 5 minutes (a stable tenth of all), its progressive "
                   "validation: the mean log-loss of its predictions made before learning each "
-                  "basket (0.69 is a coin; lower is better).", "short",
+                  "basket (0.69 is a coin; lower is better), and the customers it has still "
+                  "to learn from (growing: worker 0 falls behind).", "short",
                   (("sum(increase(omnicanal_next_basket_baskets_total[5m]))", "baskets learnt"),
                    ("sum(increase(omnicanal_next_basket_log_loss_sum[15m])) / "
                     "sum(increase(omnicanal_next_basket_log_loss_count[15m]))",
-                    "mean log-loss"))),
+                    "mean log-loss"),
+                   ("max(omnicanal_next_basket_pending)", "customers still to learn from"))),
         ],
     ),
 }  # fmt: skip

@@ -234,6 +234,11 @@ NEXT_BASKET_LOSS = Histogram(
     "its prediction that the customer buys it, made before learning it.",
     buckets=(0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 0.69, 1.0, 2.0, 5.0),
 )
+NEXT_BASKET_PENDING = Gauge(
+    "omnicanal_next_basket_pending",
+    "Customers with baskets the next-basket model has still to learn from (worker 0 only): "
+    "a number that keeps growing means worker 0 learns slower than baskets come.",
+)
 NEXT_BASKET_BASKETS = Counter(
     "omnicanal_next_basket_baskets",
     "Baskets (sales of any channel) the next-basket preference model learnt from: a stable "
@@ -349,6 +354,7 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     PREFERENCE_EXAMPLES,
     NEXT_BASKET_LOSS,
     NEXT_BASKET_BASKETS,
+    NEXT_BASKET_PENDING,
     CHANNEL_HEALTH,
     CHANNEL_HEALTH_EVENTS,
     CHANNEL_HEALTH_UNCOUNTED,

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from flows.preferences import NextBasket
+from monitoring import metrics as m
 from omnicanal.config import Settings
 from omnicanal.tools.demo import events_from_jsonl, produce
 from omnicanal.tools.services import LocalRedis
@@ -62,7 +63,11 @@ def test_each_marked_basket_is_learnt_once_as_a_replay_learns_it(
         r.zincrby(f"{P}pf:due", sum(learn for *_, learn in baskets), cid)
 
     nb = NextBasket(PreferenceStore(r, P), CoPurchaseStore(r, P))
-    assert nb.learn() == 9 and not nb.more  # three marked baskets per customer
+    nb.SLICE = 2  # two customers per look: one left for the next
+    assert nb.learn() == 6 and nb.more  # three marked baskets per customer
+    assert m.NEXT_BASKET_PENDING._value.get() == 1
+    assert nb.learn() == 3 and not nb.more
+    assert m.NEXT_BASKET_PENDING._value.get() == 0
 
     # the same model, learnt by a plain replay in the same order (customers by count, id)
     view = CoPurchaseStore(r, P).view(["BEER", "BREAD", "CHIPS", "JAM", "MILK", "TEA"], 0)
