@@ -171,6 +171,36 @@ def test_silence_everywhere_and_a_dead_process_are_paged(tmp_path: Path) -> None
     run_tests(tmp_path, tests)
 
 
+def test_the_next_basket_model_falling_behind_is_a_warning(tmp_path: Path) -> None:
+    """Worker 0's backlog of customers to learn from: a peak of 3,000 that drains is not an
+    alert; 500 that grow is not either (small); a backlog past 1,000 that keeps growing for
+    30 minutes is."""
+    per_min = 12 * 60  # one sample a minute for 12 hours
+
+    def gauge(f: Callable[[int], float]) -> str:
+        return " ".join(f"{f(k):g}" for k in range(per_min))
+
+    peak = gauge(lambda k: 3000 - 20 * (k - 60) if 60 <= k < 210 else 0)  # drains in 2.5 h
+    small = gauge(lambda k: min(500, k))
+    behind = gauge(lambda k: 0 if k < 240 else 10 * (k - 240))  # from 04:00, +10 a minute
+    series = [{"series": f'omnicanal_next_basket_pending{{instance="{i}"}}', "values": v}
+              for i, v in (("a", peak), ("b", small))]  # fmt: skip
+    tests = [
+        {"interval": "1m", "input_series": series, "alert_rule_test": [
+            alert("OmnicanalNextBasketBehind", at) for at in ("1h30m", "2h", "3h", "8h")]},
+        {"interval": "1m", "input_series": [
+            {"series": 'omnicanal_next_basket_pending{instance="a"}', "values": behind}],
+         "alert_rule_test": [
+            alert("OmnicanalNextBasketBehind", "6h"),  # past 1,000 at 5h40m: 20 minutes
+            {**alert("OmnicanalNextBasketBehind", "6h30m"), "exp_alerts": [{
+                "exp_labels": {"severity": "warning", "instance": "a"},
+                "exp_annotations": _annotations("OmnicanalNextBasketBehind", {},
+                                                value="1.5k")}]},
+        ]},
+    ]  # fmt: skip
+    run_tests(tmp_path, tests)
+
+
 def _annotations(name: str, labels: dict[str, str], value: str | None = None) -> dict[str, str]:
     """An alert's annotations with its labels filled in; ``$value`` as promtool renders the
     values these scenarios produce."""
