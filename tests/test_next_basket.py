@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import pytest
+import redis
 
 from flows.preferences import NextBasket
 from monitoring import metrics as m
@@ -156,3 +158,16 @@ def test_the_batch_script_keeps_the_newest_baskets_whatever_order_they_come_in(
     kept = store.baskets(merged)
     assert [b["skus"] for b in kept] == [[f"I{m:03d}"] for m in [*range(11, 60), 70]]
     assert sum(len(store.baskets(c)) for c in store.customer_ids()) == 100  # ANA's, BEN's
+
+
+def test_the_checkpoint_reads_everything_before_it_writes(redis_server: LocalRedis) -> None:
+    """A history key another writer made a list: the call fails before any write, so the
+    model and the due counts stay as they were (the slice is learnt again later)."""
+    r = connect(redis_server.url)
+    store = PreferenceStore(r, P)
+    r.rpush(f"{P}ph:C5", "not a history")
+    r.zincrby(f"{P}pf:due", 1, "C5")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        store.checkpoint(PreferenceModel().to_state(), [("C5", _member(1, ["A"], True))],
+                         [("C5", 1)])  # fmt: skip
+    assert store.load() is None and store.due(10) == [("C5", 1)]

@@ -28,8 +28,6 @@ for _, e in ipairs(d.due) do
     return redis.error_reply('INVALID due customer')
   end
 end
-redis.call('SET', prefix .. 'pf:model', model)
-local marked = 0
 -- the line `member` of `text`, marked learnt ('L' -> '-'), or nil when it is not a line of it
 local function mark(text, member)
   local from = 1
@@ -44,18 +42,33 @@ local function mark(text, member)
     from = i + 1
   end
 end
+-- Reads first (a key of the wrong type fails here, before anything is written): each
+-- history with its lines marked, and each due count as it is now.
+local texts, order, marked = {}, {}, 0
 for _, e in ipairs(d.learnt) do
   local key = prefix .. 'ph:' .. e[1]
-  local text = redis.call('GET', key)
+  local text = texts[key]
+  if text == nil then
+    text = redis.call('GET', key) or false
+    order[#order + 1] = key
+  end
   local marked_text = text and mark(text, e[2])
   if marked_text then
-    redis.call('SET', key, marked_text)
+    text = marked_text
     marked = marked + 1
   end
+  texts[key] = text
 end
 local due = prefix .. 'pf:due'
-for _, e in ipairs(d.due) do
-  local now = redis.call('ZSCORE', due, e[1])
+local counts = {}
+for i, e in ipairs(d.due) do counts[i] = redis.call('ZSCORE', due, e[1]) end
+-- Then the writes.
+redis.call('SET', prefix .. 'pf:model', model)
+for _, key in ipairs(order) do
+  if texts[key] then redis.call('SET', key, texts[key]) end
+end
+for i, e in ipairs(d.due) do
+  local now = counts[i]
   if now then
     if tonumber(now) <= e[2] then redis.call('ZREM', due, e[1])
     else redis.call('ZINCRBY', due, -e[2], e[1]) end
