@@ -469,10 +469,17 @@ def test_redis_restarted_mid_run(kafka: LocalKafka, tmp_path: Path) -> None:
         proc = start(s, log, "--until-eof", OMNICANAL_BATCH_SIZE="200")
         wait_for(lambda: applied(s) > 1000, 60, "the run to be under way")
         redis_srv.stop()  # a clean restart: AOF keeps everything
-        time.sleep(2)
+        # Down until the run has met the outage (a fixed pause could fall between two calls
+        # on a loaded machine: redis-py's own reconnect would then hide the restart), well
+        # within the run's 60 s budget for an unreachable Redis.
+        wait_for(
+            lambda: b"Redis unreachable" in log.read_bytes() or proc.poll() is not None,
+            40,
+            "the run to meet the outage",
+        )
+        assert proc.poll() is None, log.read_text()[-3000:]
         redis_srv.start()
         assert proc.wait(180) == 0, log.read_text()[-3000:]
-        assert b"Redis unreachable" in log.read_bytes()
         assert_complete(s, msgs)
     finally:
         redis_srv.stop()
