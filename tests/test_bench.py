@@ -48,6 +48,9 @@ def test_quick_bench_reports_pipeline_bare_latency_memory_and_stages(tmp_path: P
     o = r["offer_decisions"]
     assert 0 < o["offers"] < o["decisions"]  # some carts are bought, some people unreachable
     assert 0 < o["us_per_decision_p50"] <= o["us_per_decision_p99"]
+    # the fastest of a batch's timings is never slower than its first
+    assert o["us_per_decision_p50"] <= o["us_per_decision_p50_once"]
+    assert o["us_per_decision_p99"] <= o["us_per_decision_p99_once"]
     assert 0 < o["us_per_model_update_p50"] <= o["us_per_model_update_p99"]
     xs = o["cross_sell"]
     assert 0 < xs["us_per_ranking_p50"] <= xs["us_per_ranking_p99"]
