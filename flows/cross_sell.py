@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Final
 
 import redis
@@ -172,24 +172,33 @@ class CrossSellRanks:
         self._learnt: list[str] = []
 
     def rank(
-        self, timers: Sequence[tuple[str, int]], stored: Sequence[StoredCart]
+        self,
+        timers: Sequence[tuple[str, int]],
+        stored: Sequence[StoredCart],
+        skip: Collection[str] = frozenset(),
     ) -> dict[str, list[tuple[str, str]]]:
         """Per customer, the ranked candidates for their newest basket (the SKUs bought at
-        the timer's time), as (SKU, category); learns from the previous rankings first."""
+        the timer's time), as (SKU, category); learns from the previous rankings first.
+        Customers in ``skip`` (no offer can go to them now) are not ranked: their previous
+        ranking is still learnt from."""
         if self._counted is not None:
             self._counted()  # never raises: what Redis refused is added later
         trial = CrossSellRanker.from_state(self.model.to_state())
         baskets = {
             cid: sorted(sku for sku, t in st.bought.items() if t == seen)
             for (cid, seen), st in zip(timers, stored, strict=True)
+            if cid not in skip
         }
-        view = self.co.view(sorted({s for b in baskets.values() for s in b}))
+        skus = sorted({s for b in baskets.values() for s in b})
+        view = self.co.view(skus) if skus else CoView(0, {}, {})
         before = self.ranks.rankings([cid for cid, _ in timers])
         self._kept, self._learnt = {}, []
         out: dict[str, list[tuple[str, str]]] = {}
         for (cid, seen), st in zip(timers, stored, strict=True):
             try:
-                ranked = self._one(trial, view, cid, seen, st, before.get(cid), baskets[cid])
+                ranked = self._one(
+                    trial, view, cid, seen, st, before.get(cid), baskets.get(cid, [])
+                )
             except Exception as e:  # one customer's problem, never the pipeline's
                 log.error(
                     "step 'state' (cross-sell): %s not ranked, no suggestion: %s: %s",

@@ -42,7 +42,7 @@ from operators.policy import RedemptionModel, log_loss
 from operators.stock import StockRules, out_of_stock_online
 from schemas.campaigns import Campaign
 from state.coupons import CouponLedger, Issue
-from state.offers import OfferStore, Outcome, PolicyStore
+from state.offers import OfferStore, Outcome, PolicyStore, StoredCart
 from state.stock import StockStore
 
 log = logging.getLogger(__name__)
@@ -168,16 +168,33 @@ class Offers:
         self, timer: str, timers: list[tuple[str, int]], running: list[Campaign], now_ms: int
     ) -> None:
         stored, spent = self.store.read([c for c, _ in timers], READS[timer])
+        today = day_of(now_ms)
+        down = self._down()
         ranked: dict[str, list[tuple[str, str]]] = {}
         cats: dict[str, str] = {}
         ranked_by = ""
-        if timer == "xsell" and self._xsell is not None:
-            ranked = self._xsell.rank(timers, stored)
-            ranked_by = self._xsell.version
-        elif timer == "winback" and self._prefs is not None:
-            # a few more than an offer names: some may be out of stock online
-            ranked = self._prefs.rank(stored, now_ms, 2 * CROSS_SELL_ITEMS)
-            ranked_by = self._prefs.version
+        #: outcomes known before any ranking (a ranked timer that cannot make an offer)
+        known: dict[int, TimerOutcome] = {}
+        ranker = (timer == "xsell" and self._xsell is not None) or (
+            timer == "winback" and self._prefs is not None
+        )
+        if ranker:  # rank only the customers an offer may go to (see fire_timer)
+            for i, ((cid, seen), st) in enumerate(zip(timers, stored, strict=True)):
+                o = self._fire_one(timer, cid, seen, st, None, "", cats, running, now_ms,
+                                   today, spent, frozenset(), down)  # fmt: skip
+                if o.action != "rank":
+                    known[i] = o
+            todo = [i for i in range(len(timers)) if i not in known]
+            m.OFFER_RANKINGS.labels(timer, "skipped").inc(len(known))
+            m.OFFER_RANKINGS.labels(timer, "ranked").inc(len(todo))
+            if timer == "xsell" and self._xsell is not None:
+                # the skipped ones' last rankings are still learnt from
+                ranked = self._xsell.rank(timers, stored, {timers[i][0] for i in known})
+                ranked_by = self._xsell.version
+            elif self._prefs is not None:
+                # a few more than an offer names: some may be out of stock online
+                ranked = self._prefs.rank([stored[i] for i in todo], now_ms, 2 * CROSS_SELL_ITEMS)
+                ranked_by = self._prefs.version
         elif timer == "browse" and self._xsell is not None:
             cats = self._xsell.co.categories(sorted({s for st in stored for s in st.views}))
         oos: frozenset[str] = frozenset()
@@ -188,35 +205,15 @@ class Offers:
             else:
                 of = {"cart": "cart", "bis": "waits", "browse": "views"}[timer]
                 skus = sorted({sku for st in stored for sku in getattr(st, of)})
-            oos = out_of_stock_online(stock.levels(skus), rules)
-        today = day_of(now_ms)
-        down = self._down()
+            oos = out_of_stock_online(stock.levels(skus), rules) if skus else frozenset()
         outcomes: list[TimerOutcome] = []
-        for (cid, seen), st in zip(timers, stored, strict=True):
-            try:
-                state = TimerState(
-                    customer_view(cid, st.fields, now_ms),
-                    st.cart,
-                    st.bought,
-                    offer_counts(st.counters, today),
-                    st.waits,
-                    st.views,
-                    ranked.get(cid, ()),
-                    ranked_by,
-                    cats,
-                )
-                outcome = fire_timer(
-                    timer, cid, seen, state, running, self.codec, now_ms,
-                    caps=self._caps, holdout_share=self._holdout, spent=spent,
-                    policy=self.model, quiet=self._quiet, tz=self._tz, out_of_stock=oos,
-                    down=down,
+        for i, ((cid, seen), st) in enumerate(zip(timers, stored, strict=True)):
+            outcome = known.get(i)
+            if outcome is None:
+                outcome = self._fire_one(
+                    timer, cid, seen, st, ranked.get(cid, ()), ranked_by, cats, running,
+                    now_ms, today, spent, oos, down,
                 )  # fmt: skip
-            except Exception as e:  # one customer's problem, never the pipeline's
-                log.error(
-                    "step 'state' (offers): %s timer of %s not decided, dropped: %s: %s",
-                    timer, cid, type(e).__name__, e,
-                )  # fmt: skip
-                outcome = TimerOutcome(cid, seen, "drop", suppressed="decision_error")
             if outcome.rerouted or outcome.held:
                 m.OFFER_CONTINGENCY.labels("rerouted" if outcome.rerouted else "held").inc()
             if outcome.offer is not None:  # the budget counts this slice's offers too
@@ -225,6 +222,52 @@ class Offers:
         self._write(timer, outcomes, today, now_ms)
         if timer == "xsell" and self._xsell is not None:
             self._xsell.checkpoint()  # after the decisions: what was learnt is kept
+
+    def _fire_one(
+        self,
+        timer: str,
+        cid: str,
+        seen: int,
+        st: StoredCart,
+        suggestions: Sequence[tuple[str, str]] | None,
+        ranked_by: str,
+        cats: dict[str, str],
+        running: list[Campaign],
+        now_ms: int,
+        today: int,
+        spent: dict[str, int],
+        oos: frozenset[str],
+        down: frozenset[str],
+    ) -> TimerOutcome:
+        """One customer's decision (:func:`fire_timer`); an error is that customer's problem,
+        never the pipeline's: their timer is dropped, counted."""
+        try:
+            state = TimerState(
+                customer_view(cid, st.fields, now_ms),
+                st.cart,
+                st.bought,
+                offer_counts(st.counters, today),
+                st.waits,
+                st.views,
+                suggestions,
+                ranked_by,
+                cats,
+            )
+            out = fire_timer(
+                timer, cid, seen, state, running, self.codec, now_ms,
+                caps=self._caps, holdout_share=self._holdout, spent=spent,
+                policy=self.model, quiet=self._quiet, tz=self._tz, out_of_stock=oos,
+                down=down,
+            )  # fmt: skip
+            if out.action == "rank" and suggestions is not None:
+                raise RuntimeError("asked to rank once ranked")  # a bug: never loops
+            return out
+        except Exception as e:  # one customer's problem, never the pipeline's
+            log.error(
+                "step 'state' (offers): %s timer of %s not decided, dropped: %s: %s",
+                timer, cid, type(e).__name__, e,
+            )  # fmt: skip
+            return TimerOutcome(cid, seen, "drop", suppressed="decision_error")
 
     def _write(self, timer: str, outcomes: list[TimerOutcome], today: int, now_ms: int) -> None:
         offers = [o.offer for o in outcomes if o.offer is not None]

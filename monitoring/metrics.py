@@ -268,6 +268,13 @@ OFFER_CONTINGENCY = Counter(
     "channel, or held (looked at again 15 minutes later) when no other was reachable.",
     ["action"],
 )
+OFFER_RANKINGS = Counter(
+    "omnicanal_offer_rankings",
+    "Cross-sell and win-back timers by timer (xsell, winback) and result: ranked (a model "
+    "ranked the items the offer may name) or skipped (the outcome did not depend on them: "
+    "not overdue yet, in the holdout, no consent, capped, too late, offered before).",
+    ["timer", "result"],
+)
 WEBHOOK_ALERTS = Counter(
     "omnicanal_webhook_alerts",
     "Alerts received from Alertmanager by `omnicanal webhook`, by alertname (omnicanal's "
@@ -359,6 +366,7 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     CHANNEL_HEALTH_EVENTS,
     CHANNEL_HEALTH_UNCOUNTED,
     OFFER_CONTINGENCY,
+    OFFER_RANKINGS,
     WEBHOOK_ALERTS,
     WEBHOOK_REQUESTS,
     ORDERS,

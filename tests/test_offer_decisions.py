@@ -10,6 +10,8 @@ from operators.coupons import CouponCodec, Verified, day_of
 from operators.guardrails import FrequencyCaps, in_holdout
 from operators.offers import (
     CustomerView,
+    OfferCounts,
+    TimerOutcome,
     TimerState,
     TriggerEvent,
     abandoned_cart,
@@ -34,6 +36,7 @@ CART10 = Campaign(
 )
 #: a customer outside the 5% holdout
 ID = next(f"C{i:012d}" for i in range(100) if not in_holdout(f"C{i:012d}"))
+NONE_SENT = OfferCounts()
 ALL = {"email": {"granted": True}, "sms": {"granted": True}, "push": {"granted": True}}
 
 
@@ -248,6 +251,53 @@ def test_cross_sell_offers_the_ranked_items_in_stock_and_campaigns_match_their_c
     # a cart campaign that asks for categories still never matches (a cart keeps none)
     cats = msgspec.structs.replace(CART10, eligibility=Eligibility(categories=["camping"]))
     assert decide(TRIGGER, who(), [cats], CODEC, NOW).offer is None
+
+
+def test_a_ranked_timer_is_ranked_only_when_an_offer_may_follow() -> None:
+    """Asked without suggestions, a cross-sell or win-back timer says ``rank`` only when an
+    offer may follow; otherwise its answer is the outcome the ranked decision gives."""
+    order = NOW - 2 * HOUR
+    ranked = [("MAT", "camping")]
+    held = next(f"C{i:012d}" for i in range(1000) if in_holdout(f"C{i:012d}"))
+    winback = Campaign(
+        id="wb", trigger="win_back", benefit=Benefit(kind="points", value=300),
+        reason="We miss you", channels=["email"], valid_days=30, wait_minutes=60,
+    )  # fmt: skip
+
+    def ask(
+        view: CustomerView,
+        suggestions: list[tuple[str, str]] | None,
+        counts: OfferCounts = NONE_SENT,
+        timer: str = "xsell",
+        now: int = NOW,
+    ) -> TimerOutcome:
+        st = TimerState(view, {}, {"TENT": order}, counts, suggestions=suggestions)
+        campaign = XSELL if timer == "xsell" else winback
+        return fire_timer(timer, view.customer_id, order, st, [campaign], CODEC, now)
+
+    assert ask(who(), None).action == "rank"
+    assert ask(who(), ranked).action == "offer"
+    cases = [
+        (who(consents={}), OfferCounts(), "xsell", NOW),  # no consent
+        (who(), OfferCounts(today=1), "xsell", NOW),  # capped today
+        (who(), OfferCounts(week=3), "xsell", NOW),  # capped this week
+        (who(customer_id=held), OfferCounts(), "xsell", NOW),  # the holdout
+        (who(), OfferCounts(fired={"xsell": order}), "xsell", NOW),  # offered for it before
+        (who(), OfferCounts(), "xsell", order + HOUR // 2),  # before the campaign's wait
+        # win-back: not overdue against the customer's own rhythm (an order a week)
+        (who(last_order_ms=order, order_interval_ms=7 * 24 * HOUR), OfferCounts(), "winback",
+         NOW),
+        (who(last_order_ms=order, consents={}), OfferCounts(), "winback", NOW),
+    ]  # fmt: skip
+    for view, counts, timer, now in cases:
+        first = ask(view, None, counts, timer, now)
+        assert first.action in ("drop", "later"), (view, counts, timer)
+        assert first == ask(view, ranked, counts, timer, now), (view, counts, timer)
+    # a win-back that may go out is ranked; it names what was ranked
+    due = who(last_order_ms=order)
+    assert ask(due, None, timer="winback").action == "rank"
+    offer = ask(due, ranked, timer="winback").offer
+    assert offer is not None and offer.items == ["MAT"]
 
 
 def test_browse_abandonment_campaigns_match_the_viewed_products_category() -> None:
