@@ -30,6 +30,7 @@ from operators.offers import (
     CROSS_SELL_ITEMS,
     READS,
     TIMERS,
+    CustomerView,
     TimerOutcome,
     TimerState,
     customer_view,
@@ -175,13 +176,15 @@ class Offers:
         ranked_by = ""
         #: outcomes known before any ranking (a ranked timer that cannot make an offer)
         known: dict[int, TimerOutcome] = {}
+        #: each customer's view, built once though a ranked timer is asked twice
+        views: dict[str, CustomerView | None] = {}
         ranker = (timer == "xsell" and self._xsell is not None) or (
             timer == "winback" and self._prefs is not None
         )
         if ranker:  # rank only the customers an offer may go to (see fire_timer)
             for i, ((cid, seen), st) in enumerate(zip(timers, stored, strict=True)):
                 o = self._fire_one(timer, cid, seen, st, None, "", cats, running, now_ms,
-                                   today, spent, frozenset(), down)  # fmt: skip
+                                   today, spent, frozenset(), down, views)  # fmt: skip
                 if o.action != "rank":
                     known[i] = o
             todo = [i for i in range(len(timers)) if i not in known]
@@ -212,7 +215,7 @@ class Offers:
             if outcome is None:
                 outcome = self._fire_one(
                     timer, cid, seen, st, ranked.get(cid, ()), ranked_by, cats, running,
-                    now_ms, today, spent, oos, down,
+                    now_ms, today, spent, oos, down, views,
                 )  # fmt: skip
             if outcome.rerouted or outcome.held:
                 m.OFFER_CONTINGENCY.labels("rerouted" if outcome.rerouted else "held").inc()
@@ -238,12 +241,16 @@ class Offers:
         spent: dict[str, int],
         oos: frozenset[str],
         down: frozenset[str],
+        views: dict[str, CustomerView | None],
     ) -> TimerOutcome:
         """One customer's decision (:func:`fire_timer`); an error is that customer's problem,
-        never the pipeline's: their timer is dropped, counted."""
+        never the pipeline's: their timer is dropped, counted. ``views``: the customers'
+        views built so far in this slice (a customer's timer appears once in a slice)."""
         try:
+            if cid not in views:
+                views[cid] = customer_view(cid, st.fields, now_ms)
             state = TimerState(
-                customer_view(cid, st.fields, now_ms),
+                views[cid],
                 st.cart,
                 st.bought,
                 offer_counts(st.counters, today),
