@@ -51,10 +51,12 @@ from flows.preferences import NextBasket
 from flows.sink import StagesSink
 from flows.source import EARLIEST, KafkaWorkerSource
 from flows.stages import (
+    Applied,
     DeadLetters,
     Fence,
     FencedApply,
     LatencyLog,
+    Pending,
     RedisWait,
     WitnessCommit,
     count_applied,
@@ -156,16 +158,36 @@ class WorkerPipeline:
         self.health = health
         self.commit = commit
         self._latency = latency
+        #: the batch whose script call Redis is running (see :meth:`write`)
+        self._pending: Pending | None = None
 
     def write(self, items: list[Accepted | Rejected]) -> None:
+        """Send a batch to Redis, and finish the previous one.
+
+        A batch's script runs in Redis while this thread reads, validates and plans the next
+        batch: Redis and Python work side by side instead of in turn. The previous batch's
+        later stages (they read Redis too) run once its reply is in, before the next call is
+        sent, so that their reads never queue behind a batch script. A batch is therefore
+        finished at the next batch, as soon as the input is idle (:meth:`idle`), or at the
+        end of the input."""
         m.BATCH_EVENTS.observe(len(items))
         fresh = self.fence.fresh(items)  # 1
         self.dead_letters.send([i for i in fresh if type(i) is Rejected])  # 2
+        planned = self.apply.plan(fresh)  # 3, planned while Redis has the previous batch
+        self.flush()
         if self.coupons is not None:
             self.coupons.redeem(fresh)  # idempotent per code and order: safe on a replay
-        done = self.apply(fresh)  # 3
+        self._pending = self.apply.start(fresh, planned)
+
+    def _finish(self) -> Applied | None:
+        """Wait for the batch in Redis, if any, and complete it."""
+        pending, self._pending = self._pending, None
+        return self.apply.finish(pending) if pending is not None else None
+
+    def _after(self, done: Applied) -> None:
+        """The stages after a batch's apply."""
         if self._latency is not None:
-            self._latency.write(done.items)
+            self._latency.write(done.items, done.at_ms)
         count_applied(done.items)  # 4
         if self.copurchase is not None:
             self.copurchase.add(done.items)
@@ -186,9 +208,16 @@ class WorkerPipeline:
             self.health.ack()
         self.commit.after(done.offsets)  # 6
 
+    def flush(self) -> None:
+        """Finish the batch in Redis and its later stages (input idle, or ending)."""
+        previous = self._finish()
+        if previous is not None:
+            self._after(previous)
+
     def idle(self) -> None:
-        """Input is idle: evaluate the alerts that wait for their interval, fire the offer
-        timers that are due."""
+        """Input is idle: finish the batch in Redis, evaluate the alerts that wait for their
+        interval, fire the offer timers that are due."""
+        self.flush()
         self.alerts.due()
         if self.copurchase is not None:
             self.copurchase.add(())  # flushes when it is time
@@ -203,6 +232,15 @@ class WorkerPipeline:
         """Finish the alerts and the witness commit. Never raises: Bytewax calls it while
         unwinding an error too, and an exception here would abort the process before the
         first error is reported (what is left undone is picked up at the next start)."""
+        try:
+            self.flush()
+        except Exception as e:
+            log.error(
+                "step 'state': the last batch was not finished at close (%s); what Redis did "
+                "not store is read again at the next start",
+                e,
+            )
+        self.apply.close()
         if self._latency is not None:
             self._latency.close()
         steps = [("stock alerts", self.alerts.close), ("commit", self.commit.close)]

@@ -19,6 +19,8 @@ class BatchWriter(Protocol):
 
     def idle(self) -> None: ...
 
+    def flush(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -45,6 +47,11 @@ class _Part(StatelessSinkPartition[Accepted | Rejected]):
             self._writer.write(items)
         finally:
             InFlight.count = max(0, InFlight.count - len(items))
+
+    def flush(self) -> None:
+        """Finish what was written (a batch is finished at the next one otherwise, or when
+        the input is idle)."""
+        self._writer.flush()
 
     def close(self) -> None:
         IdleWork.unregister(self._writer.idle)

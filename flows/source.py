@@ -201,9 +201,12 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
             self._c.assign([TopicPartition(*split_part(p), s) for p, s in starts.items()])
 
     def next_batch(self) -> list[Any]:
-        if STOP.is_set() or (
-            self._until_eof and self._parts and len(self._closed) == len(self._parts)
-        ):
+        if STOP.is_set():
+            raise StopIteration
+        if self._until_eof and self._parts and len(self._closed) == len(self._parts):
+            # The end of the input: the sink's deferred work (the last batch's later
+            # stages) is done here, where an error still fails the run, not at close.
+            IdleWork.run()
             raise StopIteration
         if self._c is None:
             raise StopIteration

@@ -20,6 +20,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar
 
@@ -30,7 +31,7 @@ from msgspec import UNSET
 from flows.kafka import CheckedProducer, DeliveryError, Failure, GroupOffsets
 from flows.source import STOP
 from monitoring import metrics as m
-from operators.batch import plan_batch, suppress
+from operators.batch import BatchPlan, plan_batch, suppress
 from operators.dedupe import event_key, first_copies
 from operators.privacy import PiiHasher
 from operators.stock import StockPlan, StockRules, plan_stock
@@ -38,6 +39,7 @@ from operators.validate import state_rejected, without_payload
 from schemas.envelope import Accepted, Rejected
 from schemas.events import line_amount
 from state.profiles import (
+    ApplyResult,
     ProfileStore,
     ScriptRejectedError,
     StateError,
@@ -231,6 +233,8 @@ class Applied:
     moved: list[str] = field(default_factory=list)
     #: next offset per partition now covered by Redis (for the witness commit)
     offsets: dict[str, int] = field(default_factory=dict)
+    #: when Redis had it all (epoch ms; 0: nothing to apply)
+    at_ms: float = 0.0
 
 
 class FencedApply:
@@ -266,6 +270,8 @@ class FencedApply:
         self._rejected_in_batch = 0
         #: erasure tombstones (identifier -> erasure ms) and the version they belong to
         self._erasures, self._erased = wait.run(store.erased)
+        #: the thread that sends a batch's first call ahead (:meth:`start`), made on first use
+        self._executor: ThreadPoolExecutor | None = None
 
     def __call__(self, batch: list[Item]) -> Applied:
         self._rejected_in_batch = 0
@@ -275,11 +281,13 @@ class FencedApply:
         m.BATCH_SECONDS.labels("state").observe(time.perf_counter() - t0)
         return done
 
-    def _apply_or_split(self, batch: list[Item], done: Applied) -> list[Item]:
+    def _apply_or_split(
+        self, batch: list[Item], done: Applied, first: _FirstCall | None = None
+    ) -> list[Item]:
         """Apply ``batch``; if the script refuses it, apply each half (list order keeps every
         partition's offsets in order), down to the one event that Redis refuses."""
         try:
-            return self._apply(batch, done)
+            return self._apply(batch, done, first)
         except ScriptRejectedError as e:
             accepted = [i for i in batch if type(i) is Accepted]
             if len(accepted) <= 1 and len(batch) >= 1:
@@ -309,51 +317,139 @@ class FencedApply:
                 batch[half:], done
             )
 
-    def _apply(self, batch: list[Item], done: Applied) -> list[Item]:
+    def plan(self, batch: list[Item]) -> _Attempt:
+        """Plan the first attempt of ``batch`` (no Redis): done while Redis still works on
+        the previous batch, and given to :meth:`start`."""
+        t0 = time.perf_counter()
+        a = _Attempt()
+        self._plan(batch, a)
+        a.plan_s = time.perf_counter() - t0
+        return a
+
+    def start(self, batch: list[Item], planned: _Attempt | None = None) -> Pending:
+        """Send the first call of the batch script for ``batch`` without waiting for the
+        reply: Redis works on it (on its own core) while this thread goes on with the
+        previous batch's later stages and the next batch's validation. :meth:`finish` it
+        before the next :meth:`start` and before anything that must see this batch.
+
+        The call carries the current floors, so the previous batch must be finished first;
+        ``planned`` (:meth:`plan`) is planned again if that batch changed what it depends
+        on (floors raised by a stale reply, new erasures). Only the first call is sent
+        ahead: a reply that asks for another attempt (stale offsets, new erasures, refused
+        links, duplicates), a Redis error or a refusal is handled by :meth:`finish`, on this
+        thread, exactly as without the overlap."""
+        self._rejected_in_batch = 0
+        fresh = self._fence.keep_fresh(batch)
+        if planned is None or len(fresh) != len(batch) or planned.erasures != self._erasures:
+            planned = self.plan(fresh)
+        parts = self._parts(fresh)
+        if not parts:
+            return Pending(fresh, None)
+        first = _FirstCall(parts, planned)
+        first.future = self._ahead().submit(self._timed_call, parts, planned)
+        return Pending(fresh, first)
+
+    def finish(self, pending: Pending) -> Applied:
+        """Wait for :meth:`start`'s call and complete the batch: what ``self(batch)``
+        returns."""
+        done = Applied()
+        first = pending.first
+        call_s = 0.0
+        f = first.future if first is not None else None
+        if f is not None and f.exception() is None:  # (waits for the reply)
+            call_s = f.result()[1]
+        t0 = time.perf_counter()
+        done.items = self._apply_or_split(pending.batch, done, first)
+        # the stage's own time: planning, the script's call, and what the reply asked for
+        # (not the time this thread spent on other stages meanwhile)
+        plan_s = first.attempt.plan_s if first is not None else 0.0
+        m.BATCH_SECONDS.labels("state").observe(plan_s + call_s + time.perf_counter() - t0)
+        return done
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _ahead(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="omnicanal-apply")
+        return self._executor
+
+    def _parts(self, batch: list[Item]) -> list[tuple[str, int, int, int]]:
+        """(``topic:partition``, floor, highest offset, its Kafka time) per partition."""
         floors = self._fence.floors
-        split: dict[str, str] = {}  # component key -> reason Redis refused its link
-        dropped: set[int] = set()  # id() of duplicates: their offsets count, not effects
-        keys: dict[int, tuple[int, int]] = {}
-        window = self._store.dedupe_window_ms
+        ranges: dict[str, Item] = {}
+        for i in batch:
+            name = f"{i.topic}:{i.partition}"
+            top = ranges.get(name)
+            if top is None or i.offset > top.offset:
+                ranges[name] = i
+        return [(name, floors[name], i.offset, i.kafka_ts_ms) for name, i in ranges.items()]
+
+    def _plan(self, batch: list[Item], a: _Attempt) -> None:
+        """Plan one attempt of ``batch`` into ``a`` (pure: no Redis)."""
+        accepted = [i for i in batch if type(i) is Accepted and id(i) not in a.dropped]
+        dedupe: list[tuple[int, int]] = []
+        if self._store.dedupe_window_ms:
+            keys = a.keys
+            for e in accepted:
+                k = keys.get(id(e))
+                if k is None:
+                    k = keys[id(e)] = event_key(e.contract, e.event_id, e.ts_ms)
+                dedupe.append(k)
+            first, later = first_copies(dedupe)
+            if later:
+                _drop_duplicates([accepted[j] for j in later], a.dropped)
+                accepted = [accepted[j] for j in first]
+                dedupe = [dedupe[j] for j in first]
+        a.accepted = accepted
+        a.dedupe = dedupe
+        a.kept, a.suppressed = suppress(accepted, self._erased)
+        a.erasures = self._erasures
+        a.plan = plan_batch(a.kept, self._store.rules, a.split)
+        # Stock counts every sale, an erased customer's too: the goods left the shelf.
+        a.stock = plan_stock(accepted, self._stock_rules)
+
+    def _call(self, parts: list[tuple[str, int, int, int]], a: _Attempt) -> ApplyResult:
+        return self._store.apply(
+            parts,
+            a.plan.rows,
+            refusals=a.plan.refusals,
+            erasures=a.erasures,
+            suppressed=a.suppressed,
+            stock=a.stock.to_payload() if a.stock else None,
+            dedupe=a.dedupe,
+        )
+
+    def _timed_call(
+        self, parts: list[tuple[str, int, int, int]], a: _Attempt
+    ) -> tuple[ApplyResult, float]:
+        t0 = time.perf_counter()
+        res = self._call(parts, a)
+        return res, time.perf_counter() - t0
+
+    def _apply(
+        self, batch: list[Item], done: Applied, first: _FirstCall | None = None
+    ) -> list[Item]:
+        """Apply ``batch`` with as many attempts as Redis asks for; ``first``: the first
+        attempt, planned and sent already (its reply is awaited here)."""
+        floors = self._fence.floors
+        a = first.attempt if first is not None else _Attempt()
         retried = False  # a transport error may hide a call that went through
         attempts = 0
         while attempts < MAX_ATTEMPTS:
-            ranges: dict[str, Item] = {}
-            for i in batch:
-                name = f"{i.topic}:{i.partition}"
-                top = ranges.get(name)
-                if top is None or i.offset > top.offset:
-                    ranges[name] = i
-            if not ranges:
-                return []
-            parts = [(name, floors[name], i.offset, i.kafka_ts_ms) for name, i in ranges.items()]
-            accepted = [i for i in batch if type(i) is Accepted and id(i) not in dropped]
-            dedupe: list[tuple[int, int]] = []
-            if window:
-                for a in accepted:
-                    k = keys.get(id(a))
-                    if k is None:
-                        k = keys[id(a)] = event_key(a.contract, a.event_id, a.ts_ms)
-                    dedupe.append(k)
-                first, later = first_copies(dedupe)
-                if later:
-                    _drop_duplicates([accepted[j] for j in later], dropped)
-                    accepted = [accepted[j] for j in first]
-                    dedupe = [dedupe[j] for j in first]
-            kept, suppressed = suppress(accepted, self._erased)
-            plan = plan_batch(kept, self._store.rules, split)
-            # Stock counts every sale, an erased customer's too: the goods left the shelf.
-            stock = plan_stock(accepted, self._stock_rules)
             try:
-                res = self._store.apply(
-                    parts,
-                    plan.rows,
-                    refusals=plan.refusals,
-                    erasures=self._erasures,
-                    suppressed=suppressed,
-                    stock=stock.to_payload() if stock else None,
-                    dedupe=dedupe,
-                )
+                if first is not None:
+                    parts, future, first = first.parts, first.future, None
+                    assert future is not None
+                    res, _ = future.result()
+                else:
+                    parts = self._parts(batch)
+                    if not parts:
+                        return []
+                    self._plan(batch, a)
+                    res = self._call(parts, a)
             except (StateError, redis.RedisError) as e:
                 why = transient(e)
                 if why is None:
@@ -363,6 +459,7 @@ class FencedApply:
                 continue
             self._wait.reset()
             attempts += 1
+            plan, stock, accepted = a.plan, a.stock, a.accepted
             if res.ok:
                 for name, _, hi, _ in parts:
                     floors[name] = hi
@@ -372,17 +469,19 @@ class FencedApply:
                 _count_identity(res.new_customers, res.merges, res.linked, plan.refusals)
                 for topic, n in plan.anonymous.items():
                     m.ANONYMOUS_EVENTS.labels(topic).inc(n)
-                if suppressed:
-                    count_dropped(m.SUPPRESSED_EVENTS, accepted, kept)
+                if a.suppressed:
+                    count_dropped(m.SUPPRESSED_EVENTS, accepted, a.kept)
                 count_stock(stock, res.shrinkage, res.late_counts)
                 done.moved = list(res.to_evaluate)
-                return [i for i in batch if id(i) not in dropped]
+                done.at_ms = time.time() * 1000
+                return [i for i in batch if id(i) not in a.dropped]
             if res.stale is not None:
                 if retried and all(res.stale.get(n, -1) >= hi for n, _, hi, _ in parts):
                     # Our own call went through before its reply was lost: it is applied.
                     floors.update(res.stale)
                     done.moved = list(stock.touched)
-                    return [i for i in batch if id(i) not in dropped]
+                    done.at_ms = time.time() * 1000
+                    return [i for i in batch if id(i) not in a.dropped]
                 # Redis is ahead for some parts (another writer, or a reply lost in a
                 # reconnect after the script ran): drop what it already has and retry.
                 floors.update(res.stale)
@@ -392,11 +491,11 @@ class FencedApply:
                 self._erasures, self._erased = self._wait.run(self._store.erased)
             elif res.refused:
                 for row, reason in res.refused.items():
-                    split[plan.keys[row]] = reason
+                    a.split[plan.keys[row]] = reason
             elif res.duplicates:
                 _drop_duplicates(
-                    [a for a, k in zip(accepted, dedupe, strict=True) if k[1] in res.duplicates],
-                    dropped,
+                    [e for e, k in zip(accepted, a.dedupe, strict=True) if k[1] in res.duplicates],
+                    a.dropped,
                 )
         raise RuntimeError(
             f"step 'state': the batch could not be applied in {MAX_ATTEMPTS} attempts: Redis "
@@ -404,6 +503,44 @@ class FencedApply:
             "another omnicanal pipeline with the same Redis prefix reading the same "
             "partitions?"
         )
+
+
+@dataclass
+class _Attempt:
+    """One planned call of the batch script, and what carries over to the next attempt."""
+
+    #: component key -> reason Redis refused its link (applied unlinked next time)
+    split: dict[str, str] = field(default_factory=dict)
+    #: id() of duplicates: their offsets count, not their effects
+    dropped: set[int] = field(default_factory=set)
+    #: id() of an event -> its dedupe key (computed once per batch)
+    keys: dict[int, tuple[int, int]] = field(default_factory=dict)
+    accepted: list[Accepted] = field(default_factory=list)
+    dedupe: list[tuple[int, int]] = field(default_factory=list)
+    kept: list[Accepted] = field(default_factory=list)
+    suppressed: int = 0
+    erasures: int = 0
+    plan: BatchPlan = field(default_factory=BatchPlan)
+    stock: StockPlan = field(default_factory=StockPlan)
+    #: seconds spent planning the first attempt
+    plan_s: float = 0.0
+
+
+@dataclass
+class _FirstCall:
+    """The first attempt of a batch, planned; ``future``: its call, when sent ahead."""
+
+    parts: list[tuple[str, int, int, int]]
+    attempt: _Attempt
+    future: Future[tuple[ApplyResult, float]] | None = None
+
+
+@dataclass
+class Pending:
+    """A batch whose first call of the batch script was sent (:meth:`FencedApply.start`)."""
+
+    batch: list[Item]
+    first: _FirstCall | None
 
 
 def _drop_duplicates(copies: list[Accepted], dropped: set[int]) -> None:
@@ -527,8 +664,9 @@ class LatencyLog:
         events = os.environ.get("OMNICANAL_LATENCY_LOG_EVENTS") == "1"
         return cls(open(f"{path}.{os.getpid()}", "a"), events)
 
-    def write(self, applied: list[Item]) -> None:
-        now = time.time() * 1000
+    def write(self, applied: list[Item], at_ms: float | None = None) -> None:
+        """Log a batch Redis had all of at ``at_ms`` (default: now)."""
+        now = at_ms or time.time() * 1000
         accepted = [a for a in applied if isinstance(a, Accepted)]
         if not accepted:
             return

@@ -7,6 +7,7 @@ import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,3 +62,24 @@ def make_settings(kafka: LocalKafka, redis_url: str, partitions: int = 3, **kw: 
 @pytest.fixture
 def settings(kafka: LocalKafka, redis_server: LocalRedis) -> Settings:
     return make_settings(kafka, redis_server.url)
+
+
+class Settled:
+    """A worker's state sink part (or its stages) whose every batch is finished before the
+    call returns, as when the input goes idle after it. The pipeline finishes a batch at
+    the next one (its script runs in Redis while the next batch is read): a test that looks
+    at Redis right after a write needs the batch finished."""
+
+    def __init__(self, part: Any) -> None:
+        self._part = part
+
+    def write_batch(self, items: list[Any]) -> None:
+        self._part.write_batch(items)
+        self._part.flush()
+
+    def write(self, items: list[Any]) -> None:
+        self._part.write(items)
+        self._part.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._part, name)

@@ -38,7 +38,10 @@ def test_quick_bench_reports_pipeline_bare_latency_memory_and_stages(tmp_path: P
     assert 0 < lat["pipeline_ms"]["p50"] <= lat["pipeline_ms"]["p99"]
     assert lat["pipeline_ms"]["p50"] <= lat["end_to_end_ms"]["p50"]
     stages = r["profile"]["us_per_event"]
-    assert stages["validate (decode, contract, HMAC)"] > 0 and stages["Redis batch apply (Lua)"] > 0
+    assert (
+        stages["validate (decode, contract, HMAC)"] > 0
+        and stages["Redis batch apply (Lua, waited for)"] > 0
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     d = r["dedupe"]
     assert d["events"] > 15_000 and d["sets"] > 0 and 4 <= d["redis_bytes_per_event"] < 200

@@ -201,7 +201,7 @@ def test_a_coupon_redeemed_at_a_till_is_refused_in_the_app(settings: Settings) -
     from operators.identity import IdentityRules
     from operators.privacy import PiiHasher
     from operators.validate import Validator
-    from tests.conftest import TEST_PII_KEY
+    from tests.conftest import TEST_PII_KEY, Settled
 
     s = settings.model_copy(update={"coupon_key": KEY.decode()})
     ledger = CouponLedger(connect(s.redis_url), s.redis_prefix, CODEC)
@@ -236,7 +236,9 @@ def test_a_coupon_redeemed_at_a_till_is_refused_in_the_app(settings: Settings) -
     before = {o: m.counter_total(m.COUPON_REDEMPTIONS, outcome=o) for o in
               ("redeemed", "already_redeemed", "wrong_customer")}  # fmt: skip
     by_campaign = m.counter_total(m.OFFER_REDEMPTIONS, campaign="cart-10", channel="store")
-    part = pipeline.state_sink(pipeline_setup(s, identity=IdentityRules())).build("state", 0, 1)
+    part = Settled(
+        pipeline.state_sink(pipeline_setup(s, identity=IdentityRules())).build("state", 0, 1)
+    )
     try:
         part.write_batch(items[:1])  # the till first: L1 becomes a known customer
         part.write_batch(items[1:])
@@ -276,7 +278,7 @@ def test_a_code_follows_its_customer_through_a_merge(settings: Settings) -> None
     from operators.privacy import PiiHasher
     from operators.validate import Validator
     from state.profiles import ProfileStore
-    from tests.conftest import TEST_PII_KEY
+    from tests.conftest import TEST_PII_KEY, Settled
 
     s = settings.model_copy(update={"coupon_key": KEY.decode()})
     hasher = PiiHasher(TEST_PII_KEY.encode())
@@ -298,7 +300,9 @@ def test_a_code_follows_its_customer_through_a_merge(settings: Settings) -> None
             offsets[kind] += 1
         return out
 
-    part = pipeline.state_sink(pipeline_setup(s, identity=IdentityRules())).build("state", 0, 1)
+    part = Settled(
+        pipeline.state_sink(pipeline_setup(s, identity=IdentityRules())).build("state", 0, 1)
+    )
     store = ProfileStore(connect(s.redis_url), s.redis_prefix)
     ledger = CouponLedger(store.r, s.redis_prefix, CODEC)
     try:

@@ -32,7 +32,7 @@ from operators.validate import Validator
 from schemas.envelope import Accepted
 from state.cross_sell import CoPurchaseStore
 from state.profiles import ProfileStore, connect
-from tests.conftest import TEST_PII_KEY
+from tests.conftest import TEST_PII_KEY, Settled
 
 for _m in pkgutil.iter_modules(operators.__path__):
     importlib.import_module(f"operators.{_m.name}")
@@ -104,7 +104,7 @@ def _feed(settings: Settings, batches: list[list[dict[str, Any]]], **setup: Any)
     v = Validator(settings.topic_contracts(), HASH)
     base = pipeline_setup(settings, identity=IdentityRules(), hasher=HASH)
     part = pipeline.state_sink(dataclasses.replace(base, **setup))
-    sink = part.build("state", 0, 1)
+    sink = Settled(part.build("state", 0, 1))
     n = 0
     try:
         for batch in batches:

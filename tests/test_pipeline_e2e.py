@@ -27,7 +27,7 @@ from operators.privacy import PiiHasher
 from operators.validate import Validator
 from state.profiles import ProfileStore, StateRegressedError, connect
 from tests import reference
-from tests.conftest import TEST_PII_KEY, make_settings
+from tests.conftest import TEST_PII_KEY, Settled, make_settings
 
 pytestmark = pytest.mark.services
 
@@ -244,7 +244,7 @@ def state_sink(settings: Settings) -> StagesSink:
 
 def test_sink_detects_redis_losing_state_mid_run(settings: Settings) -> None:
     _, items = clickstream_items(settings, 200, seed=1)
-    part = state_sink(settings).build("state", 0, 1)
+    part = Settled(state_sink(settings).build("state", 0, 1))
     try:
         part.write_batch(items[:50])
         connect(settings.redis_url).flushall()
@@ -254,12 +254,40 @@ def test_sink_detects_redis_losing_state_mid_run(settings: Settings) -> None:
         part.close()
 
 
+def test_a_batch_planned_while_redis_had_the_previous_one_is_fenced_again(
+    settings: Settings,
+) -> None:
+    """The pipeline plans a batch while Redis still runs the previous one. When that reply
+    says Redis was ahead (another writer got there first), the batch planned meanwhile is
+    fenced again and planned anew: what the other writer applied is not applied twice
+    (the event-id dedupe is off, so that the fence alone must keep them out)."""
+    settings = settings.model_copy(update={"dedupe_window_hours": 0})
+    raw, items = clickstream_items(settings, 600, seed=3)
+    topic = settings.topic_clickstream
+    sink = state_sink(settings)
+    a, b = sink.build("state", 0, 1), Settled(sink.build("state", 0, 1))
+    try:
+        a.write_batch(items[:10])
+        a.flush()  # a's floor: 9
+        b.write_batch(items[:10])
+        b.write_batch(items[10:300])  # Redis at 299; a does not know
+        a.write_batch(items[10:100])  # sent to Redis, not finished: the reply is "stale"
+        a.write_batch(items[100:400])  # planned with floor 9: 100..299 are not fresh
+        a.flush()
+    finally:
+        a.close()
+        b.close()
+    want = reference.build([orjson.loads(x.value) for x in raw[:400]], TEST_PII_KEY.encode())
+    assert reference.mismatches(profiles(settings), want) == []
+    assert store_of(settings).load_offsets([f"{topic}:0"]) == {f"{topic}:0": 399}
+
+
 def test_two_writers_on_the_same_partition_never_double_apply(settings: Settings) -> None:
     """A zombie worker (or a retried script call) sees Redis ahead and drops what is done."""
     raw, items = clickstream_items(settings, 600, seed=2)
     topic = settings.topic_clickstream
     sink = state_sink(settings)
-    a, b = sink.build("state", 0, 1), sink.build("state", 0, 1)
+    a, b = Settled(sink.build("state", 0, 1)), Settled(sink.build("state", 0, 1))
     try:
         a.write_batch(items[:10])
         b.write_batch(items[:10])  # b loads its floor now: 9

@@ -24,7 +24,7 @@ from operators.privacy import PiiHasher
 from operators.validate import Validator
 from schemas.envelope import Accepted, Rejected
 from state.profiles import ProfileStore, connect
-from tests.conftest import TEST_PII_KEY, make_settings
+from tests.conftest import TEST_PII_KEY, Settled, make_settings
 
 pytestmark = pytest.mark.services
 HASH = PiiHasher(TEST_PII_KEY.encode())
@@ -132,8 +132,10 @@ def test_no_offset_moves_before_its_dead_letters_are_confirmed(
 ) -> None:
     url = redis_server.url  # type: ignore[attr-defined]
     s = make_settings(own_broker, url, kafka_options={"message.timeout.ms": "1500"})
-    worker = pipeline.worker_pipeline(
-        pipeline_setup(s, identity=IdentityRules(), hasher=HASH), starts={}
+    worker = Settled(
+        pipeline.worker_pipeline(
+            pipeline_setup(s, identity=IdentityRules(), hasher=HASH), starts={}
+        )
     )
     store = ProfileStore(connect(url), s.redis_prefix)
     try:

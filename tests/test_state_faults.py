@@ -19,7 +19,7 @@ from operators.privacy import PiiHasher
 from operators.validate import Validator
 from schemas.envelope import Accepted
 from state.profiles import ProfileStore, TornBatchError, connect, id_bucket
-from tests.conftest import TEST_PII_KEY
+from tests.conftest import TEST_PII_KEY, Settled
 
 pytestmark = pytest.mark.services
 HASH = PiiHasher(TEST_PII_KEY.encode())
@@ -43,7 +43,7 @@ def decoded(settings: Settings, events: list[dict[str, Any]]) -> list[Accepted]:
 
 def sink(settings: Settings) -> Any:
     s = pipeline.state_sink(pipeline_setup(settings, identity=IdentityRules(), hasher=HASH))
-    return s.build("state", 0, 1)
+    return Settled(s.build("state", 0, 1))
 
 
 def test_an_event_redis_refuses_is_dead_lettered_and_the_rest_applied(settings: Settings) -> None:

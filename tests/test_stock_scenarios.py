@@ -29,7 +29,7 @@ from schemas.alerts import StockAlert
 from schemas.envelope import Accepted
 from state.profiles import connect
 from state.stock import StockStore
-from tests.conftest import TEST_PII_KEY, make_settings
+from tests.conftest import TEST_PII_KEY, Settled, make_settings
 from tests.test_identity_scenarios import send
 from tests.test_pipeline_e2e import redis_dump, run_to_end, store_of
 
@@ -181,7 +181,7 @@ def decoder(settings: Settings) -> Any:
 def sink_part(settings: Settings) -> Any:
     """One worker's state sink, as the flow builds it (a restart builds a new one)."""
     sink = pipeline.state_sink(pipeline_setup(settings, identity=IdentityRules()))
-    return sink.build("state", 0, 1)
+    return Settled(sink.build("state", 0, 1))
 
 
 def feed(settings: Settings) -> tuple[Any, Any]:
@@ -459,14 +459,14 @@ def test_open_alert_gauges_return_to_zero_and_only_worker_0_exports_them(
     items = decoder(s)
     gauge = m.OPEN_STOCK_ALERTS.labels("out_of_stock")
     setup = pipeline_setup(s, identity=IdentityRules())
-    other = pipeline.state_sink(setup).build("state", 1, 2)  # worker 1 of 2
+    other = Settled(pipeline.state_sink(setup).build("state", 1, 2))  # worker 1 of 2
     gauge.set(-1)  # a value no evaluation gives
     try:
         other.write_batch(items([snapshot(0, "Z", "store-1", 0)]))  # out of stock: raised
     finally:
         other.close()
     assert gauge._value.get() == -1  # worker 1 leaves the Redis-wide gauges alone
-    part = pipeline.state_sink(setup).build("state", 0, 2)
+    part = Settled(pipeline.state_sink(setup).build("state", 0, 2))
     try:
         part.write_batch(items([snapshot(1, "Z", "store-1", 0)]))
         assert gauge._value.get() == 1
