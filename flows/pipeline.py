@@ -9,7 +9,11 @@
       2 dead letters   send the batch's rejects, wait for the broker     flows/stages.py
         coupons        redeem the coupon codes presented, once           flows/coupons.py
       3 plan + apply   duplicates, erasures, identities, profile deltas,  flows/stages.py
-                       stock moves and offsets: one fenced Redis call     operators/, state/
+                       stock moves and offsets: one fenced Redis call,    operators/, state/
+                       sent ahead: Redis runs it while the worker reads,
+                       validates and plans the next batch; stages 4-6
+                       follow once its reply is in (next batch, idle
+                       input or end of input)
       4 metrics        events, dead letters, lag                         flows/stages.py
       5 stock alerts   evaluate the SKUs that moved, outbox, send        flows/alerts.py
         cross-sell     learn which items sell together from the applied  flows/cross_sell.py

@@ -424,10 +424,11 @@ class FencedApply:
 
     def _timed_call(
         self, parts: list[tuple[str, int, int, int]], a: _Attempt
-    ) -> tuple[ApplyResult, float]:
+    ) -> tuple[ApplyResult, float, float]:
+        """The call, its seconds, and when its reply came (epoch ms)."""
         t0 = time.perf_counter()
         res = self._call(parts, a)
-        return res, time.perf_counter() - t0
+        return res, time.perf_counter() - t0, time.time() * 1000
 
     def _apply(
         self, batch: list[Item], done: Applied, first: _FirstCall | None = None
@@ -439,11 +440,12 @@ class FencedApply:
         retried = False  # a transport error may hide a call that went through
         attempts = 0
         while attempts < MAX_ATTEMPTS:
+            replied_ms = 0.0  # (when the reply came, for a call sent ahead)
             try:
                 if first is not None:
                     parts, future, first = first.parts, first.future, None
                     assert future is not None
-                    res, _ = future.result()
+                    res, _, replied_ms = future.result()
                 else:
                     parts = self._parts(batch)
                     if not parts:
@@ -473,7 +475,7 @@ class FencedApply:
                     count_dropped(m.SUPPRESSED_EVENTS, accepted, a.kept)
                 count_stock(stock, res.shrinkage, res.late_counts)
                 done.moved = list(res.to_evaluate)
-                done.at_ms = time.time() * 1000
+                done.at_ms = replied_ms or time.time() * 1000
                 return [i for i in batch if id(i) not in a.dropped]
             if res.stale is not None:
                 if retried and all(res.stale.get(n, -1) >= hi for n, _, hi, _ in parts):
@@ -532,7 +534,7 @@ class _FirstCall:
 
     parts: list[tuple[str, int, int, int]]
     attempt: _Attempt
-    future: Future[tuple[ApplyResult, float]] | None = None
+    future: Future[tuple[ApplyResult, float, float]] | None = None
 
 
 @dataclass
