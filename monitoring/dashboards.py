@@ -135,6 +135,13 @@ BOARDS: dict[str, tuple[str, list[Panel]]] = {
                     "{{reason}}"),)),
             Panel("Timers pending", "Offer timers waiting to fire, by kind.", "short",
                   (("max by (timer) (omnicanal_offer_timers)", "{{timer}}"),)),
+            Panel("Cross-sell and win-back rankings", "Due cross-sell and win-back timers per "
+                  "5 minutes, by whether a model ranked their items (an offer may follow) or "
+                  "they were decided without (holdout, no consent, capped, too late, offered "
+                  "before). Ranking is the costly part of a decision: a high ranked share "
+                  "means more CPU per offer.", "short",
+                  (("sum by (timer, result) (increase(omnicanal_offer_rankings_total[5m]))",
+                    "{{timer}} {{result}}"),)),
             Panel("Coupon redemptions", "Codes presented in every channel, by outcome.",
                   "short",
                   (("sum by (outcome) (increase(omnicanal_coupon_redemptions_total[5m]))",

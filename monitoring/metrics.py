@@ -32,7 +32,8 @@ REPLAYED = Counter(
 )
 BATCH_SECONDS = Histogram(
     "omnicanal_batch_seconds",
-    "Time to apply one batch, by stage (dead_letters: produce+confirm, state: Redis).",
+    "Time to apply one batch, by stage (dead_letters: produce+confirm, state: planning and "
+    "the Redis batch script, which runs while the worker reads the next batch).",
     ["stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
