@@ -249,6 +249,10 @@ class FencedApply:
     duplicates: the batch is planned again, at most :data:`MAX_ATTEMPTS` times. A batch the
     script refuses is split in halves down to the one event Redis refuses, which becomes a
     ``state_rejected`` dead letter: one event never stops the pipeline.
+
+    A batch goes through :meth:`plan` (pure), :meth:`start` (the first call is sent from a
+    thread of its own, and Redis runs it while the worker reads the next batch) and
+    :meth:`finish` (the reply, and every further attempt, on the worker's thread).
     """
 
     def __init__(
@@ -272,14 +276,6 @@ class FencedApply:
         self._erasures, self._erased = wait.run(store.erased)
         #: the thread that sends a batch's first call ahead (:meth:`start`), made on first use
         self._executor: ThreadPoolExecutor | None = None
-
-    def __call__(self, batch: list[Item]) -> Applied:
-        self._rejected_in_batch = 0
-        done = Applied()
-        t0 = time.perf_counter()
-        done.items = self._apply_or_split(batch, done)
-        m.BATCH_SECONDS.labels("state").observe(time.perf_counter() - t0)
-        return done
 
     def _apply_or_split(
         self, batch: list[Item], done: Applied, first: _FirstCall | None = None
@@ -350,8 +346,7 @@ class FencedApply:
         return Pending(fresh, first)
 
     def finish(self, pending: Pending) -> Applied:
-        """Wait for :meth:`start`'s call and complete the batch: what ``self(batch)``
-        returns."""
+        """Wait for :meth:`start`'s call and complete the batch (retries, refusals)."""
         done = Applied()
         first = pending.first
         call_s = 0.0
