@@ -52,9 +52,10 @@ class InFlight:
 
 
 class IdleWork:
-    """Work a worker's sink defers while input flows (e.g. alert evaluation, at most once
-    per interval), run by the worker's sources when their input is idle, so that nothing
-    waits for the next event. Sources and sink of a worker share its thread: per thread."""
+    """Work a worker's sink defers while input flows (finishing the batch whose script is in
+    Redis, with the stages after it; alert evaluation, at most once per interval), run by
+    the worker's sources when their input is idle or has ended, so that nothing waits for
+    the next event. Sources and sink of a worker share its thread: per thread."""
 
     _local = threading.local()
 
