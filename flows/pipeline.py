@@ -233,7 +233,8 @@ class WorkerPipeline:
             self.health.ack()
 
     def close(self) -> None:
-        """Finish the alerts and the witness commit. Never raises: Bytewax calls it while
+        """Finish the batch in Redis and its later stages, the alerts and the witness
+        commit. Never raises: Bytewax calls it while
         unwinding an error too, and an exception here would abort the process before the
         first error is reported (what is left undone is picked up at the next start)."""
         try:

@@ -324,9 +324,9 @@ class FencedApply:
 
     def start(self, batch: list[Item], planned: _Attempt | None = None) -> Pending:
         """Send the first call of the batch script for ``batch`` without waiting for the
-        reply: Redis works on it (on its own core) while this thread goes on with the
-        previous batch's later stages and the next batch's validation. :meth:`finish` it
-        before the next :meth:`start` and before anything that must see this batch.
+        reply: Redis works on it (on its own core) while this thread goes on to read,
+        validate and plan the next batch. :meth:`finish` it before the next :meth:`start`
+        and before anything that must see this batch.
 
         The call carries the current floors, so the previous batch must be finished first;
         ``planned`` (:meth:`plan`) is planned again if that batch changed what it depends
