@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar
@@ -139,21 +139,35 @@ class Fence:
     """Stage "fence": the last offset Redis has applied per partition (its floor), and the
     items of a batch above it. Floors come from the run's plan (so that Redis going back in
     time between the plan and a partition's first batch is caught), else from Redis when a
-    partition is first seen (a partition added since the plan); each applied batch raises
-    them. What is at or below its floor was applied before a crash: it is dropped, counted
-    as replayed, never applied twice."""
+    partition is first seen (a partition the plan starts at the earliest or latest offset,
+    or one added since the plan); each applied batch raises them. What is at or below its
+    floor was applied before a crash: it is dropped, counted as replayed, never applied
+    twice.
 
-    def __init__(self, store: ProfileStore, wait: RedisWait, floors: dict[str, int]) -> None:
+    ``later``: the plan's partitions without a floor. All of their floors are read with the
+    first one needed, in one call: that first batch has no script in Redis yet, whereas a
+    partition first seen a few batches later would wait for the script sent ahead."""
+
+    def __init__(
+        self,
+        store: ProfileStore,
+        wait: RedisWait,
+        floors: dict[str, int],
+        later: Iterable[str] = (),
+    ) -> None:
         self._store = store
         self._wait = wait
         #: last offset known applied in Redis per ``topic:partition`` (-1: none)
         self.floors: dict[str, int] = dict(floors)
+        self._later = [p for p in later if p not in self.floors]
 
     def fresh(self, items: list[Item]) -> list[Item]:
         """The items not applied yet (loading the floors of partitions seen first)."""
         parts = {f"{i.topic}:{i.partition}" for i in items}
         unknown = [p for p in parts if p not in self.floors]
         if unknown:
+            unknown += [p for p in self._later if p not in self.floors and p not in parts]
+            self._later = []
             stored = self._wait.run(lambda: self._store.load_offsets(unknown))
             for p in unknown:
                 self.floors[p] = stored.get(p, -1)

@@ -58,6 +58,21 @@ def test_fence_drops_what_redis_applied_and_loads_unknown_floors(settings: Setti
     assert [i.offset for i in planned.fresh(_items(settings, 8))] == [7]
 
 
+def test_fence_reads_every_floor_the_plan_left_to_redis_with_the_first_batch(
+    settings: Settings,
+) -> None:
+    """A partition first seen a few batches in would wait for the batch script sent ahead:
+    the plan's partitions without a floor are all read with the first one needed."""
+    store = ProfileStore(connect(settings.redis_url), settings.redis_prefix)
+    first, other = f"{settings.topic_clickstream}:0", f"{settings.topic_clickstream}:1"
+    store.r.hset(f"{settings.redis_prefix}offsets", mapping={first: 2, other: 9})
+    fence = Fence(store, RedisWait(5, "test"), floors={}, later=[first, other])
+    assert [i.offset for i in fence.fresh(_items(settings, 4))] == [3]
+    assert fence.floors == {first: 2, other: 9}
+    store.r.hset(f"{settings.redis_prefix}offsets", other, 12)  # read once, not again
+    assert fence.fresh(_items(settings, 4)) and fence.floors[other] == 9
+
+
 def test_dead_letters_are_confirmed_with_their_source_key(settings: Settings) -> None:
     items = _items(settings, 6, bad=frozenset({1, 4}))
     rejected = [i for i in items if isinstance(i, Rejected)]
