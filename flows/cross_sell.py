@@ -30,7 +30,6 @@ from operators.cross_sell import (
     category_shares,
     labelled,
 )
-from operators.policy import log_loss
 from schemas.envelope import Accepted
 from state.cross_sell import CoPurchaseStore, RankerStore, Ranking
 from state.offers import StoredCart
@@ -223,9 +222,8 @@ class CrossSellRanks:
         if old is not None and old[0] < seen:  # a purchase since: learn, at most once
             self._learnt.append(cid)
             for x, y in labelled(old[1], old[0], st.bought, st.returned):
-                m.PREFERENCE_MODEL_LOSS.observe(log_loss(trial.predict_one(x), y))
+                m.PREFERENCE_MODEL_LOSS.observe(trial.validate_one(x, y))
                 m.PREFERENCE_EXAMPLES.labels("bought" if y else "not_bought").inc()
-                trial.learn_one(x, y)
         if not basket:
             return None
         who = Shopper(

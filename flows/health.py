@@ -105,14 +105,7 @@ class ChannelHealthStage:
         """Delivery channels offers must avoid now: their sales, or their browsing, collapsed
         (one store's or region's collapse does not close the store channel), or a Prometheus alert
         says their sales stopped (``omnicanal webhook``)."""
-        return down_channels(
-            [
-                k.partition(":")[2]
-                for k, state in self.board.states().items()
-                if state == "collapsed" and closes_channel(k)
-            ]
-            + list(self._external)
-        )
+        return closed_channels(self.board.states(), self._external)
 
     def _export(self, key: str, state: str) -> None:
         m.CHANNEL_HEALTH.labels(key).set(_LEVEL[state])
@@ -196,3 +189,48 @@ class ChannelHealthStage:
 
     def close(self) -> None:
         self.out.flush()
+
+
+def closed_channels(states: Mapping[str, str], external: Iterable[str]) -> frozenset[str]:
+    """The delivery channels to avoid, given the detectors' states and the sales channels a
+    Prometheus alert marks down.
+
+    >>> sorted(closed_channels({"sales:web": "collapsed", "store:s1": "collapsed",
+    ...     "sales:app": "degraded"}, ["store"]))
+    ['store', 'web']
+    """
+    return down_channels(
+        [k.partition(":")[2] for k, st in states.items() if st == "collapsed" and closes_channel(k)]
+        + list(external)
+    )
+
+
+class StoredDown:
+    """The channels offers must avoid, as the detectors (worker 0) last stored them and the
+    alerts ``omnicanal webhook`` marked: for an offer decider that runs apart from the
+    workers. Read at most every ``every`` seconds; a Redis that does not answer leaves the
+    last answer standing (the decider's own next Redis call then says what is wrong)."""
+
+    def __init__(
+        self, store: HealthStore, every: float = 5.0, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self._every = every
+        self._clock = clock
+        self._at = float("-inf")
+        self._down: frozenset[str] = frozenset()
+
+    def __call__(self) -> frozenset[str]:
+        now = self._clock()
+        if now - self._at >= self._every:
+            self._at = now
+            try:
+                state, _ = self.store.load()
+                external = self.store.external_down(int(now * 1000))
+            except (StateError, redis.RedisError) as e:
+                if transient(e) is None:
+                    raise
+                return self._down
+            states = HealthBoard.from_state(state).states() if state else {}
+            self._down = closed_channels(states, external)
+        return self._down

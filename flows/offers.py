@@ -5,9 +5,9 @@ with an outbox and sends the offers to the offers topic; none lost, none sent tw
 The timers are written by the apply (``state/lua/apply_batch.lua``) with the cart add or
 the order that starts them, so a crash never loses one; a timer leaves Redis in the same
 script that writes its offer to the outbox, fenced by the score read (a new event in
-between: decided again later), so a replay never fires it twice. One worker (worker 0)
-runs this stage: offers are few next to events, and a single decider keeps the frequency
-caps and budgets exact.
+between: decided again later), so a replay never fires it twice. One process runs this
+stage, the offer decider (``flows/decider.py``; or worker 0, between its batches): a single
+decider keeps the frequency caps and budgets exact.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from operators.offers import (
     running_campaigns,
     wait_ms,
 )
-from operators.policy import RedemptionModel, log_loss
+from operators.policy import RedemptionModel
 from operators.stock import StockRules, out_of_stock_online
 from schemas.campaigns import Campaign
 from state.coupons import CouponLedger, Issue
@@ -158,8 +158,7 @@ class Offers:
             if oid not in ctx or oid in learnt:
                 continue  # learnt before, or decided before contexts were kept
             x, campaign = ctx[oid]
-            m.OFFER_MODEL_LOSS.observe(log_loss(model.predict_one(x, campaign), redeemed))
-            model.learn_one(x, campaign, redeemed)
+            m.OFFER_MODEL_LOSS.observe(model.validate_one(x, campaign, redeemed))
             m.OFFER_OUTCOMES.labels(_outcome_label(redeemed, oid, expired)).inc()
             learnt.append(oid)
         ps.checkpoint(model.to_state(), cursor, expired, learnt)

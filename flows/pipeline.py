@@ -18,7 +18,8 @@
       5 stock alerts   evaluate the SKUs that moved, outbox, send        flows/alerts.py
         cross-sell     learn which items sell together from the applied  flows/cross_sell.py
                        sales; add the counts to Redis every 5 s
-        offers         worker 0: fire due timers, rank cross-sell items, flows/offers.py
+        offers         the offer decider process (flows/decider.py), or  flows/offers.py
+                       worker 0: fire due timers, rank cross-sell items,
                        decide, coupons, outbox, send (timers were
                        written by the apply)
         health         count sales per channel and store per minute;     flows/health.py
@@ -115,6 +116,9 @@ class PipelineSetup:
     offer_caps: FrequencyCaps = field(default_factory=FrequencyCaps)
     holdout_share: float = DEFAULT_HOLDOUT_SHARE
     offer_interval_seconds: float = 1.0
+    #: worker 0 decides the offers between its batches; False: an offer decider process
+    #: does (``flows/decider.py``), and the workers only ingest
+    offers_in_worker: bool = True
     #: choose among eligible offers with the learnt model (ε-greedy), learning from their
     #: outcomes; False: the rules (the first eligible campaign)
     offer_learning: bool = True
@@ -283,7 +287,8 @@ def worker_pipeline(
     store, stock = setup.stores()
     producer = CheckedProducer(setup.kafka, what="step 'state' (dead letters, alerts, offers)")
     wait = RedisWait(setup.redis_retry_seconds, setup.redis_where)
-    fence = Fence(store, wait, plan_floors(starts))
+    floors = plan_floors(starts)
+    fence = Fence(store, wait, floors, later=[p for p in starts if p not in floors])
     dead_letters = DeadLetters(producer, setup.dead_letter_topic)
     watch = health(setup, store, producer) if worker_index == 0 and setup.health_topic else None
     counts = (
@@ -323,7 +328,7 @@ def worker_pipeline(
             down=watch.down if watch else None,
             counted=counts.flush if counts is not None else None,
         )
-        if worker_index == 0
+        if worker_index == 0 and setup.offers_in_worker
         else None,
         ChannelCounts(HealthStore(store.r, store.prefix), regions=setup.store_regions)
         if setup.health_topic

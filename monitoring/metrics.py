@@ -186,7 +186,7 @@ OFFER_SUPPRESSIONS = Counter(
 OFFER_TIMERS = Gauge(
     "omnicanal_offer_timers",
     "Offer timers pending, by kind (cart, browse, winback, expand, bis, xsell; Redis-wide: "
-    "worker 0 only, the worker that fires them).",
+    "exported by the process that fires them, the offer decider or worker 0).",
     ["timer"],
 )
 OFFER_OUTCOMES = Counter(
@@ -237,8 +237,8 @@ NEXT_BASKET_LOSS = Histogram(
 )
 NEXT_BASKET_PENDING = Gauge(
     "omnicanal_next_basket_pending",
-    "Customers with baskets the next-basket model has still to learn from (worker 0 only): "
-    "a number that keeps growing means worker 0 learns slower than baskets come.",
+    "Customers with baskets the next-basket model has still to learn from (exported by the "
+    "offer decider): a number that keeps growing means it learns slower than baskets come.",
 )
 NEXT_BASKET_BASKETS = Counter(
     "omnicanal_next_basket_baskets",

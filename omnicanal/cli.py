@@ -129,10 +129,16 @@ def run(
     warning = runner.warn_persistence(plan.persistence)
     if warning:
         err.print(f"[yellow]{warning}[/]")
+    if not runner.decides_offers_apart(settings):
+        offers = "offers decided by worker 0" if settings.campaigns_file else "no offers"
+    else:
+        port = f" (metrics :{settings.metrics_port + processes})" if settings.metrics_port else ""
+        offers = f"offers decided by a decider process{port}"
     err.print(
         f"omnicanal {__version__}: {len(plan.starts)} partitions, {processes} process(es), "
         f"Kafka {settings.kafka_bootstrap}, metrics on :{settings.metrics_port or 'off'}, "
-        f"coupon redemption {'on' if settings.coupon_key else 'off (no OMNICANAL_COUPON_KEY)'}"
+        f"coupon redemption {'on' if settings.coupon_key else 'off (no OMNICANAL_COUPON_KEY)'}, "
+        f"{offers}"
     )
     runner.install_stop_handlers()
     try:
@@ -529,7 +535,7 @@ def schemas_export(
 def webhook(
     port: Annotated[
         int, typer.Option(min=1, max=65535, help="Port to listen on (also serves /metrics).")
-    ] = 9466,
+    ] = 9470,
     addr: Annotated[
         str, typer.Option(help="Address to bind (0.0.0.0 in a container).")
     ] = "127.0.0.1",

@@ -150,6 +150,12 @@ class Settings(BaseSettings):
     offer_interval_ms: int = Field(
         1000, ge=0, le=600_000, description="ms between looks for due offer timers"
     )
+    offer_decider: Literal["process", "worker"] = Field(
+        "process",
+        description="where offers are decided: process (a process of its own beside the "
+        "workers, which then only ingest; its metrics on the port after the workers') or "
+        "worker (worker 0, between its batches)",
+    )
 
     topic_transactions: str = Field(
         CONTRACTS["transaction"].default_topic, description="transactions topic"

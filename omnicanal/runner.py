@@ -5,15 +5,18 @@ cleanly on SIGTERM and stopping every worker when one fails."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
 from typing import Literal, TypeVar
 
 import redis
@@ -22,6 +25,7 @@ from bytewax.testing import run_main
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from flows.alerts import StockAlerts
+from flows.decider import build as build_decider
 from flows.kafka import CheckedProducer, GroupOffsets, part_name, partitions_of, split_part
 from flows.outbox import OutboxSender
 from flows.pipeline import build_flow
@@ -375,29 +379,49 @@ def run(
         recover_alerts(settings)
         recover_offers(settings)
         recover_health(settings)
+    apart = decides_offers_apart(settings)
     if processes <= 1:
         if serve_metrics:
             metrics.serve(
                 settings.metrics_port, settings.metrics_addr, targets=settings.sales_targets
             )
+        setup = pipeline_setup(settings, allow_demo_key=allow_demo_key)
+        decider = (
+            DeciderProcess(settings, allow_demo_key, serve_metrics, index=1, watch=True)
+            if apart
+            else None
+        )
         flow = build_flow(
-            pipeline_setup(settings, allow_demo_key=allow_demo_key), starts, until_eof=until_eof
+            replace(setup, offers_in_worker=decider is None), starts, until_eof=until_eof
         )
         tune_gc()
-        run_main(flow)
+        try:
+            run_main(flow)
+        except BaseException:
+            if decider is not None:
+                decider.finish(raise_failure=False)
+            raise
+        if decider is not None:
+            decider.finish()
         return
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
     ctx = multiprocessing.get_context("spawn")
     procs = [
         ctx.Process(
             target=_process_main,
-            args=(i, addresses, settings, starts, until_eof, allow_demo_key, serve_metrics),
+            args=(
+                i, addresses, settings, starts, until_eof, allow_demo_key, serve_metrics, apart
+            ),
             name=f"omnicanal-worker-{i}",
         )
         for i in range(processes)
-    ]
+    ]  # fmt: skip
     for p in procs:
         p.start()
+    decider = (
+        DeciderProcess(settings, allow_demo_key, serve_metrics, index=processes) if apart else None
+    )
+    watched = procs + ([decider.proc] if decider is not None else [])
 
     def _forward(signum: int, frame: object) -> None:
         for p in procs:
@@ -408,7 +432,7 @@ def run(
     signal.signal(signal.SIGINT, _forward)
     failed: multiprocessing.process.BaseProcess | None = None
     while any(p.is_alive() for p in procs):
-        for p in procs:
+        for p in watched:
             if failed is None and p.exitcode not in (0, None):
                 failed = p
                 log.error("%s exited with code %s: stopping the other workers", p.name, p.exitcode)
@@ -418,8 +442,89 @@ def run(
         p.join()
     if failed is None:
         failed = next((p for p in procs if p.exitcode not in (0, None)), None)
+    if decider is not None:  # the workers are done: the decider's last look, then it ends
+        decider.finish(raise_failure=failed is None)
     if failed is not None:
         raise WorkerFailedError(failed.name, int(failed.exitcode or 1))
+
+
+def decides_offers_apart(settings: Settings) -> bool:
+    """Are offers decided, by an offer decider process (``OMNICANAL_OFFER_DECIDER``)?"""
+    return settings.offer_decider == "process" and bool(
+        settings.campaigns_file and settings.coupon_key and settings.topic_offers
+    )
+
+
+class DeciderProcess:
+    """The offer decider (``flows/decider.py``) in a process of its own, beside the workers:
+    its metrics on the port after theirs (``index``: the number of worker processes).
+
+    ``watch``: a thread stops the input (:data:`STOP`) if the decider fails while this
+    process runs the workers itself; :meth:`finish` then raises its failure. A pipeline that
+    no longer decides offers is stopped, as one whose worker failed is."""
+
+    NAME = "omnicanal-offer-decider"
+
+    def __init__(
+        self,
+        settings: Settings,
+        allow_demo_key: bool,
+        serve_metrics: bool,
+        index: int,
+        watch: bool = False,
+    ) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        # A pipe, not an Event: an Event's lock held by a decider killed while waiting on it
+        # would block the parent's set() forever. The end of the pipe (this process gone)
+        # tells the decider to finish too.
+        self._finish, theirs = ctx.Pipe()
+        port = settings.metrics_port + index if serve_metrics and settings.metrics_port else 0
+        self.proc = ctx.Process(
+            target=_decider_main, args=(settings, allow_demo_key, port, theirs), name=self.NAME
+        )
+        self.proc.start()
+        theirs.close()
+        self._finishing = threading.Event()
+        if watch:
+            threading.Thread(
+                target=self._watch, name="omnicanal-decider-watch", daemon=True
+            ).start()
+
+    def _watch(self) -> None:
+        while not self._finishing.wait(0.2):
+            code = self.proc.exitcode
+            if code is not None:
+                if code != 0:
+                    log.error("%s exited with code %s: stopping the workers", self.NAME, code)
+                    STOP.set()
+                return
+
+    def finish(self, *, raise_failure: bool = True, grace: float = 300.0) -> None:
+        """The workers are done: the decider decides what is due now, waits for the broker
+        and ends (killed after ``grace`` seconds). Raises :class:`WorkerFailedError` if it
+        failed (unless ``raise_failure`` is false: another error is being reported)."""
+        self._finishing.set()
+        with contextlib.suppress(OSError):  # (a decider that is gone already)
+            self._finish.send(b"finish")
+        self.proc.join(grace)
+        if self.proc.is_alive():
+            log.error("%s did not end within %.0fs: killed", self.NAME, grace)
+            self.proc.kill()
+            self.proc.join()
+        code = self.proc.exitcode
+        if raise_failure and code not in (0, None):
+            raise WorkerFailedError(self.NAME, int(code or 1))
+
+
+def _decider_main(settings: Settings, allow_demo_key: bool, port: int, finish: Connection) -> None:
+    install_stop_handlers()
+    if port:
+        metrics.serve(port, settings.metrics_addr)
+    decider = build_decider(pipeline_setup(settings, allow_demo_key=allow_demo_key))
+    if decider is None:
+        return
+    tune_gc()
+    decider.run(lambda seconds: STOP.is_set() or finish.poll(seconds))
 
 
 def _stop_all(procs: Sequence[multiprocessing.process.BaseProcess], grace: float = 10.0) -> None:
@@ -444,14 +549,14 @@ def _process_main(
     until_eof: bool,
     allow_demo_key: bool,
     serve_metrics: bool,
+    decider: bool = False,
 ) -> None:
     install_stop_handlers()
     if serve_metrics and settings.metrics_port:
         metrics.serve(
             settings.metrics_port + index, settings.metrics_addr, targets=settings.sales_targets
         )
-    flow = build_flow(
-        pipeline_setup(settings, allow_demo_key=allow_demo_key), starts, until_eof=until_eof
-    )
+    setup = pipeline_setup(settings, allow_demo_key=allow_demo_key)
+    flow = build_flow(replace(setup, offers_in_worker=not decider), starts, until_eof=until_eof)
     tune_gc()
     cli_main(flow, workers_per_process=1, process_id=index, addresses=addresses)

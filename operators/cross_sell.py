@@ -36,7 +36,7 @@ from typing import Any, Final
 from river import linear_model, optim
 
 from operators.learners import Learner, Stream
-from operators.policy import lr_from_state, lr_to_state
+from operators.policy import log_loss, lr_from_state, lr_to_state
 
 #: a basket with more distinct items than this counts for items only, not pairs (a bulk
 #: or business order says little about what goes together, and costs n² pairs)
@@ -270,6 +270,10 @@ class CrossSellRanker:
     def __init__(self, learning_rate: float = 0.05, l2: float = 1e-4) -> None:
         self.model = linear_model.LogisticRegression(optimizer=optim.SGD(learning_rate), l2=l2)
         self.learnt = 0
+        #: progressive validation: the log-loss of each example, predicted before learnt,
+        #: and the examples bought (stored with the model)
+        self.loss_sum = 0.0
+        self.bought = 0
 
     def predict_one(self, x: Mapping[str, float]) -> float:
         p: float = self.model.predict_proba_one(dict(x))[True]
@@ -278,6 +282,29 @@ class CrossSellRanker:
     def learn_one(self, x: Mapping[str, float], bought: bool) -> None:
         self.model.learn_one(dict(x), bought)
         self.learnt += 1
+
+    def validate_one(self, x: Mapping[str, float], bought: bool) -> float:
+        """Predict, then learn (progressive validation): the example's log-loss.
+
+        >>> r = CrossSellRanker()
+        >>> round(r.validate_one({"conf": 0.5}, True), 4), r.hit_rate
+        (0.6931, 1.0)
+        """
+        loss = log_loss(self.predict_one(x), bought)
+        self.loss_sum += loss
+        self.bought += bought
+        self.learn_one(x, bought)
+        return loss
+
+    @property
+    def log_loss(self) -> float:
+        """Mean progressive-validation log-loss (NaN before any example)."""
+        return self.loss_sum / self.learnt if self.learnt else math.nan
+
+    @property
+    def hit_rate(self) -> float:
+        """The share of suggestions learnt from that the customer bought (NaN: none)."""
+        return self.bought / self.learnt if self.learnt else math.nan
 
     def rank(
         self, view: CoView, basket: Sequence[str], who: Shopper, k: int = KEPT
@@ -327,7 +354,7 @@ class CrossSellRanker:
         return f"xs-{self.learnt}"
 
     def to_state(self) -> dict[str, Any]:
-        return lr_to_state(self.model, self.learnt)
+        return {**lr_to_state(self.model, self.learnt), "loss": self.loss_sum, "hit": self.bought}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> CrossSellRanker:
@@ -339,6 +366,8 @@ class CrossSellRanker:
         """
         r = cls()
         r.learnt = lr_from_state(r.model, state)
+        r.loss_sum = float(state.get("loss", 0.0))  # (absent from states stored before)
+        r.bought = int(state.get("hit", 0))
         return r
 
 

@@ -38,6 +38,8 @@ class RedemptionModel:
     def __init__(self, learning_rate: float = 0.05, l2: float = 1e-4) -> None:
         self.model = linear_model.LogisticRegression(optimizer=optim.SGD(learning_rate), l2=l2)
         self.learnt = 0
+        #: progressive validation: the log-loss of each outcome, predicted before learnt
+        self.loss_sum = 0.0
         #: the weights as a plain dict for :meth:`scores` (None: copy them again)
         self._weights: dict[str, float] | None = None
 
@@ -87,6 +89,24 @@ class RedemptionModel:
         self._weights = None
         self.learnt += 1
 
+    def validate_one(self, context: Mapping[str, float], campaign: str, redeemed: bool) -> float:
+        """Predict, then learn (progressive validation): the outcome's log-loss, added to
+        :attr:`log_loss`, which is stored with the model.
+
+        >>> m = RedemptionModel()
+        >>> round(m.validate_one({"x": 1.0}, "c", True), 4), round(m.log_loss, 4)  # ln 2
+        (0.6931, 0.6931)
+        """
+        loss = log_loss(self.predict_one(context, campaign), redeemed)
+        self.loss_sum += loss
+        self.learn_one(context, campaign, redeemed)
+        return loss
+
+    @property
+    def log_loss(self) -> float:
+        """Mean progressive-validation log-loss (NaN before any outcome)."""
+        return self.loss_sum / self.learnt if self.learnt else math.nan
+
     @property
     def version(self) -> str:
         """Carried by every offer it chose: the outcomes it has learnt from."""
@@ -95,7 +115,7 @@ class RedemptionModel:
     def to_state(self) -> dict[str, Any]:
         """JSON-able: weights, intercept and counts (:meth:`from_state` restores an equal
         model; never pickled)."""
-        return lr_to_state(self.model, self.learnt)
+        return {**lr_to_state(self.model, self.learnt), "loss": self.loss_sum}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> RedemptionModel:
@@ -107,6 +127,7 @@ class RedemptionModel:
         """
         m = cls()
         m.learnt = lr_from_state(m.model, state)
+        m.loss_sum = float(state.get("loss", 0.0))  # (absent from states stored before)
         return m
 
 

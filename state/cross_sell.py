@@ -1,5 +1,5 @@
-"""Cross-sell in Redis: the co-purchase counts every worker adds to, and the ranker worker 0
-learns. The only code that reads or writes them.
+"""Cross-sell in Redis: the co-purchase counts every worker adds to, and the ranker the offer
+decider learns. The only code that reads or writes them.
 
 - ``<p>xs:n`` (baskets), ``<p>xs:i`` (sorted set: baskets per SKU, whose most bought are
   candidates too), ``<p>xs:r`` (returns per SKU),

@@ -8,7 +8,7 @@
   they learnt, written with the outbox messages in one transaction;
 - ``<p>health:outbox`` / ``<p>health:sent``: the outbox (``state/outbox.py``);
 - ``<p>health:external`` hash: sales channels Prometheus alerts say are down (written by
-  ``omnicanal webhook``), each until a time in ms, read by worker 0 for offer contingency.
+  ``omnicanal webhook``), each until a time in ms, read by the offers stage for its contingency.
 """
 
 from __future__ import annotations

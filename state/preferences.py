@@ -6,7 +6,7 @@
   never holds a raw newline); merged into the survivor of an identity merge, erased with
   the customer;
 - ``<p>pf:due``: customers with baskets to learn from (score: how many);
-- ``<p>pf:model``: worker 0's model, stored with the baskets it learnt marked as learnt, in
+- ``<p>pf:model``: the offer decider's model, stored with the baskets it learnt marked as learnt, in
   one call (``state/lua/preferences.lua``).
 """
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,3 +84,19 @@ class Settled:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._part, name)
+
+
+def port_pair() -> int:
+    """A port P with P and P + 1 free on 127.0.0.1 (a worker's metrics, the offer
+    decider's after it)."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = int(a.getsockname()[1])
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no two consecutive free ports")

@@ -19,6 +19,7 @@ import yaml
 
 from monitoring.dashboards import dashboards
 from omnicanal.runner import free_port
+from tests.conftest import port_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,13 +35,15 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[str, int]]:
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus is missing: ./quickstart test installs the Debian package")
-    target = free_port()
+    target = port_pair()  # the worker's metrics, and the offer decider's after them
     cfg = tmp_path / "prometheus.yml"
     cfg.write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(ROOT / "monitoring" / "rules.yml")],
         "scrape_configs": [{"job_name": "omnicanal",
-                            "static_configs": [{"targets": [f"127.0.0.1:{target}"]}]}],
+                            "static_configs": [{"targets": [f"127.0.0.1:{target}"]}]},
+                           {"job_name": "omnicanal-decider",
+                            "static_configs": [{"targets": [f"127.0.0.1:{target + 1}"]}]}],
     }))  # fmt: skip
     port = free_port()
     proc = subprocess.Popen(
@@ -72,9 +75,13 @@ def test_a_scraped_demo_answers_every_dashboard_panel(prometheus: tuple[str, int
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
-    # the last moment the run was scraped: every query is asked as of then
+    # the last moment both the worker and the offer decider were scraped (the decider ends
+    # with the run, the worker's metrics are served until the demo ends): every query is
+    # asked as of then
     up = _get(
-        base, "/api/v1/query", query='max_over_time(timestamp(up{job="omnicanal"} == 1)[10m:1s])'
+        base,
+        "/api/v1/query",
+        query="min(max by (job) (max_over_time(timestamp(up == 1)[10m:1s])))",
     )
     (sample,) = up["data"]["result"]
     at = sample["value"][1]

@@ -68,9 +68,14 @@ def test_compose_file_runs_the_pipeline_against_kafka_and_persistent_redis() -> 
     for pkg in ("omnicanal", "flows", "operators", "state", "schemas", "monitoring"):
         assert f"COPY {pkg} ./{pkg}" in dockerfile
     prom = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
-    targets = prom["scrape_configs"][0]["static_configs"][0]["targets"]
+    jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in prom["scrape_configs"]}
     ports = {p.split(":")[0] for p in services["omnicanal"]["ports"]}
+    targets = jobs["omnicanal"] + jobs["omnicanal-decider"]
     assert {t.split(":")[1] for t in targets} == ports
+    # the offer decider's port is the one after the workers'
+    processes = int(services["omnicanal"]["command"][2])
+    (decider,) = jobs["omnicanal-decider"]
+    assert int(decider.split(":")[1]) == int(env["OMNICANAL_METRICS_PORT"]) + processes
     # the alert rules are mounted where prometheus.yml loads them from
     (rules,) = prom["rule_files"]
     mounts = dict(v.rsplit(":", 1)[0].split(":") for v in services["prometheus"]["volumes"])

@@ -84,7 +84,7 @@ def alertmanager(webhook: str, tmp_path: Path) -> Iterator[str]:
     """A real Alertmanager with the repository's routing; the omnicanal receiver points at
     the webhook, the people's receivers at a closed port; only the timings are shortened."""
     text = AM_CONFIG.read_text()
-    text = text.replace("http://omnicanal-webhook:9466", webhook)
+    text = text.replace("http://omnicanal-webhook:9470", webhook)
     for bridge in ("http://pager-bridge:8080", "http://chat-bridge:8080"):
         text = text.replace(bridge, "http://127.0.0.1:9")
     text = text.replace("group_interval: 1m", "group_interval: 1s")

@@ -22,8 +22,10 @@ from omnicanal import runner
 from omnicanal.config import Settings
 from omnicanal.tools.datagen import Generator, Message
 from omnicanal.tools.services import LocalKafka, LocalRedis
+from operators.cross_sell import CrossSellRanker
 from operators.guardrails import in_holdout
 from operators.offers import MODEL_VERSION
+from operators.policy import RedemptionModel
 from operators.preferences import PreferenceModel
 from state.cross_sell import CoPurchaseStore, RankerStore
 from state.health import HealthStore
@@ -292,21 +294,21 @@ def _offers(settings: Settings, summary: Summary) -> None:
     summary.channel_health_events = dict(health)
     board, _ = HealthStore(client, settings.redis_prefix).load()
     summary.channel_health_watched = len(board or {})
+    # The models' quality as they stored it (progressive validation): the offer decider that
+    # learnt them runs in a process of its own.
     state, _ = PolicyStore(client, settings.redis_prefix).load()
+    policy = RedemptionModel.from_state(state) if state else RedemptionModel()
     if settings.offer_policy == "learnt":
-        summary.offer_outcomes_learnt = int(state["n"]) if state else 0
-        summary.offers_model = f"lr-{summary.offer_outcomes_learnt}"
-    n, total = m.histogram_totals(m.OFFER_MODEL_LOSS)
-    summary.offer_model_log_loss = round(total / n, 4) if n else None
+        summary.offer_outcomes_learnt = policy.learnt
+        summary.offers_model = policy.version
+    summary.offer_model_log_loss = round(policy.log_loss, 4) if policy.learnt else None
     summary.cross_sell_baskets = CoPurchaseStore(client, settings.redis_prefix).baskets()
-    ranker = RankerStore(client, settings.redis_prefix).load()
-    summary.cross_sell_learnt = int(ranker["n"]) if ranker else 0
-    summary.cross_sell_model = f"xs-{summary.cross_sell_learnt}"
-    n, total = m.histogram_totals(m.PREFERENCE_MODEL_LOSS)
-    summary.cross_sell_log_loss = round(total / n, 4) if n else None
-    labels = m.counter_by(m.PREFERENCE_EXAMPLES, "label")
-    seen = sum(labels.values())
-    summary.cross_sell_hit_rate = round(labels.get("bought", 0) / seen, 4) if seen else None
+    stored = RankerStore(client, settings.redis_prefix).load()
+    ranker = CrossSellRanker.from_state(stored) if stored else CrossSellRanker()
+    summary.cross_sell_learnt = ranker.learnt
+    summary.cross_sell_model = ranker.version
+    summary.cross_sell_log_loss = round(ranker.log_loss, 4) if ranker.learnt else None
+    summary.cross_sell_hit_rate = round(ranker.hit_rate, 4) if ranker.learnt else None
     prefs = PreferenceStore(client, settings.redis_prefix).load()
     if prefs:
         model = PreferenceModel.from_state(prefs)
