@@ -109,20 +109,21 @@ def _phones(raw: bytes) -> Iterator[re.Match[bytes]]:
             pos = start = found.end()
 
 
-def _clean_json(raw: bytes) -> bool:
-    """Is ``raw`` a JSON document that the JSON-aware scrub would give back unchanged? No
-    ``@`` (an email), no escape (text the bytes do not show as such), no field name that says
-    personal data (:func:`pii_kind`) and no phone number anywhere: then no string, key or
-    number of it is replaced (a string's text is its bytes when it has no escape). Much
-    cheaper than the scan for the usual dead letter, whose timestamps alone have enough
-    digits to make :func:`_maybe_pii` say "maybe".
+def _plain_json(raw: bytes) -> bool:
+    """Is ``raw`` a JSON document without escapes whose field names never say personal data
+    (:func:`pii_kind`)? Then the JSON-aware scrub is the patterns over the whole bytes
+    (:meth:`PiiHasher.scrub_bytes`): with no personal field, only emails and phone numbers
+    are replaced, wherever they are; a string's text is its bytes when it has no escape; and
+    neither pattern crosses a quote, so a string scrubbed on its own and the same bytes
+    scrubbed in place come out the same. A C parse and a walk of the keys, much cheaper
+    than the token scan for the usual dead letter (tested against the reference scrubber).
 
-    >>> _clean_json(b'{"event_time": "2026-12-02T09:35:22.709214Z", "sku": "A1"}')
+    >>> _plain_json(b'{"event_time": "2026-12-02T09:35:22Z", "note": "ana@example.com"}')
     True
-    >>> _clean_json(b'{"Mobile": 1}'), _clean_json(b'[1, "+44 7700 900123"]'), _clean_json(b"{")
+    >>> _plain_json(b'{"Mobile": 1}'), _plain_json(b'["a\\\\u0040b"]'), _plain_json(b"{")
     (False, False, False)
     """
-    if b"@" in raw or b"\\" in raw:
+    if b"\\" in raw:
         return False
     try:
         doc = orjson.loads(raw)
@@ -138,7 +139,7 @@ def _clean_json(raw: bytes) -> bool:
             todo.extend(v.values())
         elif isinstance(v, list):
             todo.extend(v)
-    return _few_digits(raw) or next(_phones(raw), None) is None
+    return True
 
 
 #: The next JSON token in a scan: a string's opening quote, a run of "{" or of "[", a run of
@@ -299,7 +300,9 @@ class PiiHasher:
         nested brackets about as much as one token (``tests/test_privacy.py`` holds the
         output to the plainer first version's, byte for byte).
         """
-        if _clean_json(raw) or not _maybe_pii(raw):  # (either: nothing to replace)
+        if _plain_json(raw):
+            return self.scrub_bytes(raw)
+        if not _maybe_pii(raw):
             return raw
         out = bytearray()
         copied = 0  # raw[:copied] is in out
