@@ -41,7 +41,8 @@ _PHONE_TEXT = re.compile(
 )
 
 _DIGITS = b"0123456789"
-_WORDS = (b"mail", b"phone", b"mobile", b"msisdn", b"tel", b"fax", b"cell", b"gsm")
+#: every name of _EMAIL_NAMES, _PHONE_NAMES and _PII_NAME_PARTS holds one of these
+_WORDS = (b"mail", b"courriel", b"phone", b"mobile", b"msisdn", b"tel", b"fax", b"cell", b"gsm")
 _DIGIT_RUN = re.compile(rb"\d[\d .()/-]{7}")
 #: where the first phone number could begin: 9 digits, at most 2 separators between two
 #: (a charset first: the regex engine scans for it fast, unlike _PHONE_TEXT's lookbehind)

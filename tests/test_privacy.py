@@ -136,3 +136,13 @@ def test_a_phone_number_across_a_block_boundary_is_found(phone: bytes) -> None:
         raw = b"x" * at + b" " + phone + b" " + b"x" * (12_000 - at)
         out = H.scrub_bytes(raw)
         assert out == ref.scrub_bytes(H, raw) and phone not in out, at
+
+
+def test_every_personal_field_name_makes_the_scan_run() -> None:
+    """A field whose name says personal data is replaced whatever its value, also in a
+    payload with no digits, no "@" and no other hint (``courriel`` was once let through)."""
+    from operators.privacy import _EMAIL_NAMES, _PHONE_NAMES
+
+    for name in sorted(_EMAIL_NAMES | _PHONE_NAMES):
+        out = H.scrub_payload(b'{"' + name.encode() + b'": "ana lopez"}')
+        assert b"ana lopez" not in out and b"hmac:" in out, name
