@@ -102,13 +102,17 @@ def run(
     """Run the pipeline against the configured Kafka and Redis until SIGTERM/SIGINT.
 
     Needs OMNICANAL_PII_KEY. Waits for Kafka and Redis at start, saying so. Exposes
-    Prometheus metrics on OMNICANAL_METRICS_PORT (one port per process, counting up).
+    Prometheus metrics on OMNICANAL_METRICS_PORT (one port per process, counting up). With
+    campaigns (OMNICANAL_CAMPAIGNS_FILE and OMNICANAL_COUPON_KEY), offers are decided by an
+    offer decider process beside the workers, its metrics on the port after theirs
+    (OMNICANAL_OFFER_DECIDER=worker: by worker 0 instead).
 
     Exit codes: 0 stopped cleanly; 2 refused to start (configuration, Redis behind the
     stream, a topic that changed, an evicting Redis); 3 stopped on a state problem (Redis
     lost data, unreachable past OMNICANAL_REDIS_RETRY_SECONDS, a torn batch); 1 another
     failure (the input, the broker); a worker's own code (128 + signal when killed) when
-    one of several worker processes failed. Each says why and what to do (README)."""
+    one of several worker processes, or the offer decider, failed. Each says why and what
+    to do (README)."""
     from omnicanal import runner
     from state.profiles import StateError, redact_url
 
