@@ -399,7 +399,7 @@ def run(
             run_main(flow)
         except BaseException:
             if decider is not None:
-                decider.finish(raise_failure=False)
+                decider.finish(raise_failure=False, grace=30.0)
             raise
         if decider is not None:
             decider.finish()
@@ -443,7 +443,7 @@ def run(
     if failed is None:
         failed = next((p for p in procs if p.exitcode not in (0, None)), None)
     if decider is not None:  # the workers are done: the decider's last look, then it ends
-        decider.finish(raise_failure=failed is None)
+        decider.finish(raise_failure=failed is None, grace=300.0 if failed is None else 30.0)
     if failed is not None:
         raise WorkerFailedError(failed.name, int(failed.exitcode or 1))
 
