@@ -159,7 +159,7 @@ BOARDS: dict[str, tuple[str, list[Panel]]] = {
                   "model learnt from per 5 minutes (a stable tenth of all), its progressive "
                   "validation: the mean log-loss of its predictions made before learning each "
                   "basket (0.69 is a coin; lower is better), and the customers it has still "
-                  "to learn from (growing: worker 0 falls behind).", "short",
+                  "to learn from (growing: the offer decider falls behind).", "short",
                   (("sum(increase(omnicanal_next_basket_baskets_total[5m]))", "baskets learnt"),
                    ("sum(increase(omnicanal_next_basket_log_loss_sum[15m])) / "
                     "sum(increase(omnicanal_next_basket_log_loss_count[15m]))",
