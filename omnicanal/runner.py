@@ -346,17 +346,20 @@ def tune_gc() -> None:
 
 
 class WorkerFailedError(RuntimeError):
-    """A worker process failed; every other one was stopped. ``exitcode`` is the worker's
-    (128 + the signal number when a signal killed it, as shells report it)."""
+    """A worker process (or the offer decider) failed; every other one was stopped.
+    ``exitcode`` is the process's (128 + the signal number when a signal killed it, as
+    shells report it)."""
 
     def __init__(self, name: str, exitcode: int) -> None:
         how = (
             f"was killed by signal {-exitcode}" if exitcode < 0 else f"exited with code {exitcode}"
         )
-        super().__init__(
-            f"worker process {name} {how}; the other workers were stopped (see the log above "
-            "for its error)"
+        what, rest = (
+            ("the offer decider process", "the workers were stopped")
+            if name == DeciderProcess.NAME
+            else ("worker process", "the other workers were stopped")
         )
+        super().__init__(f"{what} {name} {how}; {rest} (see the log above for its error)")
         self.exitcode = 128 - exitcode if exitcode < 0 else exitcode
 
 

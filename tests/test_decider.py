@@ -86,7 +86,9 @@ def test_the_decider_decides_while_the_workers_run_and_its_failure_stops_the_run
             proc.kill()
             proc.wait(30)
     text = log.read_text()
-    assert "omnicanal-offer-decider was killed by signal 9" in text, text[-3000:]
+    assert "the offer decider process omnicanal-offer-decider was killed by signal 9" in text, text[
+        -3000:
+    ]
 
 
 @pytest.mark.parametrize("where", ["process", "worker"])
