@@ -75,16 +75,22 @@ def test_a_scraped_demo_answers_every_dashboard_panel(prometheus: tuple[str, int
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
-    # the last moment both the worker and the offer decider were scraped (the decider ends
-    # with the run, the worker's metrics are served until the demo ends): every query is
-    # asked as of then
-    up = _get(
-        base,
-        "/api/v1/query",
-        query="min(max by (job) (max_over_time(timestamp(up == 1)[10m:1s])))",
-    )
-    (sample,) = up["data"]["result"]
-    at = sample["value"][1]
+
+    # the run as scraped, from the first scrape of any job to the last: the worker's metrics
+    # are served until the demo ends, the offer decider's from its start (a few seconds
+    # after the worker's) to the end of the run; a panel answers if it shows something at
+    # some moment of it, as a dashboard over the run would
+    def when(agg: str, fn: str) -> str:
+        q = f"{agg}({fn}(timestamp(up == 1)[10m:1s]))"
+        (sample,) = _get(base, "/api/v1/query", query=q)["data"]["result"]
+        return str(sample["value"][1])
+
+    start, end = when("min", "min_over_time"), when("max", "max_over_time")
+    jobs = _get(base, "/api/v1/query", query="max by (job) (max_over_time(up[10m]))")
+    assert {r["metric"]["job"]: r["value"][1] for r in jobs["data"]["result"]} == {
+        "omnicanal": "1",
+        "omnicanal-decider": "1",
+    }
     rules = _get(base, "/api/v1/rules")["data"]["groups"]
     assert {g["name"] for g in rules} == {"omnicanal-channels", "omnicanal-pipeline"}
     assert all(r["health"] == "ok" for g in rules for r in g["rules"])
@@ -92,9 +98,10 @@ def test_a_scraped_demo_answers_every_dashboard_panel(prometheus: tuple[str, int
     for board in dashboards().values():
         for panel in board["panels"]:
             answers = [
-                _get(base, "/api/v1/query", query=t["expr"], time=at)["data"]["result"]
+                _get(base, "/api/v1/query_range", query=t["expr"], start=start, end=end,
+                     step="1")["data"]["result"]
                 for t in panel["targets"]
-            ]
+            ]  # fmt: skip
             if not any(answers):
                 empty.append(f"{board['uid']}: {panel['title']}")
     assert empty == []
