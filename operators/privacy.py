@@ -16,7 +16,7 @@ True
 from __future__ import annotations
 
 import functools
-import hmac
+import hashlib
 import re
 from collections.abc import Iterator
 
@@ -220,15 +220,33 @@ def holds_contact(value: str) -> bool:
 class PiiHasher:
     """Keyed HMAC of personal identifiers. The key comes from the environment, never code."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_inner", "_outer")
 
     def __init__(self, key: bytes) -> None:
         if len(key) < 16:
             raise ValueError("the PII key must be at least 16 bytes long")
-        self._key = key
+        # HMAC-SHA256 (RFC 2104) with the key's two padded blocks hashed once, here: each
+        # token then costs two copies of a hash state instead of OpenSSL's one-shot HMAC,
+        # which looks the digest up on every call (0.7 against 1.7 µs on this machine).
+        # The tokens are the same: the doctest below and tests/test_privacy.py check it.
+        block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
 
     def _mac(self, kind: bytes, value: str) -> str:
-        return hmac.digest(self._key, kind + b"\x00" + value.encode(), "sha256")[:16].hex()
+        """HMAC-SHA256 of ``kind``, a NUL and ``value``, first 128 bits in hex.
+
+        >>> import hmac
+        >>> key = b"k" * 100
+        >>> PiiHasher(key)._mac(b"email", "a@b.co") == hmac.digest(
+        ...     key, b"email\\x00a@b.co", "sha256")[:16].hex()
+        True
+        """
+        inner = self._inner.copy()
+        inner.update(kind + b"\x00" + value.encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:16].hex()
 
     def email(self, raw: str) -> str:
         """HMAC of a trimmed, lower-cased email address."""

@@ -146,3 +146,24 @@ def test_every_personal_field_name_makes_the_scan_run() -> None:
     for name in sorted(_EMAIL_NAMES | _PHONE_NAMES):
         out = H.scrub_payload(b'{"' + name.encode() + b'": "ana lopez"}')
         assert b"ana lopez" not in out and b"hmac:" in out, name
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.binary(min_size=16, max_size=200),
+    kind=st.sampled_from([b"email", b"phone"]),
+    value=st.text(max_size=80),
+)
+def test_tokens_are_the_standard_hmac_sha256_of_kind_and_value(
+    key: bytes, kind: bytes, value: str
+) -> None:
+    """The hasher precomputes the key's padded blocks; its tokens must stay those of the
+    standard library's HMAC (every stored identity link is keyed by them)."""
+    import hmac
+
+    msg = kind + b"\x00" + value.encode("utf-8", "surrogatepass")
+    expected = hmac.digest(key, msg, "sha256")[:16].hex()
+    h = PiiHasher(key)
+    assert h._mac(kind, value) == expected
+    # ... and a hasher is reusable: the precomputed states are copied, never consumed
+    assert h._mac(kind, value) == expected
