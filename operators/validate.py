@@ -254,8 +254,9 @@ class Validator:
                     f"time_zone {ev.time_zone!r} is not an IANA time zone (e.g. Europe/Madrid)",
                     event_type,
                 )
-        if b"@" in raw or b"+" in raw or b"\\u" in raw:  # else (\u0040 is an "@" too) no
-            _check_identifiers(ev, event_type)  # identifier can hold an email or a phone
+        if (b"@" in raw or b"+" in raw or b"\\u" in raw) and not _ats_only_in_email(raw, ev):
+            _check_identifiers(ev, event_type)  # else (\u0040 is an "@" too) no identifier
+            # can hold an email or a phone
         ids = self._identifiers(ev)
         customer = None
         for kind in ID_PRIORITY:
@@ -389,6 +390,28 @@ _CLEAR_IDS: Final = (
     "device_id", "offer_id",
 )  # fmt: skip
 _CLEAR_CUSTOMER_IDS: Final = ("loyalty_id", "account_id", "device_id", "cookie_id", "card_token")
+
+
+def _ats_only_in_email(raw: bytes, ev: Any) -> bool:
+    """Is every "@" of ``raw`` inside ``customer.email``, with no "+" anywhere? Then no
+    identifier can hold an email address or an international phone number, and
+    :func:`_check_identifiers` can be skipped: without a backslash every string is in the
+    bytes as it is, and an event has one ``customer.email`` (duplicate keys are refused
+    before), while its keys are the contract's field names.
+
+    >>> from schemas.events import Login, CustomerIds
+    >>> ev = Login(event_id="e", event_time=None, channel="web", session_id="s",
+    ...            customer=CustomerIds(email="a@b.co"))
+    >>> _ats_only_in_email(b'{"session_id":"s","customer":{"email":"a@b.co"}}', ev)
+    True
+    >>> _ats_only_in_email(b'{"session_id":"x@y.z","customer":{"email":"a@b.co"}}', ev)
+    False
+    """
+    if b"+" in raw or b"\\" in raw:
+        return False
+    c = getattr(ev, "customer", UNSET)
+    email = UNSET if c is UNSET else c.email
+    return type(email) is str and raw.count(b"@") == email.count("@")
 
 
 def _check_identifiers(ev: Any, event_type: str) -> None:

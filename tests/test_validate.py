@@ -352,6 +352,13 @@ def test_an_identifier_holding_an_email_or_a_phone_number_is_refused_never_kept(
     assert isinstance(decode(orjson.dumps(view), "click"), Accepted)
     for field in ("session_id", "sku"):
         assert reason(orjson.dumps(view | {field: EMAIL}), "click") == "invalid_value", field
+    # with a customer email beside it (whose "@" alone lets the check be skipped)
+    known = view | {"customer": {"email": EMAIL}}
+    assert isinstance(decode(orjson.dumps(known), "click"), Accepted)
+    for field in ("session_id", "sku", "event_id"):
+        for bad in ("x@y.org", "+44 7700 900123"):
+            r = decode(orjson.dumps(known | {field: bad}), "click")
+            assert isinstance(r, Rejected) and r.reason == "invalid_value", (field, bad)
     # an "@" or a "+" written as a JSON escape is the same character
     escaped = orjson.dumps(view).replace(b'"sku":"A1"', b'"sku":"ana\\u0040example.com"')
     assert b"@" not in escaped and reason(escaped, "click") == "invalid_value"
