@@ -350,7 +350,7 @@ class WorkerFailedError(RuntimeError):
     ``exitcode`` is the process's (128 + the signal number when a signal killed it, as
     shells report it)."""
 
-    def __init__(self, name: str, exitcode: int) -> None:
+    def __init__(self, name: str, exitcode: int, *, starting: bool = False) -> None:
         how = (
             f"was killed by signal {-exitcode}" if exitcode < 0 else f"exited with code {exitcode}"
         )
@@ -359,6 +359,8 @@ class WorkerFailedError(RuntimeError):
             if name == DeciderProcess.NAME
             else ("worker process", "the other workers were stopped")
         )
+        if starting:  # (the decider, before the workers were started)
+            how, rest = f"{how} while starting", "the workers were not started"
         super().__init__(f"{what} {name} {how}; {rest} (see the log above for its error)")
         self.exitcode = 128 - exitcode if exitcode < 0 else exitcode
 
@@ -394,6 +396,12 @@ def run(
             if apart
             else None
         )
+        if decider is not None:
+            try:
+                decider.wait_ready()
+            except BaseException:
+                decider.finish(raise_failure=False, grace=30.0)
+                raise
         flow = build_flow(
             replace(setup, offers_in_worker=decider is None), starts, until_eof=until_eof
         )
@@ -419,11 +427,17 @@ def run(
         )
         for i in range(processes)
     ]  # fmt: skip
-    for p in procs:
-        p.start()
     decider = (
         DeciderProcess(settings, allow_demo_key, serve_metrics, index=processes) if apart else None
     )
+    if decider is not None:
+        try:
+            decider.wait_ready()
+        except BaseException:
+            decider.finish(raise_failure=False, grace=30.0)
+            raise
+    for p in procs:
+        p.start()
     watched = procs + ([decider.proc] if decider is not None else [])
 
     def _forward(signum: int, frame: object) -> None:
@@ -460,6 +474,8 @@ def decides_offers_apart(settings: Settings) -> bool:
 
 #: how much lower the offer decider's CPU priority is than the workers' (``nice``)
 DECIDER_NICENESS = 5
+#: How long the workers wait for the offer decider to be ready before starting beside it.
+DECIDER_READY_SECONDS = 60.0
 
 
 class DeciderProcess:
@@ -496,6 +512,30 @@ class DeciderProcess:
             threading.Thread(
                 target=self._watch, name="omnicanal-decider-watch", daemon=True
             ).start()
+
+    def wait_ready(self, timeout: float = DECIDER_READY_SECONDS) -> bool:
+        """Wait until the decider is ready (imports, Redis, models and producer), before the
+        workers start: its start is CPU-heavy (River and SciPy imports, several seconds)
+        and would otherwise take a core from the workers' first batches, and offers are
+        decided from the first batch on. True once it is ready; raises
+        :class:`WorkerFailedError` if it failed before. False if it ended without deciding
+        anything (no offers configured), or is still starting after ``timeout`` seconds or
+        a stop request: then the workers start beside it."""
+        started = time.monotonic()
+        try:
+            while time.monotonic() < started + timeout and not STOP.is_set():
+                if self._finish.poll(0.2):
+                    self._finish.recv()  # "ready"
+                    log.info("%s ready in %.1fs", self.NAME, time.monotonic() - started)
+                    return True
+            if not STOP.is_set():
+                log.warning("%s not ready after %.0fs: starting the workers", self.NAME, timeout)
+        except (EOFError, OSError):  # it ended before being ready
+            self.proc.join(10)
+            code = self.proc.exitcode
+            if code not in (0, None):
+                raise WorkerFailedError(self.NAME, int(code), starting=True) from None
+        return False
 
     def _watch(self) -> None:
         while not self._finishing.wait(0.2):
@@ -535,6 +575,8 @@ def _decider_main(settings: Settings, allow_demo_key: bool, port: int, finish: C
     if decider is None:
         return
     tune_gc()
+    with contextlib.suppress(OSError):  # (the parent gone: the loop below ends at once)
+        finish.send(b"ready")
     decider.run(lambda seconds: STOP.is_set() or finish.poll(seconds))
 
 

@@ -93,3 +93,30 @@ def test_both_deciders_send_the_due_offer_once(
     (offer,) = offers_on_topic(s)
     assert offer["campaign_id"] == "cart-10" and offer["channel"] == "email"
 
+
+def test_the_workers_start_once_the_decider_is_ready_and_not_if_it_fails_to_start(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The runner waits for the decider's "ready" (imports, Redis, models, producer)
+    before starting the workers, so its CPU-heavy start does not slow their first batches;
+    a decider that fails while starting is reported as such, and no worker starts."""
+    from omnicanal.runner import DeciderProcess, WorkerFailedError
+
+    s = offers_settings(settings, tmp_path)
+    d = DeciderProcess(s, allow_demo_key=False, serve_metrics=False, index=1)
+    try:
+        assert d.wait_ready(120) is True
+        assert d.proc.is_alive()
+    finally:
+        d.finish(grace=60)
+    assert d.proc.exitcode == 0
+
+    broken = s.model_copy(update={"campaigns_file": str(tmp_path / "missing.yaml")})
+    d = DeciderProcess(broken, allow_demo_key=False, serve_metrics=False, index=1)
+    with pytest.raises(WorkerFailedError) as err:
+        d.wait_ready(120)
+    assert d.proc.exitcode == 1
+    assert str(err.value).startswith(
+        "the offer decider process omnicanal-offer-decider exited with code 1 while starting; "
+        "the workers were not started"
+    )
