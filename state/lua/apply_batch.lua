@@ -416,10 +416,13 @@ end
 local function browse_timer(cid, vk, flat, in_batch)
   local again = nil
   if in_batch > 0 then again = in_batch end
+  local skus = {}
+  for i = 1, #flat, 2 do skus[#skus + 1] = flat[i] end
+  -- one ZMSCORE for the row's SKUs (at most 2 x max_views values: checked in 0b)
+  local before = redis.call('ZMSCORE', vk, unpack(skus))
   for i = 1, #flat, 2 do
-    local before = redis.call('ZSCORE', vk, flat[i])
-    if before and flat[i + 1] >= tonumber(before) + 60000
-        and (again == nil or flat[i + 1] > again) then
+    local b = before[(i + 1) / 2]
+    if b and flat[i + 1] >= tonumber(b) + 60000 and (again == nil or flat[i + 1] > again) then
       again = flat[i + 1]
     end
   end
