@@ -188,7 +188,7 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
                 # a time by default, so memory grew with the backlog. This consumer has one
                 # queue for all its partitions. 4 MB (2 MB fetches) starved the worker while
                 # it drained a backlog: 25 to 207 empty polls per 200,000 events, each a
-                # 5 ms pause; 16 MB (8 MB fetches) gave none, for ~50 MB more RSS.
+                # 5 ms pause; 16 MB (8 MB fetches) gave none, for 55-80 MB more RSS.
                 "queued.max.messages.kbytes": 16384,
                 "fetch.max.bytes": 8 * 1048576,
                 **config,
