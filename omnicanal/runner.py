@@ -397,11 +397,7 @@ def run(
             else None
         )
         if decider is not None:
-            try:
-                decider.wait_ready()
-            except BaseException:
-                decider.finish(raise_failure=False, grace=30.0)
-                raise
+            decider.wait_ready()
         flow = build_flow(
             replace(setup, offers_in_worker=decider is None), starts, until_eof=until_eof
         )
@@ -431,11 +427,7 @@ def run(
         DeciderProcess(settings, allow_demo_key, serve_metrics, index=processes) if apart else None
     )
     if decider is not None:
-        try:
-            decider.wait_ready()
-        except BaseException:
-            decider.finish(raise_failure=False, grace=30.0)
-            raise
+        decider.wait_ready()
     for p in procs:
         p.start()
     watched = procs + ([decider.proc] if decider is not None else [])
@@ -520,7 +512,15 @@ class DeciderProcess:
         decided from the first batch on. True once it is ready; raises
         :class:`WorkerFailedError` if it failed before. False if it ended without deciding
         anything (no offers configured), or is still starting after ``timeout`` seconds or
-        a stop request: then the workers start beside it."""
+        a stop request: then the workers start beside it. On any error the decider is
+        ended before it is raised."""
+        try:
+            return self._wait_ready(timeout)
+        except BaseException:
+            self.finish(raise_failure=False, grace=30.0)
+            raise
+
+    def _wait_ready(self, timeout: float) -> bool:
         started = time.monotonic()
         try:
             while time.monotonic() < started + timeout and not STOP.is_set():
