@@ -169,7 +169,9 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
         self._new_start = new_start
         self._check_every = check_every
         self._next_check = time.monotonic() + check_every
-        self._next_lag = time.monotonic() + LAG_EVERY
+        # the first report at the first call: the backlog a start faces is the figure ops
+        # look for first (a run shorter than LAG_EVERY reported none)
+        self._next_lag = time.monotonic()
         self._c: Consumer | None = None
         if not starts and not (share and self._topics):
             return

@@ -314,7 +314,7 @@ SALES_TARGET = Gauge(
 CONSUMER_LAG = Gauge(
     "omnicanal_consumer_lag",
     "Messages not yet read, per input topic and partition (of this process): the high "
-    "watermark minus the next offset to read, every 5 s.",
+    "watermark minus the next offset to read, at the first poll, then every 5 s.",
     ["topic", "partition"],
 )
 
