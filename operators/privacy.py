@@ -110,6 +110,35 @@ def _phones(raw: bytes) -> Iterator[re.Match[bytes]]:
             pos = start = found.end()
 
 
+_NOT_JSON = object()
+
+
+def _parsed(raw: bytes) -> object:
+    """``raw`` parsed, if it is JSON without escapes (:data:`_NOT_JSON` if not): a string's
+    text is then its bytes."""
+    if b"\\" in raw:
+        return _NOT_JSON
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _NOT_JSON
+
+
+def _no_personal_names(doc: object) -> bool:
+    """Does no field name of a parsed document say personal data (:func:`pii_kind`)?"""
+    todo = [doc]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, dict):
+            for k in v:
+                if _key_kind(orjson.dumps(k)) is not None:
+                    return False
+            todo.extend(v.values())
+        elif isinstance(v, list):
+            todo.extend(v)
+    return True
+
+
 def _plain_json(raw: bytes) -> bool:
     """Is ``raw`` a JSON document without escapes whose field names never say personal data
     (:func:`pii_kind`)? Then the JSON-aware scrub is the patterns over the whole bytes
@@ -124,23 +153,8 @@ def _plain_json(raw: bytes) -> bool:
     >>> _plain_json(b'{"Mobile": 1}'), _plain_json(b'["a\\\\u0040b"]'), _plain_json(b"{")
     (False, False, False)
     """
-    if b"\\" in raw:
-        return False
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return False
-    todo = [doc]
-    while todo:
-        v = todo.pop()
-        if isinstance(v, dict):
-            for k in v:
-                if _key_kind(orjson.dumps(k)) is not None:
-                    return False
-            todo.extend(v.values())
-        elif isinstance(v, list):
-            todo.extend(v)
-    return True
+    doc = _parsed(raw)
+    return doc is not _NOT_JSON and _no_personal_names(doc)
 
 
 #: The next JSON token in a scan: a string's opening quote, a run of "{" or of "[", a run of
@@ -313,14 +327,31 @@ class PiiHasher:
         >>> h.scrub_payload(b'{"sku": "A1", "qty": 2}')
         b'{"sku": "A1", "qty": 2}'
 
-        Speed: a run of brackets is one step, a string's end is found with ``bytes.find``, a
-        string is decoded only when it could hold something to replace, and the kinds of
-        plain field names are cached: a 300-byte event costs about 50 µs here, and 10,000
-        nested brackets about as much as one token (``tests/test_privacy.py`` holds the
-        output to the plainer first version's, byte for byte).
+        Speed: compact JSON without escapes (a payload that is its own ``orjson``
+        encoding: what most producers write) is parsed in C, its personal fields replaced
+        on the parsed values and the patterns run over the re-encoded bytes
+        (:meth:`_personal_replaced`): a 1.2 KB event with an email and a phone field costs
+        ~40 µs here, against ~200 µs for the token scan. Other JSON without a personal
+        field name gets the patterns only (:func:`_plain_json`). The rest goes through the
+        token scan: a run of brackets is one step, a string's end is found with
+        ``bytes.find``, a string is decoded only when it could hold something to replace,
+        and the kinds of plain field names are cached; 10,000 nested brackets cost about as
+        much as one token. ``tests/test_privacy.py`` holds every path's output to the
+        plainer first version's, byte for byte.
         """
-        if _plain_json(raw):
-            return self.scrub_bytes(raw)
+        doc = _parsed(raw)
+        if doc is not _NOT_JSON:
+            try:  # compact JSON, as most producers write it?
+                compact = orjson.dumps(doc) == raw
+            except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels)
+                compact = False
+            if compact:
+                try:
+                    return self.scrub_bytes(orjson.dumps(self._personal_replaced(doc, None)))
+                except RecursionError:  # deeper than Python's stack: the scan below
+                    pass
+            elif _no_personal_names(doc):  # (:func:`_plain_json`)
+                return self.scrub_bytes(raw)
         if not _maybe_pii(raw):
             return raw
         out = bytearray()
@@ -375,6 +406,34 @@ class PiiHasher:
         out += raw[copied:]
         # Whatever the JSON scan could not see (broken JSON, bare text) gets the patterns.
         return self.scrub_bytes(bytes(out))
+
+    def _personal_replaced(self, v: object, kind: str | None) -> object:
+        """A parsed document (JSON without escapes) with the values of personal fields
+        replaced by their tokens, as the token scan replaces them; ``kind``: the PII kind
+        the value inherits from its field name or its container. For a document that is its
+        own ``orjson`` encoding, :meth:`scrub_bytes` of the encoded result is the scan's
+        output: the rest of the scan (emails and phone numbers in the other strings, each
+        scrubbed on its own) is what the patterns over the whole bytes do, as
+        :func:`_plain_json` says (tested against the reference scrubber).
+
+        >>> h = PiiHasher(b"k" * 32)
+        >>> raw = b'{"sku":"A1","customer":{"email":"ana@example.com","phone":[447700900123]}}'
+        >>> out = h.scrub_bytes(orjson.dumps(h._personal_replaced(orjson.loads(raw), None)))
+        >>> out == h.scrub_payload(raw), out.count(b"hmac:"), b"ana@" in out
+        (True, 2, False)
+        """
+        if isinstance(v, dict):
+            return {
+                k: self._personal_replaced(x, _key_kind(orjson.dumps(k)) or kind)
+                for k, x in v.items()
+            }
+        if isinstance(v, list):
+            return [self._personal_replaced(x, kind) for x in v]
+        if kind is None or v is None or isinstance(v, bool):
+            return v
+        if isinstance(v, str):
+            return self.token(kind, v)
+        return self.token(kind, orjson.dumps(v).decode())  # a number, as written
 
     def _scrub_string(self, tok: bytes) -> bytes:
         """A JSON string token with emails/phones replaced; ``tok`` itself if none (or if it

@@ -109,6 +109,35 @@ def test_runs_of_brackets_and_long_strings_are_scrubbed_in_one_step_each() -> No
         assert b"7700" not in out and b"ana.lopez" not in out
 
 
+def test_compact_json_is_scrubbed_on_its_parsed_values_without_the_token_scan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The common dead letter (compact JSON with a personal field) takes the parsed path; one
+    nested deeper than orjson writes falls back to the scan, with the same bytes."""
+    import operators.privacy as privacy
+
+    compact = orjson.dumps(
+        {"sku": "A1", "note": "call +44 7700 900123", "customer": {"email": "ana@example.com",
+         "phone": [447700900123, None]}, "lines": [{"e-mail": {"x": 1.5}}]}
+    )  # fmt: skip
+    deep = b'{"a":' + b'{"email":' * 900 + b'"ana@example.com"' + b"}" * 900 + b"}"
+    # orjson parses it (1,024 levels) but writes 254 at most: the compact check must not fail
+    expected = {raw: ref.scrub_payload(H, raw) for raw in (compact, deep)}
+
+    class NoScan:
+        def search(self, *_: object) -> None:
+            raise AssertionError("the token scan ran")
+
+    monkeypatch.setattr(privacy, "_TOKEN", NoScan())
+    out = H.scrub_payload(compact)
+    assert out == expected[compact]
+    assert out.count(b"hmac:") == 4 and b"7700" not in out and b"ana@" not in out
+    with pytest.raises(AssertionError, match="token scan"):
+        H.scrub_payload(deep)  # too deep for the parsed values: the scan
+    monkeypatch.undo()
+    assert H.scrub_payload(deep) == expected[deep]
+
+
 @st.composite
 def long_payloads(draw: st.DrawFn) -> bytes:
     """Tens of KB of filler (letters, or digits too) with fragments, phone numbers among
