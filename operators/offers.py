@@ -16,6 +16,7 @@ already bought).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -152,7 +153,7 @@ def decide(
     """
     if in_holdout(customer.customer_id, holdout_share):
         return Decision(None, "holdout")
-    now = datetime.fromtimestamp(now_ms / 1000, UTC)
+    now = _instant_of(now_ms)
     candidates = [
         c
         for c in campaigns
@@ -222,14 +223,14 @@ def decide(
             channel=channel,  # type: ignore[arg-type]
             coupon_code=codec.issue(oid, expiry),
             benefit=c.benefit,
-            expires_on=(EPOCH + timedelta(days=expiry)).date().isoformat(),
+            expires_on=_day_text(expiry),
             reason=c.reason.format(
                 items=trigger.units,
                 sku=trigger.skus[0] if trigger.skus else "",
                 category=trigger.category,
                 store=customer.chosen_store or "",
             ),
-            decided_at=now.isoformat().replace("+00:00", "Z"),
+            decided_at=_time_text(now_ms),
             model_version=version,
             propensity=propensity,
             items=list(trigger.skus[:50]),
@@ -241,13 +242,44 @@ def decide(
     )
 
 
+# The decider decides a round of timers at one clock reading, for campaigns whose start and
+# end times rarely change: their texts and datetimes are made once, not once per decision.
+@functools.lru_cache(maxsize=256)
+def _instant_of(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+@functools.lru_cache(maxsize=256)
+def _time_text(ms: int) -> str:
+    """
+    >>> _time_text(1_000_000_000_123)
+    '2001-09-09T01:46:40.123000Z'
+    """
+    return _instant_of(ms).isoformat().replace("+00:00", "Z")
+
+
+@functools.lru_cache(maxsize=1024)
+def _day_text(day: int) -> str:
+    """A day since 2000-01-01 as a date (:func:`operators.coupons.day_of`).
+
+    >>> _day_text(0), _day_text(9000)
+    ('2000-01-01', '2024-08-22')
+    """
+    return (EPOCH + timedelta(days=day)).date().isoformat()
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
 def _running(c: Campaign, now: datetime) -> bool:
     if not c.enabled:
         return False
     for name, after in (("starts_at", True), ("ends_at", False)):
         value = getattr(c, name)
         if isinstance(value, str):
-            t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            t = _parsed_time(value)
             if (now < t) if after else (now >= t):
                 return False
     return True
@@ -395,7 +427,7 @@ def expansion(who: CustomerView) -> Literal["to_store", "to_online"] | None:
 
 def running_campaigns(campaigns: Sequence[Campaign], kind: Trigger, now_ms: int) -> list[Campaign]:
     """The catalogue's running campaigns of one trigger, in catalogue order."""
-    now = datetime.fromtimestamp(now_ms / 1000, UTC)
+    now = _instant_of(now_ms)
     return [c for c in campaigns if c.trigger == kind and _running(c, now)]
 
 

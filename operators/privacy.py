@@ -231,6 +231,25 @@ def holds_contact(value: str) -> bool:
     return b"+" in raw and _PHONE_INTL.search(raw) is not None
 
 
+def hmac_sha256_states(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """HMAC-SHA256's (RFC 2104) inner and outer hash states for ``key``, its two padded
+    blocks hashed once: a MAC is then ``outer.copy()`` updated with the digest of
+    ``inner.copy()`` updated with the message, two copies of a hash state instead of the
+    key's padding and hashing (and OpenSSL's digest lookup) on every call.
+
+    >>> import hmac
+    >>> inner, outer = hmac_sha256_states(b"k" * 100)
+    >>> i = inner.copy(); i.update(b"msg"); o = outer.copy(); o.update(i.digest())
+    >>> o.digest() == hmac.digest(b"k" * 100, b"msg", "sha256")
+    True
+    """
+    block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+    return (
+        hashlib.sha256(bytes(b ^ 0x36 for b in block)),
+        hashlib.sha256(bytes(b ^ 0x5C for b in block)),
+    )
+
+
 class PiiHasher:
     """Keyed HMAC of personal identifiers. The key comes from the environment, never code."""
 
@@ -243,9 +262,7 @@ class PiiHasher:
         # token then costs two copies of a hash state instead of OpenSSL's one-shot HMAC,
         # which looks the digest up on every call (0.7 against 1.7 µs on this machine).
         # The tokens are the same: the doctest below and tests/test_privacy.py check it.
-        block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        self._inner, self._outer = hmac_sha256_states(key)
 
     def _mac(self, kind: bytes, value: str) -> str:
         """HMAC-SHA256 of ``kind``, a NUL and ``value``, first 128 bits in hex.
