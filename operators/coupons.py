@@ -65,13 +65,16 @@ class Refused:
     reason: Refusal
 
 
+_EPOCH_MS: Final = int(EPOCH.timestamp() * 1000)
+
+
 def day_of(ms: int) -> int:
     """Days since 2000-01-01 UTC of an epoch time in ms.
 
     >>> day_of(946_684_800_000), day_of(946_684_800_000 + 86_400_000 - 1)
     (0, 0)
     """
-    return (ms - int(EPOCH.timestamp() * 1000)) // 86_400_000
+    return (ms - _EPOCH_MS) // 86_400_000
 
 
 def serial_of(offer_id: str, salt: int = 0) -> int:
