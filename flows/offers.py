@@ -119,6 +119,9 @@ class Offers:
         m.BATCH_SECONDS.labels("offers").observe(time.perf_counter() - t0)
 
     _full = False
+    #: seconds a look may spend learning the next-basket model's due baskets (a slice at a
+    #: time) before it decides
+    LEARN_SECONDS = 0.2
 
     def _fire(self) -> None:
         """One slice of each timer kind, one kind after the other: the second reads the
@@ -127,7 +130,14 @@ class Offers:
         now_ms = int(self._clock() * 1000)
         self._learn(now_ms)
         if self._prefs is not None:
+            # Catch up on the baskets due before deciding (a win-back names items with this
+            # model: one slice per look decided offers with a model that had not yet seen
+            # baskets Redis already held), within a budget so that a backlog never holds the
+            # decisions back for long; what is left is learnt at the next looks.
+            until = time.monotonic() + self.LEARN_SECONDS
             self._prefs.learn()
+            while self._prefs.more and time.monotonic() < until:
+                self._prefs.learn()
             self._full = self._prefs.more  # more baskets to learn from: look again soon
         campaigns = self._campaigns()
         pending = self.store.timers()
