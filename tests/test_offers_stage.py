@@ -825,7 +825,13 @@ def test_win_back_names_what_the_next_basket_model_learnt_the_customer_buys_in_a
     events.append(("transaction", basket(900_101, "DORA", ["XTEA"], last - 2 * day)))
     returned = basket(900_102, "DORA", ["XTEA"], last - day, "store") | {"event_type": "return"}
     events.append(("transaction", returned))  # brought back to the store: never suggested
-    send(s, events)
+    # The crowd first, then DORA, in two runs: her win-back is due as soon as her first basket
+    # is applied, and a consumer batch may end between her baskets (it once did in CI: the
+    # offer then named a best seller in place of the coffee not applied yet).
+    dora_first = len(events) - 9
+    send(s, events[:dora_first])
+    run(s)
+    send(s, events[dora_first:])
     run(s)
     r = connect(s.redis_url)
     p = s.redis_prefix
