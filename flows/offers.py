@@ -134,10 +134,7 @@ class Offers:
             # model: one slice per look decided offers with a model that had not yet seen
             # baskets Redis already held), within a budget so that a backlog never holds the
             # decisions back for long; what is left is learnt at the next looks.
-            until = time.monotonic() + self.LEARN_SECONDS
-            self._prefs.learn()
-            while self._prefs.more and time.monotonic() < until:
-                self._prefs.learn()
+            self._prefs.learn_due(self.LEARN_SECONDS)
             self._full = self._prefs.more  # more baskets to learn from: look again soon
         campaigns = self._campaigns()
         pending = self.store.timers()

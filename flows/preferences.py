@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 from monitoring import metrics as m
@@ -78,6 +79,16 @@ class NextBasket:
         for x in losses:
             m.NEXT_BASKET_LOSS.observe(x)
         return len(learnt)
+
+    def learn_due(self, seconds: float) -> int:
+        """Learn slices (:meth:`learn`) until none is due or ``seconds`` have passed (one
+        slice at least); returns the baskets learnt. :attr:`more` says whether some are
+        left."""
+        until = time.monotonic() + seconds
+        n = self.learn()
+        while self.more and time.monotonic() < until:
+            n += self.learn()
+        return n
 
     def rank(
         self, stored: Sequence[StoredCart], now_ms: int, k: int

@@ -89,6 +89,25 @@ def test_each_marked_basket_is_learnt_once_as_a_replay_learns_it(
     assert again.model.learnt == replay.learnt
 
 
+def test_a_look_learns_every_slice_due_within_its_budget(redis_server: LocalRedis) -> None:
+    """What the offer decider does before it decides (``Offers.LEARN_SECONDS``): slices until
+    none is due, so that a win-back ranks with every basket Redis holds; with no time left,
+    one slice, the rest at the next look."""
+    r = connect(redis_server.url)
+    for k, prefix in enumerate(("ld1:", "ld0:")):
+        for cid, baskets in _history().items():
+            r.set(f"{prefix}ph:{cid}", "\n".join(_member(t, s, learn) for t, s, learn in baskets))
+            r.zincrby(f"{prefix}pf:due", sum(learn for *_, learn in baskets), cid)
+        nb = NextBasket(PreferenceStore(r, prefix), CoPurchaseStore(r, prefix))
+        nb.SLICE = 1  # three slices due
+        if k == 0:
+            assert nb.learn_due(60.0) == 9 and not nb.more
+            assert r.zcard(f"{prefix}pf:due") == 0
+        else:
+            assert nb.learn_due(0.0) == 3 and nb.more
+            assert r.zcard(f"{prefix}pf:due") == 2
+
+
 def test_a_basket_added_while_a_slice_is_learnt_stays_due(redis_server: LocalRedis) -> None:
     r = connect(redis_server.url)
     store = PreferenceStore(r, P)
