@@ -135,7 +135,7 @@ def _no_personal_names(doc: object) -> bool:
 
     >>> _no_personal_names(_parsed(b'{"event_time": "2026-12-02T09:35:22Z", "n": "a@b.co"}'))
     True
-    >>> _no_personal_names(_parsed(b'{"Mobile": 1}')), _parsed(b'["a\\u0040b"]') is _NOT_JSON
+    >>> _no_personal_names(_parsed(b'{"Mobile": 1}')), _parsed(b'["a\\\\u0040b"]') is _NOT_JSON
     (False, True)
     """
     todo = [doc]
