@@ -85,12 +85,21 @@ class FrequencyCaps:
     per_campaign_week: int = 1
 
     def check(self, sent_today: int, sent_week: int, campaign_week: int) -> Suppression | None:
+        across = self.across(sent_today, sent_week)
+        if across is None and campaign_week >= self.per_campaign_week:
+            return "frequency_campaign"
+        return across
+
+    def across(self, sent_today: int, sent_week: int) -> Suppression | None:
+        """The caps across all campaigns (:meth:`check` without the campaign's own).
+
+        >>> FrequencyCaps(per_day=2).across(1, 2), FrequencyCaps(per_day=2).across(1, 3)
+        (None, 'frequency_week')
+        """
         if sent_today >= self.per_day:
             return "frequency_day"
         if sent_week >= self.per_week:
             return "frequency_week"
-        if campaign_week >= self.per_campaign_week:
-            return "frequency_campaign"
         return None
 
 

@@ -21,11 +21,12 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal
+from types import MappingProxyType
+from typing import Any, Final, Literal, NamedTuple
 
 from operators.coupons import EPOCH, CouponCodec, day_of
 from operators.guardrails import FrequencyCaps, QuietHours, Suppression, consented, in_holdout
-from operators.policy import EPSILON, RedemptionModel, choose, draws, offer_context
+from operators.policy import EPSILON, RedemptionModel, choose, decision_draws, offer_context
 from operators.profile import CONSENT_PURPOSES, rfm
 from operators.profile_fields import COUNTERS
 from schemas.campaigns import Campaign, Trigger
@@ -33,10 +34,14 @@ from schemas.offers import Offer
 
 #: The rule-based policy's version, carried by every offer it decides.
 MODEL_VERSION: Final = "rules-1"
+_NO_CAPS: Final = FrequencyCaps()
+_NONE: Final[Mapping[str, int]] = MappingProxyType({})
 
 
-@dataclass(frozen=True)
-class TriggerEvent:
+# TriggerEvent, CustomerView and Decision are built once or more per decision: named tuples
+# (immutable like a frozen dataclass, whose __init__ sets each field through
+# object.__setattr__: ~2 µs for six fields, against ~0.3 µs).
+class TriggerEvent(NamedTuple):
     """The moment that may deserve an offer: its kind (a campaign trigger), its time (the
     trigger's identity: the same moment gives the same offer id), and what it is about."""
 
@@ -60,15 +65,18 @@ def abandoned_cart(
     """The cart's abandoned SKUs, once the newest add is ``wait_ms`` old: ``cart`` maps SKU to
     (quantity, time added), ``bought`` SKU to its last purchase time in any channel. None
     while the customer may still buy, or when they bought everything they carted."""
-    left = {s: qa for s, qa in cart.items() if qa[0] > 0 and bought.get(s, -1) < qa[1]}
-    if not left:
+    left: list[str] = []
+    last, units = -1, 0
+    for sku, (qty, added) in cart.items():  # (one pass: this runs for every cart timer)
+        if qty > 0 and bought.get(sku, -1) < added:
+            left.append(sku)
+            units += qty
+            if added > last:
+                last = added
+    if not left or now_ms < last + wait_ms:
         return None
-    last = max(added for _, added in left.values())
-    if now_ms < last + wait_ms:
-        return None
-    return TriggerEvent(
-        "cart_abandonment", last, tuple(sorted(left)), sum(q for q, _ in left.values())
-    )
+    left.sort()
+    return TriggerEvent("cart_abandonment", last, tuple(left), units)
 
 
 def offer_id(customer_id: str, campaign_id: str, trigger_ms: int) -> str:
@@ -81,8 +89,7 @@ def offer_id(customer_id: str, campaign_id: str, trigger_ms: int) -> str:
     return "of-" + hashlib.blake2b(key, digest_size=12).hexdigest()
 
 
-@dataclass(frozen=True)
-class CustomerView:
+class CustomerView(NamedTuple):
     """What a decision needs of a profile (:func:`operators.profile.build_profile`)."""
 
     customer_id: str
@@ -107,8 +114,9 @@ class CustomerView:
     responses: int = 0
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
+    """An offer, or why there is none."""
+
     offer: Offer | None
     #: why there is no offer (one reason, counted), None when there is one
     suppressed: Suppression | None = None
@@ -151,36 +159,48 @@ def decide(
     >>> d.offer.channel, d.offer.reason, d.offer.expires_on
     ('sms', 'You left 2 items in your cart', '2001-09-16')
     """
-    if in_holdout(customer.customer_id, holdout_share):
+    cid = customer.customer_id
+    if holdout_share > 0.0 and in_holdout(cid, holdout_share):  # (0: nobody, no hash)
         return Decision(None, "holdout")
     now = _instant_of(now_ms)
-    candidates = [
-        c
-        for c in campaigns
-        if c.trigger == trigger.kind and _running(c, now) and trigger.at_ms + wait_ms(c) <= now_ms
-    ]
-    candidates = [c for c in candidates if _eligible(c, customer, trigger)]
-    if not candidates:
-        return Decision(None, None)  # no campaign for it: nothing to count
+    kind, at_ms = trigger.kind, trigger.at_ms
+    caps = caps or _NO_CAPS
+    spent = spent or _NONE
+    per_campaign = customer.sent_campaign_week or _NONE
+    # The caps across all campaigns, the same for each: at the first campaign that may go,
+    # they refuse the decision (no other campaign may go either).
+    across = caps.across(customer.sent_today, customer.sent_week)
+    reach: dict[tuple[str, ...], tuple[str | None, str | None]] = {}
     why: Suppression | None = None
-    rerouted = False
+    rerouted = found = False
     eligible: list[tuple[Campaign, str]] = []
-    caps = caps or FrequencyCaps()
-    spent = spent or {}
-    per_campaign = customer.sent_campaign_week or {}
-    for c in candidates:
+    # One pass over the catalogue (in its order): the trigger's campaigns, running, whose
+    # wait has passed, that the customer is eligible for; then budget, caps and channel.
+    for c in campaigns:
+        if (
+            c.trigger != kind
+            or at_ms + c.wait_minutes * 60_000 > now_ms  # wait_ms(c), inline
+            or not _running(c, now)
+            or not _eligible(c, customer, trigger)
+        ):
+            continue
+        found = True
         budget = c.budget.max_offers
         if isinstance(budget, int) and spent.get(c.id, 0) >= budget:
             why = why or "budget"
             continue
-        capped = caps.check(customer.sent_today, customer.sent_week, per_campaign.get(c.id, 0))
-        if capped == "frequency_campaign":
-            why = why or capped
+        if across is not None:
+            return Decision(None, across, c.id)
+        if per_campaign.get(c.id, 0) >= caps.per_campaign_week:
+            why = why or "frequency_campaign"
             continue
-        if capped is not None:  # a cap across all campaigns: no other campaign may go
-            return Decision(None, capped, c.id)
-        usual = _channel(c, customer)
-        channel = _channel(c, customer, down) if down else usual
+        # campaigns mostly share their channels: each list's channel is found once
+        key = tuple(c.channels)
+        got = reach.get(key)
+        if got is None:
+            usual = _channel(c, customer)
+            got = reach[key] = (usual, _channel(c, customer, down) if down else usual)
+        usual, channel = got
         if channel is None:
             # consented only through channels that are down: held, not refused
             why = why or ("channel_down" if usual is not None else "no_consent")
@@ -189,35 +209,39 @@ def decide(
         eligible.append((c, channel))
         if policy is None:
             break  # the rules: the first eligible campaign, in catalogue order
+    if not found:
+        return Decision(None, None)  # no campaign for it: nothing to count
     if not eligible:
         return Decision(None, why)
     by_channel: dict[str, dict[str, float]] = {}  # the context depends on the channel only
     for _, ch in eligible:
         if ch not in by_channel:
-            by_channel[ch] = offer_context(customer.segment, ch, trigger.kind,
-                                           customer.basket_minor, trigger.units,
-                                           customer.sent_week, customer.responses)  # fmt: skip
-    contexts = [by_channel[ch] for _, ch in eligible]
+            by_channel[ch] = offer_context(customer.segment, ch, kind, customer.basket_minor,
+                                           trigger.units, customer.sent_week,
+                                           customer.responses)  # fmt: skip
     if policy is None:
         chosen, propensity, version = 0, 1.0, MODEL_VERSION
     else:
-        scores = [0.0] * len(eligible)
-        for ch, x in by_channel.items():  # one call per context (usually one)
-            at = [i for i, (_, c_ch) in enumerate(eligible) if c_ch == ch]
-            for i, p in zip(at, policy.scores(x, [eligible[i][0].id for i in at]), strict=True):
-                scores[i] = p
-        u, pick = draws(customer.customer_id, trigger.kind, trigger.at_ms)
+        if len(by_channel) == 1:  # one context (the usual case): one call
+            scores = policy.scores(by_channel[eligible[0][1]], [c.id for c, _ in eligible])
+        else:
+            scores = [0.0] * len(eligible)
+            for ch, x in by_channel.items():  # one call per context
+                at = [i for i, (_, c_ch) in enumerate(eligible) if c_ch == ch]
+                for i, p in zip(at, policy.scores(x, [eligible[i][0].id for i in at]), strict=True):
+                    scores[i] = p
+        u, pick = decision_draws(cid, kind, at_ms)
         chosen, propensity = choose(scores, epsilon, u, pick)
         version = policy.version
     if trigger.ranked_by:
         version = f"{version}+{trigger.ranked_by}"
     c, channel = eligible[chosen]
-    oid = offer_id(customer.customer_id, c.id, trigger.at_ms)
+    oid = offer_id(cid, c.id, at_ms)
     expiry = day_of(now_ms) + c.valid_days
     return Decision(
         Offer(
             offer_id=oid,
-            customer_id=customer.customer_id,
+            customer_id=cid,
             campaign_id=c.id,
             trigger=c.trigger,
             channel=channel,  # type: ignore[arg-type]
@@ -237,7 +261,7 @@ def decide(
         ),
         None,
         c.id,
-        contexts[chosen],
+        by_channel[channel],
         rerouted,
     )
 
@@ -276,13 +300,10 @@ def _parsed_time(value: str) -> datetime:
 def _running(c: Campaign, now: datetime) -> bool:
     if not c.enabled:
         return False
-    for name, after in (("starts_at", True), ("ends_at", False)):
-        value = getattr(c, name)
-        if isinstance(value, str):
-            t = _parsed_time(value)
-            if (now < t) if after else (now >= t):
-                return False
-    return True
+    start, end = c.starts_at, c.ends_at
+    if isinstance(start, str) and now < _parsed_time(start):
+        return False
+    return not (isinstance(end, str) and now >= _parsed_time(end))
 
 
 def _eligible(c: Campaign, who: CustomerView, trigger: TriggerEvent | None = None) -> bool:
@@ -407,13 +428,12 @@ def expansion(who: CustomerView) -> Literal["to_store", "to_online"] | None:
     online-only customer with a store they chose (a store nearby) to the store (click and
     collect, an in-store benefit), a store-only customer online. None otherwise.
 
-    >>> from dataclasses import replace
     >>> web = CustomerView("C1", "new", {}, "web", orders_by_channel={"web": 3})
-    >>> expansion(web), expansion(replace(web, chosen_store="S12"))
+    >>> expansion(web), expansion(web._replace(chosen_store="S12"))
     (None, 'to_store')
-    >>> expansion(replace(web, orders_by_channel={"store": 2}))
+    >>> expansion(web._replace(orders_by_channel={"store": 2}))
     'to_online'
-    >>> expansion(replace(web, orders_by_channel={"store": 2, "app": 1}))   # both already
+    >>> expansion(web._replace(orders_by_channel={"store": 2, "app": 1}))   # both already
     """
     chans = {ch for ch, n in (who.orders_by_channel or {}).items() if n > 0}
     if not chans:
