@@ -30,6 +30,7 @@ from operators.offers import (
     CROSS_SELL_ITEMS,
     READS,
     TIMERS,
+    BacklogHold,
     CustomerView,
     TimerOutcome,
     TimerState,
@@ -43,7 +44,7 @@ from operators.policy import RedemptionModel
 from operators.stock import StockRules, out_of_stock_online
 from schemas.campaigns import Campaign
 from state.coupons import CouponLedger, Issue
-from state.offers import OfferStore, Outcome, PolicyStore, StoredCart
+from state.offers import BacklogStore, OfferStore, Outcome, PolicyStore, StoredCart
 from state.stock import StockStore
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,13 @@ class Offers:
         down: Callable[[], frozenset[str]] | None = None,
         xsell: CrossSellRanks | None = None,
         prefs: NextBasket | None = None,
+        backlog: BacklogStore | None = None,
+        hold: BacklogHold | None = None,
     ) -> None:
         self.store = store
+        #: the workers' reported backlog, and the rule that makes the timers wait for it
+        self._backlog, self._hold = backlog, hold
+        self._waiting = self._closing = False
         #: the next-basket model: learns from baskets, names a win-back offer's items
         self._prefs = prefs
         #: ranks what goes with a basket (cross-sell), and names the items' categories
@@ -129,6 +135,8 @@ class Offers:
         self._full = False
         now_ms = int(self._clock() * 1000)
         self._learn(now_ms)
+        if self._waits(now_ms):
+            return  # the workers are catching up: decided once they have
         if self._prefs is not None:
             # Catch up on the baskets due before deciding (a win-back names items with this
             # model: one slice per look decided offers with a model that had not yet seen
@@ -149,6 +157,29 @@ class Offers:
                 continue
             self._full = self._full or len(timers) == self.SLICE
             self._decide(timer, timers, running, now_ms)
+
+    def _waits(self, now_ms: int) -> bool:
+        """Do the timers wait for the workers to catch up (:class:`BacklogHold`)? Never at
+        close: the workers are stopping, what is due is decided."""
+        if self._backlog is None or self._hold is None or self._closing:
+            return False
+        behind = self._backlog.behind(now_ms)
+        m.OFFER_BACKLOG.set(behind)
+        waits = self._hold.waits(behind, now_ms)
+        m.OFFERS_WAITING.set(1 if waits else 0)
+        if waits != self._waiting:
+            self._waiting = waits
+            if waits:
+                log.info("offers: timers wait, the workers are %d events behind (more than "
+                         "%d)", behind, self._hold.events)  # fmt: skip
+            elif behind > self._hold.events:
+                log.warning("offers: timers waited %.0f s for a backlog of %d events: decided "
+                            "again without it (OMNICANAL_OFFER_HOLD_MAX_MINUTES)",
+                            self._hold.max_ms / 1000, behind)  # fmt: skip
+            else:
+                log.info("offers: the workers caught up (%d events behind): timers decided "
+                         "again", behind)  # fmt: skip
+        return waits
 
     def _learn(self, now_ms: int) -> None:
         """Learn from the outcomes known since the last checkpoint (redemptions, offers
@@ -332,6 +363,7 @@ class Offers:
         """Decide what is due now (input that ends, or a stop, need not wait for the
         interval; at most :attr:`CLOSE_SLICES` slices), then wait for every offer sent:
         what the broker did not confirm stays in the outbox for the next start."""
+        self._closing = True
         for _ in range(self.CLOSE_SLICES):
             if not self.out.attempt(self._fire) or not self._full:
                 break

@@ -54,7 +54,7 @@ from flows.offers import Offers
 from flows.outbox import OutboxSender
 from flows.preferences import NextBasket
 from flows.sink import StagesSink
-from flows.source import EARLIEST, KafkaWorkerSource
+from flows.source import EARLIEST, Backlog, KafkaWorkerSource
 from flows.stages import (
     Applied,
     DeadLetters,
@@ -69,6 +69,7 @@ from flows.stages import (
 from monitoring import metrics as m
 from operators.coupons import CouponCodec
 from operators.guardrails import DEFAULT_HOLDOUT_SHARE, FrequencyCaps, QuietHours
+from operators.offers import BacklogHold
 from operators.privacy import PiiHasher
 from operators.stock import StockRules
 from operators.validate import Validator
@@ -77,7 +78,7 @@ from schemas.envelope import Accepted, Rejected
 from state.coupons import CouponLedger
 from state.cross_sell import CoPurchaseStore, RankerStore
 from state.health import HealthStore
-from state.offers import OfferStore, PolicyStore
+from state.offers import BacklogStore, OfferStore, PolicyStore
 from state.preferences import PreferenceStore
 from state.profiles import ProfileStore
 from state.stock import StockStore
@@ -116,6 +117,10 @@ class PipelineSetup:
     offer_caps: FrequencyCaps = field(default_factory=FrequencyCaps)
     holdout_share: float = DEFAULT_HOLDOUT_SHARE
     offer_interval_seconds: float = 1.0
+    #: offer timers wait while the workers are more than this many events behind (0: never;
+    #: ``operators.offers.BacklogHold``), at most this long in a row
+    offer_hold_backlog: int = 50_000
+    offer_hold_max_seconds: float = 900.0
     #: worker 0 decides the offers between its batches; False: an offer decider process
     #: does (``flows/decider.py``), and the workers only ingest
     offers_in_worker: bool = True
@@ -154,8 +159,13 @@ class WorkerPipeline:
         counts: ChannelCounts | None = None,
         health: ChannelHealthStage | None = None,
         copurchase: CoPurchaseCounts | None = None,
+        backlog: BacklogStore | None = None,
+        worker: int = 0,
     ) -> None:
         self.copurchase = copurchase
+        #: where this worker reports its consumer lag for the offer decider (None: nobody
+        #: waits for it)
+        self.backlog, self.worker = backlog, worker
         self.fence = fence
         self.dead_letters = dead_letters
         self.coupons = coupons
@@ -215,6 +225,14 @@ class WorkerPipeline:
             self.health.due()
             self.health.ack()
         self.commit.after(done.offsets)  # 6
+        self._report_backlog()
+
+    def _report_backlog(self) -> None:
+        """This worker's consumer lag, when its source measured it again: the offer timers
+        wait while the workers are behind (``operators.offers.BacklogHold``)."""
+        events = Backlog.take()
+        if self.backlog is not None and events is not None:
+            self.backlog.report(self.worker, events, int(time.time() * 1000))
 
     def flush(self) -> None:
         """Finish the batch in Redis and its later stages (input idle, or ending)."""
@@ -235,6 +253,7 @@ class WorkerPipeline:
         if self.health is not None:  # a silent channel is seen while the input is idle too
             self.health.due()
             self.health.ack()
+        self._report_backlog()
 
     def close(self) -> None:
         """Finish the batch in Redis and its later stages, the alerts and the witness
@@ -335,6 +354,10 @@ def worker_pipeline(
         else None,
         watch,
         counts,
+        BacklogStore(store.r, store.prefix)
+        if setup.campaigns is not None and setup.offer_hold_backlog > 0
+        else None,
+        worker_index,
     )
 
 
@@ -396,6 +419,8 @@ def offers(
         down=down,
         xsell=CrossSellRanks(co, RankerStore(store.r, store.prefix), counted),
         prefs=NextBasket(PreferenceStore(store.r, store.prefix), co),
+        backlog=BacklogStore(store.r, store.prefix) if setup.offer_hold_backlog > 0 else None,
+        hold=BacklogHold(setup.offer_hold_backlog, int(setup.offer_hold_max_seconds * 1000)),
     )
 
 

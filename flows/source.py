@@ -41,6 +41,21 @@ _FULL = timedelta(milliseconds=1)
 LAG_EVERY = 5.0
 
 
+class Backlog:
+    """This process's consumer lag, as its source last measured it (every
+    :data:`LAG_EVERY` s), for the sink to store: the offer decider waits while the workers
+    are behind (``operators.offers.BacklogHold``). Source and sink run in one thread."""
+
+    #: events behind, summed over this worker's partitions (None: nothing new to report)
+    events: int | None = None
+
+    @classmethod
+    def take(cls) -> int | None:
+        """The newest figure not yet taken, or None."""
+        n, cls.events = cls.events, None
+        return n
+
+
 class InFlight:
     """Backpressure Bytewax lacks: events consumed by this worker's sources and not yet
     written by its sink. Sources pause above ``limit``, so memory stays bounded whatever
@@ -211,6 +226,7 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
         if self._until_eof and self._parts and len(self._closed) == len(self._parts):
             # The end of the input: the sink's deferred work (the last batch's later
             # stages) is done here, where an error still fails the run, not at close.
+            Backlog.events = 0  # all read: nothing holds the offers back any more
             IdleWork.run()
             raise StopIteration
         if self._c is None:
@@ -294,6 +310,7 @@ class _KafkaWorkerPart(StatelessSourcePartition[Any]):
             lag[(tp.topic, str(tp.partition))] = max(0, high - tp.offset)
         for (topic, partition), n in lag.items():
             m.CONSUMER_LAG.labels(topic, partition).set(n)
+        Backlog.events = sum(lag.values())
 
     def _check_partitions(self) -> None:
         """Read partitions added to the topics since the start (those of this worker), and

@@ -189,6 +189,16 @@ OFFER_TIMERS = Gauge(
     "exported by the process that fires them, the offer decider or worker 0).",
     ["timer"],
 )
+OFFER_BACKLOG = Gauge(
+    "omnicanal_offer_backlog_events",
+    "Events the workers are behind their input, as they last reported it (every 5 s while "
+    "they read), seen by the process that fires the offer timers.",
+)
+OFFERS_WAITING = Gauge(
+    "omnicanal_offers_waiting",
+    "1 while the offer timers wait for the workers to catch up with a backlog "
+    "(OMNICANAL_OFFER_HOLD_BACKLOG), else 0.",
+)
 OFFER_OUTCOMES = Counter(
     "omnicanal_offer_outcomes",
     "Offer outcomes the offer policy learnt from: redeemed (in any channel), dismissed, or "
@@ -354,6 +364,8 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     OFFERS,
     OFFER_SUPPRESSIONS,
     OFFER_TIMERS,
+    OFFER_BACKLOG,
+    OFFERS_WAITING,
     OFFER_OUTCOMES,
     OFFER_DISMISSALS,
     OFFER_MODEL_LOSS,

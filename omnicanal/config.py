@@ -150,6 +150,20 @@ class Settings(BaseSettings):
     offer_interval_ms: int = Field(
         1000, ge=0, le=600_000, description="ms between looks for due offer timers"
     )
+    offer_hold_backlog: int = Field(
+        50_000,
+        ge=0,
+        description="offer timers wait while the workers are more than this many events "
+        "behind their input (a catch-up: a store purchase still in the backlog would not "
+        "cancel its cart's offer); 0: never wait",
+    )
+    offer_hold_max_minutes: float = Field(
+        15,
+        ge=0,
+        le=1440,
+        description="minutes the offer timers wait for a backlog at most, in a row: a "
+        "pipeline that cannot catch up still makes offers",
+    )
     offer_decider: Literal["process", "worker"] = Field(
         "process",
         description="where offers are decided: process (a process of its own beside the "

@@ -358,6 +358,40 @@ def wait_ms(c: Campaign) -> int:
     return c.wait_minutes * 60_000
 
 
+class BacklogHold:
+    """Whether the offer timers wait for the workers to catch up with their input.
+
+    After an outage the workers read a backlog; a timer decided meanwhile sees a partial
+    history: a cart whose store purchase is still in the backlog gets "you left 2 items in
+    your cart", a win-back names items from half the baskets. So while the workers are
+    more than ``events`` behind (their consumer lag, as they last reported it), the timers
+    wait; they are decided once the workers have caught up. A pipeline that cannot catch up
+    (more input than it can take) must still make offers: after ``max_ms`` of waiting in a
+    row, the timers are decided again, backlog or not. ``events`` 0: never wait.
+
+    >>> hold = BacklogHold(events=50_000, max_ms=900_000)
+    >>> hold.waits(80_000, now_ms=0), hold.waits(80_000, now_ms=899_999)
+    (True, True)
+    >>> hold.waits(80_000, now_ms=900_000)   # waited long enough: decide anyway
+    False
+    >>> hold.waits(10_000, now_ms=901_000), hold.waits(80_000, now_ms=902_000)  # caught up
+    (False, True)
+    """
+
+    def __init__(self, events: int, max_ms: int) -> None:
+        self.events, self.max_ms = events, max_ms
+        #: when the current wait began (None: not waiting)
+        self.since: int | None = None
+
+    def waits(self, behind: int, now_ms: int) -> bool:
+        if self.events <= 0 or behind <= self.events:
+            self.since = None
+            return False
+        if self.since is None:
+            self.since = now_ms
+        return now_ms - self.since < self.max_ms
+
+
 #: The timers the pipeline keeps (``<p>tm:<timer>``), and the trigger each one fires.
 TIMERS: Final[dict[str, Trigger]] = {
     "cart": "cart_abandonment",

@@ -288,3 +288,31 @@ class PolicyStore:
         for oid in learnt:
             pipe.delete(self.prefix + "of:ctx:" + oid)
         pipe.execute()
+
+
+#: a worker's backlog report counts this long (a worker reports every 5 s while it reads:
+#: one that stopped reporting is idle, or gone, and holds nothing back)
+BACKLOG_FRESH_MS: Final = 15_000
+
+
+class BacklogStore:
+    """The workers' consumer lag as each last reported it, for the offer decider
+    (``operators.offers.BacklogHold``): ``<p>backlog``, worker -> "<events> <ms>"."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "oc:") -> None:
+        self.r = client
+        self.key = f"{prefix}backlog"
+
+    def report(self, worker: int, events: int, now_ms: int) -> None:
+        self.r.hset(self.key, str(worker), f"{events} {now_ms}")
+
+    def behind(self, now_ms: int, fresh_ms: int = BACKLOG_FRESH_MS) -> int:
+        """Events the workers are behind, summed over the reports at most ``fresh_ms`` old
+        (a field that is not "<events> <ms>" counts as none)."""
+        total = 0
+        raw: Any = self.r.hgetall(self.key)
+        for value in raw.values():
+            events, _, at = _s(value).partition(" ")
+            if events.isdigit() and at.isdigit() and now_ms - int(at) <= fresh_ms:
+                total += int(events)
+        return total

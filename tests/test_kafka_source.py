@@ -109,12 +109,15 @@ def test_consumer_lag_is_what_the_worker_has_not_read(
         lag = [m.CONSUMER_LAG.labels("lag-a", str(n))._value.get() for n in (0, 1)]
         assert sum(lag) == 300 - read
         assert all(0 <= x <= 150 for x in lag)  # each partition its own figure
+        # the sink takes the worker's total once, for the offer decider
+        assert src.Backlog.take() == 300 - read and src.Backlog.take() is None
         read += len(more)
         while read < 300:
             assert time.monotonic() < deadline
             read += len(part.next_batch())
         part.next_batch()
         assert [m.CONSUMER_LAG.labels("lag-a", str(n))._value.get() for n in (0, 1)] == [0, 0]
+        assert src.Backlog.take() == 0
     finally:
         part.close()
 

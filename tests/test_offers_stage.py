@@ -27,7 +27,7 @@ from operators.cross_sell import CrossSellRanker
 from operators.offers import TIMERS
 from state.coupons import CouponLedger
 from state.cross_sell import CoPurchaseStore, RankerStore
-from state.offers import OfferStore, Outcome, PolicyStore
+from state.offers import BacklogStore, OfferStore, Outcome, PolicyStore
 from state.profiles import ProfileStore, connect
 from tests.test_faults import cli
 
@@ -187,6 +187,67 @@ def test_the_run_fires_due_timers_and_caps_hold_across_runs(
     stats = OfferStore(connect(s.redis_url), s.redis_prefix).stats()
     assert stats["suppressed"] == {"frequency_day": 1}
     assert stats["timers_pending"] == dict.fromkeys(TIMERS, 0)
+
+
+def test_timers_wait_while_the_workers_catch_up_with_a_backlog(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """After an outage the workers read a backlog, and a cart decided meanwhile could miss
+    its store purchase still in it: the timers wait while the workers report more than
+    OMNICANAL_OFFER_HOLD_BACKLOG events behind, and are decided once they have caught up,
+    at close (the workers are stopping), or after OMNICANAL_OFFER_HOLD_MAX_MINUTES of
+    waiting (a pipeline that cannot catch up still makes offers)."""
+    s = offers_settings(settings, tmp_path, offer_hold_backlog=1_000, offer_hold_max_minutes=10,
+                        offer_interval_ms=0)  # fmt: skip
+    t = (int(time.time() * 1000) // MINUTE - 30) * MINUTE
+    # three carts, due 60 minutes after their adds: at t + 60, t + 80 and t + 100 minutes
+    send(s, [
+        *(("customer", consent(n, who, t - MINUTE)) for n, who in enumerate(("ANA", "BEN", "CAL"))),
+        ("clickstream", add(1, "ANA", "LAMP", t)),
+        ("clickstream", add(2, "BEN", "MUG", t + 20 * MINUTE)),
+        ("clickstream", add(3, "CAL", "VASE", t + 40 * MINUTE)),
+    ])  # fmt: skip
+    run(s)  # before any wait has passed: three timers pending
+    offer_store = OfferStore(connect(s.redis_url), s.redis_prefix)
+    assert offer_store.timers()["cart"] == 3 and offers_on_topic(s) == []
+    backlog = BacklogStore(connect(s.redis_url), s.redis_prefix)
+    # the run's worker reported its backlog to the decider: none left at the end of its input
+    reported = backlog.r.hget(backlog.key, "0")
+    assert reported is not None and reported.split()[0] == b"0"
+    store = ProfileStore(connect(s.redis_url), s.redis_prefix)
+    clock = [0]
+
+    def stage() -> pipeline.Offers:
+        producer = CheckedProducer(s.kafka_config(), what="test offers")
+        st = pipeline.offers(pipeline_setup(s), store, producer, clock=lambda: clock[0] / 1000)
+        assert st is not None
+        return st
+
+    def look(at: int, behind: int) -> list[str]:
+        clock[0] = at
+        backlog.report(0, behind, at - 1_000)
+        first.due()
+        first.ack()
+        return sorted(o["items"][0] for o in offers_on_topic(s))  # (partitions: any order)
+
+    first = stage()
+    backlog.report(1, 50_000, t + 60 * MINUTE - 60_000)  # a worker silent for a minute: gone
+    # ANA's cart is due, but worker 0 is 5,000 events behind: it waits
+    assert look(t + 61 * MINUTE, 5_000) == [] and m.OFFERS_WAITING._value.get() == 1
+    assert m.OFFER_BACKLOG._value.get() == 5_000 and offer_store.timers()["cart"] == 3
+    # caught up (within the bound): decided
+    assert look(t + 62 * MINUTE, 900) == ["LAMP"] and m.OFFERS_WAITING._value.get() == 0
+    # BEN's is due while a new backlog builds: it waits, then goes at close
+    assert look(t + 81 * MINUTE, 8_000) == ["LAMP"] and m.OFFERS_WAITING._value.get() == 1
+    first.close()
+    assert sorted(o["items"][0] for o in offers_on_topic(s)) == ["LAMP", "MUG"]
+    # CAL's waits for a backlog that does not go: decided after 10 minutes of waiting
+    first = stage()
+    assert look(t + 101 * MINUTE, 8_000) == ["LAMP", "MUG"]
+    assert look(t + 110 * MINUTE, 8_000) == ["LAMP", "MUG"]  # 9 minutes
+    assert look(t + 111 * MINUTE, 8_000) == ["LAMP", "MUG", "VASE"]
+    assert m.OFFERS_WAITING._value.get() == 0 and offer_store.timers()["cart"] == 0
+    first.close()
 
 
 def test_an_offer_in_the_outbox_is_sent_once_after_a_crash(
