@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bytewax.operators as op
+import redis
 from bytewax.dataflow import Dataflow
 
 from flows.alerts import StockAlerts
@@ -75,6 +76,7 @@ from operators.stock import StockRules
 from operators.validate import Validator
 from schemas.campaigns import Campaign
 from schemas.envelope import Accepted, Rejected
+from state.connection import StateError, transient
 from state.coupons import CouponLedger
 from state.cross_sell import CoPurchaseStore, RankerStore
 from state.health import HealthStore
@@ -231,8 +233,15 @@ class WorkerPipeline:
         """This worker's consumer lag, when its source measured it again: the offer timers
         wait while the workers are behind (``operators.offers.BacklogHold``)."""
         events = Backlog.take()
-        if self.backlog is not None and events is not None:
+        if self.backlog is None or events is None:
+            return
+        try:
             self.backlog.report(self.worker, events, int(time.time() * 1000))
+        except (StateError, redis.RedisError) as e:
+            why = transient(e)
+            if why is None:
+                raise
+            m.REDIS_WAITS.labels(why).inc()  # a report missed: the next one is 5 s away
 
     def flush(self) -> None:
         """Finish the batch in Redis and its later stages (input idle, or ending)."""
