@@ -179,7 +179,7 @@ def decide(
     for c in campaigns:
         if (
             c.trigger != kind
-            or at_ms + c.wait_minutes * 60_000 > now_ms  # wait_ms(c), inline
+            or at_ms + wait_ms(c) > now_ms
             or not _running(c, now)
             or not _eligible(c, customer, trigger)
         ):

@@ -226,11 +226,11 @@ def test_timers_wait_while_the_workers_catch_up_with_a_backlog(
     def look(at: int, behind: int) -> list[str]:
         clock[0] = at
         backlog.report(0, behind, at - 1_000)
-        first.due()
-        first.ack()
+        decider.due()
+        decider.ack()
         return sorted(o["items"][0] for o in offers_on_topic(s))  # (partitions: any order)
 
-    first = stage()
+    decider = stage()
     backlog.report(1, 50_000, t + 60 * MINUTE - 60_000)  # a worker silent for a minute: gone
     # ANA's cart is due, but worker 0 is 5,000 events behind: it waits
     assert look(t + 61 * MINUTE, 5_000) == [] and m.OFFERS_WAITING._value.get() == 1
@@ -239,15 +239,15 @@ def test_timers_wait_while_the_workers_catch_up_with_a_backlog(
     assert look(t + 62 * MINUTE, 900) == ["LAMP"] and m.OFFERS_WAITING._value.get() == 0
     # BEN's is due while a new backlog builds: it waits, then goes at close
     assert look(t + 81 * MINUTE, 8_000) == ["LAMP"] and m.OFFERS_WAITING._value.get() == 1
-    first.close()
+    decider.close()
     assert sorted(o["items"][0] for o in offers_on_topic(s)) == ["LAMP", "MUG"]
     # CAL's waits for a backlog that does not go: decided after 10 minutes of waiting
-    first = stage()
+    decider = stage()
     assert look(t + 101 * MINUTE, 8_000) == ["LAMP", "MUG"]
     assert look(t + 110 * MINUTE, 8_000) == ["LAMP", "MUG"]  # 9 minutes
     assert look(t + 111 * MINUTE, 8_000) == ["LAMP", "MUG", "VASE"]
     assert m.OFFERS_WAITING._value.get() == 0 and offer_store.timers()["cart"] == 0
-    first.close()
+    decider.close()
 
 
 def test_an_offer_in_the_outbox_is_sent_once_after_a_crash(
