@@ -19,7 +19,8 @@ from monitoring import metrics as m
 from operators.coupons import redemptions_of
 from operators.privacy import PiiHasher
 from schemas.envelope import Accepted
-from state.coupons import CouponLedger, Redemption
+from schemas.events import SALES_CHANNELS
+from state.coupons import REDEEM_OUTCOMES, CouponLedger, Redemption
 from state.offers import PolicyStore
 from state.profiles import ProfileStore
 
@@ -43,6 +44,11 @@ class CouponRedemptions:
         self._scrub = hasher.scrub_text
         self._store = store
         self._wait = wait
+        # every outcome's series exists from the start, at 0 (Prometheus's increase() cannot
+        # see the first count of a series that appears with it)
+        for outcome in REDEEM_OUTCOMES:
+            for channel in (*SALES_CHANNELS, "unknown"):
+                m.COUPON_REDEMPTIONS.labels(outcome, channel)
 
     def redeem(self, items: list[Item]) -> None:
         found: list[tuple[Accepted, str, str]] = []

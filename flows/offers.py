@@ -25,7 +25,7 @@ from flows.outbox import OutboxSender
 from flows.preferences import NextBasket
 from monitoring import metrics as m
 from operators.coupons import CouponCodec, day_of
-from operators.guardrails import FrequencyCaps, QuietHours
+from operators.guardrails import SUPPRESSIONS, FrequencyCaps, QuietHours
 from operators.offers import (
     CROSS_SELL_ITEMS,
     READS,
@@ -82,6 +82,16 @@ class Offers:
         #: the workers' reported backlog, and the rule that makes the timers wait for it
         self._backlog, self._hold = backlog, hold
         self._waiting = self._closing = False
+        # Every series a dashboard reads exists from the start, at 0: Prometheus's increase()
+        # cannot see the first count of a series that appears with it (no earlier sample).
+        for reason in SUPPRESSIONS:
+            m.OFFER_SUPPRESSIONS.labels(reason)
+        for timer, model in (("xsell", xsell), ("winback", prefs)):
+            if model is not None:
+                m.OFFER_RANKINGS.labels(timer, "ranked")
+                m.OFFER_RANKINGS.labels(timer, "skipped")
+        #: the catalogue whose campaigns' offer counters exist (a reload adds the new ones)
+        self._counted: Sequence[Campaign] | None = None
         #: the next-basket model: learns from baskets, names a win-back offer's items
         self._prefs = prefs
         #: ranks what goes with a basket (cross-sell), and names the items' categories
@@ -134,6 +144,12 @@ class Offers:
         counters (caps, budgets) the first wrote."""
         self._full = False
         now_ms = int(self._clock() * 1000)
+        campaigns = self._campaigns()
+        if campaigns is not self._counted:  # the first look, or a reloaded catalogue
+            self._counted = campaigns
+            for c in campaigns:
+                for channel in c.channels:
+                    m.OFFERS.labels(c.id, channel)
         self._learn(now_ms)
         if self._waits(now_ms):
             return  # the workers are catching up: decided once they have
@@ -144,7 +160,6 @@ class Offers:
             # decisions back for long; what is left is learnt at the next looks.
             self._prefs.learn_due(self.LEARN_SECONDS)
             self._full = self._prefs.more  # more baskets to learn from: look again soon
-        campaigns = self._campaigns()
         pending = self.store.timers()
         for timer, kind in TIMERS.items():
             m.OFFER_TIMERS.labels(timer).set(pending.get(timer, 0))

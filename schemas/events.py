@@ -49,8 +49,10 @@ Phone = Annotated[str, Meta(min_length=6, max_length=32, pattern=r"^\+?[0-9 ()./
 SalesChannel = Literal["store", "web", "app", "marketplace", "call_centre"]
 DigitalChannel = Literal["web", "app"]
 OfferChannel = Literal["store", "web", "app", "email", "sms", "push", "call_centre"]
+#: Every sales channel, in order.
+SALES_CHANNELS: Final[tuple[str, ...]] = get_args(SalesChannel)
 #: Sales channels served from the online stock pool: every sales channel but the store.
-ONLINE_SALES_CHANNELS: Final = frozenset(get_args(SalesChannel)) - {"store"}
+ONLINE_SALES_CHANNELS: Final = frozenset(SALES_CHANNELS) - {"store"}
 #: Channels with an online cart: a purchase there clears the customer's cart.
 CART_CHANNELS: Final = frozenset(get_args(DigitalChannel))
 LineKind = Literal["product", "shipping", "fee", "discount", "voucher", "sample", "adjustment"]

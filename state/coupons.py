@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.resources
 from dataclasses import dataclass
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal, cast, get_args
 
 import orjson
 import redis
@@ -33,6 +33,8 @@ RedeemOutcome = Literal[
     "mistyped",
     "bad_signature",
 ]
+
+REDEEM_OUTCOMES: Final[tuple[str, ...]] = get_args(RedeemOutcome)
 
 
 class RedeemResults(list[RedeemOutcome]):

@@ -918,3 +918,51 @@ def test_win_back_names_what_the_next_basket_model_learnt_the_customer_buys_in_a
     assert not any(k["to_learn"] for k in kept)  # each learnt, or history only
     assert profiles.erase(dora) is not None
     assert not r.exists(f"{p}ph:{dora}") and r.zscore(p + "pf:due", dora) is None
+
+
+def test_offer_counters_exist_at_zero_from_the_first_look_and_after_a_reload(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Prometheus's increase() cannot see the first count of a series that appears with it
+    (there is no earlier sample): the offers of every campaign and channel of the catalogue
+    (a reload's new ones too) and every suppression reason are exported at 0 from the
+    stage's first look, before any offer."""
+    from dataclasses import replace
+    from uuid import uuid4
+
+    import msgspec
+    from prometheus_client import REGISTRY
+
+    from operators.guardrails import SUPPRESSIONS
+    from schemas.campaigns import Campaign
+
+    def campaign(cid: str, channels: list[str]) -> Campaign:
+        return msgspec.convert(
+            {"id": cid, "trigger": "cart_abandonment", "reason": "Your cart",
+             "benefit": {"kind": "percent_off", "value": 10}, "channels": channels,
+             "valid_days": 7},
+            Campaign,
+        )  # fmt: skip
+
+    def offers(cid: str, channel: str) -> float | None:
+        return REGISTRY.get_sample_value(
+            "omnicanal_offers_total", {"campaign": cid, "channel": channel}
+        )
+
+    a, b = f"a-{uuid4().hex[:8]}", f"b-{uuid4().hex[:8]}"  # series no other test made
+    catalogue = [campaign(a, ["sms", "email"])]
+    s = offers_settings(settings, tmp_path, offer_interval_ms=1)
+    setup = replace(pipeline_setup(s), campaigns=lambda: catalogue)
+    store = ProfileStore(connect(s.redis_url), s.redis_prefix)
+    stage = pipeline.offers(setup, store, CheckedProducer(s.kafka_config(), what="test"))
+    assert stage is not None
+    # every reason is exported (at 0, unless an earlier test in this process counted it)
+    assert set(SUPPRESSIONS) <= set(m.counter_by(m.OFFER_SUPPRESSIONS, "reason"))
+    assert offers(a, "sms") is None  # not before the first look
+    stage.due()
+    assert (offers(a, "sms"), offers(a, "email"), offers(a, "web")) == (0.0, 0.0, None)
+    catalogue = [campaign(a, ["sms", "email"]), campaign(b, ["app"])]  # a reload
+    time.sleep(0.01)
+    stage.due()
+    assert (offers(b, "app"), offers(b, "sms")) == (0.0, None)
+    store.close()
