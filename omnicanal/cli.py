@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from omnicanal import __version__
-from omnicanal.config import ConfigError, Settings, env_documentation, load
+from omnicanal.config import ConfigError, Settings, configure_logging, env_documentation, load
 
 app = typer.Typer(
     help=(
@@ -74,11 +74,7 @@ def _main(
     if version:
         out.print(__version__)
         raise typer.Exit()
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(logging.DEBUG if verbose else logging.INFO)
 
 
 # ---------------------------------------------------------------------------- run

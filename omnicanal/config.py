@@ -13,6 +13,8 @@ with this class.
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from typing import Literal, get_args
 
 from pydantic import Field, field_validator
@@ -302,6 +304,14 @@ class Settings(BaseSettings):
     )
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus port (0: off)")
     metrics_addr: str = Field("127.0.0.1", description="address the metrics server binds")
+    metrics_linger_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="seconds a run that ends by itself (--until-eof) keeps serving its "
+        "metrics after its end, every process, so that Prometheus scrapes the final counts "
+        "(twice the scrape interval; 0: none)",
+    )
 
     @field_validator("store_regions")
     @classmethod
@@ -435,3 +445,11 @@ def env_documentation() -> list[tuple[str, str, str]]:
 
 
 __all__ = ["ConfigError", "Settings", "env_documentation", "load"]
+
+
+def configure_logging(level: int) -> None:
+    """Log to stderr at ``level``, in one format, in every process of a run (worker
+    processes and the offer decider are spawned: they do not inherit the CLI's logging)."""
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )

@@ -31,7 +31,7 @@ from flows.outbox import OutboxSender
 from flows.pipeline import build_flow
 from flows.source import EARLIEST, LATEST, STOP, InputError
 from monitoring import metrics
-from omnicanal.config import Settings
+from omnicanal.config import Settings, configure_logging
 from omnicanal.wiring import pipeline_setup, stock_rules
 from state.health import HealthStore
 from state.offers import OfferStore
@@ -408,8 +408,11 @@ def run(
             if decider is not None:
                 decider.finish(raise_failure=False, grace=30.0)
             raise
+        linger = linger_seconds(settings, until_eof, serve_metrics)
         if decider is not None:
-            decider.finish()
+            decider.finish(linger=linger)  # it lingers, and this process serves meanwhile
+        else:
+            serve_final_metrics(linger)
         return
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
     ctx = multiprocessing.get_context("spawn")
@@ -417,7 +420,8 @@ def run(
         ctx.Process(
             target=_process_main,
             args=(
-                i, addresses, settings, starts, until_eof, allow_demo_key, serve_metrics, apart
+                i, addresses, settings, starts, until_eof, allow_demo_key, serve_metrics, apart,
+                logging.getLogger().level,
             ),
             name=f"omnicanal-worker-{i}",
         )
@@ -452,9 +456,37 @@ def run(
     if failed is None:
         failed = next((p for p in procs if p.exitcode not in (0, None)), None)
     if decider is not None:  # the workers are done: the decider's last look, then it ends
-        decider.finish(raise_failure=failed is None, grace=300.0 if failed is None else 30.0)
+        decider.finish(
+            raise_failure=failed is None,
+            grace=300.0 if failed is None else 30.0,
+            linger=linger_seconds(settings, until_eof, serve_metrics) if failed is None else 0.0,
+        )
     if failed is not None:
         raise WorkerFailedError(failed.name, int(failed.exitcode or 1))
+
+
+def linger_seconds(settings: Settings, until_eof: bool, serve_metrics: bool) -> float:
+    """How long a run's processes serve their metrics after its end
+    (``OMNICANAL_METRICS_LINGER_SECONDS``): only a run that ended by itself, at the end of
+    its input, and serves them; never after a stop request."""
+    if until_eof and serve_metrics and settings.metrics_port and not STOP.is_set():
+        return settings.metrics_linger_seconds
+    return 0.0
+
+
+def serve_final_metrics(seconds: float, told: Callable[[float], bool] | None = None) -> None:
+    """Keep this process (and its metrics server) up ``seconds`` more, so that Prometheus
+    scrapes the final counts; a stop request ends the wait, as does ``told(timeout)``
+    (which waits up to ``timeout`` seconds for word to end)."""
+    if seconds <= 0 or STOP.is_set():
+        return
+    log.info("the run is over: its final metrics are served %.0f s more", seconds)
+    deadline = time.monotonic() + seconds
+    while not STOP.is_set() and (left := deadline - time.monotonic()) > 0:
+        if told is None:
+            STOP.wait(left)
+        elif told(min(left, 0.2)):
+            return
 
 
 def decides_offers_apart(settings: Settings) -> bool:
@@ -495,7 +527,9 @@ class DeciderProcess:
         self._finish, theirs = ctx.Pipe()
         port = settings.metrics_port + index if serve_metrics and settings.metrics_port else 0
         self.proc = ctx.Process(
-            target=_decider_main, args=(settings, allow_demo_key, port, theirs), name=self.NAME
+            target=_decider_main,
+            args=(settings, allow_demo_key, port, theirs, logging.getLogger().level),
+            name=self.NAME,
         )
         self.proc.start()
         theirs.close()
@@ -546,14 +580,23 @@ class DeciderProcess:
                     STOP.set()
                 return
 
-    def finish(self, *, raise_failure: bool = True, grace: float = 300.0) -> None:
-        """The workers are done: the decider decides what is due now, waits for the broker
-        and ends (killed after ``grace`` seconds). Raises :class:`WorkerFailedError` if it
-        failed (unless ``raise_failure`` is false: another error is being reported)."""
+    def finish(
+        self, *, raise_failure: bool = True, grace: float = 300.0, linger: float = 0.0
+    ) -> None:
+        """The workers are done: the decider decides what is due now, waits for the broker,
+        serves its final metrics ``linger`` seconds more and ends (killed after ``grace``
+        seconds and the linger). Raises :class:`WorkerFailedError` if it failed (unless
+        ``raise_failure`` is false: another error is being reported)."""
         self._finishing.set()
         with contextlib.suppress(OSError):  # (a decider that is gone already)
-            self._finish.send(b"finish")
-        self.proc.join(grace)
+            self._finish.send(b"finish %f" % linger)
+        deadline, stopped = time.monotonic() + grace + linger, False
+        while self.proc.is_alive() and time.monotonic() < deadline:
+            self.proc.join(0.2)
+            if linger and not stopped and STOP.is_set():  # a stop request ends its linger
+                stopped = True
+                with contextlib.suppress(OSError):
+                    self._finish.send(b"stop")
         if self.proc.is_alive():
             log.error("%s did not end within %.0fs: killed", self.NAME, grace)
             self.proc.kill()
@@ -563,7 +606,10 @@ class DeciderProcess:
             raise WorkerFailedError(self.NAME, int(code or 1))
 
 
-def _decider_main(settings: Settings, allow_demo_key: bool, port: int, finish: Connection) -> None:
+def _decider_main(
+    settings: Settings, allow_demo_key: bool, port: int, finish: Connection, log_level: int
+) -> None:
+    configure_logging(log_level)
     install_stop_handlers()
     # The workers' ingest comes first: offers fire minutes after their moment, so the
     # decider takes the CPU the workers and Redis leave (a backlog shows in
@@ -578,6 +624,10 @@ def _decider_main(settings: Settings, allow_demo_key: bool, port: int, finish: C
     with contextlib.suppress(OSError):  # (the parent gone: the loop below ends at once)
         finish.send(b"ready")
     decider.run(lambda seconds: STOP.is_set() or finish.poll(seconds))
+    linger = 0.0
+    with contextlib.suppress(EOFError, OSError, ValueError, IndexError):  # (the parent gone)
+        linger = float(finish.recv().split()[1]) if port and finish.poll() else 0.0
+    serve_final_metrics(linger, finish.poll)
 
 
 def _stop_all(procs: Sequence[multiprocessing.process.BaseProcess], grace: float = 10.0) -> None:
@@ -603,7 +653,9 @@ def _process_main(
     allow_demo_key: bool,
     serve_metrics: bool,
     decider: bool = False,
+    log_level: int = logging.INFO,
 ) -> None:
+    configure_logging(log_level)
     install_stop_handlers()
     if serve_metrics and settings.metrics_port:
         metrics.serve(
@@ -613,3 +665,4 @@ def _process_main(
     flow = build_flow(replace(setup, offers_in_worker=not decider), starts, until_eof=until_eof)
     tune_gc()
     cli_main(flow, workers_per_process=1, process_id=index, addresses=addresses)
+    serve_final_metrics(linger_seconds(settings, until_eof, serve_metrics))

@@ -60,7 +60,9 @@ def test_the_decider_decides_while_the_workers_run_and_its_failure_stops_the_run
         while time.monotonic() < deadline and not (offers and "ANA" not in decider_metrics):
             offers = offers_on_topic(s)
             decider_metrics = _scrape(port + 1)
-            if offers and 'omnicanal_offers_total{campaign="cart-10"' in decider_metrics:
+            if offers and 'omnicanal_offers_total{campaign="cart-10",channel="email"} 1.0' in (
+                decider_metrics
+            ):
                 break
             time.sleep(0.5)
         assert len(offers) == 1, log.read_text()[-3000:]
@@ -120,3 +122,34 @@ def test_the_workers_start_once_the_decider_is_ready_and_not_if_it_fails_to_star
         "the offer decider process omnicanal-offer-decider exited with code 1 while starting; "
         "the workers were not started"
     )
+
+
+def test_a_run_that_ends_serves_its_final_metrics_until_told_to_stop(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """``run --until-eof`` with ``OMNICANAL_METRICS_LINGER_SECONDS``: once the input is read
+    and the due offer decided, the worker and the decider still serve their final counts
+    (a run that ends by itself is otherwise gone before Prometheus's next scrape: the last
+    offers, decided at its end, would never be seen); a stop request ends the wait."""
+    port = port_pair()
+    s = offers_settings(settings, tmp_path, metrics_port=port, metrics_linger_seconds=120)
+    _due_cart(s)
+    log = tmp_path / "run.log"
+    proc = start(s, log, "--until-eof")
+    try:
+        deadline = time.monotonic() + 90
+        while "final metrics are served 120 s more" not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert len(offers_on_topic(s)) == 1
+        assert 'omnicanal_offers_total{campaign="cart-10",channel="email"} 1.0' in _scrape(port + 1)
+        assert 'omnicanal_events_total{channel="web",event_type="add_to_cart"' in _scrape(port)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()[-3000:]
+        assert time.monotonic() - t0 < 30
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)

@@ -71,7 +71,7 @@ def test_a_scraped_demo_answers_every_dashboard_panel(prometheus: tuple[str, int
     base, target = prometheus
     res = subprocess.run(
         [sys.executable, "-m", "omnicanal", "demo", "--events", "120000", "--json",
-         "--metrics-port", str(target)],
+         "--metrics-port", str(target), "--metrics-linger", "3"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
@@ -105,3 +105,15 @@ def test_a_scraped_demo_answers_every_dashboard_panel(prometheus: tuple[str, int
             if not any(answers):
                 empty.append(f"{board['uid']}: {panel['title']}")
     assert empty == []
+
+    # the final counts were scraped (the demo served them --metrics-linger seconds after its
+    # end), and counted from 0 (a series that appears with its first count shows no increase)
+    summary = json.loads(res.stdout)
+    assert summary["offers"] > 0
+
+    def value(q: str) -> float:
+        (sample,) = _get(base, "/api/v1/query", query=q, time=end)["data"]["result"]
+        return float(sample["value"][1])
+
+    assert value("sum(max_over_time(omnicanal_offers_total[10m]))") == summary["offers"]
+    assert value("max_over_time(sum(increase(omnicanal_offers_total[5m]))[10m:1s])") > 0

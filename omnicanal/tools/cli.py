@@ -55,6 +55,16 @@ def demo(
             "it runs (127.0.0.1; 0: not served).",
         ),
     ] = 0,
+    metrics_linger: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=3600,
+            help="With --metrics-port: seconds the metrics stay served after the pipeline's "
+            "end, so that Prometheus scrapes the final counts (twice its scrape interval: "
+            "docker/prometheus.yml scrapes every 15 s).",
+        ),
+    ] = 30.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Run everything locally: start a Kafka-protocol broker (Tansu) and redis-server on free
@@ -97,6 +107,7 @@ def demo(
                 keep=keep,
                 progress=progress,
                 metrics_port=metrics_port,
+                metrics_linger=metrics_linger,
             )
         except (ServiceError, StateError, ConfigError) as e:
             fail(str(e))

@@ -171,6 +171,7 @@ def run_demo(
     keep: bool = False,
     progress: Progress | None = None,
     metrics_port: int = 0,
+    metrics_linger: float = 0.0,
 ) -> Summary:
     """Start Tansu and redis-server, produce, run the pipeline to the end, summarise."""
     own_dir = workdir is None
@@ -186,6 +187,7 @@ def run_demo(
             redis_url=redis_srv.url,
             partitions=partitions,
             metrics_port=metrics_port,
+            metrics_linger_seconds=metrics_linger,
             coupon_key=DEMO_COUPON_KEY,
             campaigns_file=str(DEMO_CAMPAIGNS),
             sales_targets=DEMO_SALES_TARGETS,
