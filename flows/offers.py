@@ -182,6 +182,7 @@ class Offers:
         m.OFFER_BACKLOG.set(behind)
         waits = self._hold.waits(behind, now_ms)
         m.OFFERS_WAITING.set(1 if waits else 0)
+        m.OFFERS_HOLD_EXPIRED.set(1 if self._hold.expired else 0)
         if waits != self._waiting:
             self._waiting = waits
             if waits:

@@ -139,9 +139,11 @@ BOARDS: dict[str, tuple[str, list[Panel]]] = {
                   "the process that fires the offer timers sees it, and whether the timers "
                   "wait for them (1: more than OMNICANAL_OFFER_HOLD_BACKLOG behind; they are "
                   "decided once the workers catch up, or after "
-                  "OMNICANAL_OFFER_HOLD_MAX_MINUTES).", "short",
+                  "OMNICANAL_OFFER_HOLD_MAX_MINUTES: then 'decided behind' is 1 until the "
+                  "workers catch up).", "short",
                   (("max(omnicanal_offer_backlog_events)", "workers behind (events)"),
-                   ("max(omnicanal_offers_waiting)", "timers waiting"))),
+                   ("max(omnicanal_offers_waiting)", "timers waiting"),
+                   ("max(omnicanal_offers_hold_expired)", "decided behind"))),
             Panel("Cross-sell and win-back rankings", "Due cross-sell and win-back timers per "
                   "5 minutes, by whether a model ranked their items (an offer may follow) or "
                   "they were decided without (holdout, no consent, capped, too late, offered "

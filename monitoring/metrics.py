@@ -199,6 +199,12 @@ OFFERS_WAITING = Gauge(
     "1 while the offer timers wait for the workers to catch up with a backlog "
     "(OMNICANAL_OFFER_HOLD_BACKLOG), else 0.",
 )
+OFFERS_HOLD_EXPIRED = Gauge(
+    "omnicanal_offers_hold_expired",
+    "1 while the offer timers are decided although the workers are still behind: they "
+    "waited OMNICANAL_OFFER_HOLD_MAX_MINUTES for the catch-up (offers from a partial "
+    "history), else 0.",
+)
 OFFER_OUTCOMES = Counter(
     "omnicanal_offer_outcomes",
     "Offer outcomes the offer policy learnt from: redeemed (in any channel), dismissed, or "
@@ -366,6 +372,7 @@ CATALOG: tuple[MetricWrapperBase, ...] = (
     OFFER_TIMERS,
     OFFER_BACKLOG,
     OFFERS_WAITING,
+    OFFERS_HOLD_EXPIRED,
     OFFER_OUTCOMES,
     OFFER_DISMISSALS,
     OFFER_MODEL_LOSS,

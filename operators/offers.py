@@ -367,29 +367,35 @@ class BacklogHold:
     more than ``events`` behind (their consumer lag, as they last reported it), the timers
     wait; they are decided once the workers have caught up. A pipeline that cannot catch up
     (more input than it can take) must still make offers: after ``max_ms`` of waiting in a
-    row, the timers are decided again, backlog or not. ``events`` 0: never wait.
+    row, the timers are decided again, backlog or not (:attr:`expired`, until the workers
+    catch up). ``events`` 0: never wait.
 
     >>> hold = BacklogHold(events=50_000, max_ms=900_000)
     >>> hold.waits(80_000, now_ms=0), hold.waits(80_000, now_ms=899_999)
     (True, True)
-    >>> hold.waits(80_000, now_ms=900_000)   # waited long enough: decide anyway
-    False
-    >>> hold.waits(10_000, now_ms=901_000), hold.waits(80_000, now_ms=902_000)  # caught up
+    >>> hold.waits(80_000, now_ms=900_000), hold.expired  # waited long enough: decide anyway
     (False, True)
+    >>> hold.waits(10_000, now_ms=901_000), hold.expired  # caught up
+    (False, False)
+    >>> hold.waits(80_000, now_ms=902_000)  # behind again: a new wait
+    True
     """
 
     def __init__(self, events: int, max_ms: int) -> None:
         self.events, self.max_ms = events, max_ms
-        #: when the current wait began (None: not waiting)
+        #: when the current wait began (None: not behind)
         self.since: int | None = None
+        #: still behind, but waited ``max_ms``: the timers are decided from a partial history
+        self.expired = False
 
     def waits(self, behind: int, now_ms: int) -> bool:
         if self.events <= 0 or behind <= self.events:
-            self.since = None
+            self.since, self.expired = None, False
             return False
         if self.since is None:
             self.since = now_ms
-        return now_ms - self.since < self.max_ms
+        self.expired = now_ms - self.since >= self.max_ms
+        return not self.expired
 
 
 #: The timers the pipeline keeps (``<p>tm:<timer>``), and the trigger each one fires.

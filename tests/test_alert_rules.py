@@ -252,3 +252,38 @@ def test_alertmanager_config_is_valid_and_routes_pages_and_warnings() -> None:
         if rule["alert"] == "OmnicanalChannelSalesStopped":  # acts on the pipeline, too
             expected = "omnicanal," + expected
         assert route(f"alertname={rule['alert']}", f"severity={sev}") == expected, rule["alert"]
+
+
+def test_offers_decided_behind_after_the_longest_wait_is_a_warning(tmp_path: Path) -> None:
+    """The decider's gauges, one sample a minute: a catch-up that ends within the longest
+    wait raises nothing; one that outlasts it (the timers decided from a partial history)
+    is a warning 5 minutes later, with the backlog, and clears once the workers catch up."""
+    minutes = 120
+
+    def gauge(f: Callable[[int], float]) -> str:
+        return " ".join(f"{f(k):g}" for k in range(minutes))
+
+    # behind from minute 10; caught up at 20 (short) or at 60 (long; the wait ends at 25)
+    short = (gauge(lambda k: 200_000 if 10 <= k < 20 else 0), gauge(lambda k: 0))
+    long = (gauge(lambda k: 200_000 if 10 <= k < 60 else 0),
+            gauge(lambda k: 1 if 25 <= k < 60 else 0))  # fmt: skip
+
+    def series(backlog: str, expired: str) -> list[dict[str, str]]:
+        return [
+            {"series": 'omnicanal_offer_backlog_events{instance="d"}', "values": backlog},
+            {"series": 'omnicanal_offers_hold_expired{instance="d"}', "values": expired},
+        ]
+
+    tests = [
+        {"interval": "1m", "input_series": series(*short), "alert_rule_test": [
+            alert("OmnicanalOffersDecidedBehind", at) for at in ("15m", "25m", "35m")]},
+        {"interval": "1m", "input_series": series(*long), "alert_rule_test": [
+            alert("OmnicanalOffersDecidedBehind", "28m"),  # 3 minutes: not yet
+            {**alert("OmnicanalOffersDecidedBehind", "31m"), "exp_alerts": [{
+                "exp_labels": {"severity": "warning"},
+                "exp_annotations": _annotations("OmnicanalOffersDecidedBehind", {},
+                                                value="200k")}]},
+            alert("OmnicanalOffersDecidedBehind", "65m"),  # caught up: cleared
+        ]},
+    ]  # fmt: skip
+    run_tests(tmp_path, tests)

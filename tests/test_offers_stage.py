@@ -245,8 +245,13 @@ def test_timers_wait_while_the_workers_catch_up_with_a_backlog(
     decider = stage()
     assert look(t + 101 * MINUTE, 8_000) == ["LAMP", "MUG"]
     assert look(t + 110 * MINUTE, 8_000) == ["LAMP", "MUG"]  # 9 minutes
+    assert m.OFFERS_HOLD_EXPIRED._value.get() == 0
     assert look(t + 111 * MINUTE, 8_000) == ["LAMP", "MUG", "VASE"]
     assert m.OFFERS_WAITING._value.get() == 0 and offer_store.timers()["cart"] == 0
+    # decided behind (OmnicanalOffersDecidedBehind) until the workers catch up
+    assert m.OFFERS_HOLD_EXPIRED._value.get() == 1
+    look(t + 112 * MINUTE, 900)
+    assert m.OFFERS_HOLD_EXPIRED._value.get() == 0
     decider.close()
 
 
