@@ -65,6 +65,7 @@ class Offers:
         campaigns: Callable[[], Sequence[Campaign]],
         *,
         interval: float = 1.0,
+        learn_seconds: float = 0.2,
         caps: FrequencyCaps | None = None,
         holdout_share: float = 0.05,
         clock: Callable[[], float] = time.time,
@@ -101,6 +102,9 @@ class Offers:
         self.out = sender
         self._campaigns = campaigns
         self._interval = interval
+        #: seconds a look may spend learning the next-basket model's due baskets (a slice at
+        #: a time) before it decides (``OMNICANAL_OFFER_LEARN_MS``)
+        self._learn_seconds = learn_seconds
         self._caps = caps
         self._holdout = holdout_share
         self._clock = clock
@@ -135,9 +139,6 @@ class Offers:
         m.BATCH_SECONDS.labels("offers").observe(time.perf_counter() - t0)
 
     _full = False
-    #: seconds a look may spend learning the next-basket model's due baskets (a slice at a
-    #: time) before it decides
-    LEARN_SECONDS = 0.2
 
     def _fire(self) -> None:
         """One slice of each timer kind, one kind after the other: the second reads the
@@ -158,7 +159,7 @@ class Offers:
             # model: one slice per look decided offers with a model that had not yet seen
             # baskets Redis already held), within a budget so that a backlog never holds the
             # decisions back for long; what is left is learnt at the next looks.
-            self._prefs.learn_due(self.LEARN_SECONDS)
+            self._prefs.learn_due(self._learn_seconds)
             self._full = self._prefs.more  # more baskets to learn from: look again soon
         pending = self.store.timers()
         for timer, kind in TIMERS.items():

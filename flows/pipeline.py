@@ -119,6 +119,7 @@ class PipelineSetup:
     offer_caps: FrequencyCaps = field(default_factory=FrequencyCaps)
     holdout_share: float = DEFAULT_HOLDOUT_SHARE
     offer_interval_seconds: float = 1.0
+    offer_learn_seconds: float = 0.2
     #: offer timers wait while the workers are more than this many events behind (0: never;
     #: ``operators.offers.BacklogHold``), at most this long in a row
     offer_hold_backlog: int = 50_000
@@ -418,6 +419,7 @@ def offers(
         ),
         setup.campaigns,
         interval=setup.offer_interval_seconds,
+        learn_seconds=setup.offer_learn_seconds,
         caps=setup.offer_caps,
         holdout_share=setup.holdout_share,
         clock=clock,

@@ -3,7 +3,7 @@
 - **Learning.** The batch script keeps every customer's last baskets, from any channel, and
   marks a stable share of them to learn from (``<p>pf:due``). At each look for due offers,
   before deciding, the decider learns them a slice at a time until none is left or its
-  budget is spent (``Offers.LEARN_SECONDS``). Each slice (:meth:`NextBasket.learn`) reads up
+  budget is spent (``OMNICANAL_OFFER_LEARN_MS``). Each slice (:meth:`NextBasket.learn`) reads up
   to :attr:`NextBasket.SLICE` such customers' baskets and the co-purchase counts of their
   items, learns each marked basket from the
   baskets kept before it (predict, then learn: progressive validation), then stores the

@@ -152,6 +152,14 @@ class Settings(BaseSettings):
     offer_interval_ms: int = Field(
         1000, ge=0, le=600_000, description="ms between looks for due offer timers"
     )
+    offer_learn_ms: int = Field(
+        200,
+        ge=1,
+        le=60_000,
+        description="ms a look for due offers may spend first learning the next-basket model "
+        "from the baskets due (the rest waits for the next looks); with "
+        "OMNICANAL_OFFER_DECIDER=worker it is worker 0's time, taken from its input",
+    )
     offer_hold_backlog: int = Field(
         50_000,
         ge=0,

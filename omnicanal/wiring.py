@@ -150,6 +150,7 @@ def pipeline_setup(
         offer_caps=offer_caps(settings),
         holdout_share=settings.offer_holdout_share,
         offer_interval_seconds=settings.offer_interval_ms / 1000,
+        offer_learn_seconds=settings.offer_learn_ms / 1000,
         offer_hold_backlog=settings.offer_hold_backlog,
         offer_hold_max_seconds=settings.offer_hold_max_minutes * 60,
         offer_learning=settings.offer_policy == "learnt",

@@ -90,7 +90,7 @@ def test_each_marked_basket_is_learnt_once_as_a_replay_learns_it(
 
 
 def test_a_look_learns_every_slice_due_within_its_budget(redis_server: LocalRedis) -> None:
-    """What the offer decider does before it decides (``Offers.LEARN_SECONDS``): slices until
+    """What the offer decider does before it decides (``OMNICANAL_OFFER_LEARN_MS``): slices until
     none is due, so that a win-back ranks with every basket Redis holds; with no time left,
     one slice, the rest at the next look."""
     r = connect(redis_server.url)
