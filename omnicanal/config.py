@@ -452,12 +452,12 @@ def env_documentation() -> list[tuple[str, str, str]]:
     return rows
 
 
-__all__ = ["ConfigError", "Settings", "env_documentation", "load"]
-
-
 def configure_logging(level: int) -> None:
     """Log to stderr at ``level``, in one format, in every process of a run (worker
     processes and the offer decider are spawned: they do not inherit the CLI's logging)."""
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+
+
+__all__ = ["ConfigError", "Settings", "configure_logging", "env_documentation", "load"]
